@@ -1,0 +1,117 @@
+"""Settings: env ``CORRAL_*`` over a TOML file over defaults.
+
+The TOML file is ``$CORRAL_CONFIG`` when set, else ``/etc/corral/corral.toml`` when it exists,
+else the packaged ``config/corral.toml``. Nested keys use ``__`` in the environment
+(``CORRAL_HOST__ID=edge-1``). Building settings has no side effect; call ``load_settings()``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "corral.toml"
+
+
+class RedisSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = None
+    """``redis://host:port``; unset means ``corral dev`` starts a local redis-server child."""
+    broker_db: int = 0
+    result_db: int = 1
+    beat_db: int = 2
+    state_db: int = 3
+
+
+class HostSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(default_factory=lambda: socket.gethostname().split(".")[0])
+    runtime: str = "docker"
+    """``docker`` or ``fake`` (unit tests only)."""
+    mounts: dict[str, str] = Field(default_factory=dict)
+    """Mount aliases: alias -> host directory. Callers name aliases, never host paths."""
+    writable_mounts: list[str] = Field(default_factory=list)
+    """Aliases that may be mounted writable; every other alias is read-only."""
+    state_dir: str = "/var/lib/corral"
+    """Host-local state: I/O spools and detach acknowledgements."""
+    secrets_root: str = "/dev/shm/corral-secrets"
+    """Where per-session secret directories live; must be on a tmpfs."""
+    secrets_dir: str = "/etc/corral/secrets"
+    """Host secret provider: one file per secret name."""
+    heartbeat_s: float = 5.0
+    heartbeat_ttl_s: float = 20.0
+    allow_raw_output: bool = True
+    """Whether ``raw_content_if_policy_allows`` capture may return output bytes."""
+
+
+class CelerySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    visibility_timeout_s: int = 3600
+    """Must be the same on every worker: Redis redelivers a task unacked for this long."""
+    soft_shutdown_timeout_s: float = 10.0
+    sweep_interval_s: float = 5.0
+    task_timeout_s: float = 60.0
+    """How long a client waits for one operation's result."""
+
+
+class LimitSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_cpus: float = 16
+    max_memory_mb: int = 65_536
+    max_timeout_ms: int = 24 * 3600 * 1000
+    max_process_count: int = 4096
+    max_detach_ttl_ms: int = 7 * 24 * 3600 * 1000
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CORRAL_", env_nested_delimiter="__", extra="forbid")
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    host: HostSettings = Field(default_factory=HostSettings)
+    celery: CelerySettings = Field(default_factory=CelerySettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    state_ttl_s: int = 7 * 24 * 3600
+    """Backstop TTL on every state key."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_path()))
+
+    def redis_url(self, db: int) -> str:
+        if not self.redis.url:
+            raise RuntimeError("no Redis URL configured (set CORRAL_REDIS__URL or run `corral dev`)")
+        return f"{self.redis.url.rstrip('/').rsplit('/', 1)[0] if _has_db(self.redis.url) else self.redis.url.rstrip('/')}/{db}"
+
+
+def _has_db(url: str) -> bool:
+    tail = url.rstrip("/").rsplit("/", 1)[-1]
+    return tail.isdigit() and url.count("/") >= 3
+
+
+def config_path() -> Path | None:
+    explicit = os.environ.get("CORRAL_CONFIG")
+    if explicit:
+        return Path(explicit)
+    system = Path("/etc/corral/corral.toml")
+    if system.exists():
+        return system
+    return REPO_CONFIG if REPO_CONFIG.exists() else None
+
+
+@lru_cache(maxsize=1)
+def load_settings(**overrides: Any) -> Settings:
+    """Settings for this process, built once (``load_settings.cache_clear()`` in tests)."""
+    return Settings(**overrides)

@@ -1,0 +1,104 @@
+"""Shared fixtures: a private real Redis server per test session, the host's real Docker engine,
+and the locally built busybox test image.
+
+A missing service skips the tests that need it on a developer machine and FAILS them under
+``CI=true`` (dramatiq's convention): CI must never go green by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+TEST_IMAGE = os.environ.get("CORRAL_TEST_IMAGE", "corral/busybox:latest")
+
+
+def missing(what: str) -> None:
+    """Skip locally, fail under CI."""
+    if IN_CI:
+        pytest.fail(f"{what} is required under CI=true", pytrace=False)
+    pytest.skip(f"{what} not available")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """A throwaway redis-server on loopback; yields its base URL (no db suffix)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        missing("redis-server")
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="corral-redis-")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", workdir, "--maxmemory-policy", "noeviction", "--databases", "64"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        missing("a working redis-server")
+    yield f"redis://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    """The state database of the test Redis, flushed before each test."""
+    import redis
+
+    client = redis.Redis.from_url(f"{redis_server}/3")
+    client.flushall()
+    client.close()
+    yield redis_server
+
+
+@pytest.fixture(scope="session")
+def docker_client():  # type: ignore[no-untyped-def]
+    try:
+        import docker
+
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except Exception as exc:
+        missing(f"the Docker engine ({exc.__class__.__name__})")
+    return client
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_client) -> str:  # type: ignore[no-untyped-def]
+    """The local test image, built from busybox-static by ``docker import`` when absent."""
+    import docker.errors
+
+    try:
+        docker_client.images.get(TEST_IMAGE)
+        return TEST_IMAGE
+    except docker.errors.ImageNotFound:
+        pass
+    script = Path(__file__).resolve().parent.parent / "scripts" / "build-test-image"
+    if not script.exists() or shutil.which("busybox") is None:
+        missing(f"the test image {TEST_IMAGE}")
+    subprocess.run(["bash", str(script), TEST_IMAGE], check=True)
+    return TEST_IMAGE
