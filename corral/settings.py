@@ -12,6 +12,7 @@ import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -91,14 +92,11 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_path()))
 
     def redis_url(self, db: int) -> str:
+        """The configured Redis URL pointed at logical database ``db`` (any db in the URL is replaced)."""
         if not self.redis.url:
             raise RuntimeError("no Redis URL configured (set CORRAL_REDIS__URL or run `corral dev`)")
-        return f"{self.redis.url.rstrip('/').rsplit('/', 1)[0] if _has_db(self.redis.url) else self.redis.url.rstrip('/')}/{db}"
-
-
-def _has_db(url: str) -> bool:
-    tail = url.rstrip("/").rsplit("/", 1)[-1]
-    return tail.isdigit() and url.count("/") >= 3
+        parts = urlsplit(self.redis.url)
+        return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, ""))
 
 
 def config_path() -> Path | None:

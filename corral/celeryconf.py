@@ -1,0 +1,71 @@
+"""Celery configuration shared by every producer (client) and consumer (worker).
+
+Routing must be identical everywhere: the worker that finishes chain step N publishes step N+1.
+``queue_for_host`` is the one place a queue name is formatted. Every corral task carries its
+target host as the ``host`` keyword argument; ``route_task`` reads it, so even a signature sent
+without an explicit queue lands on the right host, and a task with no host goes to the fleet queue
+(never to Celery's default queue, which nobody consumes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from corral.settings import Settings
+
+FLEET_QUEUE = "corral.fleet"
+HOST_QUEUE_PREFIX = "corral.host."
+TASK_PREFIX = "corral."
+
+
+def queue_for_host(host_id: str) -> str:
+    return f"{HOST_QUEUE_PREFIX}{host_id}"
+
+
+def task_name(operation: str) -> str:
+    return f"{TASK_PREFIX}{operation}"
+
+
+def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any) -> dict[str, str] | None:
+    """Payload router (the safety net behind ``.set(queue=...)`` on every signature)."""
+    if not str(name).startswith(TASK_PREFIX):
+        return None
+    host = (kwargs or {}).get("host") if isinstance(kwargs, dict) else None
+    return {"queue": queue_for_host(host) if host else FLEET_QUEUE}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    visibility = settings.celery.visibility_timeout_s
+    transport = {"visibility_timeout": visibility}
+    return {
+        "broker_url": settings.redis_url(settings.redis.broker_db),
+        "result_backend": settings.redis_url(settings.redis.result_db),
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "result_extended": False,
+        "result_expires": 24 * 3600,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_soft_shutdown_timeout": settings.celery.soft_shutdown_timeout_s,
+        "worker_enable_soft_shutdown_on_idle": True,
+        "task_routes": (route_task,),
+        "task_default_queue": FLEET_QUEUE,
+        "task_create_missing_queues": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "worker_hijack_root_logger": False,
+        "redbeat_redis_url": settings.redis_url(settings.redis.beat_db),
+        "redbeat_key_prefix": "corral:redbeat:",
+        "redbeat_redis_options": {"visibility_timeout": visibility},
+        "redbeat_lock_timeout": max(30, int(settings.celery.sweep_interval_s * 5)),
+        "beat_max_loop_interval": max(1, int(settings.celery.sweep_interval_s)),
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+    }

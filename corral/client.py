@@ -1,0 +1,303 @@
+"""The Python client: send contract operations to a host's queue by task name, and run jobs.
+
+It never imports ``tasks`` or ``workers``: it sends ``corral.<operation>`` by name with a
+producer-only Celery app configured exactly like the workers (same router, same serializer).
+Read-only views (sessions, tickets, journal, hosts) come straight from the state database.
+
+    client = Client()
+    outcome = client.run(JobSpec(image="corral/busybox:latest", argv=["echo", "hi"]))
+    outcome.exit_code  # 0
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from celery import Celery, chain
+from celery.result import AsyncResult
+from pydantic import BaseModel
+
+from corral.celeryconf import celery_config, queue_for_host, task_name
+from corral.errors import AgentError, NotFound, TimeoutFailure
+from corral.job import JobSpec
+from corral.journal import JournalRecord
+from corral.models import (
+    CleanupRequest,
+    CleanupResult,
+    DetachTransferRequest,
+    DetachTransferResult,
+    ExecutionEnvironment,
+    HealthState,
+    IoStream,
+    ProcessIoFrame,
+    ProcessIoRequest,
+    ProcessSignal,
+    ProcessSignalRequest,
+    ProcessSignalResult,
+    ProcessStartResult,
+    ProcessState,
+    ProcessStatsRequest,
+    ProcessStatsSnapshot,
+    ReclaimRequest,
+    ReclaimResult,
+    dump,
+)
+from corral.refs import process_ref_for, slug
+from corral.services import Services, state_services
+from corral.settings import Settings, load_settings
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def cleanup_plan_ref(environment_id: str) -> str:
+    """One plan ref per environment: the chain's error cleanup and the client's share a key."""
+    return f"plan-{slug(environment_id)}"
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    host_id: str
+    up: bool
+    healthy: bool
+    record: dict[str, Any] | None
+
+
+@dataclass
+class JobHandle:
+    environment_id: str
+    host: str
+    process_ref: str
+    step_ids: list[tuple[str, str]] = field(default_factory=list)
+    """(operation, Celery task id) for each chain step, in order."""
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    environment_id: str
+    host: str
+    exit_code: int | None
+    reason: str | None
+    cleanup: str | None
+
+
+class Client:
+    def __init__(self, settings: Settings | None = None, services: Services | None = None) -> None:
+        self.settings = settings or load_settings()
+        self.services = services or state_services(self.settings)
+        self.app = Celery("corral-client", set_as_current=False)
+        self.app.conf.update(celery_config(self.settings))
+        self.timeout_s = self.settings.celery.task_timeout_s
+
+    def close(self) -> None:
+        self.app.close()
+
+    # -- hosts and placement ---------------------------------------------------------------
+
+    def hosts(self) -> list[HostStatus]:
+        out = []
+        for host_id in self.services.store.known_hosts():
+            record = self.services.store.host(host_id)
+            healthy = bool(record) and record["report"]["health"]["state"] == HealthState.healthy  # type: ignore[index]
+            out.append(HostStatus(host_id, record is not None, healthy, record))
+        return out
+
+    def pick_host(self, requested: str | None = None) -> str:
+        """The requested host if it is up, else the live healthy host with the fewest sessions."""
+        statuses = {h.host_id: h for h in self.hosts()}
+        if requested is not None:
+            status = statuses.get(requested)
+            if status is None:
+                raise NotFound(f"unknown host {requested}", context={"host": requested})
+            if not status.up:
+                raise NotFound(f"host {requested} is down (no heartbeat)", context={"host": requested})
+            return requested
+        live = [h.host_id for h in statuses.values() if h.up and h.healthy]
+        if not live:
+            raise NotFound("no live healthy host: start one with `corral worker --host NAME` or `corral dev`")
+        load = {h: 0 for h in live}
+        for session in self.services.store.list_sessions(limit=1000):
+            if session.get("host") in load and session.get("state") in ("preparing", "prepared", "running"):
+                load[session["host"]] += 1
+        return min(live, key=lambda h: (load[h], h))
+
+    # -- one operation ---------------------------------------------------------------------
+
+    def send(self, operation: str, request: BaseModel | None, host: str) -> AsyncResult:
+        return self.app.send_task(task_name(operation), args=[dump(request)] if request is not None else [],
+                                  kwargs={"host": host}, queue=queue_for_host(host))
+
+    def call(self, operation: str, request: BaseModel | None, host: str, result_type: type[M],
+             timeout: float | None = None) -> M:
+        result = self.send(operation, request, host)
+        return result_type.model_validate(self._get(result, operation, timeout))
+
+    def _get(self, result: AsyncResult, operation: str, timeout: float | None = None) -> Any:
+        try:
+            return result.get(timeout=timeout or self.timeout_s, propagate=True, disable_sync_subtasks=False)
+        except AgentError:
+            raise
+        except TimeoutError:
+            raise TimeoutFailure(f"{operation} did not answer within {timeout or self.timeout_s:.0f} s "
+                                 "(is a worker serving that host?)", context={"operation": operation}) from None
+        except Exception as exc:  # a non-contract failure still reaches the caller typed
+            raise AgentError(f"{operation} failed: {exc.__class__.__name__}: {exc}",
+                             retry="not_retryable") from None
+        finally:
+            result.forget()
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def submit(self, job: JobSpec, host: str | None = None) -> JobHandle:
+        """Send the prepare-to-start chain; every signature pinned to the host's queue."""
+        target = self.pick_host(host)
+        steps = job.requests(target)
+        queue = queue_for_host(target)
+        signatures = [self.app.signature(task_name(op), args=[dump(req)], kwargs={"host": target},
+                                         immutable=True).set(queue=queue) for op, req in steps]
+        on_error = self.app.signature(task_name("cleanup"), args=[dump(CleanupRequest(
+            environment=job.environment(), cleanup_plan_ref=cleanup_plan_ref(job.environment_id)))],
+            kwargs={"host": target}, immutable=True).set(queue=queue)
+        workflow = chain(*signatures)
+        workflow.link_error(on_error)
+        last = workflow.apply_async()
+        ids: list[str] = []
+        node: AsyncResult | None = last
+        while node is not None:
+            ids.append(node.id)
+            node = node.parent
+        ids.reverse()
+        return JobHandle(job.environment_id, target, process_ref_for(job.environment_id),
+                         list(zip([op for op, _ in steps], ids, strict=True)))
+
+    def wait(self, handle: JobHandle, timeout: float | None = None) -> ProcessStartResult:
+        """Wait for each chain step in order; the first failure is raised as its ``AgentError``."""
+        value: Any = None
+        for operation, task_id in handle.step_ids:
+            value = self._get(AsyncResult(task_id, app=self.app), operation, timeout)
+        return ProcessStartResult.model_validate(value)
+
+    def frames(self, handle: JobHandle, stream: IoStream, cursor: int = 0, max_bytes: int = 256 * 1024,
+               poll_s: float = 0.1) -> Iterator[ProcessIoFrame]:
+        """Frames of one output stream from ``cursor`` until EOF, polling while the process runs."""
+        while True:
+            frame = self.read_frame(handle.host, handle.process_ref, stream, cursor, max_bytes)
+            yield frame
+            cursor = frame.cursor
+            if frame.eof:
+                return
+            if frame.byte_count == 0:
+                time.sleep(poll_s)
+
+    def read_frame(self, host: str, process_ref: str, stream: IoStream, cursor: int,
+                   max_bytes: int = 256 * 1024) -> ProcessIoFrame:
+        return self.call("stream_io", ProcessIoRequest(process_ref=process_ref, stream=stream, cursor=cursor,
+                                                       max_bytes=max_bytes), host, ProcessIoFrame)
+
+    def write_stdin(self, handle: JobHandle, data: bytes, close: bool = False) -> ProcessIoFrame:
+        return self.call("stream_io", ProcessIoRequest(process_ref=handle.process_ref, stream=IoStream.stdin,
+                                                       data_b64=base64.b64encode(data).decode(), close_stdin=close),
+                         handle.host, ProcessIoFrame)
+
+    def signal(self, handle: JobHandle, signal: ProcessSignal, grace_ms: int = 5000) -> ProcessSignalResult:
+        return self.call("signal_process", ProcessSignalRequest(process_ref=handle.process_ref, signal=signal,
+                                                                grace_ms=grace_ms), handle.host, ProcessSignalResult)
+
+    def stats(self, handle: JobHandle) -> ProcessStatsSnapshot:
+        return self.call("collect_stats", ProcessStatsRequest(process_ref=handle.process_ref), handle.host,
+                         ProcessStatsSnapshot)
+
+    def cleanup(self, handle: JobHandle) -> CleanupResult:
+        env = self.environment_of(handle.environment_id)
+        return self.call("cleanup", CleanupRequest(environment=env,
+                                                   cleanup_plan_ref=cleanup_plan_ref(handle.environment_id)),
+                         handle.host, CleanupResult)
+
+    def detach(self, handle: JobHandle, ttl_ms: int) -> DetachTransferResult:
+        env = self.environment_of(handle.environment_id)
+        return self.call("detach", DetachTransferRequest(environment=env, ttl_ms=ttl_ms), handle.host,
+                         DetachTransferResult)
+
+    def reclaim(self, ticket_ref: str) -> ReclaimResult:
+        ticket = self.services.store.ticket(ticket_ref)
+        if not ticket:
+            raise NotFound(f"unknown ticket {ticket_ref}", context={"ticket_ref": ticket_ref})
+        return self.call("reclaim", ReclaimRequest(ticket_ref=ticket_ref), ticket["host"], ReclaimResult)
+
+    def run(self, job: JobSpec, host: str | None = None,
+            on_output: Callable[[IoStream, bytes], None] | None = None,
+            cleanup: bool = True) -> JobOutcome:
+        """Submit, stream output until EOF, read the exit status, clean up (also on failure/Ctrl-C)."""
+        handle = self.submit(job, host)
+        try:
+            self.wait(handle)
+            stats = self.follow(handle, on_output)
+            return JobOutcome(job.environment_id, handle.host, stats.exit_code,
+                              stats.reason.value if stats.reason else None, None)
+        finally:
+            if cleanup:
+                self.cleanup_quietly(handle)
+
+    def cleanup_quietly(self, handle: JobHandle) -> CleanupResult | None:
+        try:
+            return self.cleanup(handle)
+        except AgentError:
+            return None
+
+    def follow(self, handle: JobHandle, on_output: Callable[[IoStream, bytes], None] | None = None,
+               poll_s: float = 0.05) -> ProcessStatsSnapshot:
+        """Drain stdout and stderr (interleaved by polling) until both reach EOF; return final stats."""
+        cursors = {IoStream.stdout: 0, IoStream.stderr: 0}
+        done: set[IoStream] = set()
+        while len(done) < 2:
+            progressed = False
+            for stream in (IoStream.stdout, IoStream.stderr):
+                if stream in done:
+                    continue
+                frame = self.read_frame(handle.host, handle.process_ref, stream, cursors[stream])
+                cursors[stream] = frame.cursor
+                if frame.byte_count:
+                    progressed = True
+                    if on_output is not None and frame.content_b64 is not None:
+                        on_output(stream, base64.b64decode(frame.content_b64))
+                if frame.eof:
+                    done.add(stream)
+            if not progressed and len(done) < 2:
+                time.sleep(poll_s)
+        for _ in range(100):
+            stats = self.stats(handle)
+            if stats.state is ProcessState.exited:
+                return stats
+            time.sleep(poll_s)
+        return stats
+
+    # -- read-only views -------------------------------------------------------------------
+
+    def handle(self, environment_id: str) -> JobHandle:
+        record = self.services.store.session(environment_id)
+        if not record:
+            matches = [s["environment_id"] for s in self.services.store.list_sessions(1000)
+                       if s["environment_id"].startswith(environment_id)]
+            if len(matches) != 1:
+                raise NotFound(f"unknown sandbox {environment_id}", context={"environment_id": environment_id})
+            environment_id = matches[0]
+            record = self.services.store.session(environment_id)
+        return JobHandle(environment_id, record["host"], record.get("process_ref") or process_ref_for(environment_id))
+
+    def environment_of(self, environment_id: str) -> ExecutionEnvironment:
+        record = self.services.store.session(environment_id)
+        if not record or "environment" not in record:
+            raise NotFound(f"unknown sandbox {environment_id}", context={"environment_id": environment_id})
+        return ExecutionEnvironment.model_validate_json(record["environment"])
+
+    def sessions(self, limit: int = 200) -> list[dict[str, str]]:
+        return self.services.store.list_sessions(limit)
+
+    def tickets(self) -> list[dict[str, str]]:
+        return self.services.store.list_tickets()
+
+    def journal(self, environment_id: str) -> list[JournalRecord]:
+        return self.services.journal.read(environment_id)

@@ -1,0 +1,58 @@
+"""The intent/result journal: one Redis Stream per environment.
+
+Records are flat string maps built only from refs, operation names, statuses, error kinds and
+redacted summaries composed by the coordinator: a journal record never carries a request body,
+so it cannot carry a secret value. Kinds:
+
+    intent    before an effect: op, idempotency key, effect id
+    result    after it: status ok|failed (+ error kind/retry) and a redacted summary
+    recovery  the result could not be recorded after a possible effect, or a recovery action ran
+    replay    a duplicate delivery was answered from the idempotency record (no effect)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import cast
+
+import redis
+
+from corral.errors import JournalFailure
+from corral.store import journal_key
+
+MAX_RECORDS = 10_000
+
+
+@dataclass(frozen=True)
+class JournalRecord:
+    record_id: str
+    fields: dict[str, str]
+
+    @property
+    def kind(self) -> str:
+        return self.fields.get("kind", "")
+
+
+class Journal:
+    def __init__(self, client: redis.Redis, ttl_s: int = 7 * 24 * 3600) -> None:
+        self.r = client
+        self.ttl_s = ttl_s
+
+    def append(self, environment_id: str, kind: str, fields: Mapping[str, str]) -> str:
+        """Append a record; raises ``JournalFailure`` (retryable) when Redis cannot take it."""
+        key = journal_key(environment_id)
+        record = {"kind": kind, **{k: str(v) for k, v in fields.items()}}
+        try:
+            pipe = self.r.pipeline()
+            pipe.xadd(key, record, maxlen=MAX_RECORDS, approximate=True)  # type: ignore[arg-type]
+            pipe.expire(key, self.ttl_s)
+            record_id, _ = pipe.execute()
+        except redis.RedisError as exc:
+            raise JournalFailure(f"journal append failed: {exc.__class__.__name__}", context={"kind": kind}) from exc
+        return str(record_id)
+
+    def read(self, environment_id: str, after: str = "-", count: int = 1000) -> list[JournalRecord]:
+        start = after if after == "-" else f"({after}"
+        rows = cast(list[tuple[str, dict[str, str]]], self.r.xrange(journal_key(environment_id), start, "+", count=count))
+        return [JournalRecord(rid, dict(fields)) for rid, fields in rows]

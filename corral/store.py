@@ -1,0 +1,250 @@
+"""Every Redis key corral uses, named once, and the atomic transitions on them.
+
+Keys (all prefixed ``corral:``, all with a TTL as a backstop)::
+
+    session:<environment_id>   HASH  host, state, owner, environment/process JSON, step results
+    sessions                   ZSET  environment_id by creation time (for ``corral ps``)
+    process:<process_ref>      STR   environment_id
+    idem:<key>                 HASH  digest, state (pending|done|failed), result, token, lease_until
+    journal:<environment_id>   STREAM intent/result/recovery records (see ``corral.journal``)
+    ticket:<ticket_ref>        HASH  environment_id, host, deadline_ms, state
+    tickets:due                ZSET  ticket_ref by next action time (deadline, then re-send time)
+    host:<host_id>             STR   JSON heartbeat: capability report, load; expires on silence
+    hosts                      SET   every host ever seen (so a silent one shows as down)
+
+Multi-key transitions are Lua scripts run atomically by Redis. Time is always a parameter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+
+PREFIX = "corral:"
+
+
+def session_key(environment_id: str) -> str:
+    return f"{PREFIX}session:{environment_id}"
+
+
+SESSIONS_KEY = f"{PREFIX}sessions"
+
+
+def process_key(process_ref: str) -> str:
+    return f"{PREFIX}process:{process_ref}"
+
+
+def idem_key(key: str) -> str:
+    return f"{PREFIX}idem:{key}"
+
+
+def journal_key(environment_id: str) -> str:
+    return f"{PREFIX}journal:{environment_id}"
+
+
+def ticket_key(ticket_ref: str) -> str:
+    return f"{PREFIX}ticket:{ticket_ref}"
+
+
+TICKETS_DUE_KEY = f"{PREFIX}tickets:due"
+
+
+def host_key(host_id: str) -> str:
+    return f"{PREFIX}host:{host_id}"
+
+
+HOSTS_KEY = f"{PREFIX}hosts"
+
+
+# Begin an idempotent operation. Returns {status, ...}:
+#   new       the caller owns the key with its token and must finish it
+#   takeover  an earlier holder's lease expired; the caller owns it now (the effect may be half-done)
+#   done      recorded result follows
+#   failed    recorded (non-retryable) error follows
+#   pending   another delivery holds a live lease
+#   conflict  same key, different request digest
+_IDEM_BEGIN = """
+local k = KEYS[1]
+local digest, token, now, lease, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+if redis.call('EXISTS', k) == 0 then
+  redis.call('HSET', k, 'digest', digest, 'state', 'pending', 'token', token, 'lease_until', now + lease)
+  redis.call('PEXPIRE', k, ttl)
+  return {'new', ''}
+end
+if redis.call('HGET', k, 'digest') ~= digest then return {'conflict', ''} end
+local state = redis.call('HGET', k, 'state')
+if state == 'done' then return {'done', redis.call('HGET', k, 'result')} end
+if state == 'failed' then return {'failed', redis.call('HGET', k, 'result')} end
+if tonumber(redis.call('HGET', k, 'lease_until')) < now then
+  redis.call('HSET', k, 'token', token, 'lease_until', now + lease)
+  return {'takeover', ''}
+end
+return {'pending', ''}
+"""
+
+# Finish an operation only if the caller still holds the key (fencing): ARGV state, result, token.
+_IDEM_FINISH = """
+local k = KEYS[1]
+if redis.call('HGET', k, 'token') ~= ARGV[3] then return 0 end
+if ARGV[1] == 'forget' then redis.call('DEL', k) return 1 end
+redis.call('HSET', k, 'state', ARGV[1], 'result', ARGV[2])
+redis.call('PEXPIRE', k, tonumber(ARGV[4]))
+return 1
+"""
+
+# Claim tickets due at ARGV[1]: each is pushed ARGV[2] ms into the future (re-sent then if its
+# reclaim has not completed), so concurrent sweepers never claim the same ticket in one period.
+_CLAIM_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local claimed = {}
+for _, ref in ipairs(due) do
+  local score = tonumber(redis.call('ZSCORE', KEYS[1], ref))
+  if score and score <= tonumber(ARGV[1]) then
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), ref)
+    local tk = ARGV[4] .. ref
+    redis.call('HSET', tk, 'state', 'reclaiming', 'claimed_ms', ARGV[1])
+    redis.call('HINCRBY', tk, 'attempts', 1)
+    table.insert(claimed, ref)
+    table.insert(claimed, redis.call('HGET', tk, 'host') or '')
+  end
+end
+return claimed
+"""
+
+
+@dataclass(frozen=True)
+class IdemBegin:
+    status: str
+    payload: str
+
+
+@dataclass(frozen=True)
+class DueTicket:
+    ticket_ref: str
+    host: str
+
+
+class Store:
+    """Typed access to corral's state database. One instance per process; cheap to share."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int = 7 * 24 * 3600) -> None:
+        self.r = client
+        self.ttl_ms = ttl_s * 1000
+        self._begin = client.register_script(_IDEM_BEGIN)
+        self._finish = client.register_script(_IDEM_FINISH)
+        self._claim = client.register_script(_CLAIM_DUE)
+
+    @classmethod
+    def from_url(cls, url: str, ttl_s: int = 7 * 24 * 3600) -> Store:
+        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_s)
+
+    # -- idempotency -------------------------------------------------------------------------
+
+    def idem_begin(self, key: str, digest: str, token: str, now_ms: int, lease_ms: int) -> IdemBegin:
+        status, payload = cast(list[str], self._begin(keys=[idem_key(key)], args=[digest, token, now_ms, lease_ms, self.ttl_ms]))
+        return IdemBegin(status, payload)
+
+    def idem_finish(self, key: str, token: str, state: str, result: str) -> bool:
+        """Record ``done``/``failed`` with its result, or ``forget`` the key; False when fenced out."""
+        return bool(self._finish(keys=[idem_key(key)], args=[state, result, token, self.ttl_ms]))
+
+    def idem_get(self, key: str) -> dict[str, str]:
+        return cast(dict[str, str], self.r.hgetall(idem_key(key)))
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def create_session(self, environment_id: str, fields: Mapping[str, str], now_ms: int) -> bool:
+        """Create the session record; False if it already exists (its fields are left alone)."""
+        key = session_key(environment_id)
+        created = bool(self.r.hsetnx(key, "created_ms", str(now_ms)))
+        if created:
+            pipe = self.r.pipeline()
+            pipe.hset(key, mapping=dict(fields))
+            pipe.pexpire(key, self.ttl_ms)
+            pipe.zadd(SESSIONS_KEY, {environment_id: now_ms})
+            pipe.execute()
+        return created
+
+    def session(self, environment_id: str) -> dict[str, str]:
+        return cast(dict[str, str], self.r.hgetall(session_key(environment_id)))
+
+    def update_session(self, environment_id: str, fields: Mapping[str, str], now_ms: int) -> None:
+        key = session_key(environment_id)
+        pipe = self.r.pipeline()
+        pipe.hset(key, mapping={**fields, "updated_ms": str(now_ms)})
+        pipe.pexpire(key, self.ttl_ms)
+        pipe.execute()
+
+    def set_step_result(self, environment_id: str, step: str, result: Mapping[str, Any], now_ms: int) -> None:
+        self.update_session(environment_id, {f"result:{step}": json.dumps(result, sort_keys=True)}, now_ms)
+
+    def step_result(self, environment_id: str, step: str) -> dict[str, Any] | None:
+        raw = self.r.hget(session_key(environment_id), f"result:{step}")
+        return cast(dict[str, Any], json.loads(raw)) if raw else None
+
+    def list_sessions(self, limit: int = 200) -> list[dict[str, str]]:
+        ids = cast(list[str], self.r.zrevrange(SESSIONS_KEY, 0, limit - 1))
+        pipe = self.r.pipeline()
+        for env_id in ids:
+            pipe.hgetall(session_key(env_id))
+        out = []
+        for env_id, record in zip(ids, pipe.execute(), strict=True):
+            if record:
+                out.append({"environment_id": env_id, **record})
+            else:
+                self.r.zrem(SESSIONS_KEY, env_id)  # expired: drop the index entry lazily
+        return out
+
+    def bind_process(self, process_ref: str, environment_id: str) -> None:
+        self.r.set(process_key(process_ref), environment_id, px=self.ttl_ms)
+
+    def environment_of_process(self, process_ref: str) -> str | None:
+        return cast(str | None, self.r.get(process_key(process_ref)))
+
+    # -- tickets -----------------------------------------------------------------------------
+
+    def put_ticket(self, ticket_ref: str, fields: Mapping[str, str], deadline_ms: int) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(ticket_key(ticket_ref), mapping={**fields, "deadline_ms": str(deadline_ms), "state": "detached"})
+        pipe.pexpire(ticket_key(ticket_ref), max(self.ttl_ms, deadline_ms))
+        pipe.zadd(TICKETS_DUE_KEY, {ticket_ref: deadline_ms})
+        pipe.execute()
+
+    def ticket(self, ticket_ref: str) -> dict[str, str]:
+        return cast(dict[str, str], self.r.hgetall(ticket_key(ticket_ref)))
+
+    def close_ticket(self, ticket_ref: str, state: str, now_ms: int) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(ticket_key(ticket_ref), mapping={"state": state, "closed_ms": str(now_ms)})
+        pipe.zrem(TICKETS_DUE_KEY, ticket_ref)
+        pipe.execute()
+
+    def claim_due_tickets(self, now_ms: int, resend_after_ms: int, limit: int = 100) -> list[DueTicket]:
+        flat = cast(list[str], self._claim(keys=[TICKETS_DUE_KEY], args=[now_ms, resend_after_ms, limit, f"{PREFIX}ticket:"]))
+        return [DueTicket(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    def list_tickets(self) -> list[dict[str, str]]:
+        refs = cast(list[str], self.r.zrange(TICKETS_DUE_KEY, 0, -1))
+        pipe = self.r.pipeline()
+        for ref in refs:
+            pipe.hgetall(ticket_key(ref))
+        return [{"ticket_ref": ref, **rec} for ref, rec in zip(refs, pipe.execute(), strict=True)]
+
+    # -- hosts -------------------------------------------------------------------------------
+
+    def publish_host(self, host_id: str, record: Mapping[str, Any], ttl_ms: int) -> None:
+        pipe = self.r.pipeline()
+        pipe.set(host_key(host_id), json.dumps(record, sort_keys=True), px=ttl_ms)
+        pipe.sadd(HOSTS_KEY, host_id)
+        pipe.execute()
+
+    def host(self, host_id: str) -> dict[str, Any] | None:
+        raw = self.r.get(host_key(host_id))
+        return cast(dict[str, Any], json.loads(raw)) if raw else None
+
+    def known_hosts(self) -> list[str]:
+        return sorted(cast(set[str], self.r.smembers(HOSTS_KEY)))

@@ -1,0 +1,68 @@
+"""The one task base class: request validation, host check, error conversion and retry policy.
+
+Every failure leaves a task as an ``AgentError`` (the JSON result backend rebuilds it typed on the
+client). A pydantic validation error becomes ``InvalidRequest`` listing field locations and
+messages but never the offending input (it could be large or sensitive). Only ``retryable``
+errors are retried, with capped exponential backoff; nothing retries a bad request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from celery import Task
+from pydantic import BaseModel, ValidationError
+
+from corral.errors import AgentError, InvalidRequest
+from corral.models import dump
+from corral.settings import load_settings
+
+log = logging.getLogger("corral.tasks")
+
+R = TypeVar("R", bound=BaseModel)
+Q = TypeVar("Q", bound=BaseModel)
+
+MAX_RETRIES = 5
+
+
+def validation_error(exc: ValidationError, model: type[BaseModel]) -> InvalidRequest:
+    problems = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]]
+    more = f" (+{exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+    return InvalidRequest(f"invalid {model.__name__}: " + "; ".join(problems) + more,
+                          context={"model": model.__name__, "errors": str(exc.error_count())})
+
+
+class CorralTask(Task):  # type: ignore[misc]
+    abstract = True
+    acks_late = True
+    reject_on_worker_lost = True
+    max_retries = MAX_RETRIES
+    throws = (AgentError,)  # expected outcomes: logged as one line, not as a crash traceback
+
+    def parse(self, model: type[Q], payload: Any) -> Q:
+        try:
+            return model.model_validate(payload)
+        except ValidationError as exc:
+            raise validation_error(exc, model) from None
+
+    def check_host(self, host: str | None) -> None:
+        here = load_settings().host.id
+        if host is not None and host != here:
+            raise InvalidRequest(f"task for host {host} delivered to host {here}", context={"host": host})
+
+    def run_operation(self, host: str | None, call: Callable[[], R]) -> dict[str, Any]:
+        """Run one contract operation and return its JSON-safe result, converting every failure."""
+        try:
+            self.check_host(host)
+            return dump(call())
+        except AgentError as exc:
+            if exc.retryable and self.request.retries < self.max_retries and not self.request.is_eager:
+                log.warning("retrying %s after %s", self.name, exc)
+                raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from None
+            raise
+        except Exception as exc:
+            log.exception("unexpected failure in %s", self.name)
+            raise AgentError(f"{self.name} failed unexpectedly: {exc.__class__.__name__}",
+                             retry="not_retryable", context={"task": self.name}) from None

@@ -1,0 +1,25 @@
+"""``corral.sweep_tickets``: runs on the fleet queue, scheduled by beat (redbeat)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import current_app, shared_task
+
+from corral.celeryconf import FLEET_QUEUE, queue_for_host, task_name
+from corral.coordinator import SystemClock
+from corral.models import ReclaimRequest, dump
+from corral.services import state_services
+from corral.sweeper import sweep
+from tasks.base import CorralTask
+
+
+def _send_reclaim(host: str, request: ReclaimRequest) -> None:
+    current_app.send_task(task_name("reclaim"), args=[dump(request)], kwargs={"host": host},
+                          queue=queue_for_host(host))
+
+
+@shared_task(bind=True, base=CorralTask, name="corral.sweep_tickets", queue=FLEET_QUEUE)
+def sweep_tickets(self: CorralTask, *, host: str | None = None) -> dict[str, Any]:
+    report = sweep(state_services().store, SystemClock(), _send_reclaim)
+    return {"sent": report.sent}

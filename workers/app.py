@@ -1,0 +1,42 @@
+"""The Celery app for worker and beat processes.
+
+``create_app()`` builds it from settings (no side effect at import). ``app`` is created lazily by
+``celery -A workers.app`` through the module ``__getattr__``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from corral.celeryconf import FLEET_QUEUE, celery_config, task_name
+from corral.settings import Settings, load_settings
+from workers.heartbeat import HostHeartbeat
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or load_settings()
+    app = Celery("corral", include=["tasks.operations", "tasks.sweeper"])
+    app.conf.update(celery_config(settings))
+    app.conf.beat_schedule = {
+        "corral-sweep-tickets": {
+            "task": task_name("sweep_tickets"),
+            "schedule": settings.celery.sweep_interval_s,
+            "options": {"queue": FLEET_QUEUE, "expires": settings.celery.sweep_interval_s * 2},
+        },
+    }
+    app.steps["worker"].add(HostHeartbeat)
+    return app
+
+
+_app: Celery | None = None
+
+
+def __getattr__(name: str) -> Any:
+    global _app
+    if name in ("app", "celery"):
+        if _app is None:
+            _app = create_app()
+        return _app
+    raise AttributeError(name)

@@ -1,0 +1,48 @@
+"""Process entry points: ``python -m workers.main worker --host NAME [--beat]`` and ``... beat``.
+
+The ``corral worker`` and ``corral beat`` CLI commands exec this module, so the library package
+never imports the consumer side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from corral.celeryconf import FLEET_QUEUE, queue_for_host
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="workers.main")
+    sub = parser.add_subparsers(dest="command", required=True)
+    worker = sub.add_parser("worker")
+    worker.add_argument("--host", required=True)
+    worker.add_argument("--concurrency", type=int, default=4)
+    worker.add_argument("--beat", action="store_true", help="embed the beat scheduler (single-host stacks)")
+    worker.add_argument("--no-fleet", action="store_true", help="do not consume the fleet queue")
+    worker.add_argument("--loglevel", default="INFO")
+    beat = sub.add_parser("beat")
+    beat.add_argument("--loglevel", default="INFO")
+    args = parser.parse_args(argv)
+
+    if args.command == "worker":
+        # The host id must be settled before settings are first loaded anywhere in this process.
+        os.environ["CORRAL_HOST__ID"] = args.host
+    from workers.app import create_app
+
+    app = create_app()
+    if args.command == "worker":
+        queues = [queue_for_host(args.host)] + ([] if args.no_fleet else [FLEET_QUEUE])
+        celery_argv = ["worker", "-Q", ",".join(queues), "-n", f"corral@{args.host}",
+                       f"--loglevel={args.loglevel}", f"--concurrency={args.concurrency}", "-E"]
+        if args.beat:
+            celery_argv += ["-B"]
+        app.worker_main(celery_argv)
+    else:
+        app.start(["beat", f"--loglevel={args.loglevel}", "-S", "redbeat.RedBeatScheduler"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
