@@ -22,7 +22,7 @@ from celery.result import AsyncResult
 from pydantic import BaseModel
 
 from corral.celeryconf import celery_config, queue_for_host, task_name
-from corral.errors import AgentError, NotFound, TimeoutFailure
+from corral.errors import AgentError, InvalidRequest, NotFound, TimeoutFailure
 from corral.job import JobSpec
 from corral.journal import JournalRecord
 from corral.models import (
@@ -46,11 +46,18 @@ from corral.models import (
     ReclaimResult,
     dump,
 )
-from corral.refs import process_ref_for, slug
+from corral.refs import check_ref, process_ref_for, slug
 from corral.services import Services, state_services
 from corral.settings import Settings, load_settings
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def checked_ref(value: str, what: str) -> str:
+    try:
+        return check_ref(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"invalid {what}: {exc}") from None
 
 
 def cleanup_plan_ref(environment_id: str) -> str:
@@ -222,6 +229,7 @@ class Client:
                          DetachTransferResult)
 
     def reclaim(self, ticket_ref: str) -> ReclaimResult:
+        checked_ref(ticket_ref, "ticket")
         ticket = self.services.store.ticket(ticket_ref)
         if not ticket:
             raise NotFound(f"unknown ticket {ticket_ref}", context={"ticket_ref": ticket_ref})
@@ -277,6 +285,8 @@ class Client:
     # -- read-only views -------------------------------------------------------------------
 
     def handle(self, environment_id: str) -> JobHandle:
+        """The handle of a sandbox by id (or unique id prefix)."""
+        checked_ref(environment_id, "sandbox id")
         record = self.services.store.session(environment_id)
         if not record:
             matches = [s["environment_id"] for s in self.services.store.list_sessions(1000)

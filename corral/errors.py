@@ -7,7 +7,7 @@ is retried::
 
     AgentError                                   (kind, retry, message, context)
     ├── NotRetryable            retry=not_retryable      a bad request: never retried
-    │   ├── InvalidRequest          kind=invalid_package     malformed or absurd input
+    │   ├── InvalidRequest          kind=invalid_request     malformed or absurd input
     │   ├── NotFound                kind=not_found           unknown session, process, ticket, host, image
     │   ├── Conflict                kind=conflict            idempotency key reused with another body
     │   ├── InvalidStateTransition  kind=invalid_state_transition
@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 
 class ErrorKind(StrEnum):
+    invalid_request = "invalid_request"
     invalid_package = "invalid_package"
     invalid_state_transition = "invalid_state_transition"
     policy_denial = "policy_denial"
@@ -109,12 +110,12 @@ class AgentError(Exception):
 
 
 class NotRetryable(AgentError):
-    default_kind = ErrorKind.invalid_package
+    default_kind = ErrorKind.invalid_request
     default_retry = RetryClass.not_retryable
 
 
 class InvalidRequest(NotRetryable):
-    default_kind = ErrorKind.invalid_package
+    default_kind = ErrorKind.invalid_request
 
 
 class NotFound(NotRetryable):

@@ -1,0 +1,410 @@
+"""The ``corral`` command line. Every command takes ``--json`` for schedulers.
+
+Exit codes: ``corral run`` exits with the sandboxed process's exit code; any corral error (bad
+input, unknown host, policy denial, ...) prints one line and exits 125, like ``docker run``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from corral.errors import AgentError, InvalidRequest
+from corral.job import JobSpec
+from corral.models import IoStream, ProcessSignal, dump
+from corral.render import age, console, emit_json, print_error, table
+from corral.units import parse_duration_ms, parse_env, parse_memory_mb
+
+CORRAL_ERROR_EXIT = 125
+F = TypeVar("F", bound=Callable[..., Any])
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _client() -> Any:
+    from corral.client import Client
+
+    return Client()
+
+
+def handles_errors(func: F) -> F:
+    """Turn an AgentError into one readable line (or a JSON error) and exit 125."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except AgentError as exc:
+            print_error(exc, kwargs.get("as_json", False))
+            sys.exit(CORRAL_ERROR_EXIT)
+        except RuntimeError as exc:  # configuration problems (no Redis URL, ...)
+            print_error(AgentError(str(exc), kind="host_configuration_needed", retry="host_configuration_needed"),
+                        kwargs.get("as_json", False))
+            sys.exit(CORRAL_ERROR_EXIT)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """corral: run batch jobs in isolated sandboxes on a fleet of hosts, through Celery."""
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("image")
+@click.argument("argv", nargs=-1)
+@click.option("--host", help="Run on this host (default: the least-loaded live host).")
+@click.option("--cpus", type=float, default=1.0, show_default=True)
+@click.option("--memory", default="512m", show_default=True, help="Memory limit, e.g. 256m, 2g.")
+@click.option("--pids", type=int, default=64, show_default=True, help="Maximum number of processes.")
+@click.option("--timeout", default="10m", show_default=True, help="Kill the process after this long.")
+@click.option("--env", "env", multiple=True, help="NAME=VALUE (repeatable).")
+@click.option("--mount", "mounts", multiple=True, help="ALIAS:DEST[:rw], ALIAS defined by the host (repeatable).")
+@click.option("--network", default="disabled", show_default=True, help="Network mode (disabled = none).")
+@click.option("--secret", "secrets", multiple=True, help="Secret NAME, mounted at /run/secrets/NAME.")
+@click.option("--user", help="Run as USER[:GROUP] inside the sandbox.")
+@click.option("--workdir", default="/", show_default=True)
+@click.option("--detach", is_flag=True, help="Start, then hand the sandbox over under a reclaim ticket.")
+@click.option("--ttl", default="1h", show_default=True, help="Detach ticket lifetime.")
+@json_option
+@handles_errors
+def run(image: str, argv: tuple[str, ...], host: str | None, cpus: float, memory: str, pids: int, timeout: str,
+        env: tuple[str, ...], mounts: tuple[str, ...], network: str, secrets: tuple[str, ...], user: str | None,
+        workdir: str, detach: bool, ttl: str, as_json: bool) -> None:
+    """Run ARGV in a sandbox from IMAGE:  corral run IMAGE -- CMD ARGS..."""
+    if network not in ("disabled", "allowlist", "egress_scoped", "socket_relay", "exposed_ports",
+                       "adapter_defined_denied"):
+        raise InvalidRequest(f"unknown network mode {network!r}")
+    job = JobSpec(image=image, argv=list(argv), cpus=cpus, memory_mb=parse_memory_mb(memory), process_count=pids,
+                  timeout_ms=parse_duration_ms(timeout), env=parse_env(env), mounts=list(mounts), network=network,
+                  secrets=list(secrets), user=user, workdir=workdir, allow_detach=detach)
+    job.environment(), job.process()  # validate before anything is sent
+    client = _client()
+    if detach:
+        handle = client.submit(job, host)
+        try:
+            client.wait(handle)
+            ticket = client.detach(handle, parse_duration_ms(ttl))
+        except BaseException:
+            client.cleanup_quietly(handle)
+            raise
+        if as_json:
+            emit_json({"environment_id": handle.environment_id, "host": handle.host, **dump(ticket)})
+        else:
+            console.print(f"{handle.environment_id} detached on {handle.host}; ticket {ticket.ticket_ref}")
+        return
+    sys.exit(_run_attached(client, job, host, as_json))
+
+
+def _run_attached(client: Any, job: JobSpec, host: str | None, as_json: bool) -> int:
+    """Stream output live; Ctrl-C terminates (then kills after a grace) and still cleans up."""
+    handle = client.submit(job, host)
+    captured: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+    interrupted = []
+
+    def on_output(stream: IoStream, data: bytes) -> None:
+        if as_json:
+            captured[stream.value] += data
+        else:
+            out = sys.stdout.buffer if stream is IoStream.stdout else sys.stderr.buffer
+            out.write(data)
+            out.flush()
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(signum)
+        client.signal(handle, ProcessSignal.terminate, grace_ms=job_grace_ms)
+
+    job_grace_ms = 5000
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        client.wait(handle)
+        stats = client.follow(handle, on_output)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        cleanup = client.cleanup_quietly(handle)
+    code = stats.exit_code if stats.exit_code is not None else CORRAL_ERROR_EXIT
+    if as_json:
+        import base64
+
+        emit_json({"environment_id": handle.environment_id, "host": handle.host, "exit_code": stats.exit_code,
+                   "reason": stats.reason, "oom_killed": stats.oom_killed,
+                   "stdout_b64": base64.b64encode(captured["stdout"]).decode(),
+                   "stderr_b64": base64.b64encode(captured["stderr"]).decode(),
+                   "cleanup": cleanup.status if cleanup else None})
+    return int(code)
+
+
+@main.command()
+@click.option("--all", "show_all", is_flag=True, help="Include cleaned-up sandboxes.")
+@json_option
+@handles_errors
+def ps(show_all: bool, as_json: bool) -> None:
+    """List sandboxes."""
+    sessions = [s for s in _client().sessions() if show_all or s.get("state") not in ("cleaned",)]
+    rows = []
+    for s in sessions:
+        env = _json_field(s, "environment")
+        image = ((env.get("spec") or {}).get("image") or {}).get("image_ref", "")
+        rows.append({"id": s["environment_id"], "host": s.get("host"), "state": s.get("state"), "image": image,
+                     "created_ms": s.get("created_ms"), "exit_code": s.get("exit_code"), "ticket": s.get("ticket_ref")})
+    if as_json:
+        emit_json(rows)
+        return
+    table("sandboxes", ["ID", "HOST", "STATE", "IMAGE", "CREATED", "EXIT", "TICKET"],
+          [(r["id"], r["host"], r["state"], r["image"], age(r["created_ms"]), r["exit_code"], r["ticket"])
+           for r in rows])
+
+
+def _json_field(record: dict[str, str], name: str) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(record.get(name) or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+@main.command()
+@click.argument("sandbox")
+@click.option("--follow", "-f", is_flag=True, help="Keep reading until the process ends.")
+@click.option("--stream", type=click.Choice(["stdout", "stderr", "both"]), default="both", show_default=True)
+@json_option
+@handles_errors
+def logs(sandbox: str, follow: bool, stream: str, as_json: bool) -> None:
+    """Print a sandbox's output (byte-exact)."""
+    import base64
+
+    client = _client()
+    handle = client.handle(sandbox)
+    if follow and stream == "both" and not as_json:
+        client.follow(handle, lambda s, data: (sys.stdout.buffer if s is IoStream.stdout
+                                               else sys.stderr.buffer).write(data))
+        return
+    streams = [IoStream.stdout, IoStream.stderr] if stream == "both" else [IoStream(stream)]
+    out: dict[str, Any] = {}
+    for s in streams:
+        data = bytearray()
+        cursor = 0
+        while True:
+            frame = client.read_frame(handle.host, handle.process_ref, s, cursor)
+            cursor = frame.cursor
+            chunk = base64.b64decode(frame.content_b64) if frame.content_b64 else b""
+            if as_json:
+                data += chunk
+            else:
+                target = sys.stdout.buffer if s is IoStream.stdout else sys.stderr.buffer
+                target.write(chunk)
+                target.flush()
+            if frame.eof or (frame.byte_count == 0 and not follow):
+                break
+            if frame.byte_count == 0:
+                import time
+
+                time.sleep(0.1)
+        out[s.value] = {"bytes": cursor, "content_b64": base64.b64encode(bytes(data)).decode()}
+    if as_json:
+        emit_json(out)
+
+
+@main.command()
+@click.argument("sandbox")
+@json_option
+@handles_errors
+def stats(sandbox: str, as_json: bool) -> None:
+    """Resource usage and exit status of a sandbox."""
+    client = _client()
+    snapshot = client.stats(client.handle(sandbox))
+    if as_json:
+        emit_json(dump(snapshot))
+        return
+    table(f"stats {sandbox}", ["STATE", "CPU ms", "MEMORY", "PROCS", "EXIT", "REASON", "OOM"],
+          [(snapshot.state, snapshot.cpu_millis, snapshot.memory_bytes, snapshot.process_count, snapshot.exit_code,
+            snapshot.reason, snapshot.oom_killed)])
+
+
+@main.command()
+@click.argument("sandbox")
+@click.option("--signal", "signal_name", default="terminate", show_default=True,
+              help="interrupt, terminate or kill.")
+@click.option("--grace", default="5s", show_default=True, help="After terminate, kill after this long.")
+@json_option
+@handles_errors
+def kill(sandbox: str, signal_name: str, grace: str, as_json: bool) -> None:
+    """Signal a sandbox's process."""
+    if signal_name not in ProcessSignal.__members__:
+        raise InvalidRequest(f"unknown signal {signal_name[:40]!r} (expected interrupt, terminate or kill)")
+    client = _client()
+    result = client.signal(client.handle(sandbox), ProcessSignal(signal_name), parse_duration_ms(grace))
+    if as_json:
+        emit_json(dump(result))
+    else:
+        console.print(f"{signal_name} {'delivered' if result.delivered else 'not delivered (not running)'}")
+
+
+@main.command()
+@click.argument("sandbox")
+@json_option
+@handles_errors
+def rm(sandbox: str, as_json: bool) -> None:
+    """Remove everything a sandbox owns (stops it first)."""
+    client = _client()
+    result = client.cleanup(client.handle(sandbox))
+    if as_json:
+        emit_json(dump(result))
+    else:
+        console.print(f"{sandbox}: cleanup {result.status.value} {result.redacted_summary}")
+    if result.status.value != "completed":
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("sandbox")
+@click.option("--ttl", required=True, help="Ticket lifetime, e.g. 30m.")
+@json_option
+@handles_errors
+def detach(sandbox: str, ttl: str, as_json: bool) -> None:
+    """Hand a sandbox over under a reclaim ticket (its policy must allow detach)."""
+    client = _client()
+    result = client.detach(client.handle(sandbox), parse_duration_ms(ttl))
+    if as_json:
+        emit_json(dump(result))
+    else:
+        console.print(f"{sandbox} detached; ticket {result.ticket_ref}, reclaimed at {result.deadline_ms} ms "
+                      "(unix) at the latest")
+
+
+@main.command()
+@click.argument("ticket")
+@json_option
+@handles_errors
+def reclaim(ticket: str, as_json: bool) -> None:
+    """Reclaim a detached sandbox now."""
+    result = _client().reclaim(ticket)
+    if as_json:
+        emit_json(dump(result))
+    else:
+        console.print(f"{ticket}: reclaim {result.status.value}")
+    if result.status.value != "completed":
+        sys.exit(1)
+
+
+@main.command()
+@json_option
+@handles_errors
+def tickets(as_json: bool) -> None:
+    """List open detach tickets."""
+    rows = _client().tickets()
+    if as_json:
+        emit_json(rows)
+        return
+    table("tickets", ["TICKET", "SANDBOX", "HOST", "STATE", "DEADLINE", "ATTEMPTS"],
+          [(t["ticket_ref"], t.get("environment_id"), t.get("host"), t.get("state"), t.get("deadline_ms"),
+            t.get("attempts", "0")) for t in rows])
+
+
+@main.command()
+@click.argument("sandbox")
+@json_option
+@handles_errors
+def journal(sandbox: str, as_json: bool) -> None:
+    """The intent/result journal of a sandbox."""
+    client = _client()
+    records = client.journal(client.handle(sandbox).environment_id)
+    if as_json:
+        emit_json([{"id": r.record_id, **r.fields} for r in records])
+        return
+    table(f"journal {sandbox}", ["ID", "KIND", "OPERATION", "STATUS", "SUMMARY"],
+          [(r.record_id, r.kind, r.fields.get("op"), r.fields.get("status", r.fields.get("action", "")),
+            r.fields.get("summary", "")) for r in records])
+
+
+@main.command()
+@json_option
+@handles_errors
+def hosts(as_json: bool) -> None:
+    """Hosts of the fleet: up/down by heartbeat, health and runtime."""
+    statuses = _client().hosts()
+    if as_json:
+        emit_json([{"host": h.host_id, "up": h.up, "healthy": h.healthy, "record": h.record} for h in statuses])
+        return
+    table("hosts", ["HOST", "STATUS", "HEALTH", "RUNTIME", "HEARTBEAT"],
+          [(h.host_id, "up" if h.up else "down",
+            (h.record or {}).get("report", {}).get("health", {}).get("state", "") if h.up else "",
+            (h.record or {}).get("report", {}).get("adapter_kind", ""),
+            age((h.record or {}).get("heartbeat_ms"))) for h in statuses])
+
+
+@main.command()
+@click.option("--host", required=True, help="This host's id; the worker consumes corral.host.<id>.")
+@click.option("--concurrency", type=int, default=4, show_default=True)
+@click.option("--beat", is_flag=True, help="Embed the beat scheduler (single-host stacks only).")
+def worker(host: str, concurrency: int, beat: bool) -> None:
+    """Run a host worker (consumes corral.host.HOST and corral.fleet)."""
+    argv = [sys.executable, "-m", "workers.main", "worker", "--host", host, "--concurrency", str(concurrency)]
+    os.execv(sys.executable, argv + (["--beat"] if beat else []))
+
+
+@main.command()
+def beat() -> None:
+    """Run the beat scheduler (redbeat: one leader across the fleet)."""
+    os.execv(sys.executable, [sys.executable, "-m", "workers.main", "beat"])
+
+
+@main.command()
+@click.option("--host", "host_id", default="dev", show_default=True)
+@click.option("--demo", is_flag=True, help="Run one sandboxed job through the whole chain, print it, stop.")
+@click.option("--flower-port", type=int, default=None, help="Also serve Flower on 127.0.0.1:PORT.")
+@click.argument("job", nargs=-1)
+@handles_errors
+def dev(host_id: str, demo: bool, flower_port: int | None, job: tuple[str, ...]) -> None:
+    """A single-host stack in the foreground: local Redis, this host's Docker, one worker with beat.
+
+    With --demo, run JOB (IMAGE CMD...; default: a busybox greeting) and print its output and journal.
+    """
+    from corral.devstack import DevStack
+
+    stack = DevStack(host_id, flower_port=flower_port)
+    console.print(f"[bold]corral dev[/]: starting redis, worker {host_id} (+beat)"
+                  f"{f', flower on 127.0.0.1:{flower_port}' if flower_port else ''}; logs in {stack.log_dir}")
+    stack.start()
+    console.print(f"stack up: CORRAL_REDIS__URL={stack.redis_url}")
+    try:
+        if demo:
+            sys.exit(_demo(host_id, job))
+        console.print("in another shell:  export CORRAL_REDIS__URL=" + str(stack.redis_url) +
+                      "  and  corral run corral/busybox:latest -- echo hello.  Ctrl-C stops the stack.")
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        console.print("stopping the stack")
+        stack.stop()
+
+
+DEMO_JOB = ("corral/busybox:latest", "sh", "-c",
+            'echo "hello from a corral sandbox: $(id)"; echo "root is read-only:"; touch /x 2>&1; '
+            'echo "network interfaces: $(ls /sys/class/net)"; echo "this line goes to stderr" >&2')
+
+
+def _demo(host_id: str, job: tuple[str, ...]) -> int:
+    from corral.client import Client
+
+    image, *argv = job or DEMO_JOB
+    client = Client()
+    spec = JobSpec(image=image, argv=argv, memory_mb=128, timeout_ms=60_000)
+    console.print(f"[bold]$ corral run {image} -- {' '.join(argv)}[/]", markup=True, highlight=False)
+    outcome = client.run(spec, host=host_id, on_output=lambda s, d: (
+        sys.stdout.buffer if s is IoStream.stdout else sys.stderr.buffer).write(d) and None)
+    sys.stdout.flush()
+    console.print(f"[bold]exit code {outcome.exit_code}[/] ({outcome.reason}) on host {outcome.host}")
+    records = client.journal(outcome.environment_id)
+    table(f"journal of {outcome.environment_id}", ["KIND", "OPERATION", "STATUS", "SUMMARY"],
+          [(r.kind, r.fields.get("op"), r.fields.get("status", ""), r.fields.get("summary", "")) for r in records])
+    return int(outcome.exit_code or 0)
