@@ -1,0 +1,245 @@
+"""Pure host-policy decisions of the Docker runtime: mounts, network mode, container settings.
+
+Nothing here talks to Docker, so every rule is unit-testable. Callers name mount *aliases*; the host
+maps them to directories (``HostSettings.mounts``). Host paths never leave the host: they are in
+the bind list given to Docker, never in a result model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral.errors import HostConfigurationNeeded, InvalidRequest, PolicyDenial, Unsupported
+from corral.models import (
+    FilesystemPolicy,
+    IsolatedProcessSpec,
+    MountMode,
+    MountPolicy,
+    MountRef,
+    NetworkMode,
+    NetworkPolicy,
+    ResourceLimits,
+    SymlinkPolicy,
+    TerminalMode,
+)
+from corral.settings import HostSettings
+
+DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+SYSTEM_DIRS = ("/proc", "/sys", "/dev", "/boot")
+FORBIDDEN_DESTINATIONS = ("/proc", "/sys", "/dev")
+SCRATCH = "/tmp"
+RLIMIT_NAMES = frozenset(
+    {"core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc", "rss"}
+    | {"rtprio", "rttime", "sigpending", "stack"}
+)
+DETACH_KEYS = "ctrl-@,ctrl-^,ctrl-],ctrl-_,ctrl-@,ctrl-^,ctrl-],ctrl-_,ctrl-@,ctrl-^,ctrl-],ctrl-_"
+"""Docker detaches an attach session when stdin carries the detach keys (default ctrl-p,ctrl-q).
+A long, unlikely sequence keeps a caller's binary stdin from cutting off its own output."""
+
+
+def within(path: str, root: str) -> bool:
+    """``path`` is ``root`` or lies under it (both normalized absolute paths)."""
+    root = root.rstrip("/") or "/"
+    return path == root or path.startswith(root if root == "/" else root + "/")
+
+
+@dataclass(frozen=True)
+class ResolvedMount:
+    """A validated bind: what Docker gets (host path) and what a client may see (the ref)."""
+
+    mount_ref: str
+    source_alias: str
+    host_path: str
+    destination: str
+    mode: MountMode
+    is_file: bool
+
+    def bind(self) -> str:
+        return f"{self.host_path}:{self.destination}:{'ro' if self.mode is MountMode.read_only else 'rw'}"
+
+    def to_ref(self) -> MountRef:
+        return MountRef(
+            mount_ref=self.mount_ref,
+            source_alias=self.source_alias,
+            destination_path=self.destination,
+            mode=self.mode,
+        )
+
+    def audit(self) -> str:
+        kind = "single file" if self.is_file else "whole directory tree"
+        return (
+            f"mount {self.mount_ref}: alias {self.source_alias!r} ({kind}) "
+            f"exposed {self.mode.value} at {self.destination}"
+        )
+
+
+def check_destination(destination: str) -> None:
+    if destination == "/" or any(within(destination, d) for d in FORBIDDEN_DESTINATIONS):
+        raise PolicyDenial("mount destination is not allowed", context={"destination": destination})
+    if within(destination, SCRATCH):
+        raise PolicyDenial(
+            "mount destination would shadow the /tmp scratch", context={"destination": destination}
+        )
+
+
+def _forbidden_sources(host: HostSettings) -> list[tuple[str, str]]:
+    """(path, why) pairs a bind source must neither be, lie under, nor contain."""
+    out = [(s, "the Docker socket") for s in DOCKER_SOCKETS]
+    out += [(os.path.realpath(s), "the Docker socket") for s in DOCKER_SOCKETS]
+    out += [
+        (os.path.realpath(host.secrets_root), "the secret root"),
+        (os.path.realpath(host.state_dir), "corral state"),
+    ]
+    return out
+
+
+def _check_source(alias: str, real: str, host: HostSettings) -> None:
+    if real == "/" or any(within(real, d) for d in SYSTEM_DIRS):
+        raise PolicyDenial("mount alias points at a system directory", context={"alias": alias})
+    for path, why in _forbidden_sources(host):
+        if within(real, path) or within(path, real):
+            raise PolicyDenial(f"mount alias would expose {why}", context={"alias": alias})
+
+
+def resolve_mount(mount: MountPolicy, host: HostSettings, symlinks: SymlinkPolicy) -> ResolvedMount:
+    alias = mount.source_alias
+    if alias not in host.mounts:
+        raise PolicyDenial(f"unknown mount alias {alias!r}", context={"alias": alias})
+    if mount.mode is MountMode.writable and alias not in host.writable_mounts:
+        raise PolicyDenial(f"mount alias {alias!r} may not be writable", context={"alias": alias})
+    configured = host.mounts[alias]
+    if not os.path.isabs(configured):
+        raise HostConfigurationNeeded("mount alias is not an absolute path", context={"alias": alias})
+    check_destination(mount.destination_path)
+    real = os.path.realpath(configured)
+    if symlinks is SymlinkPolicy.deny_escapes and real != os.path.normpath(configured):
+        raise PolicyDenial(f"mount alias {alias!r} resolves through a symlink", context={"alias": alias})
+    _check_source(alias, real, host)
+    if not os.path.exists(real):
+        raise HostConfigurationNeeded("mount alias source does not exist", context={"alias": alias})
+    return ResolvedMount(
+        mount_ref=mount.mount_ref,
+        source_alias=alias,
+        host_path=real,
+        destination=mount.destination_path,
+        mode=mount.mode,
+        is_file=os.path.isfile(real),
+    )
+
+
+def resolve_mounts(fs: FilesystemPolicy, host: HostSettings) -> list[ResolvedMount]:
+    return [resolve_mount(m, host, fs.symlink_policy) for m in fs.mounts]
+
+
+def network_internal(policy: NetworkPolicy) -> bool:
+    """False: no network at all (``none``); True: a per-session internal bridge (no egress).
+
+    Only what is enforced is accepted: an allowlist or egress rule set that is empty means "no
+    egress", which an internal bridge enforces; anything that needs real egress filtering, a
+    socket relay or published ports is refused, never silently widened or narrowed."""
+    if policy.mode in (NetworkMode.disabled, NetworkMode.adapter_defined_denied):
+        return False
+    if policy.mode is NetworkMode.allowlist and not policy.hosts:
+        return True
+    if policy.mode is NetworkMode.egress_scoped and not policy.rules:
+        return True
+    raise Unsupported(
+        f"network mode {policy.mode.value} cannot be enforced by the Docker runtime",
+        context={"mode": policy.mode.value},
+    )
+
+
+def check_process(process: IsolatedProcessSpec) -> None:
+    if process.terminal_mode is TerminalMode.pty:
+        raise Unsupported("terminal_mode pty is not supported by the Docker runtime (pipes only)")
+    for var in process.env:
+        if var.value_ref is not None:
+            raise Unsupported(
+                "env value_ref is not supported; use secrets.env_secrets", context={"env": var.name}
+            )
+    unknown = sorted(set(process.rlimits) - RLIMIT_NAMES)
+    if unknown:
+        raise InvalidRequest("unknown rlimit names", context={"rlimits": ",".join(unknown)})
+
+
+def env_secret_text(key: str, value: bytes) -> str:
+    """An env secret must be UTF-8 without NUL to be passed through Docker's JSON API."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("env secret value is not UTF-8", context={"env": key}) from None
+    if "\x00" in text:
+        raise InvalidRequest("env secret value contains NUL", context={"env": key})
+    return text
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    """Everything ``containers.create`` needs, decided on the host."""
+
+    name: str
+    image: str
+    labels: dict[str, str]
+    process: IsolatedProcessSpec
+    resources: ResourceLimits
+    scratch_mb: int
+    read_only: bool
+    network: str
+    """``none`` or the session network's name."""
+    mounts: list[ResolvedMount] = field(default_factory=list)
+    secret_binds: list[tuple[str, str]] = field(default_factory=list)
+    """(host file, container destination), always read-only."""
+    secret_env: dict[str, str] = field(default_factory=dict)
+
+
+def create_kwargs(plan: ContainerPlan) -> dict[str, Any]:
+    """Keyword arguments for docker-py's ``containers.create``: locked down by default."""
+    proc = plan.process
+    env = [f"{v.name}={v.redacted_value}" for v in proc.env]
+    env += [f"{k}={v}" for k, v in sorted(plan.secret_env.items())]
+    binds = [m.bind() for m in plan.mounts] + [f"{src}:{dst}:ro" for src, dst in plan.secret_binds]
+    memory = f"{plan.resources.memory_mb}m"
+    kwargs: dict[str, Any] = {
+        "image": plan.image,
+        "command": list(proc.argv),
+        "name": plan.name,
+        "labels": dict(plan.labels),
+        "working_dir": proc.cwd,
+        "environment": env,
+        "read_only": plan.read_only,
+        "tmpfs": {SCRATCH: f"rw,nosuid,nodev,size={plan.scratch_mb}m,mode=1777"},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "privileged": False,
+        "nano_cpus": int(plan.resources.cpus * 1e9),
+        "mem_limit": memory,
+        "memswap_limit": memory,
+        "pids_limit": plan.resources.process_count,
+        "network_mode": plan.network,
+        "volumes": binds,
+        "stdin_open": proc.stdin.value == "open",
+        "tty": False,
+        "init": True,
+        "auto_remove": False,
+        "log_config": {"type": "none"},
+        "ulimits": [{"name": k, "soft": v, "hard": v} for k, v in sorted(proc.rlimits.items())],
+    }
+    if proc.user:
+        kwargs["user"] = proc.user
+    return kwargs
+
+
+def config_digest(kwargs: dict[str, Any], secret_env_keys: list[str]) -> str:
+    """A digest of the container settings, to tell a replay from a changed request. Env secret
+    values are replaced by their key first: a hash of a low-entropy secret in a label would leak it."""
+    masked = dict(kwargs)
+    masked["environment"] = [
+        e if e.split("=", 1)[0] not in secret_env_keys else e.split("=", 1)[0] + "=<secret>"
+        for e in kwargs.get("environment", [])
+    ]
+    blob = json.dumps(masked, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
