@@ -101,10 +101,13 @@ class AgentError(Exception):
     def from_payload(cls, payload: Mapping[str, Any]) -> AgentError:
         """Rebuild the most specific known class for a payload (unknown types become AgentError)."""
         target = _BY_NAME.get(str(payload.get("type", "")), AgentError)
+        kind = payload.get("kind")
+        retry = payload.get("retry")
+        # A newer peer may know kinds/classes this one doesn't: keep the message, fall back safely.
         return target(
             str(payload.get("message", "")),
-            payload.get("kind"),
-            payload.get("retry"),
+            kind if kind in ErrorKind.__members__ else None,
+            retry if retry is None or retry in RetryClass.__members__ else RetryClass.not_retryable,
             payload.get("context") or {},
         )
 

@@ -7,6 +7,8 @@ so a negative or absurd request fails before anything touches a host.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import posixpath
 import re
 from enum import StrEnum
@@ -149,7 +151,7 @@ class IsolationCapabilityReport(Model):
 # ---------------------------------------------------------------------------------------------
 # the environment spec
 
-_IMAGE_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[\w][\w.-]{0,127})?(@sha256:[0-9a-f]{64})?$")
+_IMAGE_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[\w][\w.-]{0,127})?(@sha256:[0-9a-f]{64})?$", re.ASCII)
 _DIGEST_RE = r"^sha256:[0-9a-f]{64}$"
 _ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -162,7 +164,8 @@ def _check_container_path(value: str) -> str:
         raise ValueError("a container path must be at most 1024 bytes without NUL")
     if any(part == ".." for part in value.split("/")):
         raise ValueError("a container path must not contain '..'")
-    return posixpath.normpath(value)
+    normal = "/" + posixpath.normpath(value).lstrip("/")
+    return normal
 
 
 class ImageRequest(Model):
@@ -175,7 +178,7 @@ class ImageRequest(Model):
     @field_validator("image_ref")
     @classmethod
     def _image_name(cls, value: str) -> str:
-        if not _IMAGE_RE.match(value):
+        if not _IMAGE_RE.fullmatch(value):
             raise ValueError(f"not a valid image reference: {value[:80]!r}")
         return value
 
@@ -215,7 +218,13 @@ class MountPolicy(Model):
     destination_path: str
     mode: MountMode = MountMode.read_only
 
-    _dest = field_validator("destination_path")(classmethod(lambda cls, v: _check_container_path(v)))
+    @field_validator("destination_path")
+    @classmethod
+    def _dest(cls, value: str) -> str:
+        path = _check_container_path(value)
+        if path == "/":
+            raise ValueError("a mount must not cover the root directory")
+        return path
 
 
 class FilesystemPolicy(Model):
@@ -586,6 +595,19 @@ class ProcessIoRequest(Model):
     data_b64: str | None = Field(default=None, max_length=(MAX_FRAME_BYTES * 4) // 3 + 4)
     """stdin only: the bytes to write, base64; at most ``MAX_FRAME_BYTES`` once decoded."""
     close_stdin: bool = False
+
+    @field_validator("data_b64")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            decoded = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("data_b64 is not valid base64") from None
+        if len(decoded) > MAX_FRAME_BYTES:
+            raise ValueError(f"a stdin write is at most {MAX_FRAME_BYTES} bytes")
+        return value
 
     @model_validator(mode="after")
     def _stdin_only_data(self) -> ProcessIoRequest:

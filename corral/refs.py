@@ -9,6 +9,7 @@ names, file names and Redis keys.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import unicodedata
 from typing import Annotated
@@ -16,6 +17,7 @@ from typing import Annotated
 from pydantic import AfterValidator
 
 MAX_REF_BYTES = 512
+_PROCESS_REF = re.compile(r"proc-([0-9a-f]{16})", re.ASCII)
 
 
 def check_ref(value: str) -> str:
@@ -51,8 +53,7 @@ def process_ref_for(environment_id: str) -> str:
 
 def slug_of_process_ref(process_ref: str) -> str:
     """Inverse of ``process_ref_for`` down to the slug; raises ``ValueError`` for a foreign ref."""
-    if not process_ref.startswith("proc-") or len(process_ref) != 21:
+    match = _PROCESS_REF.fullmatch(process_ref)
+    if match is None:
         raise ValueError(f"not a corral process ref: {process_ref[:64]!r}")
-    token = process_ref[5:]
-    int(token, 16)
-    return token
+    return match.group(1)

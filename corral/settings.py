@@ -12,7 +12,7 @@ import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -96,12 +96,17 @@ class Settings(BaseSettings):
         if not self.redis.url:
             raise RuntimeError("no Redis URL configured (set CORRAL_REDIS__URL or run `corral dev`)")
         parts = urlsplit(self.redis.url)
-        return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, ""))
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "db"]
+        if parts.scheme == "unix":  # redis-py: unix://<path>?db=N
+            return f"unix://{parts.netloc}{parts.path}?{urlencode([*query, ('db', str(db))])}"
+        return urlunsplit((parts.scheme, parts.netloc, f"/{db}", urlencode(query), ""))
 
 
 def config_path() -> Path | None:
     explicit = os.environ.get("CORRAL_CONFIG")
     if explicit:
+        if not Path(explicit).is_file():
+            raise RuntimeError(f"CORRAL_CONFIG names a file that does not exist: {explicit}")
         return Path(explicit)
     system = Path("/etc/corral/corral.toml")
     if system.exists():

@@ -31,8 +31,8 @@ from corral.errors import (
 # class, default kind, default retry class, direct branch of the tree
 TREE: list[tuple[type[AgentError], ErrorKind, RetryClass, type[AgentError]]] = [
     (AgentError, ErrorKind.isolation_failure, RetryClass.retryable, AgentError),
-    (NotRetryable, ErrorKind.invalid_package, RetryClass.not_retryable, NotRetryable),
-    (InvalidRequest, ErrorKind.invalid_package, RetryClass.not_retryable, NotRetryable),
+    (NotRetryable, ErrorKind.invalid_request, RetryClass.not_retryable, NotRetryable),
+    (InvalidRequest, ErrorKind.invalid_request, RetryClass.not_retryable, NotRetryable),
     (NotFound, ErrorKind.not_found, RetryClass.not_retryable, NotRetryable),
     (Conflict, ErrorKind.conflict, RetryClass.not_retryable, NotRetryable),
     (InvalidStateTransition, ErrorKind.invalid_state_transition, RetryClass.not_retryable, NotRetryable),

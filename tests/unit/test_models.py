@@ -139,22 +139,12 @@ BAD: list[Any] = [
         {"image_ref": "busybox:latest\n"},
         "image reference",
         id="image-trailing-newline",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG corral/models.py: _IMAGE_RE ends in '$', which "
-            "also matches before a final newline; use re.fullmatch or \\Z",
-        ),
     ),
     pytest.param(
         m.ImageRequest,
         {"image_ref": "busybox:lätest"},
         "image reference",
         id="image-unicode-tag",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG corral/models.py: _IMAGE_RE's \\w matches any "
-            "Unicode letter; Docker tags are ASCII (compile with re.ASCII)",
-        ),
     ),
     pytest.param(
         m.ImageRequest,
@@ -273,11 +263,6 @@ BAD: list[Any] = [
         {"process_ref": "p", "stream": "stdin", "data_b64": "not base64!!"},
         "data_b64",
         id="io-stdin-not-base64",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG corral/models.py: data_b64 is not checked to be "
-            "base64, so a garbage stdin frame passes validation and fails later",
-        ),
     ),
 ]
 
@@ -494,9 +479,14 @@ def test_good_image_refs_are_accepted_unchanged(image_ref: str) -> None:
     assert m.ImageRequest(image_ref=image_ref).image_ref == image_ref
 
 
+def test_a_mount_over_the_root_directory_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="root directory"):
+        m.MountPolicy(mount_ref="m", source_alias="data", destination_path="/")
+
+
 @pytest.mark.parametrize(
     ("path", "normalised"),
-    [("/data", "/data"), ("/data/", "/data"), ("/data/./x//y", "/data/x/y"), ("/", "/")],
+    [("/data", "/data"), ("/data/", "/data"), ("/data/./x//y", "/data/x/y"), ("//data", "/data")],
 )
 def test_container_paths_are_normalised(path: str, normalised: str) -> None:
     assert (

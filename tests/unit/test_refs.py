@@ -177,24 +177,18 @@ _FOREIGN_BUGS = "BUG corral/refs.py: slug_of_process_ref parses the token with i
         "proc-0123456789abcdef\n",
         pytest.param(
             "proc-0123456789ABCDEF",
-            marks=pytest.mark.xfail(
-                strict=True, reason=f"{_FOREIGN_BUGS} upper-case hex that slug() never produces"
-            ),
         ),
         pytest.param(
             "proc-0x0123456789abcd",
-            marks=pytest.mark.xfail(strict=True, reason=f"{_FOREIGN_BUGS} a 0x prefix"),
         ),
         pytest.param(
             "proc- 123456789abcde ",
-            marks=pytest.mark.xfail(strict=True, reason=f"{_FOREIGN_BUGS} surrounding whitespace"),
         ),
         pytest.param(
-            "proc-+123456789abcdef", marks=pytest.mark.xfail(strict=True, reason=f"{_FOREIGN_BUGS} a sign")
+            "proc-+123456789abcdef"
         ),
         pytest.param(
             "proc-1_23456789abcdef",
-            marks=pytest.mark.xfail(strict=True, reason=f"{_FOREIGN_BUGS} underscores between digits"),
         ),
     ],
     ids=repr,

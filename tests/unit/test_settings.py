@@ -106,7 +106,8 @@ def test_nested_env_overrides_toml_key_by_key(write_toml: WriteToml, monkeypatch
 
 
 def test_env_applies_without_any_toml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CORRAL_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.delenv("CORRAL_CONFIG", raising=False)
+    monkeypatch.setattr(settings_mod, "config_path", lambda: None)
     monkeypatch.setenv("CORRAL_REDIS__URL", "redis://env-redis:6380")
     monkeypatch.setenv("CORRAL_HOST__ID", "edge-1")
     monkeypatch.setenv("CORRAL_CELERY__SWEEP_INTERVAL_S", "2.5")
@@ -147,8 +148,15 @@ def test_typos_in_the_toml_file_are_rejected(write_toml: WriteToml, toml: str) -
 
 def test_config_path_follows_corral_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "elsewhere.toml"
+    target.write_text("")
     monkeypatch.setenv("CORRAL_CONFIG", str(target))
     assert config_path() == target
+
+
+def test_config_path_naming_a_missing_file_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORRAL_CONFIG", str(tmp_path / "absent.toml"))
+    with pytest.raises(RuntimeError, match="does not exist"):
+        config_path()
 
 
 def test_config_path_defaults_to_system_then_repo_file(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,7 +171,7 @@ def test_shipped_config_file_is_valid_and_matches_the_defaults(monkeypatch: pyte
     assert settings_mod.REPO_CONFIG.is_file()
     monkeypatch.setenv("CORRAL_CONFIG", str(settings_mod.REPO_CONFIG))
     shipped = Settings()
-    monkeypatch.setenv("CORRAL_CONFIG", str(settings_mod.REPO_CONFIG.parent / "no-such-file.toml"))
+    monkeypatch.setattr(settings_mod, "config_path", lambda: None)
     defaults = Settings()
     assert shipped.model_dump() == defaults.model_dump()
 
@@ -227,12 +235,6 @@ def test_redis_url_is_understood_by_redis_py() -> None:
     assert (parsed["host"], parsed["port"], parsed["password"], parsed["db"]) == ("10.0.0.5", 6380, "pw", 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG corral/settings.py: redis_url() turns unix:///run/redis/redis.sock into 'unix:/3' "
-    "(socket path lost, and redis-py refuses a 'unix:' URL without '//'); a unix socket URL "
-    "carries its db in the query (?db=3)",
-)
 def test_redis_url_keeps_a_unix_socket_path() -> None:
     from redis.connection import parse_url
 
@@ -240,11 +242,6 @@ def test_redis_url_keeps_a_unix_socket_path() -> None:
     assert (parsed["path"], parsed["db"]) == ("/run/redis/redis.sock", 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG corral/settings.py: redis_url() keeps a ?db=N query parameter, which redis-py "
-    "prefers over the path, so redis://h/0?db=5 -> redis://h/3?db=5 still selects db 5",
-)
 def test_redis_url_overrides_a_db_query_parameter() -> None:
     from redis.connection import parse_url
 
