@@ -44,8 +44,10 @@ def handles_errors(func: F) -> F:
             print_error(exc, kwargs.get("as_json", False))
             sys.exit(CORRAL_ERROR_EXIT)
         except RuntimeError as exc:  # configuration problems (no Redis URL, ...)
-            print_error(AgentError(str(exc), kind="host_configuration_needed", retry="host_configuration_needed"),
-                        kwargs.get("as_json", False))
+            print_error(
+                AgentError(str(exc), kind="host_configuration_needed", retry="host_configuration_needed"),
+                kwargs.get("as_json", False),
+            )
             sys.exit(CORRAL_ERROR_EXIT)
 
     return wrapper  # type: ignore[return-value]
@@ -74,16 +76,49 @@ def main() -> None:
 @click.option("--ttl", default="1h", show_default=True, help="Detach ticket lifetime.")
 @json_option
 @handles_errors
-def run(image: str, argv: tuple[str, ...], host: str | None, cpus: float, memory: str, pids: int, timeout: str,
-        env: tuple[str, ...], mounts: tuple[str, ...], network: str, secrets: tuple[str, ...], user: str | None,
-        workdir: str, detach: bool, ttl: str, as_json: bool) -> None:
+def run(
+    image: str,
+    argv: tuple[str, ...],
+    host: str | None,
+    cpus: float,
+    memory: str,
+    pids: int,
+    timeout: str,
+    env: tuple[str, ...],
+    mounts: tuple[str, ...],
+    network: str,
+    secrets: tuple[str, ...],
+    user: str | None,
+    workdir: str,
+    detach: bool,
+    ttl: str,
+    as_json: bool,
+) -> None:
     """Run ARGV in a sandbox from IMAGE:  corral run IMAGE -- CMD ARGS..."""
-    if network not in ("disabled", "allowlist", "egress_scoped", "socket_relay", "exposed_ports",
-                       "adapter_defined_denied"):
+    if network not in (
+        "disabled",
+        "allowlist",
+        "egress_scoped",
+        "socket_relay",
+        "exposed_ports",
+        "adapter_defined_denied",
+    ):
         raise InvalidRequest(f"unknown network mode {network!r}")
-    job = JobSpec(image=image, argv=list(argv), cpus=cpus, memory_mb=parse_memory_mb(memory), process_count=pids,
-                  timeout_ms=parse_duration_ms(timeout), env=parse_env(env), mounts=list(mounts), network=network,
-                  secrets=list(secrets), user=user, workdir=workdir, allow_detach=detach)
+    job = JobSpec(
+        image=image,
+        argv=list(argv),
+        cpus=cpus,
+        memory_mb=parse_memory_mb(memory),
+        process_count=pids,
+        timeout_ms=parse_duration_ms(timeout),
+        env=parse_env(env),
+        mounts=list(mounts),
+        network=network,
+        secrets=list(secrets),
+        user=user,
+        workdir=workdir,
+        allow_detach=detach,
+    )
     job.environment(), job.process()  # validate before anything is sent
     client = _client()
     if detach:
@@ -102,11 +137,17 @@ def run(image: str, argv: tuple[str, ...], host: str | None, cpus: float, memory
     sys.exit(_run_attached(client, job, host, as_json))
 
 
+def write_output(stream: IoStream, data: bytes) -> None:
+    target = sys.stdout.buffer if stream is IoStream.stdout else sys.stderr.buffer
+    target.write(data)
+    target.flush()
+
+
 def _run_attached(client: Any, job: JobSpec, host: str | None, as_json: bool) -> int:
     """Stream output live; Ctrl-C terminates (then kills after a grace) and still cleans up."""
     handle = client.submit(job, host)
     captured: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
-    interrupted = []
+    interrupted: list[int] = []
 
     def on_output(stream: IoStream, data: bytes) -> None:
         if as_json:
@@ -134,11 +175,18 @@ def _run_attached(client: Any, job: JobSpec, host: str | None, as_json: bool) ->
     if as_json:
         import base64
 
-        emit_json({"environment_id": handle.environment_id, "host": handle.host, "exit_code": stats.exit_code,
-                   "reason": stats.reason, "oom_killed": stats.oom_killed,
-                   "stdout_b64": base64.b64encode(captured["stdout"]).decode(),
-                   "stderr_b64": base64.b64encode(captured["stderr"]).decode(),
-                   "cleanup": cleanup.status if cleanup else None})
+        emit_json(
+            {
+                "environment_id": handle.environment_id,
+                "host": handle.host,
+                "exit_code": stats.exit_code,
+                "reason": stats.reason,
+                "oom_killed": stats.oom_killed,
+                "stdout_b64": base64.b64encode(captured["stdout"]).decode(),
+                "stderr_b64": base64.b64encode(captured["stderr"]).decode(),
+                "cleanup": cleanup.status if cleanup else None,
+            }
+        )
     return int(code)
 
 
@@ -153,14 +201,25 @@ def ps(show_all: bool, as_json: bool) -> None:
     for s in sessions:
         env = _json_field(s, "environment")
         image = ((env.get("spec") or {}).get("image") or {}).get("image_ref", "")
-        rows.append({"id": s["environment_id"], "host": s.get("host"), "state": s.get("state"), "image": image,
-                     "created_ms": s.get("created_ms"), "exit_code": s.get("exit_code"), "ticket": s.get("ticket_ref")})
+        rows.append(
+            {
+                "id": s["environment_id"],
+                "host": s.get("host"),
+                "state": s.get("state"),
+                "image": image,
+                "created_ms": s.get("created_ms"),
+                "exit_code": s.get("exit_code"),
+                "ticket": s.get("ticket_ref"),
+            }
+        )
     if as_json:
         emit_json(rows)
         return
-    table("sandboxes", ["ID", "HOST", "STATE", "IMAGE", "CREATED", "EXIT", "TICKET"],
-          [(r["id"], r["host"], r["state"], r["image"], age(r["created_ms"]), r["exit_code"], r["ticket"])
-           for r in rows])
+    table(
+        "sandboxes",
+        ["ID", "HOST", "STATE", "IMAGE", "CREATED", "EXIT", "TICKET"],
+        [(r["id"], r["host"], r["state"], r["image"], age(r["created_ms"]), r["exit_code"], r["ticket"]) for r in rows],
+    )
 
 
 def _json_field(record: dict[str, str], name: str) -> dict[str, Any]:
@@ -186,8 +245,9 @@ def logs(sandbox: str, follow: bool, stream: str, as_json: bool) -> None:
     client = _client()
     handle = client.handle(sandbox)
     if follow and stream == "both" and not as_json:
-        client.follow(handle, lambda s, data: (sys.stdout.buffer if s is IoStream.stdout
-                                               else sys.stderr.buffer).write(data))
+        client.follow(
+            handle, lambda s, data: (sys.stdout.buffer if s is IoStream.stdout else sys.stderr.buffer).write(data)
+        )
         return
     streams = [IoStream.stdout, IoStream.stderr] if stream == "both" else [IoStream(stream)]
     out: dict[str, Any] = {}
@@ -226,15 +286,26 @@ def stats(sandbox: str, as_json: bool) -> None:
     if as_json:
         emit_json(dump(snapshot))
         return
-    table(f"stats {sandbox}", ["STATE", "CPU ms", "MEMORY", "PROCS", "EXIT", "REASON", "OOM"],
-          [(snapshot.state, snapshot.cpu_millis, snapshot.memory_bytes, snapshot.process_count, snapshot.exit_code,
-            snapshot.reason, snapshot.oom_killed)])
+    table(
+        f"stats {sandbox}",
+        ["STATE", "CPU ms", "MEMORY", "PROCS", "EXIT", "REASON", "OOM"],
+        [
+            (
+                snapshot.state,
+                snapshot.cpu_millis,
+                snapshot.memory_bytes,
+                snapshot.process_count,
+                snapshot.exit_code,
+                snapshot.reason,
+                snapshot.oom_killed,
+            )
+        ],
+    )
 
 
 @main.command()
 @click.argument("sandbox")
-@click.option("--signal", "signal_name", default="terminate", show_default=True,
-              help="interrupt, terminate or kill.")
+@click.option("--signal", "signal_name", default="terminate", show_default=True, help="interrupt, terminate or kill.")
 @click.option("--grace", default="5s", show_default=True, help="After terminate, kill after this long.")
 @json_option
 @handles_errors
@@ -278,8 +349,9 @@ def detach(sandbox: str, ttl: str, as_json: bool) -> None:
     if as_json:
         emit_json(dump(result))
     else:
-        console.print(f"{sandbox} detached; ticket {result.ticket_ref}, reclaimed at {result.deadline_ms} ms "
-                      "(unix) at the latest")
+        console.print(
+            f"{sandbox} detached; ticket {result.ticket_ref}, reclaimed at {result.deadline_ms} ms (unix) at the latest"
+        )
 
 
 @main.command()
@@ -306,9 +378,21 @@ def tickets(as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
-    table("tickets", ["TICKET", "SANDBOX", "HOST", "STATE", "DEADLINE", "ATTEMPTS"],
-          [(t["ticket_ref"], t.get("environment_id"), t.get("host"), t.get("state"), t.get("deadline_ms"),
-            t.get("attempts", "0")) for t in rows])
+    table(
+        "tickets",
+        ["TICKET", "SANDBOX", "HOST", "STATE", "DEADLINE", "ATTEMPTS"],
+        [
+            (
+                t["ticket_ref"],
+                t.get("environment_id"),
+                t.get("host"),
+                t.get("state"),
+                t.get("deadline_ms"),
+                t.get("attempts", "0"),
+            )
+            for t in rows
+        ],
+    )
 
 
 @main.command()
@@ -322,9 +406,20 @@ def journal(sandbox: str, as_json: bool) -> None:
     if as_json:
         emit_json([{"id": r.record_id, **r.fields} for r in records])
         return
-    table(f"journal {sandbox}", ["ID", "KIND", "OPERATION", "STATUS", "SUMMARY"],
-          [(r.record_id, r.kind, r.fields.get("op"), r.fields.get("status", r.fields.get("action", "")),
-            r.fields.get("summary", "")) for r in records])
+    table(
+        f"journal {sandbox}",
+        ["ID", "KIND", "OPERATION", "STATUS", "SUMMARY"],
+        [
+            (
+                r.record_id,
+                r.kind,
+                r.fields.get("op"),
+                r.fields.get("status", r.fields.get("action", "")),
+                r.fields.get("summary", ""),
+            )
+            for r in records
+        ],
+    )
 
 
 @main.command()
@@ -336,11 +431,20 @@ def hosts(as_json: bool) -> None:
     if as_json:
         emit_json([{"host": h.host_id, "up": h.up, "healthy": h.healthy, "record": h.record} for h in statuses])
         return
-    table("hosts", ["HOST", "STATUS", "HEALTH", "RUNTIME", "HEARTBEAT"],
-          [(h.host_id, "up" if h.up else "down",
-            (h.record or {}).get("report", {}).get("health", {}).get("state", "") if h.up else "",
-            (h.record or {}).get("report", {}).get("adapter_kind", ""),
-            age((h.record or {}).get("heartbeat_ms"))) for h in statuses])
+    table(
+        "hosts",
+        ["HOST", "STATUS", "HEALTH", "RUNTIME", "HEARTBEAT"],
+        [
+            (
+                h.host_id,
+                "up" if h.up else "down",
+                (h.record or {}).get("report", {}).get("health", {}).get("state", "") if h.up else "",
+                (h.record or {}).get("report", {}).get("adapter_kind", ""),
+                age((h.record or {}).get("heartbeat_ms")),
+            )
+            for h in statuses
+        ],
+    )
 
 
 @main.command()
@@ -373,24 +477,33 @@ def dev(host_id: str, demo: bool, flower_port: int | None, job: tuple[str, ...])
     from corral.devstack import DevStack
 
     stack = DevStack(host_id, flower_port=flower_port)
-    console.print(f"[bold]corral dev[/]: starting redis, worker {host_id} (+beat)"
-                  f"{f', flower on 127.0.0.1:{flower_port}' if flower_port else ''}; logs in {stack.log_dir}")
+    console.print(
+        f"[bold]corral dev[/]: starting redis, worker {host_id} (+beat)"
+        f"{f', flower on 127.0.0.1:{flower_port}' if flower_port else ''}; logs in {stack.log_dir}"
+    )
     stack.start()
     console.print(f"stack up: CORRAL_REDIS__URL={stack.redis_url}")
     try:
         if demo:
             sys.exit(_demo(host_id, job))
-        console.print("in another shell:  export CORRAL_REDIS__URL=" + str(stack.redis_url) +
-                      "  and  corral run corral/busybox:latest -- echo hello.  Ctrl-C stops the stack.")
+        console.print(
+            "in another shell:  export CORRAL_REDIS__URL="
+            + str(stack.redis_url)
+            + "  and  corral run corral/busybox:latest -- echo hello.  Ctrl-C stops the stack."
+        )
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:
         console.print("stopping the stack")
         stack.stop()
 
 
-DEMO_JOB = ("corral/busybox:latest", "sh", "-c",
-            'echo "hello from a corral sandbox: $(id)"; echo "root is read-only:"; touch /x 2>&1; '
-            'echo "network interfaces: $(ls /sys/class/net)"; echo "this line goes to stderr" >&2')
+DEMO_JOB = (
+    "corral/busybox:latest",
+    "sh",
+    "-c",
+    'echo "hello from a corral sandbox: $(id)"; echo "root is read-only:"; touch /x 2>&1; '
+    'echo "network interfaces: $(ls /sys/class/net)"; echo "this line goes to stderr" >&2',
+)
 
 
 def _demo(host_id: str, job: tuple[str, ...]) -> int:
@@ -400,11 +513,13 @@ def _demo(host_id: str, job: tuple[str, ...]) -> int:
     client = Client()
     spec = JobSpec(image=image, argv=argv, memory_mb=128, timeout_ms=60_000)
     console.print(f"[bold]$ corral run {image} -- {' '.join(argv)}[/]", markup=True, highlight=False)
-    outcome = client.run(spec, host=host_id, on_output=lambda s, d: (
-        sys.stdout.buffer if s is IoStream.stdout else sys.stderr.buffer).write(d) and None)
+    outcome = client.run(spec, host=host_id, on_output=write_output)
     sys.stdout.flush()
     console.print(f"[bold]exit code {outcome.exit_code}[/] ({outcome.reason}) on host {outcome.host}")
     records = client.journal(outcome.environment_id)
-    table(f"journal of {outcome.environment_id}", ["KIND", "OPERATION", "STATUS", "SUMMARY"],
-          [(r.kind, r.fields.get("op"), r.fields.get("status", ""), r.fields.get("summary", "")) for r in records])
+    table(
+        f"journal of {outcome.environment_id}",
+        ["KIND", "OPERATION", "STATUS", "SUMMARY"],
+        [(r.kind, r.fields.get("op"), r.fields.get("status", ""), r.fields.get("summary", "")) for r in records],
+    )
     return int(outcome.exit_code or 0)

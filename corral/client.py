@@ -134,11 +134,16 @@ class Client:
     # -- one operation ---------------------------------------------------------------------
 
     def send(self, operation: str, request: BaseModel | None, host: str) -> AsyncResult:
-        return self.app.send_task(task_name(operation), args=[dump(request)] if request is not None else [],
-                                  kwargs={"host": host}, queue=queue_for_host(host))
+        return self.app.send_task(
+            task_name(operation),
+            args=[dump(request)] if request is not None else [],
+            kwargs={"host": host},
+            queue=queue_for_host(host),
+        )
 
-    def call(self, operation: str, request: BaseModel | None, host: str, result_type: type[M],
-             timeout: float | None = None) -> M:
+    def call(
+        self, operation: str, request: BaseModel | None, host: str, result_type: type[M], timeout: float | None = None
+    ) -> M:
         result = self.send(operation, request, host)
         return result_type.model_validate(self._get(result, operation, timeout))
 
@@ -148,11 +153,12 @@ class Client:
         except AgentError:
             raise
         except TimeoutError:
-            raise TimeoutFailure(f"{operation} did not answer within {timeout or self.timeout_s:.0f} s "
-                                 "(is a worker serving that host?)", context={"operation": operation}) from None
+            raise TimeoutFailure(
+                f"{operation} did not answer within {timeout or self.timeout_s:.0f} s (is a worker serving that host?)",
+                context={"operation": operation},
+            ) from None
         except Exception as exc:  # a non-contract failure still reaches the caller typed
-            raise AgentError(f"{operation} failed: {exc.__class__.__name__}: {exc}",
-                             retry="not_retryable") from None
+            raise AgentError(f"{operation} failed: {exc.__class__.__name__}: {exc}", retry="not_retryable") from None
         finally:
             result.forget()
 
@@ -163,11 +169,22 @@ class Client:
         target = self.pick_host(host)
         steps = job.requests(target)
         queue = queue_for_host(target)
-        signatures = [self.app.signature(task_name(op), args=[dump(req)], kwargs={"host": target},
-                                         immutable=True).set(queue=queue) for op, req in steps]
-        on_error = self.app.signature(task_name("cleanup"), args=[dump(CleanupRequest(
-            environment=job.environment(), cleanup_plan_ref=cleanup_plan_ref(job.environment_id)))],
-            kwargs={"host": target}, immutable=True).set(queue=queue)
+        signatures = [
+            self.app.signature(task_name(op), args=[dump(req)], kwargs={"host": target}, immutable=True).set(
+                queue=queue
+            )
+            for op, req in steps
+        ]
+        on_error = self.app.signature(
+            task_name("cleanup"),
+            args=[
+                dump(
+                    CleanupRequest(environment=job.environment(), cleanup_plan_ref=cleanup_plan_ref(job.environment_id))
+                )
+            ],
+            kwargs={"host": target},
+            immutable=True,
+        ).set(queue=queue)
         workflow = chain(*signatures)
         workflow.link_error(on_error)
         last = workflow.apply_async()
@@ -177,8 +194,12 @@ class Client:
             ids.append(node.id)
             node = node.parent
         ids.reverse()
-        return JobHandle(job.environment_id, target, process_ref_for(job.environment_id),
-                         list(zip([op for op, _ in steps], ids, strict=True)))
+        return JobHandle(
+            job.environment_id,
+            target,
+            process_ref_for(job.environment_id),
+            list(zip([op for op, _ in steps], ids, strict=True)),
+        )
 
     def wait(self, handle: JobHandle, timeout: float | None = None) -> ProcessStartResult:
         """Wait for each chain step in order; the first failure is raised as its ``AgentError``."""
@@ -187,8 +208,9 @@ class Client:
             value = self._get(AsyncResult(task_id, app=self.app), operation, timeout)
         return ProcessStartResult.model_validate(value)
 
-    def frames(self, handle: JobHandle, stream: IoStream, cursor: int = 0, max_bytes: int = 256 * 1024,
-               poll_s: float = 0.1) -> Iterator[ProcessIoFrame]:
+    def frames(
+        self, handle: JobHandle, stream: IoStream, cursor: int = 0, max_bytes: int = 256 * 1024, poll_s: float = 0.1
+    ) -> Iterator[ProcessIoFrame]:
         """Frames of one output stream from ``cursor`` until EOF, polling while the process runs."""
         while True:
             frame = self.read_frame(handle.host, handle.process_ref, stream, cursor, max_bytes)
@@ -199,34 +221,56 @@ class Client:
             if frame.byte_count == 0:
                 time.sleep(poll_s)
 
-    def read_frame(self, host: str, process_ref: str, stream: IoStream, cursor: int,
-                   max_bytes: int = 256 * 1024) -> ProcessIoFrame:
-        return self.call("stream_io", ProcessIoRequest(process_ref=process_ref, stream=stream, cursor=cursor,
-                                                       max_bytes=max_bytes), host, ProcessIoFrame)
+    def read_frame(
+        self, host: str, process_ref: str, stream: IoStream, cursor: int, max_bytes: int = 256 * 1024
+    ) -> ProcessIoFrame:
+        return self.call(
+            "stream_io",
+            ProcessIoRequest(process_ref=process_ref, stream=stream, cursor=cursor, max_bytes=max_bytes),
+            host,
+            ProcessIoFrame,
+        )
 
     def write_stdin(self, handle: JobHandle, data: bytes, close: bool = False) -> ProcessIoFrame:
-        return self.call("stream_io", ProcessIoRequest(process_ref=handle.process_ref, stream=IoStream.stdin,
-                                                       data_b64=base64.b64encode(data).decode(), close_stdin=close),
-                         handle.host, ProcessIoFrame)
+        return self.call(
+            "stream_io",
+            ProcessIoRequest(
+                process_ref=handle.process_ref,
+                stream=IoStream.stdin,
+                data_b64=base64.b64encode(data).decode(),
+                close_stdin=close,
+            ),
+            handle.host,
+            ProcessIoFrame,
+        )
 
     def signal(self, handle: JobHandle, signal: ProcessSignal, grace_ms: int = 5000) -> ProcessSignalResult:
-        return self.call("signal_process", ProcessSignalRequest(process_ref=handle.process_ref, signal=signal,
-                                                                grace_ms=grace_ms), handle.host, ProcessSignalResult)
+        return self.call(
+            "signal_process",
+            ProcessSignalRequest(process_ref=handle.process_ref, signal=signal, grace_ms=grace_ms),
+            handle.host,
+            ProcessSignalResult,
+        )
 
     def stats(self, handle: JobHandle) -> ProcessStatsSnapshot:
-        return self.call("collect_stats", ProcessStatsRequest(process_ref=handle.process_ref), handle.host,
-                         ProcessStatsSnapshot)
+        return self.call(
+            "collect_stats", ProcessStatsRequest(process_ref=handle.process_ref), handle.host, ProcessStatsSnapshot
+        )
 
     def cleanup(self, handle: JobHandle) -> CleanupResult:
         env = self.environment_of(handle.environment_id)
-        return self.call("cleanup", CleanupRequest(environment=env,
-                                                   cleanup_plan_ref=cleanup_plan_ref(handle.environment_id)),
-                         handle.host, CleanupResult)
+        return self.call(
+            "cleanup",
+            CleanupRequest(environment=env, cleanup_plan_ref=cleanup_plan_ref(handle.environment_id)),
+            handle.host,
+            CleanupResult,
+        )
 
     def detach(self, handle: JobHandle, ttl_ms: int) -> DetachTransferResult:
         env = self.environment_of(handle.environment_id)
-        return self.call("detach", DetachTransferRequest(environment=env, ttl_ms=ttl_ms), handle.host,
-                         DetachTransferResult)
+        return self.call(
+            "detach", DetachTransferRequest(environment=env, ttl_ms=ttl_ms), handle.host, DetachTransferResult
+        )
 
     def reclaim(self, ticket_ref: str) -> ReclaimResult:
         checked_ref(ticket_ref, "ticket")
@@ -235,16 +279,21 @@ class Client:
             raise NotFound(f"unknown ticket {ticket_ref}", context={"ticket_ref": ticket_ref})
         return self.call("reclaim", ReclaimRequest(ticket_ref=ticket_ref), ticket["host"], ReclaimResult)
 
-    def run(self, job: JobSpec, host: str | None = None,
-            on_output: Callable[[IoStream, bytes], None] | None = None,
-            cleanup: bool = True) -> JobOutcome:
+    def run(
+        self,
+        job: JobSpec,
+        host: str | None = None,
+        on_output: Callable[[IoStream, bytes], None] | None = None,
+        cleanup: bool = True,
+    ) -> JobOutcome:
         """Submit, stream output until EOF, read the exit status, clean up (also on failure/Ctrl-C)."""
         handle = self.submit(job, host)
         try:
             self.wait(handle)
             stats = self.follow(handle, on_output)
-            return JobOutcome(job.environment_id, handle.host, stats.exit_code,
-                              stats.reason.value if stats.reason else None, None)
+            return JobOutcome(
+                job.environment_id, handle.host, stats.exit_code, stats.reason.value if stats.reason else None, None
+            )
         finally:
             if cleanup:
                 self.cleanup_quietly(handle)
@@ -255,8 +304,9 @@ class Client:
         except AgentError:
             return None
 
-    def follow(self, handle: JobHandle, on_output: Callable[[IoStream, bytes], None] | None = None,
-               poll_s: float = 0.05) -> ProcessStatsSnapshot:
+    def follow(
+        self, handle: JobHandle, on_output: Callable[[IoStream, bytes], None] | None = None, poll_s: float = 0.05
+    ) -> ProcessStatsSnapshot:
         """Drain stdout and stderr (interleaved by polling) until both reach EOF; return final stats."""
         cursors = {IoStream.stdout: 0, IoStream.stderr: 0}
         done: set[IoStream] = set()
@@ -289,8 +339,11 @@ class Client:
         checked_ref(environment_id, "sandbox id")
         record = self.services.store.session(environment_id)
         if not record:
-            matches = [s["environment_id"] for s in self.services.store.list_sessions(1000)
-                       if s["environment_id"].startswith(environment_id)]
+            matches = [
+                s["environment_id"]
+                for s in self.services.store.list_sessions(1000)
+                if s["environment_id"].startswith(environment_id)
+            ]
             if len(matches) != 1:
                 raise NotFound(f"unknown sandbox {environment_id}", context={"environment_id": environment_id})
             environment_id = matches[0]

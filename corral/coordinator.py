@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
@@ -82,6 +83,7 @@ from corral.refs import new_ref, slug
 from corral.store import Store
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger("corral.coordinator")
 
 
 class Clock(Protocol):
@@ -140,78 +142,126 @@ class Coordinator:
             )
         existing = self.store.session(env.environment_id)
         if existing and existing.get("env_digest") != digest_of(env):
-            raise Conflict("environment id already used for a different environment",
-                           context={"environment_id": env.environment_id})
+            raise Conflict(
+                "environment id already used for a different environment",
+                context={"environment_id": env.environment_id},
+            )
         if existing:
             self._require_local(env.environment_id, existing)
         lifecycle.check("prepare_session", existing.get("state"))
 
         def effect() -> IsolationSessionRef:
-            self.store.create_session(env.environment_id, {
-                "host": self.host_id,
-                "state": SessionState.preparing,
-                "owner": env.spec.ownership.owner_run_id or "",
-                "environment": json.dumps(dump(env), sort_keys=True),
-                "env_digest": digest_of(env),
-            }, self.clock.now_ms())
+            self.store.create_session(
+                env.environment_id,
+                {
+                    "host": self.host_id,
+                    "state": SessionState.preparing,
+                    "owner": env.spec.ownership.owner_run_id or "",
+                    "environment": json.dumps(dump(env), sort_keys=True),
+                    "env_digest": digest_of(env),
+                },
+                self.clock.now_ms(),
+            )
             return self.runtime.prepare_session(request)
 
-        result = self._effect("prepare_session", env.environment_id, f"prepare_session:{env.environment_id}",
-                              request, effect, IsolationSessionRef,
-                              lambda r: f"session {r.session_ref} on {r.host_ref}")
+        result = self._effect(
+            "prepare_session",
+            env.environment_id,
+            f"prepare_session:{env.environment_id}",
+            request,
+            effect,
+            IsolationSessionRef,
+            lambda r: f"session {r.session_ref} on {r.host_ref}",
+        )
         self.store.set_step_result(env.environment_id, "prepare_session", dump(result), self.clock.now_ms())
         return result
 
     def resolve_image(self, request: ImageResolveRequest) -> ImageResolution:
-        return self._step("resolve_image", request, self.runtime.resolve_image, ImageResolution,
-                          lambda r: f"image {r.image_ref} digest {r.digest}")
+        return self._step(
+            "resolve_image",
+            request,
+            self.runtime.resolve_image,
+            ImageResolution,
+            lambda r: f"image {r.image_ref} digest {r.digest}",
+        )
 
     def prepare_rootfs(self, request: RootfsPrepareRequest) -> RootfsRef:
-        return self._step("prepare_rootfs", request, self.runtime.prepare_rootfs, RootfsRef,
-                          lambda r: f"rootfs {r.rootfs_ref} read_only={r.read_only}")
+        return self._step(
+            "prepare_rootfs",
+            request,
+            self.runtime.prepare_rootfs,
+            RootfsRef,
+            lambda r: f"rootfs {r.rootfs_ref} read_only={r.read_only}",
+        )
 
     def resolve_mounts(self, request: MountResolveRequest) -> MountPlan:
-        return self._step("resolve_mounts", request, self.runtime.resolve_mounts, MountPlan,
-                          lambda r: f"{len(r.mounts)} mount(s)")
+        return self._step(
+            "resolve_mounts", request, self.runtime.resolve_mounts, MountPlan, lambda r: f"{len(r.mounts)} mount(s)"
+        )
 
     def configure_network(self, request: NetworkPrepareRequest) -> NetworkNamespaceRef:
-        return self._step("configure_network", request, self.runtime.configure_network, NetworkNamespaceRef,
-                          lambda r: f"network {r.network_ref} mode {r.mode}")
+        return self._step(
+            "configure_network",
+            request,
+            self.runtime.configure_network,
+            NetworkNamespaceRef,
+            lambda r: f"network {r.network_ref} mode {r.mode}",
+        )
 
     def prepare_secrets(self, request: SecretPrepareRequest) -> SecretMaterializationPlan:
-        return self._step("prepare_secrets", request, self.runtime.prepare_secrets, SecretMaterializationPlan,
-                          lambda r: f"{len(r.secret_mount_refs)} secret mount(s), {len(r.env_secret_keys)} env secret(s)")
+        return self._step(
+            "prepare_secrets",
+            request,
+            self.runtime.prepare_secrets,
+            SecretMaterializationPlan,
+            lambda r: f"{len(r.secret_mount_refs)} secret mount(s), {len(r.env_secret_keys)} env secret(s)",
+        )
 
     def prepare_environment(self, request: EnvironmentPrepareRequest) -> PreparedEnvironmentRef:
         env_id = request.environment.environment_id
         self._session_for(request.environment, "prepare_environment")
         earlier: dict[str, object] = {}
-        for field, step, model in (("image", "resolve_image", ImageResolution), ("rootfs", "prepare_rootfs", RootfsRef),
-                                   ("mounts", "resolve_mounts", MountPlan),
-                                   ("network", "configure_network", NetworkNamespaceRef),
-                                   ("secrets", "prepare_secrets", SecretMaterializationPlan)):
+        for field, step, model in (
+            ("image", "resolve_image", ImageResolution),
+            ("rootfs", "prepare_rootfs", RootfsRef),
+            ("mounts", "resolve_mounts", MountPlan),
+            ("network", "configure_network", NetworkNamespaceRef),
+            ("secrets", "prepare_secrets", SecretMaterializationPlan),
+        ):
             recorded = self.store.step_result(env_id, step)
             if recorded is None:
                 raise InvalidStateTransition(f"prepare_environment needs {step} first", context={"missing": step})
             earlier[field] = model.model_validate(recorded)
         # The digest covers the caller's request only; the filled-in results are derived from it.
         full = request.model_copy(update=earlier)
-        result = self._effect("prepare_environment", env_id, f"prepare_environment:{env_id}", request,
-                              lambda: self.runtime.prepare_environment(full), PreparedEnvironmentRef,
-                              lambda r: f"environment {r.prepared_ref} for process {request.process.process_id}")
-        self.store.update_session(env_id, {
-            "state": SessionState.prepared,
-            "process": json.dumps(dump(request.process), sort_keys=True),
-            "result:prepare_environment": json.dumps(dump(result), sort_keys=True),
-        }, self.clock.now_ms())
+        result = self._effect(
+            "prepare_environment",
+            env_id,
+            f"prepare_environment:{env_id}",
+            request,
+            lambda: self.runtime.prepare_environment(full),
+            PreparedEnvironmentRef,
+            lambda r: f"environment {r.prepared_ref} for process {request.process.process_id}",
+        )
+        self.store.update_session(
+            env_id,
+            {
+                "state": SessionState.prepared,
+                "process": json.dumps(dump(request.process), sort_keys=True),
+                "result:prepare_environment": json.dumps(dump(result), sort_keys=True),
+            },
+            self.clock.now_ms(),
+        )
         return result
 
     def start_process(self, request: ProcessStartRequest) -> ProcessStartResult:
         env_id = request.environment.environment_id
         record = self._session_for(request.environment, "start_process")
         if record.get("process") and json.loads(record["process"]) != dump(request.process):
-            raise Conflict("start_process names a different process than the prepared one",
-                           context={"process_id": request.process.process_id})
+            raise Conflict(
+                "start_process names a different process than the prepared one",
+                context={"process_id": request.process.process_id},
+            )
         key = f"start_process:{env_id}:{request.process.process_id}"
         intent = EffectIntent(
             effect_id=f"eff-{slug(key)}",
@@ -221,17 +271,30 @@ class Coordinator:
             redacted_summary=f"start {request.process.process_id} ({len(request.process.argv)} argv)",
         )
         full = request.model_copy(update={"effect_intent": intent})
-        result = self._effect("start_process", env_id, key, request, lambda: self.runtime.start_process(full),
-                              ProcessStartResult, lambda r: f"process {r.process_ref} started")
+        result = self._effect(
+            "start_process",
+            env_id,
+            key,
+            request,
+            lambda: self.runtime.start_process(full),
+            ProcessStartResult,
+            lambda r: f"process {r.process_ref} started",
+        )
         now = self.clock.now_ms()
         self.store.bind_process(result.process_ref, env_id)
         timeout_ms = request.process.timeout_ms or request.environment.spec.resources.timeout_ms
-        self.store.update_session(env_id, {
-            "state": SessionState.running,
-            "process_ref": result.process_ref,
-            "started_ms": str(now),
-            "deadline_ms": str(now + timeout_ms),
-        } if record.get("state") == SessionState.prepared else {}, now)
+        self.store.update_session(
+            env_id,
+            {
+                "state": SessionState.running,
+                "process_ref": result.process_ref,
+                "started_ms": str(now),
+                "deadline_ms": str(now + timeout_ms),
+            }
+            if record.get("state") == SessionState.prepared
+            else {},
+            now,
+        )
         return result
 
     # -- process operations ----------------------------------------------------------------
@@ -244,24 +307,42 @@ class Coordinator:
                 self.store.update_session(env_id, {"state": SessionState.exited}, self.clock.now_ms())
             return frame
         key = f"stream_io:{request.process_ref}:{delivery_id or new_ref('delivery')}"
-        return self._effect("stream_io", env_id, key, request, lambda: self.runtime.stream_io(request),
-                            ProcessIoFrame, lambda r: f"stdin write {r.byte_count} byte(s)")
+        return self._effect(
+            "stream_io",
+            env_id,
+            key,
+            request,
+            lambda: self.runtime.stream_io(request),
+            ProcessIoFrame,
+            lambda r: f"stdin write {r.byte_count} byte(s)",
+        )
 
     def signal_process(self, request: ProcessSignalRequest, delivery_id: str | None = None) -> ProcessSignalResult:
         env_id, _ = self._process_session(request.process_ref, "signal_process")
         key = f"signal_process:{request.process_ref}:{delivery_id or new_ref('delivery')}"
-        return self._effect("signal_process", env_id, key, request, lambda: self.runtime.signal_process(request),
-                            ProcessSignalResult, lambda r: f"{r.signal} delivered={r.delivered}")
+        return self._effect(
+            "signal_process",
+            env_id,
+            key,
+            request,
+            lambda: self.runtime.signal_process(request),
+            ProcessSignalResult,
+            lambda r: f"{r.signal} delivered={r.delivered}",
+        )
 
     def collect_stats(self, request: ProcessStatsRequest) -> ProcessStatsSnapshot:
         env_id, record = self._process_session(request.process_ref, "collect_stats")
         snapshot = self.runtime.collect_stats(request)
         if snapshot.state is ProcessState.exited and record.get("state") == SessionState.running:
-            self.store.update_session(env_id, {
-                "state": SessionState.exited,
-                "exit_code": "" if snapshot.exit_code is None else str(snapshot.exit_code),
-                "reason": snapshot.reason or "",
-            }, self.clock.now_ms())
+            self.store.update_session(
+                env_id,
+                {
+                    "state": SessionState.exited,
+                    "exit_code": "" if snapshot.exit_code is None else str(snapshot.exit_code),
+                    "reason": snapshot.reason or "",
+                },
+                self.clock.now_ms(),
+            )
         return snapshot
 
     # -- teardown and hand-over ------------------------------------------------------------
@@ -274,16 +355,23 @@ class Coordinator:
         lifecycle.check("cleanup", record.get("state"))
         if record:
             self.store.update_session(env_id, {"state": SessionState.cleaning}, self.clock.now_ms())
-        result = self._effect("cleanup", env_id, f"cleanup:{env_id}:{request.cleanup_plan_ref}", request,
-                              lambda: self.runtime.cleanup(request), CleanupResult,
-                              lambda r: f"cleanup {r.status}: {r.redacted_summary}")
+        result = self._effect(
+            "cleanup",
+            env_id,
+            f"cleanup:{env_id}:{request.cleanup_plan_ref}",
+            request,
+            lambda: self.runtime.cleanup(request),
+            CleanupResult,
+            lambda r: f"cleanup {r.status}: {r.redacted_summary}",
+        )
         final = SessionState.cleaned if result.status is CleanupStatus.completed else SessionState.repair_needed
         if record:
             self.store.update_session(env_id, {"state": final}, self.clock.now_ms())
         ticket_ref = record.get("ticket_ref")
         if ticket_ref:
-            self.store.close_ticket(ticket_ref, "cleaned" if final is SessionState.cleaned else "repair_needed",
-                                    self.clock.now_ms())
+            self.store.close_ticket(
+                ticket_ref, "cleaned" if final is SessionState.cleaned else "repair_needed", self.clock.now_ms()
+            )
         return result
 
     def detach(self, request: DetachTransferRequest) -> DetachTransferResult:
@@ -291,23 +379,36 @@ class Coordinator:
         self._session_for(env, "detach")
         policy = env.spec.ownership.detach_policy
         if not policy.allowed:
-            raise PolicyDenial("detach is not allowed by this environment's ownership policy",
-                               context={"rule": "ownership.detach_policy.allowed"})
+            raise PolicyDenial(
+                "detach is not allowed by this environment's ownership policy",
+                context={"rule": "ownership.detach_policy.allowed"},
+            )
         if request.ttl_ms > self.max_detach_ttl_ms:
-            raise PolicyDenial(f"detach ttl {request.ttl_ms} ms exceeds the host maximum {self.max_detach_ttl_ms} ms",
-                               context={"rule": "limits.max_detach_ttl_ms"})
+            raise PolicyDenial(
+                f"detach ttl {request.ttl_ms} ms exceeds the host maximum {self.max_detach_ttl_ms} ms",
+                context={"rule": "limits.max_detach_ttl_ms"},
+            )
         ticket_ref = f"tkt-{slug(env.environment_id)}"
         full = request.model_copy(update={"ticket_ref": ticket_ref})
         # The coordinator owns time: the ticket deadline comes from its clock, not the adapter's.
         deadline_ms = self.clock.now_ms() + request.ttl_ms
-        result = self._effect("detach", env.environment_id, f"detach:{env.environment_id}", request,
-                              lambda: self.runtime.detach(full).model_copy(update={"deadline_ms": deadline_ms}),
-                              DetachTransferResult,
-                              lambda r: f"ticket {r.ticket_ref} acked {r.host_ack_ref} until {r.deadline_ms}")
-        self.store.put_ticket(result.ticket_ref, {"environment_id": env.environment_id, "host": self.host_id,
-                                                  "host_ack_ref": result.host_ack_ref}, result.deadline_ms)
-        self.store.update_session(env.environment_id, {"state": SessionState.detached,
-                                                       "ticket_ref": result.ticket_ref}, self.clock.now_ms())
+        result = self._effect(
+            "detach",
+            env.environment_id,
+            f"detach:{env.environment_id}",
+            request,
+            lambda: self.runtime.detach(full).model_copy(update={"deadline_ms": deadline_ms}),
+            DetachTransferResult,
+            lambda r: f"ticket {r.ticket_ref} acked {r.host_ack_ref} until {r.deadline_ms}",
+        )
+        self.store.put_ticket(
+            result.ticket_ref,
+            {"environment_id": env.environment_id, "host": self.host_id, "host_ack_ref": result.host_ack_ref},
+            result.deadline_ms,
+        )
+        self.store.update_session(
+            env.environment_id, {"state": SessionState.detached, "ticket_ref": result.ticket_ref}, self.clock.now_ms()
+        )
         return result
 
     def reclaim(self, request: ReclaimRequest) -> ReclaimResult:
@@ -316,33 +417,59 @@ class Coordinator:
         if not env_id:
             raise NotFound(f"unknown ticket {request.ticket_ref}", context={"ticket_ref": request.ticket_ref})
         if ticket and ticket.get("host") != self.host_id:
-            raise InvalidRequest(f"ticket belongs to host {ticket.get('host')}, not {self.host_id}",
-                                 context={"ticket_ref": request.ticket_ref})
+            raise InvalidRequest(
+                f"ticket belongs to host {ticket.get('host')}, not {self.host_id}",
+                context={"ticket_ref": request.ticket_ref},
+            )
         full = request.model_copy(update={"environment_id": env_id})
-        result = self._effect("reclaim", env_id, f"reclaim:{request.ticket_ref}", request,
-                              lambda: self.runtime.reclaim(full), ReclaimResult,
-                              lambda r: f"reclaim {r.status}: {r.redacted_summary}")
+        result = self._effect(
+            "reclaim",
+            env_id,
+            f"reclaim:{request.ticket_ref}",
+            request,
+            lambda: self.runtime.reclaim(full),
+            ReclaimResult,
+            lambda r: f"reclaim {r.status}: {r.redacted_summary}",
+        )
         done = result.status is CleanupStatus.completed
         now = self.clock.now_ms()
         self.store.close_ticket(request.ticket_ref, "reclaimed" if done else "repair_needed", now)
         if self.store.session(env_id):
-            self.store.update_session(env_id, {"state": SessionState.cleaned if done else SessionState.repair_needed},
-                                      now)
+            self.store.update_session(
+                env_id, {"state": SessionState.cleaned if done else SessionState.repair_needed}, now
+            )
         return result
 
     # -- the effect protocol ---------------------------------------------------------------
 
-    def _step(self, op: str, request: ImageResolveRequest | RootfsPrepareRequest | MountResolveRequest
-              | NetworkPrepareRequest | SecretPrepareRequest, call: Callable[..., M], result_type: type[M],
-              summary: Callable[[M], str]) -> M:
+    def _step(
+        self,
+        op: str,
+        request: ImageResolveRequest
+        | RootfsPrepareRequest
+        | MountResolveRequest
+        | NetworkPrepareRequest
+        | SecretPrepareRequest,
+        call: Callable[..., M],
+        result_type: type[M],
+        summary: Callable[[M], str],
+    ) -> M:
         env_id = request.environment.environment_id
         self._session_for(request.environment, op)
         result = self._effect(op, env_id, f"{op}:{env_id}", request, lambda: call(request), result_type, summary)
         self.store.set_step_result(env_id, op, dump(result), self.clock.now_ms())
         return result
 
-    def _effect(self, op: str, env_id: str, key: str, request: BaseModel, call: Callable[[], M],
-                result_type: type[M], summary: Callable[[M], str]) -> M:
+    def _effect(
+        self,
+        op: str,
+        env_id: str,
+        key: str,
+        request: BaseModel,
+        call: Callable[[], M],
+        result_type: type[M],
+        summary: Callable[[M], str],
+    ) -> M:
         digest = digest_of(request)
         token = new_ref("exe")
         deadline = time.monotonic() + self.pending_wait_s
@@ -362,9 +489,15 @@ class Coordinator:
                 raise AgentError.from_payload(json.loads(begin.payload))
             return result_type.model_validate_json(begin.payload)
         if begin.status == "takeover":
-            self.journal.append(env_id, "recovery", {**base, "action": "takeover",
-                                                     "summary": "an earlier delivery's lease expired; re-running "
-                                                                "the idempotent effect"})
+            self.journal.append(
+                env_id,
+                "recovery",
+                {
+                    **base,
+                    "action": "takeover",
+                    "summary": "an earlier delivery's lease expired; re-running the idempotent effect",
+                },
+            )
         effect_id = f"eff-{slug(key)}"
         try:
             self.journal.append(env_id, "intent", {**base, "effect_id": effect_id})
@@ -374,26 +507,42 @@ class Coordinator:
         try:
             result = call()
         except Exception as exc:
-            error = exc if isinstance(exc, AgentError) else IsolationFailure(
-                f"{op} failed: {exc.__class__.__name__}: {str(exc)[:300]}", context={"operation": op})
+            error = (
+                exc
+                if isinstance(exc, AgentError)
+                else IsolationFailure(
+                    f"{op} failed: {exc.__class__.__name__}: {str(exc)[:300]}", context={"operation": op}
+                )
+            )
             self._record_failure(env_id, base, effect_id, key, token, error)
             if error is exc:
                 raise
             raise error from exc
         try:
-            self.journal.append(env_id, "result", {**base, "effect_id": effect_id, "status": "ok",
-                                                   "summary": summary(result)})
+            self.journal.append(
+                env_id, "result", {**base, "effect_id": effect_id, "status": "ok", "summary": summary(result)}
+            )
         except JournalFailure:
             self._flag_recovery(env_id, op, key)
         self.store.idem_finish(key, token, "done", result.model_dump_json())
         return result
 
-    def _record_failure(self, env_id: str, base: dict[str, str], effect_id: str, key: str, token: str,
-                        error: AgentError) -> None:
+    def _record_failure(
+        self, env_id: str, base: dict[str, str], effect_id: str, key: str, token: str, error: AgentError
+    ) -> None:
         try:
-            self.journal.append(env_id, "result", {**base, "effect_id": effect_id, "status": "failed",
-                                                   "error_kind": error.kind, "retry": error.retry,
-                                                   "summary": error.message})
+            self.journal.append(
+                env_id,
+                "result",
+                {
+                    **base,
+                    "effect_id": effect_id,
+                    "status": "failed",
+                    "error_kind": error.kind,
+                    "retry": error.retry,
+                    "summary": error.message,
+                },
+            )
         except JournalFailure:
             self._flag_recovery(env_id, base["op"], key)
         # Transient failures may be tried again under the same key; the rest are answered from the record.
@@ -406,25 +555,31 @@ class Coordinator:
         """The effect may have happened but its result is not journaled: leave a marker for recovery."""
         try:
             self.store.update_session(env_id, {f"recovery:{key}": op, "recovery_needed": "1"}, self.clock.now_ms())
-        except Exception:  # noqa: BLE001 - Redis is gone; the idempotency lease will expire and be taken over
+        except Exception:
             pass
 
     # -- session lookups -------------------------------------------------------------------
 
     def _require_local(self, env_id: str, record: dict[str, str]) -> None:
         if record.get("host") != self.host_id:
-            raise InvalidRequest(f"environment {env_id} lives on host {record.get('host')}, not {self.host_id}",
-                                 context={"environment_id": env_id})
+            raise InvalidRequest(
+                f"environment {env_id} lives on host {record.get('host')}, not {self.host_id}",
+                context={"environment_id": env_id},
+            )
 
     def _session_for(self, env: ExecutionEnvironment, op: str) -> dict[str, str]:
         record = self.store.session(env.environment_id)
         if not record:
-            raise NotFound(f"no session for environment {env.environment_id}; prepare_session first",
-                           context={"environment_id": env.environment_id})
+            raise NotFound(
+                f"no session for environment {env.environment_id}; prepare_session first",
+                context={"environment_id": env.environment_id},
+            )
         self._require_local(env.environment_id, record)
         if record.get("env_digest") != digest_of(env):
-            raise Conflict("request environment differs from the prepared session's",
-                           context={"environment_id": env.environment_id})
+            raise Conflict(
+                "request environment differs from the prepared session's",
+                context={"environment_id": env.environment_id},
+            )
         lifecycle.check(op, record.get("state"))
         return record
 
@@ -436,4 +591,3 @@ class Coordinator:
         self._require_local(env_id, record)
         lifecycle.check(op, record.get("state"))
         return env_id, record
-

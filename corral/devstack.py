@@ -57,12 +57,40 @@ class DevStack:
         os.environ["CORRAL_REDIS__URL"] = self.redis_url
         os.environ["CORRAL_HOST__ID"] = self.host_id
         load_settings.cache_clear()
-        self.children.append(self._spawn("worker", [sys.executable, "-m", "workers.main", "worker", "--host",
-                                                    self.host_id, "--beat", "--concurrency", "2"], env))
+        self.children.append(
+            self._spawn(
+                "worker",
+                [
+                    sys.executable,
+                    "-m",
+                    "workers.main",
+                    "worker",
+                    "--host",
+                    self.host_id,
+                    "--beat",
+                    "--concurrency",
+                    "2",
+                ],
+                env,
+            )
+        )
         if self.flower_port:
-            self.children.append(self._spawn("flower", [
-                sys.executable, "-m", "celery", "-A", "workers.app", "flower",
-                "--address=127.0.0.1", f"--port={self.flower_port}"], env))
+            self.children.append(
+                self._spawn(
+                    "flower",
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "workers.app",
+                        "flower",
+                        "--address=127.0.0.1",
+                        f"--port={self.flower_port}",
+                    ],
+                    env,
+                )
+            )
         self._wait_for_heartbeat(timeout_s)
 
     def _start_redis(self) -> str:
@@ -72,17 +100,36 @@ class DevStack:
         port = free_port()
         data = self.log_dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        self.children.append(self._spawn("redis", [
-            binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--appendonly", "yes",
-            "--save", "", "--maxmemory-policy", "noeviction"], dict(os.environ)))
+        self.children.append(
+            self._spawn(
+                "redis",
+                [
+                    binary,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(data),
+                    "--appendonly",
+                    "yes",
+                    "--save",
+                    "",
+                    "--maxmemory-policy",
+                    "noeviction",
+                ],
+                dict(os.environ),
+            )
+        )
         if not _wait_port(port, 10):
             raise HostConfigurationNeeded(f"redis-server did not start (log: {self.log_dir / 'redis.log'})")
         return f"redis://127.0.0.1:{port}"
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("ab")
-        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        return subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
 
     def _wait_for_heartbeat(self, timeout_s: float) -> None:
         store = state_services().store

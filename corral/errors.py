@@ -175,8 +175,20 @@ class HostConfigurationNeeded(AgentError):
 _BY_NAME: dict[str, type[AgentError]] = {
     c.__name__: c
     for c in (
-        AgentError, NotRetryable, InvalidRequest, NotFound, Conflict, InvalidStateTransition,
-        PolicyDenial, Unsupported, Retryable, IsolationFailure, JournalFailure, InProgress,
-        TimeoutFailure, RepairNeeded, HostConfigurationNeeded,
+        AgentError,
+        NotRetryable,
+        InvalidRequest,
+        NotFound,
+        Conflict,
+        InvalidStateTransition,
+        PolicyDenial,
+        Unsupported,
+        Retryable,
+        IsolationFailure,
+        JournalFailure,
+        InProgress,
+        TimeoutFailure,
+        RepairNeeded,
+        HostConfigurationNeeded,
     )
 }

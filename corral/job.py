@@ -69,33 +69,47 @@ class JobSpec:
     environment_id: str = field(default_factory=lambda: new_ref("job"))
 
     def environment(self) -> ExecutionEnvironment:
-        return _build(lambda: ExecutionEnvironment(
-            environment_id=self.environment_id,
-            spec=EnvironmentSpec(
-                image=ImageRequest(image_ref=self.image),
-                resources=ResourceLimits(cpus=self.cpus, memory_mb=self.memory_mb, timeout_ms=self.timeout_ms,
-                                         process_count=self.process_count),
-                filesystem=FilesystemPolicy(root="writable_layer" if self.writable_root else "read_only",
-                                            mounts=[parse_mount(m, i) for i, m in enumerate(self.mounts)]),
-                network=NetworkPolicy(mode=NetworkMode(self.network)),
-                secrets=SecretPolicy(ambient="explicit_refs_only" if self.secrets else "denied", secret_mounts=[
-                    SecretMount(secret_ref=name, mount_ref=f"secret-{name}", destination=f"/run/secrets/{name}")
-                    for name in self.secrets]),
-                ownership=OwnershipPolicy(detach_policy=DetachPolicy(allowed=self.allow_detach)),
-                io_policy=IoPolicy(stdout=_raw(), stderr=_raw()),
-            ),
-        ))
+        return _build(
+            lambda: ExecutionEnvironment(
+                environment_id=self.environment_id,
+                spec=EnvironmentSpec(
+                    image=ImageRequest(image_ref=self.image),
+                    resources=ResourceLimits(
+                        cpus=self.cpus,
+                        memory_mb=self.memory_mb,
+                        timeout_ms=self.timeout_ms,
+                        process_count=self.process_count,
+                    ),
+                    filesystem=FilesystemPolicy(
+                        root="writable_layer" if self.writable_root else "read_only",
+                        mounts=[parse_mount(m, i) for i, m in enumerate(self.mounts)],
+                    ),
+                    network=NetworkPolicy(mode=NetworkMode(self.network)),
+                    secrets=SecretPolicy(
+                        ambient="explicit_refs_only" if self.secrets else "denied",
+                        secret_mounts=[
+                            SecretMount(secret_ref=name, mount_ref=f"secret-{name}", destination=f"/run/secrets/{name}")
+                            for name in self.secrets
+                        ],
+                    ),
+                    ownership=OwnershipPolicy(detach_policy=DetachPolicy(allowed=self.allow_detach)),
+                    io_policy=IoPolicy(stdout=_raw(), stderr=_raw()),
+                ),
+            )
+        )
 
     def process(self) -> IsolatedProcessSpec:
-        return _build(lambda: IsolatedProcessSpec(
-            process_id=f"{self.environment_id}-main",
-            argv=self.argv,
-            cwd=self.workdir,
-            env=[RedactedEnvVar(name=k, redacted_value=v) for k, v in self.env.items()],
-            user=self.user,
-            timeout_ms=self.timeout_ms,
-            stdin=StdinMode.open if self.stdin else StdinMode.closed,
-        ))
+        return _build(
+            lambda: IsolatedProcessSpec(
+                process_id=f"{self.environment_id}-main",
+                argv=self.argv,
+                cwd=self.workdir,
+                env=[RedactedEnvVar(name=k, redacted_value=v) for k, v in self.env.items()],
+                user=self.user,
+                timeout_ms=self.timeout_ms,
+                stdin=StdinMode.open if self.stdin else StdinMode.closed,
+            )
+        )
 
     def requests(self, host: str) -> list[tuple[str, BaseModel]]:
         """The prepare-to-start chain, in contract order."""

@@ -54,5 +54,7 @@ class Journal:
 
     def read(self, environment_id: str, after: str = "-", count: int = 1000) -> list[JournalRecord]:
         start = after if after == "-" else f"({after}"
-        rows = cast(list[tuple[str, dict[str, str]]], self.r.xrange(journal_key(environment_id), start, "+", count=count))
+        rows = cast(
+            list[tuple[str, dict[str, str]]], self.r.xrange(journal_key(environment_id), start, "+", count=count)
+        )
         return [JournalRecord(rid, dict(fields)) for rid, fields in rows]

@@ -151,7 +151,10 @@ class IsolationCapabilityReport(Model):
 # ---------------------------------------------------------------------------------------------
 # the environment spec
 
-_IMAGE_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[\w][\w.-]{0,127})?(@sha256:[0-9a-f]{64})?$", re.ASCII)
+_IMAGE_RE = re.compile(
+    r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[\w][\w.-]{0,127})?(@sha256:[0-9a-f]{64})?$",
+    re.ASCII,
+)
 _DIGEST_RE = r"^sha256:[0-9a-f]{64}$"
 _ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -408,7 +411,9 @@ class IsolatedProcessSpec(Model):
     argv: list[Annotated[str, Field(max_length=131_072)]] = Field(min_length=1, max_length=4096)
     cwd: str = "/"
     env: list[RedactedEnvVar] = Field(default_factory=list, max_length=1024)
-    user: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$")
+    user: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$"
+    )
     terminal_mode: TerminalMode = TerminalMode.pipe
     timeout_ms: int | None = Field(default=None, ge=1, le=7 * 24 * 3600 * 1000)
     rlimits: dict[Annotated[str, Field(pattern=r"^[a-z]{2,16}$")], Annotated[int, Field(ge=0)]] = Field(

@@ -27,8 +27,9 @@ class Services:
 
 def state_services(settings: Settings | None = None) -> Services:
     settings = settings or load_settings()
-    client = redis.Redis.from_url(settings.redis_url(settings.redis.state_db), decode_responses=True,
-                                  health_check_interval=30)
+    client = redis.Redis.from_url(
+        settings.redis_url(settings.redis.state_db), decode_responses=True, health_check_interval=30
+    )
     return Services(settings, Store(client, settings.state_ttl_s), Journal(client, settings.state_ttl_s))
 
 
@@ -43,7 +44,10 @@ def coordinator() -> Coordinator:
         settings = services.settings
         _coordinators.clear()
         _coordinators[pid] = Coordinator(
-            build_runtime(settings), services.store, services.journal, settings.host.id,
+            build_runtime(settings),
+            services.store,
+            services.journal,
+            settings.host.id,
             max_detach_ttl_ms=settings.limits.max_detach_ttl_ms,
         )
     return _coordinators[pid]

@@ -116,6 +116,11 @@ return claimed
 """
 
 
+def _hash(fields: Mapping[str, str]) -> dict[Any, Any]:
+    """redis-py's mapping type is invariant in its key type; a plain dict satisfies it."""
+    return dict(fields)
+
+
 @dataclass(frozen=True)
 class IdemBegin:
     status: str
@@ -145,7 +150,9 @@ class Store:
     # -- idempotency -------------------------------------------------------------------------
 
     def idem_begin(self, key: str, digest: str, token: str, now_ms: int, lease_ms: int) -> IdemBegin:
-        status, payload = cast(list[str], self._begin(keys=[idem_key(key)], args=[digest, token, now_ms, lease_ms, self.ttl_ms]))
+        status, payload = cast(
+            list[str], self._begin(keys=[idem_key(key)], args=[digest, token, now_ms, lease_ms, self.ttl_ms])
+        )
         return IdemBegin(status, payload)
 
     def idem_finish(self, key: str, token: str, state: str, result: str) -> bool:
@@ -163,7 +170,7 @@ class Store:
         created = bool(self.r.hsetnx(key, "created_ms", str(now_ms)))
         if created:
             pipe = self.r.pipeline()
-            pipe.hset(key, mapping=dict(fields))
+            pipe.hset(key, mapping=_hash(fields))
             pipe.pexpire(key, self.ttl_ms)
             pipe.zadd(SESSIONS_KEY, {environment_id: now_ms})
             pipe.execute()
@@ -175,7 +182,7 @@ class Store:
     def update_session(self, environment_id: str, fields: Mapping[str, str], now_ms: int) -> None:
         key = session_key(environment_id)
         pipe = self.r.pipeline()
-        pipe.hset(key, mapping={**fields, "updated_ms": str(now_ms)})
+        pipe.hset(key, mapping=_hash({**fields, "updated_ms": str(now_ms)}))
         pipe.pexpire(key, self.ttl_ms)
         pipe.execute()
 
@@ -209,8 +216,10 @@ class Store:
 
     def put_ticket(self, ticket_ref: str, fields: Mapping[str, str], deadline_ms: int) -> None:
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(ticket_key(ticket_ref), mapping={**fields, "deadline_ms": str(deadline_ms), "state": "detached"})
-        pipe.pexpire(ticket_key(ticket_ref), max(self.ttl_ms, deadline_ms))
+        pipe.hset(
+            ticket_key(ticket_ref), mapping=_hash({**fields, "deadline_ms": str(deadline_ms), "state": "detached"})
+        )
+        pipe.pexpireat(ticket_key(ticket_ref), deadline_ms + self.ttl_ms)
         pipe.zadd(TICKETS_DUE_KEY, {ticket_ref: deadline_ms})
         pipe.execute()
 
@@ -224,7 +233,9 @@ class Store:
         pipe.execute()
 
     def claim_due_tickets(self, now_ms: int, resend_after_ms: int, limit: int = 100) -> list[DueTicket]:
-        flat = cast(list[str], self._claim(keys=[TICKETS_DUE_KEY], args=[now_ms, resend_after_ms, limit, f"{PREFIX}ticket:"]))
+        flat = cast(
+            list[str], self._claim(keys=[TICKETS_DUE_KEY], args=[now_ms, resend_after_ms, limit, f"{PREFIX}ticket:"])
+        )
         return [DueTicket(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
     def list_tickets(self) -> list[dict[str, str]]:

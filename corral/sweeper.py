@@ -24,8 +24,13 @@ class SweepReport:
     """Ticket refs whose reclaim was sent."""
 
 
-def sweep(store: Store, clock: Clock, send: Callable[[str, ReclaimRequest], None],
-          resend_after_ms: int = DEFAULT_RESEND_AFTER_MS, limit: int = 100) -> SweepReport:
+def sweep(
+    store: Store,
+    clock: Clock,
+    send: Callable[[str, ReclaimRequest], None],
+    resend_after_ms: int = DEFAULT_RESEND_AFTER_MS,
+    limit: int = 100,
+) -> SweepReport:
     sent = []
     for due in store.claim_due_tickets(clock.now_ms(), resend_after_ms, limit):
         if not due.host:

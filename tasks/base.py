@@ -30,8 +30,10 @@ MAX_RETRIES = 5
 def validation_error(exc: ValidationError, model: type[BaseModel]) -> InvalidRequest:
     problems = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]]
     more = f" (+{exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
-    return InvalidRequest(f"invalid {model.__name__}: " + "; ".join(problems) + more,
-                          context={"model": model.__name__, "errors": str(exc.error_count())})
+    return InvalidRequest(
+        f"invalid {model.__name__}: " + "; ".join(problems) + more,
+        context={"model": model.__name__, "errors": str(exc.error_count())},
+    )
 
 
 class CorralTask(Task):  # type: ignore[misc]
@@ -60,9 +62,12 @@ class CorralTask(Task):  # type: ignore[misc]
         except AgentError as exc:
             if exc.retryable and self.request.retries < self.max_retries and not self.request.is_eager:
                 log.warning("retrying %s after %s", self.name, exc)
-                raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from None
+                raise self.retry(exc=exc, countdown=min(2**self.request.retries, 30)) from None
             raise
         except Exception as exc:
             log.exception("unexpected failure in %s", self.name)
-            raise AgentError(f"{self.name} failed unexpectedly: {exc.__class__.__name__}",
-                             retry="not_retryable", context={"task": self.name}) from None
+            raise AgentError(
+                f"{self.name} failed unexpectedly: {exc.__class__.__name__}",
+                retry="not_retryable",
+                context={"task": self.name},
+            ) from None

@@ -6,6 +6,7 @@ Thin like web views: parse the request model, call the host's coordinator, dump 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from celery import shared_task
@@ -15,8 +16,12 @@ from corral.services import coordinator
 from tasks.base import CorralTask
 
 
-def _task(name: str) -> Any:
-    return shared_task(bind=True, base=CorralTask, name=f"corral.{name}")
+def _task(name: str) -> Callable[[Callable[..., dict[str, Any]]], Any]:
+    """Register a bound task ``corral.<name>`` (celery is untyped: the task object is ``Any``)."""
+    decorator: Callable[[Callable[..., dict[str, Any]]], Any] = shared_task(
+        bind=True, base=CorralTask, name=f"corral.{name}"
+    )
+    return decorator
 
 
 @_task("runtime_ref")
@@ -52,7 +57,8 @@ def resolve_mounts(self: CorralTask, request: Any, *, host: str | None = None) -
 @_task("configure_network")
 def configure_network(self: CorralTask, request: Any, *, host: str | None = None) -> dict[str, Any]:
     return self.run_operation(
-        host, lambda: coordinator().configure_network(self.parse(m.NetworkPrepareRequest, request)))
+        host, lambda: coordinator().configure_network(self.parse(m.NetworkPrepareRequest, request))
+    )
 
 
 @_task("prepare_secrets")
@@ -63,7 +69,8 @@ def prepare_secrets(self: CorralTask, request: Any, *, host: str | None = None) 
 @_task("prepare_environment")
 def prepare_environment(self: CorralTask, request: Any, *, host: str | None = None) -> dict[str, Any]:
     return self.run_operation(
-        host, lambda: coordinator().prepare_environment(self.parse(m.EnvironmentPrepareRequest, request)))
+        host, lambda: coordinator().prepare_environment(self.parse(m.EnvironmentPrepareRequest, request))
+    )
 
 
 @_task("start_process")
@@ -74,13 +81,15 @@ def start_process(self: CorralTask, request: Any, *, host: str | None = None) ->
 @_task("stream_io")
 def stream_io(self: CorralTask, request: Any, *, host: str | None = None) -> dict[str, Any]:
     return self.run_operation(
-        host, lambda: coordinator().stream_io(self.parse(m.ProcessIoRequest, request), self.request.id))
+        host, lambda: coordinator().stream_io(self.parse(m.ProcessIoRequest, request), self.request.id)
+    )
 
 
 @_task("signal_process")
 def signal_process(self: CorralTask, request: Any, *, host: str | None = None) -> dict[str, Any]:
     return self.run_operation(
-        host, lambda: coordinator().signal_process(self.parse(m.ProcessSignalRequest, request), self.request.id))
+        host, lambda: coordinator().signal_process(self.parse(m.ProcessSignalRequest, request), self.request.id)
+    )
 
 
 @_task("collect_stats")

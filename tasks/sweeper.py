@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from celery import current_app, shared_task
@@ -15,11 +16,15 @@ from tasks.base import CorralTask
 
 
 def _send_reclaim(host: str, request: ReclaimRequest) -> None:
-    current_app.send_task(task_name("reclaim"), args=[dump(request)], kwargs={"host": host},
-                          queue=queue_for_host(host))
+    current_app.send_task(task_name("reclaim"), args=[dump(request)], kwargs={"host": host}, queue=queue_for_host(host))
 
 
-@shared_task(bind=True, base=CorralTask, name="corral.sweep_tickets", queue=FLEET_QUEUE)
+_register: Callable[[Callable[..., dict[str, Any]]], Any] = shared_task(
+    bind=True, base=CorralTask, name="corral.sweep_tickets", queue=FLEET_QUEUE
+)
+
+
+@_register
 def sweep_tickets(self: CorralTask, *, host: str | None = None) -> dict[str, Any]:
     report = sweep(state_services().store, SystemClock(), _send_reclaim)
     return {"sent": report.sent}

@@ -45,14 +45,18 @@ class HostHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         while not self._stop.is_set():
             try:
                 report = dump(runtime.capability_report())
-                services.store.publish_host(settings.host.id, {
-                    "host_id": settings.host.id,
-                    "worker": self._hostname,
-                    "pid": os.getpid(),
-                    "started_ms": started,
-                    "heartbeat_ms": int(time.time() * 1000),
-                    "report": report,
-                }, int(settings.host.heartbeat_ttl_s * 1000))
+                services.store.publish_host(
+                    settings.host.id,
+                    {
+                        "host_id": settings.host.id,
+                        "worker": self._hostname,
+                        "pid": os.getpid(),
+                        "started_ms": started,
+                        "heartbeat_ms": int(time.time() * 1000),
+                        "report": report,
+                    },
+                    int(settings.host.heartbeat_ttl_s * 1000),
+                )
             except Exception:
                 log.exception("heartbeat failed")
             self._stop.wait(settings.host.heartbeat_s)

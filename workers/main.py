@@ -34,8 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app()
     if args.command == "worker":
         queues = [queue_for_host(args.host)] + ([] if args.no_fleet else [FLEET_QUEUE])
-        celery_argv = ["worker", "-Q", ",".join(queues), "-n", f"corral@{args.host}",
-                       f"--loglevel={args.loglevel}", f"--concurrency={args.concurrency}", "-E"]
+        celery_argv = [
+            "worker",
+            "-Q",
+            ",".join(queues),
+            "-n",
+            f"corral@{args.host}",
+            f"--loglevel={args.loglevel}",
+            f"--concurrency={args.concurrency}",
+            "-E",
+        ]
         if args.beat:
             celery_argv += ["-B"]
         app.worker_main(celery_argv)

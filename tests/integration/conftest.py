@@ -36,9 +36,13 @@ class WorkerProc:
     def start(self, redis_url: str, timeout_s: float = 30) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.main", "worker", "--host", self.host_id, "--loglevel", "INFO",
-             *self.extra],
-            env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [sys.executable, "-m", "workers.main", "worker", "--host", self.host_id, "--loglevel", "INFO", *self.extra],
+            env=self.env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         client = redis.Redis.from_url(f"{redis_url}/3", decode_responses=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -73,27 +77,30 @@ def corral_env(redis_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
     data.mkdir()
     (data / "hello.txt").write_text("hello from the host\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
-    env.update({
-        "CORRAL_REDIS__URL": redis_url,
-        "CORRAL_HOST__STATE_DIR": str(tmp_path / "state"),
-        "CORRAL_HOST__SECRETS_ROOT": str(secrets_root),
-        "CORRAL_HOST__SECRETS_DIR": str(tmp_path / "secrets"),
-        "CORRAL_HOST__MOUNTS": f'{{"data": "{data}"}}',
-        "CORRAL_HOST__HEARTBEAT_S": "1",
-        "CORRAL_HOST__HEARTBEAT_TTL_S": "4",
-        "CORRAL_CELERY__SWEEP_INTERVAL_S": "1",
-        "CORRAL_CELERY__TASK_TIMEOUT_S": "60",
-        "CORRAL_CONFIG": str(REPO / "config" / "corral.toml"),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "CORRAL_REDIS__URL": redis_url,
+            "CORRAL_HOST__STATE_DIR": str(tmp_path / "state"),
+            "CORRAL_HOST__SECRETS_ROOT": str(secrets_root),
+            "CORRAL_HOST__SECRETS_DIR": str(tmp_path / "secrets"),
+            "CORRAL_HOST__MOUNTS": f'{{"data": "{data}"}}',
+            "CORRAL_HOST__HEARTBEAT_S": "1",
+            "CORRAL_HOST__HEARTBEAT_TTL_S": "4",
+            "CORRAL_CELERY__SWEEP_INTERVAL_S": "1",
+            "CORRAL_CELERY__TASK_TIMEOUT_S": "60",
+            "CORRAL_CONFIG": str(REPO / "config" / "corral.toml"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     (tmp_path / "secrets").mkdir()
     yield env
     shutil.rmtree(secrets_root, ignore_errors=True)
 
 
 @pytest.fixture
-def worker_factory(corral_env: dict[str, str], redis_url: str, tmp_path: Path,
-                   docker_client, busybox_image) -> Iterator[object]:  # type: ignore[no-untyped-def]
+def worker_factory(
+    corral_env: dict[str, str], redis_url: str, tmp_path: Path, docker_client, busybox_image
+) -> Iterator[object]:  # type: ignore[no-untyped-def]
     started: list[WorkerProc] = []
 
     def start(host_id: str | None = None, *extra: str, env: dict[str, str] | None = None) -> WorkerProc:

@@ -21,8 +21,7 @@ CORRAL = [sys.executable, "-m", "corral"]
 
 
 def corral(env: dict[str, str], *args: str, timeout: float = 90, **kw: Any) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([*CORRAL, *args], env=env, cwd=REPO, capture_output=True, timeout=timeout, check=False,
-                          **kw)
+    return subprocess.run([*CORRAL, *args], env=env, cwd=REPO, capture_output=True, timeout=timeout, check=False, **kw)
 
 
 def leftovers(docker_client, host: str, env: dict[str, str]) -> dict[str, int]:  # type: ignore[no-untyped-def]
@@ -36,11 +35,21 @@ def leftovers(docker_client, host: str, env: dict[str, str]) -> dict[str, int]: 
 NOTHING = {"containers": 0, "networks": 0, "secret_dirs": 0, "spools": 0}
 
 
-def test_run_prints_output_and_exits_with_the_process_code(worker_factory, corral_env, docker_client,
-                                                           busybox_image) -> None:
+def test_run_prints_output_and_exits_with_the_process_code(
+    worker_factory, corral_env, docker_client, busybox_image
+) -> None:
     worker = worker_factory()
-    done = corral(corral_env, "run", "--host", worker.host_id, busybox_image, "--",
-                  "sh", "-c", "printf 'out\\377\\n'; echo err >&2; exit 42")
+    done = corral(
+        corral_env,
+        "run",
+        "--host",
+        worker.host_id,
+        busybox_image,
+        "--",
+        "sh",
+        "-c",
+        "printf 'out\\377\\n'; echo err >&2; exit 42",
+    )
     assert done.returncode == 42, done.stderr
     assert done.stdout == b"out\xff\n"
     assert done.stderr == b"err\n"
@@ -49,8 +58,22 @@ def test_run_prints_output_and_exits_with_the_process_code(worker_factory, corra
 
 def test_run_json_reports_outcome(worker_factory, corral_env, busybox_image) -> None:
     worker = worker_factory()
-    done = corral(corral_env, "run", "--json", "--host", worker.host_id, "--env", "GREETING=hi",
-                  "--mount", "data:/data", busybox_image, "--", "sh", "-c", 'echo $GREETING; cat /data/hello.txt')
+    done = corral(
+        corral_env,
+        "run",
+        "--json",
+        "--host",
+        worker.host_id,
+        "--env",
+        "GREETING=hi",
+        "--mount",
+        "data:/data",
+        busybox_image,
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING; cat /data/hello.txt",
+    )
     assert done.returncode == 0, done.stderr
     outcome = json.loads(done.stdout)
     import base64
@@ -60,29 +83,44 @@ def test_run_json_reports_outcome(worker_factory, corral_env, busybox_image) -> 
     assert outcome["cleanup"] == "completed"
 
 
-def test_run_secret_is_mounted_and_never_printed_by_corral(worker_factory, corral_env, busybox_image,
-                                                           tmp_path) -> None:
+def test_run_secret_is_mounted_and_never_printed_by_corral(worker_factory, corral_env, busybox_image, tmp_path) -> None:
     (Path(corral_env["CORRAL_HOST__SECRETS_DIR"]) / "token").write_text("s3cr3t-value")
     worker = worker_factory()
-    done = corral(corral_env, "run", "--json", "--host", worker.host_id, "--secret", "token", busybox_image, "--",
-                  "sh", "-c", "test \"$(cat /run/secrets/token)\" = s3cr3t-value && echo match")
+    done = corral(
+        corral_env,
+        "run",
+        "--json",
+        "--host",
+        worker.host_id,
+        "--secret",
+        "token",
+        busybox_image,
+        "--",
+        "sh",
+        "-c",
+        'test "$(cat /run/secrets/token)" = s3cr3t-value && echo match',
+    )
     assert done.returncode == 0, done.stderr
     assert b"s3cr3t-value" not in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["corral/does-not-exist:1", "--", "true"], b"not_found"),
-    (["{image}", "--"], b"argv"),
-    (["--host", "no-such-host", "{image}", "--", "true"], b"unknown host"),
-    (["--mount", "nosuchalias:/data", "{image}", "--", "true"], b"policy_denial"),
-    (["--memory", "-5", "{image}", "--", "true"], b"invalid_request"),
-    (["--cpus", "100000", "{image}", "--", "true"], b"cpus"),
-    (["--pids", "0", "{image}", "--", "true"], b"process_count"),
-    (["--timeout", "soon", "{image}", "--", "true"], b"not a duration"),
-    (["busybox;rm -rf /", "--", "true"], b"image"),
-])
-def test_run_rejects_bad_input_with_one_line_and_no_leftovers(worker_factory, corral_env, docker_client,
-                                                              busybox_image, args, message) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["corral/does-not-exist:1", "--", "true"], b"not_found"),
+        (["{image}", "--"], b"argv"),
+        (["--host", "no-such-host", "{image}", "--", "true"], b"unknown host"),
+        (["--mount", "nosuchalias:/data", "{image}", "--", "true"], b"policy_denial"),
+        (["--memory", "-5", "{image}", "--", "true"], b"invalid_request"),
+        (["--cpus", "100000", "{image}", "--", "true"], b"cpus"),
+        (["--pids", "0", "{image}", "--", "true"], b"process_count"),
+        (["--timeout", "soon", "{image}", "--", "true"], b"not a duration"),
+        (["busybox;rm -rf /", "--", "true"], b"image"),
+    ],
+)
+def test_run_rejects_bad_input_with_one_line_and_no_leftovers(
+    worker_factory, corral_env, docker_client, busybox_image, args, message
+) -> None:
     worker = worker_factory()
     argv = [a.replace("{image}", busybox_image) for a in args]
     if "--host" not in argv:
@@ -107,9 +145,13 @@ def test_kill_with_unknown_signal_and_control_character_ids_are_rejected(worker_
 
 def test_ctrl_c_terminates_and_cleans_up(worker_factory, corral_env, docker_client, busybox_image) -> None:
     worker = worker_factory()
-    proc = subprocess.Popen([*CORRAL, "run", "--host", worker.host_id, busybox_image, "--", "sh", "-c",
-                             "echo started; sleep 60"], env=corral_env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*CORRAL, "run", "--host", worker.host_id, busybox_image, "--", "sh", "-c", "echo started; sleep 60"],
+        env=corral_env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"started\n"
     os.kill(proc.pid, signal.SIGINT)
@@ -120,8 +162,20 @@ def test_ctrl_c_terminates_and_cleans_up(worker_factory, corral_env, docker_clie
 
 def test_detach_ps_tickets_reclaim_and_journal(worker_factory, corral_env, docker_client, busybox_image) -> None:
     worker = worker_factory()
-    done = corral(corral_env, "run", "--json", "--detach", "--ttl", "1h", "--host", worker.host_id, busybox_image,
-                  "--", "sleep", "60")
+    done = corral(
+        corral_env,
+        "run",
+        "--json",
+        "--detach",
+        "--ttl",
+        "1h",
+        "--host",
+        worker.host_id,
+        busybox_image,
+        "--",
+        "sleep",
+        "60",
+    )
     assert done.returncode == 0, done.stderr
     detached = json.loads(done.stdout)
     env_id, ticket = detached["environment_id"], detached["ticket_ref"]

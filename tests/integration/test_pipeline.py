@@ -45,12 +45,16 @@ def wait_until(predicate: Any, timeout_s: float, step: float = 0.2) -> bool:
     return bool(predicate())
 
 
-def test_chain_runs_a_job_end_to_end_and_journals_every_step(worker_factory, client, docker_client,
-                                                             busybox_image, corral_env) -> None:
+def test_chain_runs_a_job_end_to_end_and_journals_every_step(
+    worker_factory, client, docker_client, busybox_image, corral_env
+) -> None:
     worker = worker_factory()
     out: dict[IoStream, bytearray] = {IoStream.stdout: bytearray(), IoStream.stderr: bytearray()}
-    outcome = client.run(job(busybox_image, "sh", "-c", "echo hello; echo oops >&2; exit 3"), host=worker.host_id,
-                         on_output=lambda s, d: out[s].extend(d))
+    outcome = client.run(
+        job(busybox_image, "sh", "-c", "echo hello; echo oops >&2; exit 3"),
+        host=worker.host_id,
+        on_output=lambda s, d: out[s].extend(d),
+    )
     assert outcome.exit_code == 3
     assert bytes(out[IoStream.stdout]) == b"hello\n"
     assert bytes(out[IoStream.stderr]) == b"oops\n"
@@ -66,12 +70,14 @@ def test_chain_runs_a_job_end_to_end_and_journals_every_step(worker_factory, cli
     assert not any(Path(corral_env["CORRAL_HOST__SECRETS_ROOT"]).iterdir())
 
 
-@pytest.mark.parametrize(("spec", "error"), [
-    ({"image": "corral/does-not-exist:1"}, NotFound),
-    ({"mounts": ["nosuchalias:/data"]}, PolicyDenial),
-])
-def test_failing_step_leaves_nothing_behind(worker_factory, client, docker_client, busybox_image, spec,
-                                            error) -> None:
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        ({"image": "corral/does-not-exist:1"}, NotFound),
+        ({"mounts": ["nosuchalias:/data"]}, PolicyDenial),
+    ],
+)
+def test_failing_step_leaves_nothing_behind(worker_factory, client, docker_client, busybox_image, spec, error) -> None:
     worker = worker_factory()
     spec = {"image": busybox_image, **spec}
     bad = JobSpec(argv=["true"], memory_mb=64, **spec)
@@ -86,8 +92,9 @@ def test_failing_step_leaves_nothing_behind(worker_factory, client, docker_clien
     assert any(r.fields.get("op") == "cleanup" and r.kind == "result" for r in records)
 
 
-def test_replayed_start_process_makes_exactly_one_container(worker_factory, client, docker_client,
-                                                            busybox_image) -> None:
+def test_replayed_start_process_makes_exactly_one_container(
+    worker_factory, client, docker_client, busybox_image
+) -> None:
     worker = worker_factory()
     spec = job(busybox_image, "sleep", "30")
     steps = spec.requests(worker.host_id)
@@ -110,8 +117,9 @@ def test_replayed_start_process_makes_exactly_one_container(worker_factory, clie
     assert count_labeled(docker_client, worker.host_id)["containers"] == 0
 
 
-def test_expired_detach_ticket_is_reclaimed_by_the_sweeper(worker_factory, client, docker_client,
-                                                          busybox_image) -> None:
+def test_expired_detach_ticket_is_reclaimed_by_the_sweeper(
+    worker_factory, client, docker_client, busybox_image
+) -> None:
     worker = worker_factory(None, "--beat")
     spec = job(busybox_image, "sleep", "60", allow_detach=True)
     handle = client.submit(spec, host=worker.host_id)
@@ -120,8 +128,9 @@ def test_expired_detach_ticket_is_reclaimed_by_the_sweeper(worker_factory, clien
     assert client.services.store.ticket(ticket.ticket_ref)["state"] == "detached"
     assert count_labeled(docker_client, worker.host_id)["containers"] == 1
     # Deadline 1 s + one sweep period (1 s) + the reclaim itself; allow generous slack for CI.
-    assert wait_until(lambda: client.services.store.ticket(ticket.ticket_ref).get("state") == "reclaimed", 20), \
+    assert wait_until(lambda: client.services.store.ticket(ticket.ticket_ref).get("state") == "reclaimed", 20), (
         worker.log()
+    )
     assert count_labeled(docker_client, worker.host_id)["containers"] == 0
     assert client.services.store.session(spec.environment_id)["state"] == "cleaned"
     kinds = [(r.kind, r.fields.get("op")) for r in client.journal(spec.environment_id)]
@@ -157,9 +166,26 @@ def test_ten_megabytes_of_output_through_frames_is_byte_exact(worker_factory, cl
 def test_host_worker_registers_all_sixteen_operations(worker_factory, corral_env) -> None:
     worker = worker_factory()
     out = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "workers.app", "inspect", "registered", "-d",
-         f"corral@{worker.host_id}", "-t", "10"],
-        env=corral_env, cwd=REPO, capture_output=True, text=True, timeout=60, check=True).stdout
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "inspect",
+            "registered",
+            "-d",
+            f"corral@{worker.host_id}",
+            "-t",
+            "10",
+        ],
+        env=corral_env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     for op in OPERATIONS:
         assert f"corral.{op}" in out, out
     assert "corral.sweep_tickets" in out
