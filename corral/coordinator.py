@@ -555,8 +555,8 @@ class Coordinator:
         """The effect may have happened but its result is not journaled: leave a marker for recovery."""
         try:
             self.store.update_session(env_id, {f"recovery:{key}": op, "recovery_needed": "1"}, self.clock.now_ms())
-        except Exception:
-            pass
+        except Exception:  # Redis is gone too: the idempotency lease will expire and be taken over
+            log.exception("could not flag %s for recovery after %s", env_id, op)
 
     # -- session lookups -------------------------------------------------------------------
 
