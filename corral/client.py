@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from celery import Celery, chain
+from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from pydantic import BaseModel
 
@@ -152,7 +153,7 @@ class Client:
             return result.get(timeout=timeout or self.timeout_s, propagate=True, disable_sync_subtasks=False)
         except AgentError:
             raise
-        except TimeoutError:
+        except (TimeoutError, CeleryTimeout):
             raise TimeoutFailure(
                 f"{operation} did not answer within {timeout or self.timeout_s:.0f} s (is a worker serving that host?)",
                 context={"operation": operation},

@@ -16,13 +16,19 @@ from celery import bootsteps
 
 from corral.models import dump
 from corral.runtimes import build_runtime
-from corral.services import state_services
+from corral.contract import IsolationRuntime
+from corral.services import Services, state_services
 
 log = logging.getLogger("corral.heartbeat")
 
 
 class HostHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Starts only after the pool has forked its children, and does its imports and client set-up
+    in the main thread first: a child forked while another thread holds an import lock would
+    deadlock on its first import of that module (seen here as a chain stuck in prepare_session)."""
+
     label = "corral host heartbeat"
+    requires = ("celery.worker.components:Pool",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
@@ -31,32 +37,33 @@ class HostHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         self._hostname = getattr(parent, "hostname", "")
 
     def start(self, parent: Any) -> None:
-        self._thread = threading.Thread(target=self._loop, name="corral-heartbeat", daemon=True)
+        services = state_services()
+        runtime = build_runtime(services.settings)
+        self._publish(services, runtime, int(time.time() * 1000))
+        self._thread = threading.Thread(
+            target=self._loop, args=(services, runtime), name="corral-heartbeat", daemon=True
+        )
         self._thread.start()
 
     def stop(self, parent: Any) -> None:
         self._stop.set()
 
-    def _loop(self) -> None:
-        services = state_services()
-        settings = services.settings
-        runtime = build_runtime(settings)
+    def _loop(self, services: Services, runtime: IsolationRuntime) -> None:
         started = int(time.time() * 1000)
-        while not self._stop.is_set():
+        while not self._stop.wait(services.settings.host.heartbeat_s):
             try:
-                report = dump(runtime.capability_report())
-                services.store.publish_host(
-                    settings.host.id,
-                    {
-                        "host_id": settings.host.id,
-                        "worker": self._hostname,
-                        "pid": os.getpid(),
-                        "started_ms": started,
-                        "heartbeat_ms": int(time.time() * 1000),
-                        "report": report,
-                    },
-                    int(settings.host.heartbeat_ttl_s * 1000),
-                )
+                self._publish(services, runtime, started)
             except Exception:
                 log.exception("heartbeat failed")
-            self._stop.wait(settings.host.heartbeat_s)
+
+    def _publish(self, services: Services, runtime: IsolationRuntime, started: int) -> None:
+        settings = services.settings
+        record = {
+            "host_id": settings.host.id,
+            "worker": self._hostname,
+            "pid": os.getpid(),
+            "started_ms": started,
+            "heartbeat_ms": int(time.time() * 1000),
+            "report": dump(runtime.capability_report()),
+        }
+        services.store.publish_host(settings.host.id, record, int(settings.host.heartbeat_ttl_s * 1000))

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -34,8 +35,12 @@ class WorkerProc:
     extra: list[str] = field(default_factory=list)
 
     def start(self, redis_url: str, timeout_s: float = 30) -> None:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        with self.log_path.open("ab") as log:
+            self.proc = self._spawn(log)
+        self._wait_for_heartbeat(redis_url, timeout_s)
+
+    def _spawn(self, log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [sys.executable, "-m", "workers.main", "worker", "--host", self.host_id, "--loglevel", "INFO", *self.extra],
             env=self.env,
             cwd=REPO,
@@ -43,12 +48,16 @@ class WorkerProc:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def _wait_for_heartbeat(self, redis_url: str, timeout_s: float) -> None:
+        assert self.proc is not None
         client = redis.Redis.from_url(f"{redis_url}/3", decode_responses=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if client.exists(f"corral:host:{self.host_id}"):
                 # Heartbeat comes from the main process; give the pool a moment to accept tasks.
                 time.sleep(0.5)
+                client.close()
                 return
             if self.proc.poll() is not None:
                 break
