@@ -64,7 +64,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "redbeat_redis_url": settings.redis_url(settings.redis.beat_db),
         "redbeat_key_prefix": "corral:redbeat:",
-        "redbeat_redis_options": {"visibility_timeout": visibility},
+        "redbeat_redis_options": {"health_check_interval": 30},
         "redbeat_lock_timeout": max(30, int(settings.celery.sweep_interval_s * 5)),
         "beat_max_loop_interval": max(1, int(settings.celery.sweep_interval_s)),
         "beat_scheduler": "redbeat.RedBeatScheduler",
