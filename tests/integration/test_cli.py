@@ -145,17 +145,12 @@ def test_kill_with_unknown_signal_and_control_character_ids_are_rejected(worker_
 
 def test_ctrl_c_terminates_and_cleans_up(worker_factory, corral_env, docker_client, busybox_image) -> None:
     worker = worker_factory()
-    proc = subprocess.Popen(
-        [*CORRAL, "run", "--host", worker.host_id, busybox_image, "--", "sh", "-c", "echo started; sleep 60"],
-        env=corral_env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline() == b"started\n"
-    os.kill(proc.pid, signal.SIGINT)
-    proc.wait(60)
+    argv = [*CORRAL, "run", "--host", worker.host_id, busybox_image, "--", "sh", "-c", "echo started; sleep 60"]
+    with subprocess.Popen(argv, env=corral_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"started\n"
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(60)
     assert proc.returncode == 143  # SIGTERM delivered to the sandboxed shell
     assert leftovers(docker_client, worker.host_id, corral_env) == NOTHING
 
