@@ -140,6 +140,10 @@ class Coordinator:
                 f"session requested for host {request.host_ref} reached host {self.host_id}",
                 context={"host": request.host_ref},
             )
+        key = f"prepare_session:{env.environment_id}"
+        replayed = self._recorded("prepare_session", env.environment_id, key, request, IsolationSessionRef)
+        if replayed is not None:
+            return replayed
         existing = self.store.session(env.environment_id)
         if existing and existing.get("env_digest") != digest_of(env):
             raise Conflict(
@@ -167,7 +171,7 @@ class Coordinator:
         result = self._effect(
             "prepare_session",
             env.environment_id,
-            f"prepare_session:{env.environment_id}",
+            key,
             request,
             effect,
             IsolationSessionRef,
@@ -219,6 +223,11 @@ class Coordinator:
 
     def prepare_environment(self, request: EnvironmentPrepareRequest) -> PreparedEnvironmentRef:
         env_id = request.environment.environment_id
+        replayed = self._recorded(
+            "prepare_environment", env_id, f"prepare_environment:{env_id}", request, PreparedEnvironmentRef
+        )
+        if replayed is not None:
+            return replayed
         self._session_for(request.environment, "prepare_environment")
         earlier: dict[str, object] = {}
         for field, step, model in (
@@ -256,13 +265,16 @@ class Coordinator:
 
     def start_process(self, request: ProcessStartRequest) -> ProcessStartResult:
         env_id = request.environment.environment_id
+        key = f"start_process:{env_id}:{request.process.process_id}"
+        replayed = self._recorded("start_process", env_id, key, request, ProcessStartResult)
+        if replayed is not None:
+            return replayed
         record = self._session_for(request.environment, "start_process")
         if record.get("process") and json.loads(record["process"]) != dump(request.process):
             raise Conflict(
                 "start_process names a different process than the prepared one",
                 context={"process_id": request.process.process_id},
             )
-        key = f"start_process:{env_id}:{request.process.process_id}"
         intent = EffectIntent(
             effect_id=f"eff-{slug(key)}",
             kind="start_process",
@@ -353,14 +365,18 @@ class Coordinator:
         if record:
             self._require_local(env_id, record)
         lifecycle.check("cleanup", record.get("state"))
-        if record:
-            self.store.update_session(env_id, {"state": SessionState.cleaning}, self.clock.now_ms())
+
+        def effect() -> CleanupResult:
+            if record:  # only once the intent is journaled: a refused cleanup leaves the state alone
+                self.store.update_session(env_id, {"state": SessionState.cleaning}, self.clock.now_ms())
+            return self.runtime.cleanup(request)
+
         result = self._effect(
             "cleanup",
             env_id,
             f"cleanup:{env_id}:{request.cleanup_plan_ref}",
             request,
-            lambda: self.runtime.cleanup(request),
+            effect,
             CleanupResult,
             lambda r: f"cleanup {r.status}: {r.redacted_summary}",
         )
@@ -376,6 +392,10 @@ class Coordinator:
 
     def detach(self, request: DetachTransferRequest) -> DetachTransferResult:
         env = request.environment
+        key = f"detach:{env.environment_id}"
+        replayed = self._recorded("detach", env.environment_id, key, request, DetachTransferResult)
+        if replayed is not None:
+            return replayed
         self._session_for(env, "detach")
         policy = env.spec.ownership.detach_policy
         if not policy.allowed:
@@ -392,19 +412,25 @@ class Coordinator:
         full = request.model_copy(update={"ticket_ref": ticket_ref})
         # The coordinator owns time: the ticket deadline comes from its clock, not the adapter's.
         deadline_ms = self.clock.now_ms() + request.ttl_ms
+
+        def effect() -> DetachTransferResult:
+            ack = self.runtime.detach(full).model_copy(update={"deadline_ms": deadline_ms})
+            # The ticket is part of the effect: no host ack without a ticket, no ticket without an ack.
+            self.store.put_ticket(
+                ack.ticket_ref,
+                {"environment_id": env.environment_id, "host": self.host_id, "host_ack_ref": ack.host_ack_ref},
+                ack.deadline_ms,
+            )
+            return ack
+
         result = self._effect(
             "detach",
             env.environment_id,
-            f"detach:{env.environment_id}",
+            key,
             request,
-            lambda: self.runtime.detach(full).model_copy(update={"deadline_ms": deadline_ms}),
+            effect,
             DetachTransferResult,
             lambda r: f"ticket {r.ticket_ref} acked {r.host_ack_ref} until {r.deadline_ms}",
-        )
-        self.store.put_ticket(
-            result.ticket_ref,
-            {"environment_id": env.environment_id, "host": self.host_id, "host_ack_ref": result.host_ack_ref},
-            result.deadline_ms,
         )
         self.store.update_session(
             env.environment_id, {"state": SessionState.detached, "ticket_ref": result.ticket_ref}, self.clock.now_ms()
@@ -413,14 +439,26 @@ class Coordinator:
 
     def reclaim(self, request: ReclaimRequest) -> ReclaimResult:
         ticket = self.store.ticket(request.ticket_ref)
-        env_id = request.environment_id or ticket.get("environment_id")
-        if not env_id:
+        if ticket:
+            # The ticket names what it reclaims; a caller cannot point it at another environment.
+            env_id = ticket["environment_id"]
+            if request.environment_id is not None and request.environment_id != env_id:
+                raise Conflict(
+                    f"ticket {request.ticket_ref} does not cover environment {request.environment_id}",
+                    context={"ticket_ref": request.ticket_ref},
+                )
+            if ticket.get("host") != self.host_id:
+                raise InvalidRequest(
+                    f"ticket belongs to host {ticket.get('host')}, not {self.host_id}",
+                    context={"ticket_ref": request.ticket_ref},
+                )
+        elif request.environment_id is None:
             raise NotFound(f"unknown ticket {request.ticket_ref}", context={"ticket_ref": request.ticket_ref})
-        if ticket and ticket.get("host") != self.host_id:
-            raise InvalidRequest(
-                f"ticket belongs to host {ticket.get('host')}, not {self.host_id}",
-                context={"ticket_ref": request.ticket_ref},
-            )
+        else:  # the state store lost the ticket (flushed Redis): the host's own ack still names it
+            env_id = request.environment_id
+            record = self.store.session(env_id)
+            if record:
+                self._require_local(env_id, record)
         full = request.model_copy(update={"environment_id": env_id})
         result = self._effect(
             "reclaim",
@@ -455,10 +493,32 @@ class Coordinator:
         summary: Callable[[M], str],
     ) -> M:
         env_id = request.environment.environment_id
+        key = f"{op}:{env_id}"
+        replayed = self._recorded(op, env_id, key, request, result_type)
+        if replayed is not None:
+            return replayed
         self._session_for(request.environment, op)
-        result = self._effect(op, env_id, f"{op}:{env_id}", request, lambda: call(request), result_type, summary)
+        result = self._effect(op, env_id, key, request, lambda: call(request), result_type, summary)
         self.store.set_step_result(env_id, op, dump(result), self.clock.now_ms())
         return result
+
+    def _recorded(self, op: str, env_id: str, key: str, request: BaseModel, result_type: type[M]) -> M | None:
+        """Answer a redelivery from its idempotency record, before any state check: a step may be
+        delivered again after the chain has moved on, and must get its recorded outcome (rule 2)."""
+        record = self.store.idem_get(key)
+        if record.get("state") not in ("done", "failed") or record.get("digest") != digest_of(request):
+            return None
+        session = self.store.session(env_id)
+        if session:
+            self._require_local(env_id, session)
+        self.journal.append(
+            env_id,
+            "replay",
+            {"op": op, "key": key, "host": self.host_id, "ts_ms": str(self.clock.now_ms()), "status": record["state"]},
+        )
+        if record["state"] == "failed":
+            raise AgentError.from_payload(json.loads(record["result"]))
+        return result_type.model_validate_json(record["result"])
 
     def _effect(
         self,
@@ -489,7 +549,9 @@ class Coordinator:
                 raise AgentError.from_payload(json.loads(begin.payload))
             return result_type.model_validate_json(begin.payload)
         if begin.status == "takeover":
-            self.journal.append(
+            self._journal_or_release(
+                key,
+                token,
                 env_id,
                 "recovery",
                 {
@@ -499,11 +561,7 @@ class Coordinator:
                 },
             )
         effect_id = f"eff-{slug(key)}"
-        try:
-            self.journal.append(env_id, "intent", {**base, "effect_id": effect_id})
-        except JournalFailure:
-            self.store.idem_finish(key, token, "forget", "")
-            raise
+        self._journal_or_release(key, token, env_id, "intent", {**base, "effect_id": effect_id})
         try:
             result = call()
         except Exception as exc:
@@ -526,6 +584,14 @@ class Coordinator:
             self._flag_recovery(env_id, op, key)
         self.store.idem_finish(key, token, "done", result.model_dump_json())
         return result
+
+    def _journal_or_release(self, key: str, token: str, env_id: str, kind: str, fields: dict[str, str]) -> None:
+        """Journal before an effect; if that fails, release the key so a later delivery may run it."""
+        try:
+            self.journal.append(env_id, kind, fields)
+        except JournalFailure:
+            self.store.idem_finish(key, token, "forget", "")
+            raise
 
     def _record_failure(
         self, env_id: str, base: dict[str, str], effect_id: str, key: str, token: str, error: AgentError

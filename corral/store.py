@@ -121,6 +121,16 @@ def _hash(fields: Mapping[str, str]) -> dict[Any, Any]:
     return dict(fields)
 
 
+# Create a session hash with its TTL and index entry in one step, or nothing if it exists.
+_CREATE_SESSION = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class IdemBegin:
     status: str
@@ -142,6 +152,7 @@ class Store:
         self._begin = client.register_script(_IDEM_BEGIN)
         self._finish = client.register_script(_IDEM_FINISH)
         self._claim = client.register_script(_CLAIM_DUE)
+        self._create = client.register_script(_CREATE_SESSION)
 
     @classmethod
     def from_url(cls, url: str, ttl_s: int = 7 * 24 * 3600) -> Store:
@@ -165,16 +176,13 @@ class Store:
     # -- sessions ----------------------------------------------------------------------------
 
     def create_session(self, environment_id: str, fields: Mapping[str, str], now_ms: int) -> bool:
-        """Create the session record; False if it already exists (its fields are left alone)."""
-        key = session_key(environment_id)
-        created = bool(self.r.hsetnx(key, "created_ms", str(now_ms)))
-        if created:
-            pipe = self.r.pipeline()
-            pipe.hset(key, mapping=_hash(fields))
-            pipe.pexpire(key, self.ttl_ms)
-            pipe.zadd(SESSIONS_KEY, {environment_id: now_ms})
-            pipe.execute()
-        return created
+        """Create the session record atomically; False if it already exists (left alone)."""
+        flat = [x for kv in {**fields, "created_ms": str(now_ms)}.items() for x in kv]
+        return bool(
+            self._create(
+                keys=[session_key(environment_id), SESSIONS_KEY], args=[environment_id, now_ms, self.ttl_ms, *flat]
+            )
+        )
 
     def session(self, environment_id: str) -> dict[str, str]:
         return cast(dict[str, str], self.r.hgetall(session_key(environment_id)))
@@ -215,6 +223,9 @@ class Store:
     # -- tickets -----------------------------------------------------------------------------
 
     def put_ticket(self, ticket_ref: str, fields: Mapping[str, str], deadline_ms: int) -> None:
+        """Create a ticket and schedule it; a ticket that already exists is left as it is."""
+        if self.r.exists(ticket_key(ticket_ref)):
+            return
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(
             ticket_key(ticket_ref), mapping=_hash({**fields, "deadline_ms": str(deadline_ms), "state": "detached"})

@@ -6,7 +6,7 @@ import re
 
 from corral.errors import InvalidRequest
 
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.IGNORECASE)
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:i?b)?)?$", re.IGNORECASE)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?$", re.IGNORECASE)
 _SIZE_MB = {"": 1, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
 _DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
@@ -17,7 +17,7 @@ def parse_memory_mb(text: str) -> int:
     match = _SIZE.match(text.strip())
     if not match:
         raise InvalidRequest(f"not a size: {text!r} (try 512m or 1g)", context={"value": text[:40]})
-    return int(float(match.group(1)) * _SIZE_MB[match.group(2).lower()])
+    return int(float(match.group(1)) * _SIZE_MB[(match.group(2) or "").lower()])
 
 
 def parse_duration_ms(text: str) -> int:

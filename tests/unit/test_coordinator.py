@@ -212,10 +212,6 @@ def test_prepare_step_replay_calls_the_adapter_once(rig: Rig) -> None:
     assert rig.kinds(j.environment_id)[-1] == ("replay", "resolve_image")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: lifecycle.ALLOWED lets the five prepare steps and prepare_session "
-                   "start only from 'preparing'/'none', and the coordinator checks the state before the "
-                   "idempotency record, so a redelivered step after the chain moved on is refused "
-                   "instead of answered from its record (CONTRACT rule 2)")
 def test_prepare_step_replay_after_the_chain_moved_on_returns_the_recorded_result(rig: Rig) -> None:
     j = job()
     results = rig.run_chain(j)
@@ -613,6 +609,7 @@ def test_resolve_image_without_session_is_not_found(rig: Rig) -> None:
 
 def test_step_after_start_is_invalid_transition(rig: Rig) -> None:
     j, _ = _started_rig(rig)
+    rig.client.delete(keys.idem_key(f"prepare_rootfs:{j.environment_id}"))  # its record expired
     with pytest.raises(InvalidStateTransition):
         rig.coordinator.prepare_rootfs(request_of(j, "prepare_rootfs"))
 
@@ -787,9 +784,6 @@ def test_reclaim_of_another_hosts_ticket_is_invalid_request(rig: Rig) -> None:
     assert rig.store.ticket(ticket.ticket_ref)["state"] == "detached"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Coordinator.reclaim prefers the caller's environment_id over the "
-                   "ticket's, so a reclaim naming ticket A and environment B tears down B, marks B cleaned and "
-                   "closes ticket A as reclaimed while A keeps running (silently dropped cleanup duty)")
 def test_reclaim_with_environment_id_other_than_the_tickets_is_refused(rig: Rig) -> None:
     a, _ = _started_rig(rig, allow_detach=True)
     ticket = rig.coordinator.detach(DetachTransferRequest(environment=a.environment(), ttl_ms=60_000))

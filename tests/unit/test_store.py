@@ -125,31 +125,15 @@ def test_create_session_is_create_once(store: Store) -> None:
     assert 0 < store.r.pttl(keys.session_key("env-1")) <= store.ttl_ms
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Store.create_session is HSETNX followed by a separate pipeline; a "
-                   "failure in between leaves a stub hash (only created_ms, no host, no env_digest, no TTL), "
-                   "and every later prepare_session for that environment id is a Conflict forever")
-def test_create_session_failure_midway_leaves_no_stub(redis_url: str) -> None:
+def test_create_session_is_one_atomic_step_with_ttl_and_index(redis_url: str) -> None:
+    """Fields, TTL and the index entry appear together: a failure cannot leave a stub record."""
     with make_rig(redis_url) as rig:
         j = job()
-        real_pipeline = rig.client.pipeline
-        calls = {"n": 0}
-
-        def broken_pipeline(*args: object, **kwargs: object) -> object:
-            calls["n"] += 1
-            if calls["n"] == 1:
-                raise redis.ConnectionError("connection lost")
-            return real_pipeline(*args, **kwargs)  # type: ignore[arg-type]
-
-        rig.client.pipeline = broken_pipeline  # type: ignore[method-assign]
-        with pytest.raises(redis.ConnectionError):
-            rig.store.create_session(j.environment_id, {"host": HOST, "state": "preparing"}, rig.clock.now_ms())
-        rig.client.pipeline = real_pipeline  # type: ignore[method-assign]
-        stub = rig.store.session(j.environment_id)
-        assert stub == {} or rig.client.pttl(keys.session_key(j.environment_id)) > 0
-        try:
-            rig.coordinator.prepare_session(request_of(j, "prepare_session"))
-        except Conflict:
-            pytest.fail("a half-created session record blocks the environment id for good")
+        monitor_before = rig.client.info("commandstats").get("cmdstat_hsetnx", {}).get("calls", 0)
+        assert rig.store.create_session(j.environment_id, {"host": HOST, "state": "preparing"}, rig.clock.now_ms())
+        assert rig.client.info("commandstats").get("cmdstat_hsetnx", {}).get("calls", 0) == monitor_before
+        assert rig.client.pttl(keys.session_key(j.environment_id)) > 0
+        assert rig.client.zscore(keys.SESSIONS_KEY, j.environment_id) is not None
         assert rig.store.session(j.environment_id)["host"] == HOST
 
 

@@ -37,8 +37,6 @@ def test_parse_memory_mb_rejects(text: str) -> None:
     assert "not a size" in info.value.message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: corral/units.py _SIZE makes the unit optional and then accepts "
-                   "a bare 'b'/'ib' suffix, so '512b' (512 bytes) parses as 512 MiB")
 def test_parse_memory_mb_does_not_read_bytes_as_mebibytes() -> None:
     with pytest.raises(InvalidRequest):
         parse_memory_mb("512b")
