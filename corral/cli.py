@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -491,7 +493,13 @@ def dev(host_id: str, demo: bool, flower_port: int | None, job: tuple[str, ...])
             + str(stack.redis_url)
             + "  and  corral run corral/busybox:latest -- echo hello.  Ctrl-C stops the stack."
         )
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):  # set explicitly: a background job ignores SIGINT
+            signal.signal(signum, lambda *_: stop.set())
+        while not stop.wait(1):
+            if not stack.healthy():
+                console.print("a stack process exited; stopping")
+                break
     finally:
         console.print("stopping the stack")
         stack.stop()
@@ -512,7 +520,7 @@ def _demo(host_id: str, job: tuple[str, ...]) -> int:
     image, *argv = job or DEMO_JOB
     client = Client()
     spec = JobSpec(image=image, argv=argv, memory_mb=128, timeout_ms=60_000)
-    console.print(f"[bold]$ corral run {image} -- {' '.join(argv)}[/]", markup=True, highlight=False)
+    console.print(f"$ corral run {image} -- {shlex.join(argv)}", markup=False, highlight=False, style="bold")
     outcome = client.run(spec, host=host_id, on_output=write_output)
     sys.stdout.flush()
     console.print(f"[bold]exit code {outcome.exit_code}[/] ({outcome.reason}) on host {outcome.host}")

@@ -75,6 +75,8 @@ class DevStack:
             )
         )
         if self.flower_port:
+            # Loopback only, so the dev stack may serve Flower's API without auth (never do this on a network).
+            env["FLOWER_UNAUTHENTICATED_API"] = "true"
             self.children.append(
                 self._spawn(
                     "flower",
@@ -142,6 +144,9 @@ class DevStack:
             time.sleep(0.2)
         self.stop()
         raise HostConfigurationNeeded(f"the host worker did not come up (logs in {self.log_dir})")
+
+    def healthy(self) -> bool:
+        return all(child.poll() is None for child in self.children)
 
     def stop(self) -> None:
         for child in reversed(self.children):

@@ -13,7 +13,8 @@ from rich.table import Table
 
 from corral.errors import AgentError
 
-console = Console(stderr=False, highlight=False)
+# Not a terminal (a pipe, a log, CI): wide enough that tables don't fold.
+console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True, highlight=False)
 
 
