@@ -74,6 +74,7 @@ def main() -> None:
 @click.option("--secret", "secrets", multiple=True, help="Secret NAME, mounted at /run/secrets/NAME.")
 @click.option("--user", help="Run as USER[:GROUP] inside the sandbox.")
 @click.option("--workdir", default="/", show_default=True)
+@click.option("--interactive", "-i", is_flag=True, help="Forward this command's stdin to the process.")
 @click.option("--detach", is_flag=True, help="Start, then hand the sandbox over under a reclaim ticket.")
 @click.option("--ttl", default="1h", show_default=True, help="Detach ticket lifetime.")
 @json_option
@@ -92,6 +93,7 @@ def run(
     secrets: tuple[str, ...],
     user: str | None,
     workdir: str,
+    interactive: bool,
     detach: bool,
     ttl: str,
     as_json: bool,
@@ -120,6 +122,7 @@ def run(
         user=user,
         workdir=workdir,
         allow_detach=detach,
+        stdin=interactive,
     )
     job.environment(), job.process()  # validate before anything is sent
     client = _client()
@@ -143,6 +146,18 @@ def write_output(stream: IoStream, data: bytes) -> None:
     target = sys.stdout.buffer if stream is IoStream.stdout else sys.stderr.buffer
     target.write(data)
     target.flush()
+
+
+def _forward_stdin(client: Any, handle: Any, chunk: int = 64 * 1024) -> None:
+    """Copy our stdin to the sandbox in bounded writes, then close its stdin."""
+    source = sys.stdin.buffer
+    read = getattr(source, "read1", source.read)  # read1: forward what is there, don't wait for a full chunk
+    try:
+        while data := read(chunk):
+            client.write_stdin(handle, data)
+        client.write_stdin(handle, b"", close=True)
+    except AgentError:
+        pass  # the process ended first: nothing left to feed
 
 
 def _run_attached(client: Any, job: JobSpec, host: str | None, as_json: bool) -> int:
@@ -169,6 +184,8 @@ def _run_attached(client: Any, job: JobSpec, host: str | None, as_json: bool) ->
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         client.wait(handle)
+        if job.stdin:
+            threading.Thread(target=_forward_stdin, args=(client, handle), daemon=True).start()
         stats = client.follow(handle, on_output)
     finally:
         signal.signal(signal.SIGINT, previous)

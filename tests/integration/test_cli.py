@@ -189,3 +189,23 @@ def test_detach_ps_tickets_reclaim_and_journal(worker_factory, corral_env, docke
     assert ("result", "reclaim") in [(r["kind"], r.get("op")) for r in journal]
     hosts = json.loads(corral(corral_env, "hosts", "--json").stdout)
     assert [(h["host"], h["up"]) for h in hosts] == [(worker.host_id, True)]
+
+
+def test_interactive_run_forwards_stdin_byte_exact(worker_factory, corral_env, busybox_image) -> None:
+    worker = worker_factory()
+    payload = bytes(range(256)) * 1024 + b"end"
+    done = corral(
+        corral_env,
+        "run",
+        "-i",
+        "--host",
+        worker.host_id,
+        busybox_image,
+        "--",
+        "sh",
+        "-c",
+        "cat; echo done",
+        input=payload,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == payload + b"done\n"
