@@ -1,0 +1,739 @@
+"""The Docker runtime against the real engine: every one of the 16 operations, no mocks.
+
+Each test gets its own host id (so labels never collide), a tmp state dir, a tmpfs secrets root
+under /dev/shm and a teardown that removes everything labeled with that host id. Containers run the
+local ``corral/busybox`` image; nothing is pulled.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import stat
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.errors import InvalidRequest, NotFound, PolicyDenial, Unsupported
+from corral.models import (
+    CaptureMode,
+    CleanupRequest,
+    CleanupStatus,
+    DetachPolicy,
+    DetachTransferRequest,
+    EnvironmentPrepareRequest,
+    EnvironmentSpec,
+    EnvSecret,
+    ExecutionEnvironment,
+    FilesystemPolicy,
+    HealthState,
+    ImageRequest,
+    ImageResolveRequest,
+    IoPolicy,
+    IoStream,
+    IsolatedProcessSpec,
+    IsolationClass,
+    LifecyclePolicy,
+    MountMode,
+    MountPolicy,
+    MountResolveRequest,
+    NetworkMode,
+    NetworkPolicy,
+    NetworkPrepareRequest,
+    OwnershipPolicy,
+    ProcessIoFrame,
+    ProcessIoRequest,
+    ProcessSignal,
+    ProcessSignalRequest,
+    ProcessStartRequest,
+    ProcessState,
+    ProcessStatsRequest,
+    ProcessStatsSnapshot,
+    ReclaimRequest,
+    ResourceLimits,
+    RootfsPrepareRequest,
+    RootMode,
+    SecretMount,
+    SecretPolicy,
+    SecretPrepareRequest,
+    SessionPrepareRequest,
+    StdinMode,
+    StreamIoPolicy,
+    TerminationReason,
+)
+from corral.refs import process_ref_for, slug
+from corral.runtimes.docker import DockerRuntime
+from corral.runtimes.docker_resources import session_paths
+from corral.settings import HostSettings
+
+pytestmark = pytest.mark.docker
+
+SECRET_NAME = "api-token"
+SECRET_VALUE = b"s3cr3t-" + uuid.uuid4().hex.encode()
+RAW = StreamIoPolicy(default_capture=CaptureMode.raw_content_if_policy_allows)
+
+
+# ------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def host_id() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def host(tmp_path: Path, host_id: str) -> Iterator[HostSettings]:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hello.txt").write_text("hello from the host\n")
+    (tmp_path / "rw").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    (secrets_dir / SECRET_NAME).write_bytes(SECRET_VALUE)
+    secrets_root = Path(f"/dev/shm/corral-test-{host_id}")
+    yield HostSettings(
+        id=host_id,
+        state_dir=str(tmp_path / "state"),
+        secrets_root=str(secrets_root),
+        secrets_dir=str(secrets_dir),
+        mounts={
+            "data": str(data),
+            "rw": str(tmp_path / "rw"),
+            "link": str(tmp_path / "link"),
+            "sock": "/var/run/docker.sock",
+            "run": "/run",
+            "state": str(tmp_path / "state"),
+        },
+        writable_mounts=["rw"],
+    )
+    shutil.rmtree(secrets_root, ignore_errors=True)
+
+
+def _kill_shims(state_dir: str) -> None:
+    """Teardown safety net: SIGKILL any shim whose command line names this test's state dir."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"corral.runtimes.shim" in cmdline and state_dir.encode() in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
+@pytest.fixture
+def runtime(docker_client: Any, host: HostSettings, host_id: str) -> Iterator[DockerRuntime]:
+    yield DockerRuntime(host_id, host, docker_client)
+    _kill_shims(host.state_dir)
+    label = {"label": f"corral.host={host_id}"}
+    for container in docker_client.containers.list(all=True, filters=label):
+        container.remove(force=True)
+    for network in docker_client.networks.list(filters=label):
+        network.remove()
+
+
+def count_labeled(docker_client: Any, host_id: str, environment_id: str | None = None) -> dict[str, int]:
+    labels = [f"corral.host={host_id}"] + ([f"corral.session={environment_id}"] if environment_id else [])
+    return {
+        "containers": len(docker_client.containers.list(all=True, filters={"label": labels})),
+        "networks": len(docker_client.networks.list(filters={"label": labels})),
+    }
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def make_env(image: str, **spec: Any) -> ExecutionEnvironment:
+    spec.setdefault("io_policy", IoPolicy(stdout=RAW, stderr=RAW))
+    spec.setdefault("lifecycle", LifecyclePolicy(grace_ms=200))
+    return ExecutionEnvironment(
+        environment_id=f"env-{uuid.uuid4().hex[:12]}",
+        spec=EnvironmentSpec(image=ImageRequest(image_ref=image), **spec),
+    )
+
+
+def prepare(rt: DockerRuntime, env: ExecutionEnvironment, process: IsolatedProcessSpec) -> None:
+    """The whole prepare chain, in contract order (what the coordinator's Celery chain does)."""
+    rt.prepare_session(SessionPrepareRequest(environment=env))
+    image = rt.resolve_image(ImageResolveRequest(environment=env))
+    rootfs = rt.prepare_rootfs(RootfsPrepareRequest(environment=env))
+    mounts = rt.resolve_mounts(MountResolveRequest(environment=env))
+    network = rt.configure_network(NetworkPrepareRequest(environment=env))
+    secrets = rt.prepare_secrets(SecretPrepareRequest(environment=env))
+    rt.prepare_environment(
+        EnvironmentPrepareRequest(
+            environment=env, process=process, image=image, rootfs=rootfs, mounts=mounts,
+            network=network, secrets=secrets,
+        )
+    )
+
+
+def proc_spec(*argv: str, **kwargs: Any) -> IsolatedProcessSpec:
+    return IsolatedProcessSpec(process_id=f"p-{uuid.uuid4().hex[:8]}", argv=list(argv), **kwargs)
+
+
+def run(rt: DockerRuntime, env: ExecutionEnvironment, *argv: str, **kwargs: Any) -> str:
+    process = proc_spec(*argv, **kwargs)
+    prepare(rt, env, process)
+    return rt.start_process(ProcessStartRequest(environment=env, process=process)).process_ref
+
+
+def sh(rt: DockerRuntime, env: ExecutionEnvironment, script: str, **kwargs: Any) -> str:
+    return run(rt, env, "sh", "-c", script, **kwargs)
+
+
+def wait_exit(rt: DockerRuntime, process_ref: str, timeout_s: float = 15) -> ProcessStatsSnapshot:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        snap = rt.collect_stats(ProcessStatsRequest(process_ref=process_ref))
+        if snap.state is ProcessState.exited or time.monotonic() > deadline:
+            return snap
+        time.sleep(0.05)
+
+
+def frames(rt: DockerRuntime, process_ref: str, stream: IoStream, max_bytes: int = 64 * 1024,
+           cursor: int = 0) -> list[ProcessIoFrame]:
+    out: list[ProcessIoFrame] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        frame = rt.stream_io(ProcessIoRequest(process_ref=process_ref, stream=stream, cursor=cursor,
+                                              max_bytes=max_bytes))
+        out.append(frame)
+        cursor = frame.cursor
+        if frame.eof:
+            return out
+        if frame.byte_count == 0:
+            time.sleep(0.02)
+    raise AssertionError("stream did not reach eof")
+
+
+def content(frame_list: list[ProcessIoFrame]) -> bytes:
+    return b"".join(base64.b64decode(f.content_b64 or "") for f in frame_list)
+
+
+def output(rt: DockerRuntime, process_ref: str, stream: IoStream = IoStream.stdout) -> bytes:
+    return content(frames(rt, process_ref, stream))
+
+
+# ------------------------------------------------------------------------------------- 1-2
+
+
+def test_runtime_ref_names_the_host(runtime: DockerRuntime, host_id: str) -> None:
+    ref = runtime.runtime_ref()
+    assert ref.adapter_kind == "docker"
+    assert ref.host_ref == host_id
+
+
+def test_capability_report_healthy_and_honest(runtime: DockerRuntime) -> None:
+    report = runtime.capability_report()
+    assert report.health.state is HealthState.healthy, report.health
+    assert report.supported_classes == [IsolationClass.container]
+    assert "no_network_guarantee" in report.capabilities
+    assert "egress_allowlist" not in report.capabilities
+    assert "capability:egress_allowlist" in report.unsupported_requirements
+    assert "capability:content_ref_io" in report.unsupported_requirements
+    assert any(w.startswith("env_secrets") for w in report.weaker_features)
+    assert report.platform.os == "linux"
+
+
+def test_capability_report_degraded_when_secrets_root_is_on_disk(
+    docker_client: Any, host: HostSettings, host_id: str, tmp_path: Path
+) -> None:
+    on_disk = host.model_copy(update={"secrets_root": str(tmp_path / "secrets-on-disk")})
+    report = DockerRuntime(host_id, on_disk, docker_client).capability_report()
+    assert report.health.state is HealthState.degraded
+    assert "tmpfs" in (report.health.reason or "")
+
+
+def test_capability_report_unsupported_host_without_engine(host: HostSettings, host_id: str) -> None:
+    import docker
+
+    dead = docker.DockerClient(base_url="tcp://127.0.0.1:9", version="1.41", timeout=2)
+    report = DockerRuntime(host_id, host, dead).capability_report()
+    assert report.health.state is HealthState.unsupported_host
+    assert report.health.missing_prerequisites == ["docker engine"]
+
+
+# ------------------------------------------------------------------------------------- 3-8
+
+
+def test_prepare_session_creates_labeled_spool_idempotently(
+    runtime: DockerRuntime, busybox_image: str, host: HostSettings, host_id: str
+) -> None:
+    env = make_env(busybox_image)
+    first = runtime.prepare_session(SessionPrepareRequest(environment=env))
+    second = runtime.prepare_session(SessionPrepareRequest(environment=env))
+    assert first == second
+    assert first.session_ref == f"sess-{slug(env.environment_id)}"
+    spool = session_paths(host, slug(env.environment_id)).spool
+    labels = json.loads(spool.labels.read_text())
+    assert labels["corral.host"] == host_id and labels["corral.session"] == env.environment_id
+    assert stat.S_IMODE(spool.root.stat().st_mode) == 0o700
+
+
+def test_resolve_image_returns_local_digest_and_architecture(
+    runtime: DockerRuntime, busybox_image: str, docker_client: Any
+) -> None:
+    env = make_env(busybox_image)
+    resolved = runtime.resolve_image(ImageResolveRequest(environment=env))
+    assert resolved.digest == docker_client.images.get(busybox_image).id
+    assert resolved.architecture == "amd64" or resolved.architecture
+    pinned = env.model_copy(update={"spec": env.spec.model_copy(update={"image": ImageRequest(
+        image_ref=busybox_image, expected_digest=resolved.digest, expected_architecture=resolved.architecture)})})
+    assert runtime.resolve_image(ImageResolveRequest(environment=pinned)).digest == resolved.digest
+
+
+def test_resolve_image_digest_mismatch_is_denied(runtime: DockerRuntime, busybox_image: str) -> None:
+    env = make_env(busybox_image)
+    wrong = env.model_copy(update={"spec": env.spec.model_copy(update={"image": ImageRequest(
+        image_ref=busybox_image, expected_digest="sha256:" + "0" * 64)})})
+    with pytest.raises(PolicyDenial):
+        runtime.resolve_image(ImageResolveRequest(environment=wrong))
+
+
+def test_resolve_image_unknown_image_is_not_found(runtime: DockerRuntime) -> None:
+    with pytest.raises(NotFound):
+        runtime.resolve_image(ImageResolveRequest(environment=make_env("corral/does-not-exist:never")))
+
+
+def test_resolve_image_without_image_is_invalid(runtime: DockerRuntime) -> None:
+    with pytest.raises(InvalidRequest):
+        runtime.resolve_image(ImageResolveRequest(environment=ExecutionEnvironment(environment_id="env-x")))
+
+
+def test_prepare_rootfs_read_only_unless_writable_layer(runtime: DockerRuntime, busybox_image: str) -> None:
+    env = make_env(busybox_image)
+    assert runtime.prepare_rootfs(RootfsPrepareRequest(environment=env)).read_only is True
+    writable = make_env(busybox_image, filesystem=FilesystemPolicy(root=RootMode.writable_layer, scratch_mb=16))
+    ref = runtime.prepare_rootfs(RootfsPrepareRequest(environment=writable))
+    assert ref.read_only is False and ref.scratch_mb == 16
+
+
+def _mounts(image: str, *mounts: MountPolicy) -> ExecutionEnvironment:
+    return make_env(image, filesystem=FilesystemPolicy(mounts=list(mounts)))
+
+
+def test_resolve_mounts_plans_aliases_without_host_paths(
+    runtime: DockerRuntime, busybox_image: str, host: HostSettings
+) -> None:
+    env = _mounts(busybox_image, MountPolicy(mount_ref="m1", source_alias="data", destination_path="/data"),
+                  MountPolicy(mount_ref="m2", source_alias="rw", destination_path="/out", mode=MountMode.writable))
+    plan = runtime.resolve_mounts(MountResolveRequest(environment=env))
+    assert [(m.source_alias, m.destination_path, m.mode) for m in plan.mounts] == [
+        ("data", "/data", MountMode.read_only), ("rw", "/out", MountMode.writable)]
+    assert len(plan.expanded_exposure_audits) == 2
+    assert host.mounts["data"] not in plan.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("alias", "destination", "mode"),
+    [
+        ("nope", "/data", MountMode.read_only),  # unknown alias
+        ("data", "/data", MountMode.writable),  # alias not writable by host policy
+        ("sock", "/var/run/docker.sock", MountMode.read_only),  # the Docker socket
+        ("run", "/hostrun", MountMode.read_only),  # a directory holding the Docker socket
+        ("link", "/data", MountMode.read_only),  # resolves through a symlink: escapes the alias
+        ("state", "/state", MountMode.read_only),  # corral's own spool and tickets
+        ("data", "/proc/x", MountMode.read_only),  # a kernel destination
+    ],
+)
+def test_resolve_mounts_denies_unsafe_requests(
+    runtime: DockerRuntime, busybox_image: str, alias: str, destination: str, mode: MountMode
+) -> None:
+    env = _mounts(busybox_image, MountPolicy(mount_ref="m", source_alias=alias, destination_path=destination,
+                                             mode=mode))
+    with pytest.raises(PolicyDenial):
+        runtime.resolve_mounts(MountResolveRequest(environment=env))
+
+
+def test_configure_network_disabled_means_no_network_object(
+    runtime: DockerRuntime, busybox_image: str, docker_client: Any, host_id: str
+) -> None:
+    env = make_env(busybox_image)
+    ref = runtime.configure_network(NetworkPrepareRequest(environment=env))
+    assert ref.network_ref == f"net-none-{slug(env.environment_id)}"
+    assert count_labeled(docker_client, host_id)["networks"] == 0
+
+
+def test_configure_network_empty_allowlist_is_one_internal_bridge(
+    runtime: DockerRuntime, busybox_image: str, docker_client: Any, host_id: str
+) -> None:
+    env = make_env(busybox_image, network=NetworkPolicy(mode=NetworkMode.allowlist))
+    first = runtime.configure_network(NetworkPrepareRequest(environment=env))
+    second = runtime.configure_network(NetworkPrepareRequest(environment=env))
+    assert first == second
+    networks = docker_client.networks.list(filters={"label": f"corral.session={env.environment_id}"})
+    assert len(networks) == 1
+    assert networks[0].attrs["Internal"] is True
+
+
+def test_configure_network_unenforceable_allowlist_is_unsupported(runtime: DockerRuntime, busybox_image: str) -> None:
+    env = make_env(busybox_image, network=NetworkPolicy(mode=NetworkMode.allowlist, hosts=["example.org"]))
+    with pytest.raises(Unsupported):
+        runtime.configure_network(NetworkPrepareRequest(environment=env))
+
+
+def _secret_env(image: str, **kwargs: Any) -> ExecutionEnvironment:
+    return make_env(image, secrets=SecretPolicy(
+        secret_mounts=[SecretMount(secret_ref=SECRET_NAME, mount_ref="s1", destination=f"/run/secrets/{SECRET_NAME}")],
+        env_secrets=[EnvSecret(secret_ref=SECRET_NAME, env_key="TOKEN")],
+    ), **kwargs)
+
+
+def test_prepare_secrets_writes_private_files_and_returns_refs_only(
+    runtime: DockerRuntime, busybox_image: str, host: HostSettings
+) -> None:
+    env = _secret_env(busybox_image)
+    plan = runtime.prepare_secrets(SecretPrepareRequest(environment=env))
+    assert plan.env_secret_keys == ["TOKEN"]
+    assert [m.destination for m in plan.secret_mount_refs] == [f"/run/secrets/{SECRET_NAME}"]
+    assert SECRET_VALUE.decode() not in plan.model_dump_json()
+    secret_dir = session_paths(host, slug(env.environment_id)).secret_dir
+    secret_file = secret_dir / SECRET_NAME
+    assert secret_file.read_bytes() == SECRET_VALUE
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o400
+    assert stat.S_IMODE(secret_dir.stat().st_mode) == 0o700
+    assert runtime.prepare_secrets(SecretPrepareRequest(environment=env)) == plan
+
+
+def test_prepare_secrets_unknown_secret_is_not_found(runtime: DockerRuntime, busybox_image: str) -> None:
+    env = make_env(busybox_image, secrets=SecretPolicy(env_secrets=[EnvSecret(secret_ref="missing", env_key="X")]))
+    with pytest.raises(NotFound) as info:
+        runtime.prepare_secrets(SecretPrepareRequest(environment=env))
+    assert info.value.context["secret"] == "missing"
+
+
+# ------------------------------------------------------------------------------------- 9-10
+
+
+def test_prepare_environment_creates_one_unstarted_container(
+    runtime: DockerRuntime, busybox_image: str, docker_client: Any, host_id: str
+) -> None:
+    env = make_env(busybox_image)
+    process = proc_spec("true")
+    prepare(runtime, env, process)
+    prepare(runtime, env, process)
+    containers = docker_client.containers.list(all=True, filters={"label": f"corral.session={env.environment_id}"})
+    assert len(containers) == 1
+    assert containers[0].status == "created"
+    host_config = containers[0].attrs["HostConfig"]
+    assert host_config["ReadonlyRootfs"] is True and host_config["CapDrop"] == ["ALL"]
+    assert host_config["NetworkMode"] == "none" and host_config["LogConfig"]["Type"] == "none"
+
+
+def test_start_process_exit_code_propagates(runtime: DockerRuntime, busybox_image: str) -> None:
+    process_ref = sh(runtime, make_env(busybox_image), "exit 7")
+    snap = wait_exit(runtime, process_ref)
+    assert (snap.state, snap.exit_code, snap.reason) == (ProcessState.exited, 7, TerminationReason.exit)
+
+
+def test_start_process_replay_makes_one_container_and_one_shim(
+    runtime: DockerRuntime, busybox_image: str, docker_client: Any, host: HostSettings
+) -> None:
+    env = make_env(busybox_image)
+    process = proc_spec("sh", "-c", "echo once; sleep 1")
+    prepare(runtime, env, process)
+    first = runtime.start_process(ProcessStartRequest(environment=env, process=process))
+    prepare(runtime, env, process)  # a replayed chain, too
+    second = runtime.start_process(ProcessStartRequest(environment=env, process=process))
+    assert first == second
+    assert count_labeled(docker_client, host.id, env.environment_id)["containers"] == 1
+    spool = str(session_paths(host, slug(env.environment_id)).spool.root).encode()
+    shims = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, spool)]
+    assert len(shims) == 1
+    assert output(runtime, first.process_ref) == b"once\n"
+
+
+def _cmdline_has(proc_dir: Path, needle: bytes) -> bool:
+    try:
+        cmdline = (proc_dir / "cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"corral.runtimes.shim" in cmdline and needle in cmdline
+
+
+def test_start_process_without_environment_is_not_found(runtime: DockerRuntime, busybox_image: str) -> None:
+    with pytest.raises(NotFound):
+        runtime.start_process(ProcessStartRequest(environment=make_env(busybox_image), process=proc_spec("true")))
+
+
+def test_start_process_timeout_kills_without_anyone_polling(runtime: DockerRuntime, busybox_image: str) -> None:
+    process_ref = run(runtime, make_env(busybox_image), "sleep", "100", timeout_ms=500)
+    time.sleep(1.5)  # nobody polls meanwhile: the shim enforces the deadline itself
+    snap = wait_exit(runtime, process_ref, timeout_s=5)
+    assert snap.state is ProcessState.exited
+    assert snap.reason is TerminationReason.timeout
+
+
+# ------------------------------------------------------------------------------------- 11 stream_io
+
+
+def test_stream_io_stdout_and_stderr_are_byte_exact(runtime: DockerRuntime, busybox_image: str) -> None:
+    process_ref = sh(runtime, make_env(busybox_image), r"printf '\377\376 out'; printf '\000\001 err' >&2")
+    wait_exit(runtime, process_ref)
+    assert output(runtime, process_ref, IoStream.stdout) == b"\xff\xfe out"
+    assert output(runtime, process_ref, IoStream.stderr) == b"\x00\x01 err"
+
+
+def test_stream_io_reads_10mb_in_64k_frames_byte_exact(runtime: DockerRuntime, busybox_image: str) -> None:
+    size = 10 * 1024 * 1024
+    process_ref = sh(runtime, make_env(busybox_image),
+                     f"head -c {size} /dev/urandom > /tmp/blob && cat /tmp/blob && sha256sum /tmp/blob >&2")
+    wait_exit(runtime, process_ref)
+    got = frames(runtime, process_ref, IoStream.stdout)
+    data = content(got)
+    assert len(data) == size
+    expected = output(runtime, process_ref, IoStream.stderr).split()[0].decode()
+    assert hashlib.sha256(data).hexdigest() == expected
+    assert all(f.byte_count <= 64 * 1024 for f in got)
+    assert got[-1].eof and not any(f.eof for f in got[:-1])
+    assert all(f.content_hash == "sha256:" + hashlib.sha256(base64.b64decode(f.content_b64 or "")).hexdigest()
+               for f in got[:3])
+
+
+def test_stream_io_resumes_from_any_returned_cursor(runtime: DockerRuntime, busybox_image: str) -> None:
+    process_ref = sh(runtime, make_env(busybox_image), "seq 1 3000")
+    wait_exit(runtime, process_ref)
+    whole = content(frames(runtime, process_ref, IoStream.stdout, max_bytes=1000))
+    first = frames(runtime, process_ref, IoStream.stdout, max_bytes=1000)
+    for frame in first[::3]:
+        assert content(frames(runtime, process_ref, IoStream.stdout, max_bytes=777, cursor=frame.cursor)) == \
+            whole[frame.cursor:]
+        again = runtime.stream_io(ProcessIoRequest(process_ref=process_ref, stream=IoStream.stdout,
+                                                   cursor=frame.start_cursor, max_bytes=1000))
+        assert again == frame
+
+
+def test_stream_io_stdin_round_trips_through_cat(runtime: DockerRuntime, busybox_image: str) -> None:
+    process_ref = run(runtime, make_env(busybox_image), "cat", stdin=StdinMode.open)
+    payload = b"line one\n\xff binary \x00\n"
+    first = runtime.stream_io(ProcessIoRequest(process_ref=process_ref, stream=IoStream.stdin,
+                                               data_b64=base64.b64encode(payload[:5]).decode()))
+    second = runtime.stream_io(ProcessIoRequest(process_ref=process_ref, stream=IoStream.stdin,
+                                                data_b64=base64.b64encode(payload[5:]).decode(), close_stdin=True))
+    assert (first.start_cursor, first.cursor, second.cursor, second.eof) == (0, 5, len(payload), True)
+    snap = wait_exit(runtime, process_ref)
+    assert snap.exit_code == 0
+    assert output(runtime, process_ref) == payload
+    with pytest.raises(InvalidRequest):
+        runtime.stream_io(ProcessIoRequest(process_ref=process_ref, stream=IoStream.stdin, data_b64="eA=="))
+
+
+def test_stream_io_stdin_on_closed_stdin_is_invalid(runtime: DockerRuntime, busybox_image: str) -> None:
+    process_ref = run(runtime, make_env(busybox_image), "true")
+    with pytest.raises(InvalidRequest):
+        runtime.stream_io(ProcessIoRequest(process_ref=process_ref, stream=IoStream.stdin, data_b64="eA=="))
+
+
+def test_stream_io_caps_the_spool_and_marks_truncation(runtime: DockerRuntime, busybox_image: str) -> None:
+    capped = StreamIoPolicy(default_capture=CaptureMode.raw_content_if_policy_allows, max_bytes=1000)
+    process_ref = sh(runtime, make_env(busybox_image, io_policy=IoPolicy(stdout=capped)), "head -c 5000 /dev/zero")
+    wait_exit(runtime, process_ref)
+    got = frames(runtime, process_ref, IoStream.stdout)
+    assert len(content(got)) == 1000
+    assert got[-1].truncated and got[-1].dropped_bytes == 4000
+
+
+def test_stream_io_metadata_only_returns_no_content(runtime: DockerRuntime, busybox_image: str) -> None:
+    process_ref = sh(runtime, make_env(busybox_image, io_policy=IoPolicy()), "echo private")
+    wait_exit(runtime, process_ref)
+    frame = frames(runtime, process_ref, IoStream.stdout)[0]
+    assert frame.raw_content_present is False and frame.content_b64 is None
+    assert frame.byte_count == 8 and frame.content_hash == "sha256:" + hashlib.sha256(b"private\n").hexdigest()
+
+
+def test_stream_io_unknown_process_is_not_found(runtime: DockerRuntime) -> None:
+    with pytest.raises(NotFound):
+        runtime.stream_io(ProcessIoRequest(process_ref=process_ref_for("env-nowhere"), stream=IoStream.stdout))
+    with pytest.raises(NotFound):
+        runtime.stream_io(ProcessIoRequest(process_ref="not-a-process", stream=IoStream.stdout))
+
+
+# ------------------------------------------------------------------------------------- 12-13
+
+
+def test_signal_process_terminate_escalates_to_kill(runtime: DockerRuntime, busybox_image: str) -> None:
+    process_ref = sh(runtime, make_env(busybox_image), "trap '' TERM; sleep 100")
+    started = time.monotonic()
+    result = runtime.signal_process(ProcessSignalRequest(process_ref=process_ref, signal=ProcessSignal.terminate,
+                                                         grace_ms=300))
+    assert result.delivered
+    assert time.monotonic() - started < 1.0  # the escalation does not block the call
+    snap = wait_exit(runtime, process_ref, timeout_s=5)
+    assert snap.state is ProcessState.exited
+    assert snap.exit_code == 137 and snap.reason is TerminationReason.signal
+
+
+def test_signal_process_interrupt_reaches_the_process(runtime: DockerRuntime, busybox_image: str) -> None:
+    process_ref = run(runtime, make_env(busybox_image), "sleep", "100")
+    result = runtime.signal_process(ProcessSignalRequest(process_ref=process_ref, signal=ProcessSignal.interrupt))
+    assert result.delivered
+    snap = wait_exit(runtime, process_ref, timeout_s=5)
+    assert snap.exit_code == 128 + signal.SIGINT and snap.reason is TerminationReason.signal
+    again = runtime.signal_process(ProcessSignalRequest(process_ref=process_ref, signal=ProcessSignal.kill))
+    assert again.delivered is False
+
+
+def test_signal_process_unknown_is_not_found(runtime: DockerRuntime) -> None:
+    with pytest.raises(NotFound):
+        runtime.signal_process(ProcessSignalRequest(process_ref=process_ref_for("env-nowhere"),
+                                                    signal=ProcessSignal.kill))
+
+
+def test_collect_stats_reads_cgroup_counters_while_running(runtime: DockerRuntime, busybox_image: str) -> None:
+    process_ref = sh(runtime, make_env(busybox_image), "sleep 2 & sleep 2 & wait")
+    started = time.monotonic()
+    snap = runtime.collect_stats(ProcessStatsRequest(process_ref=process_ref))
+    assert time.monotonic() - started < 0.5  # not docker's ~1 s stats API
+    assert snap.state is ProcessState.running
+    assert snap.cpu_millis is not None and snap.memory_bytes and snap.memory_bytes > 0
+    assert snap.process_count is not None and snap.process_count >= 3
+
+
+def test_collect_stats_reports_oom(runtime: DockerRuntime, busybox_image: str) -> None:
+    env = make_env(busybox_image, resources=ResourceLimits(memory_mb=8))
+    process_ref = run(runtime, env, "tail", "/dev/zero")
+    snap = wait_exit(runtime, process_ref, timeout_s=10)
+    assert snap.oom_killed is True and snap.reason is TerminationReason.oom
+
+
+def test_collect_stats_unknown_is_not_found(runtime: DockerRuntime) -> None:
+    with pytest.raises(NotFound):
+        runtime.collect_stats(ProcessStatsRequest(process_ref=process_ref_for("env-nowhere")))
+
+
+# ------------------------------------------------------------------------------------- enforcement
+
+
+def test_prepare_environment_locks_the_container_down(runtime: DockerRuntime, busybox_image: str) -> None:
+    script = ("touch /x 2>/dev/null; echo root=$?; touch /tmp/y && echo tmp=ok; grep CapEff /proc/self/status; "
+              "ls /sys/class/net | tr '\\n' ' '")
+    process_ref = sh(runtime, make_env(busybox_image), script)
+    wait_exit(runtime, process_ref)
+    out = output(runtime, process_ref).decode()
+    assert "root=1" in out and "tmp=ok" in out
+    assert "CapEff:\t0000000000000000" in out
+    assert out.rstrip().endswith("lo")  # no network: loopback only
+
+
+def test_prepare_environment_enforces_the_pids_limit(runtime: DockerRuntime, busybox_image: str) -> None:
+    env = make_env(busybox_image, resources=ResourceLimits(process_count=6))
+    process_ref = sh(runtime, env, "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 3 & done; wait")
+    snap = wait_exit(runtime, process_ref)
+    assert snap.state is ProcessState.exited
+    assert b"fork" in output(runtime, process_ref, IoStream.stderr)
+
+
+def test_prepare_environment_mount_is_read_only_inside(runtime: DockerRuntime, busybox_image: str) -> None:
+    env = _mounts(busybox_image, MountPolicy(mount_ref="m1", source_alias="data", destination_path="/data"),
+                  MountPolicy(mount_ref="m2", source_alias="rw", destination_path="/out", mode=MountMode.writable))
+    process_ref = sh(runtime, env, "cat /data/hello.txt; touch /data/z 2>/dev/null; echo ro=$?; "
+                                   "echo written > /out/result && echo rw=ok")
+    wait_exit(runtime, process_ref)
+    assert output(runtime, process_ref) == b"hello from the host\nro=1\nrw=ok\n"
+
+
+def test_prepare_secrets_visible_inside_and_never_in_results(runtime: DockerRuntime, busybox_image: str) -> None:
+    env = _secret_env(busybox_image)
+    process = proc_spec("sh", "-c", f"sha256sum /run/secrets/{SECRET_NAME}; cat /run/secrets/{SECRET_NAME}; echo; "
+                                    "echo $TOKEN")
+    results: list[Any] = [
+        runtime.prepare_session(SessionPrepareRequest(environment=env)),
+        runtime.prepare_secrets(SecretPrepareRequest(environment=env)),
+    ]
+    prepare(runtime, env, process)
+    results.append(runtime.start_process(ProcessStartRequest(environment=env, process=process)))
+    process_ref = results[-1].process_ref
+    results.append(wait_exit(runtime, process_ref))
+    got = frames(runtime, process_ref, IoStream.stdout)
+    results += got
+    text = content(got)
+    assert text.split()[0].decode() == hashlib.sha256(SECRET_VALUE).hexdigest()  # the value, inside
+    assert text.count(b"[REDACTED]") == 2 and sum(f.redaction_count for f in got) == 2
+    results.append(runtime.cleanup(CleanupRequest(environment=env, cleanup_plan_ref="c")))
+    for result in results:
+        assert SECRET_VALUE.decode() not in result.model_dump_json()
+
+
+# ------------------------------------------------------------------------------------- 14-16
+
+
+def test_cleanup_removes_everything_and_twice_is_fine(
+    runtime: DockerRuntime, busybox_image: str, docker_client: Any, host: HostSettings
+) -> None:
+    env = _secret_env(busybox_image, network=NetworkPolicy(mode=NetworkMode.allowlist))
+    process_ref = sh(runtime, env, "sleep 100")
+    paths = session_paths(host, slug(env.environment_id))
+    assert count_labeled(docker_client, host.id, env.environment_id) == {"containers": 1, "networks": 1}
+    assert paths.secret_dir.is_dir() and paths.spool.root.is_dir()
+    first = runtime.cleanup(CleanupRequest(environment=env, cleanup_plan_ref="c1"))
+    assert first.status is CleanupStatus.completed, first.redacted_summary
+    assert count_labeled(docker_client, host.id, env.environment_id) == {"containers": 0, "networks": 0}
+    assert not paths.secret_dir.exists() and not paths.spool.root.exists()
+    assert runtime.list_labeled() == {"containers": [], "networks": [], "secret_dirs": [], "spool_dirs": [],
+                                      "tickets": []}
+    second = runtime.cleanup(CleanupRequest(environment=env, cleanup_plan_ref="c1"))
+    assert second.status is CleanupStatus.completed
+    with pytest.raises(NotFound):
+        runtime.collect_stats(ProcessStatsRequest(process_ref=process_ref))
+
+
+def test_cleanup_reports_repair_needed_when_engine_is_gone(
+    busybox_image: str, host: HostSettings, host_id: str
+) -> None:
+    import docker
+
+    dead = docker.DockerClient(base_url="tcp://127.0.0.1:9", version="1.41", timeout=2)
+    result = DockerRuntime(host_id, host, dead).cleanup(
+        CleanupRequest(environment=make_env(busybox_image), cleanup_plan_ref="c"))
+    assert result.status is CleanupStatus.repair_needed
+    assert "docker" in result.redacted_summary
+
+
+def test_detach_without_policy_is_denied(runtime: DockerRuntime, busybox_image: str) -> None:
+    with pytest.raises(PolicyDenial):
+        runtime.detach(DetachTransferRequest(environment=make_env(busybox_image), ticket_ref="t-1"))
+
+
+def test_detach_then_reclaim_removes_everything(
+    runtime: DockerRuntime, busybox_image: str, docker_client: Any, host: HostSettings
+) -> None:
+    env = make_env(busybox_image, ownership=OwnershipPolicy(detach_policy=DetachPolicy(allowed=True)))
+    process_ref = sh(runtime, env, "sleep 100")
+    before = int(time.time() * 1000)
+    ack = runtime.detach(DetachTransferRequest(environment=env, ticket_ref="ticket/1", ttl_ms=60_000))
+    assert ack.ticket_ref == "ticket/1" and ack.host_ack_ref == f"ack-{slug('ticket/1')}"
+    assert before + 60_000 <= ack.deadline_ms <= time.time() * 1000 + 60_000
+    assert runtime.collect_stats(ProcessStatsRequest(process_ref=process_ref)).state is ProcessState.running
+    assert len(runtime.list_labeled()["tickets"]) == 1
+    result = runtime.reclaim(ReclaimRequest(ticket_ref="ticket/1"))
+    assert result.status is CleanupStatus.completed, result.redacted_summary
+    assert count_labeled(docker_client, host.id, env.environment_id) == {"containers": 0, "networks": 0}
+    assert not session_paths(host, slug(env.environment_id)).spool.root.exists()
+    assert runtime.list_labeled()["tickets"] == []
+    again = runtime.reclaim(ReclaimRequest(ticket_ref="ticket/1", environment_id=env.environment_id))
+    assert again.status is CleanupStatus.completed
+
+
+def test_detach_without_ticket_is_invalid(runtime: DockerRuntime, busybox_image: str) -> None:
+    env = make_env(busybox_image, ownership=OwnershipPolicy(detach_policy=DetachPolicy(allowed=True)))
+    with pytest.raises(InvalidRequest):
+        runtime.detach(DetachTransferRequest(environment=env))
+
+
+def test_reclaim_unknown_ticket_is_not_found(runtime: DockerRuntime) -> None:
+    with pytest.raises(NotFound):
+        runtime.reclaim(ReclaimRequest(ticket_ref="never-issued"))
