@@ -14,9 +14,9 @@ from typing import Any
 
 from celery import bootsteps
 
+from corral.contract import IsolationRuntime
 from corral.models import dump
 from corral.runtimes import build_runtime
-from corral.contract import IsolationRuntime
 from corral.services import Services, state_services
 
 log = logging.getLogger("corral.heartbeat")

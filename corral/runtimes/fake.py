@@ -97,10 +97,15 @@ class FakeRuntime:
 
     def capability_report(self) -> IsolationCapabilityReport:
         return IsolationCapabilityReport(
-            report_ref=f"report-fake-{self.host_id}", adapter_ref=f"fake-{self.host_id}", adapter_kind="fake",
-            adapter_version="0", health=Health(), supported_classes=[IsolationClass.host_process],
+            report_ref=f"report-fake-{self.host_id}",
+            adapter_ref=f"fake-{self.host_id}",
+            adapter_kind="fake",
+            adapter_version="0",
+            health=Health(),
+            supported_classes=[IsolationClass.host_process],
             platform=Platform(os="linux", cpu_architecture="x86_64"),
-            capabilities=[Capability.cleanup, Capability.detach, Capability.reclaim], trust=TrustVector(),
+            capabilities=[Capability.cleanup, Capability.detach, Capability.reclaim],
+            trust=TrustVector(),
             unsupported_requirements=["everything: this runtime isolates nothing"],
         )
 
@@ -124,8 +129,11 @@ class FakeRuntime:
     def prepare_rootfs(self, request: RootfsPrepareRequest) -> RootfsRef:
         self._maybe_fail("prepare_rootfs")
         fs = request.environment.spec.filesystem
-        return RootfsRef(rootfs_ref=f"rootfs-{slug(request.environment.environment_id)}",
-                         read_only=fs.root == "read_only", scratch_mb=fs.scratch_mb)
+        return RootfsRef(
+            rootfs_ref=f"rootfs-{slug(request.environment.environment_id)}",
+            read_only=fs.root == "read_only",
+            scratch_mb=fs.scratch_mb,
+        )
 
     def resolve_mounts(self, request: MountResolveRequest) -> MountPlan:
         self._maybe_fail("resolve_mounts")
@@ -133,21 +141,32 @@ class FakeRuntime:
         for m in mounts:
             if m.source_alias != "data":
                 raise PolicyDenial(f"mount alias {m.source_alias} is not defined on this host")
-        return MountPlan(mounts=[MountRef(mount_ref=m.mount_ref, source_alias=m.source_alias,
-                                          destination_path=m.destination_path, mode=m.mode) for m in mounts])
+        return MountPlan(
+            mounts=[
+                MountRef(
+                    mount_ref=m.mount_ref, source_alias=m.source_alias, destination_path=m.destination_path, mode=m.mode
+                )
+                for m in mounts
+            ]
+        )
 
     def configure_network(self, request: NetworkPrepareRequest) -> NetworkNamespaceRef:
         self._maybe_fail("configure_network")
-        return NetworkNamespaceRef(network_ref=f"net-none-{slug(request.environment.environment_id)}",
-                                   mode=request.environment.spec.network.mode)
+        return NetworkNamespaceRef(
+            network_ref=f"net-none-{slug(request.environment.environment_id)}",
+            mode=request.environment.spec.network.mode,
+        )
 
     def prepare_secrets(self, request: SecretPrepareRequest) -> SecretMaterializationPlan:
         self._maybe_fail("prepare_secrets")
         policy = request.environment.spec.secrets
         return SecretMaterializationPlan(
-            secret_mount_refs=[SecretMountRef(secret_ref=s.secret_ref, mount_ref=s.mount_ref,
-                                              destination=s.destination) for s in policy.secret_mounts],
-            env_secret_keys=[s.env_key for s in policy.env_secrets])
+            secret_mount_refs=[
+                SecretMountRef(secret_ref=s.secret_ref, mount_ref=s.mount_ref, destination=s.destination)
+                for s in policy.secret_mounts
+            ],
+            env_secret_keys=[s.env_key for s in policy.env_secrets],
+        )
 
     def prepare_environment(self, request: EnvironmentPrepareRequest) -> PreparedEnvironmentRef:
         self._maybe_fail("prepare_environment")
@@ -185,29 +204,44 @@ class FakeRuntime:
             chunk, cursor, eof = data, len(proc.stdin), request.close_stdin
         else:
             buf = proc.stdout if request.stream is IoStream.stdout else proc.stderr
-            chunk = bytes(buf[request.cursor:request.cursor + request.max_bytes])
+            chunk = bytes(buf[request.cursor : request.cursor + request.max_bytes])
             cursor = request.cursor + len(chunk)
             eof = cursor >= len(buf)
         return ProcessIoFrame(
-            stream_ref=f"{request.process_ref}/{request.stream}", stream=request.stream, start_cursor=request.cursor,
-            cursor=cursor, byte_count=len(chunk), content_hash="sha256:" + hashlib.sha256(chunk).hexdigest(),
+            stream_ref=f"{request.process_ref}/{request.stream}",
+            stream=request.stream,
+            start_cursor=request.cursor,
+            cursor=cursor,
+            byte_count=len(chunk),
+            content_hash="sha256:" + hashlib.sha256(chunk).hexdigest(),
             raw_content_present=request.stream is not IoStream.stdin,
-            content_b64=None if request.stream is IoStream.stdin else base64.b64encode(chunk).decode(), eof=eof)
+            content_b64=None if request.stream is IoStream.stdin else base64.b64encode(chunk).decode(),
+            eof=eof,
+        )
 
     def signal_process(self, request: ProcessSignalRequest) -> ProcessSignalResult:
         proc = self._process(request.process_ref)
         self.effects[f"signal_{request.signal}"] += 1
         delivered = proc.exit_code is None
         if delivered:
-            proc.exit_code, proc.reason = (137 if request.signal is ProcessSignal.kill else 143), TerminationReason.signal
+            proc.exit_code, proc.reason = (
+                (137 if request.signal is ProcessSignal.kill else 143),
+                TerminationReason.signal,
+            )
         return ProcessSignalResult(process_ref=request.process_ref, signal=request.signal, delivered=delivered)
 
     def collect_stats(self, request: ProcessStatsRequest) -> ProcessStatsSnapshot:
         proc = self._process(request.process_ref)
         return ProcessStatsSnapshot(
-            snapshot_ref=f"stats-{slug(request.process_ref)}", process_ref=request.process_ref,
+            snapshot_ref=f"stats-{slug(request.process_ref)}",
+            process_ref=request.process_ref,
             state=ProcessState.exited if proc.exit_code is not None else ProcessState.running,
-            exit_code=proc.exit_code, reason=proc.reason, cpu_millis=1, memory_bytes=4096, process_count=1)
+            exit_code=proc.exit_code,
+            reason=proc.reason,
+            cpu_millis=1,
+            memory_bytes=4096,
+            process_count=1,
+        )
 
     def cleanup(self, request: CleanupRequest) -> CleanupResult:
         self._maybe_fail("cleanup")
@@ -217,8 +251,11 @@ class FakeRuntime:
         self.processes.pop(process_ref_for(env_id), None)
         if removed:
             self.effects["remove_container"] += 1
-        return CleanupResult(cleanup_plan_ref=request.cleanup_plan_ref, status=CleanupStatus.completed,
-                             redacted_summary="removed" if removed else "nothing to remove")
+        return CleanupResult(
+            cleanup_plan_ref=request.cleanup_plan_ref,
+            status=CleanupStatus.completed,
+            redacted_summary="removed" if removed else "nothing to remove",
+        )
 
     def detach(self, request: DetachTransferRequest) -> DetachTransferResult:
         if not request.environment.spec.ownership.detach_policy.allowed:
@@ -227,8 +264,9 @@ class FakeRuntime:
             raise InvalidRequest("detach needs a ticket ref")
         self.effects["detach"] += 1
         self.tickets[request.ticket_ref] = request.environment.environment_id
-        return DetachTransferResult(host_ack_ref=f"ack-{slug(request.ticket_ref)}", ticket_ref=request.ticket_ref,
-                                    deadline_ms=request.ttl_ms)
+        return DetachTransferResult(
+            host_ack_ref=f"ack-{slug(request.ticket_ref)}", ticket_ref=request.ticket_ref, deadline_ms=request.ttl_ms
+        )
 
     def reclaim(self, request: ReclaimRequest) -> ReclaimResult:
         env_id = self.tickets.pop(request.ticket_ref, None) or request.environment_id

@@ -12,9 +12,8 @@ import pytest
 import redis
 
 from corral import store as keys
-from corral.errors import Conflict
 from corral.store import DueTicket, Store
-from tests.unit.helpers import HOST, OTHER_HOST, ManualClock, client_for, job, make_rig, request_of
+from tests.unit.helpers import HOST, OTHER_HOST, ManualClock, client_for, job, make_rig
 
 pytestmark = pytest.mark.redis
 
