@@ -25,15 +25,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import docker
 
-import docker  # noqa: E402
-
-from corral.client import Client  # noqa: E402
-from corral.devstack import DevStack  # noqa: E402
-from corral.job import JobSpec  # noqa: E402
-from corral.models import IoStream  # noqa: E402
-from corral.settings import load_settings  # noqa: E402
+from corral.client import Client
+from corral.devstack import DevStack
+from corral.job import JobSpec
+from corral.models import IoStream
+from corral.settings import load_settings
 
 IMAGE = "corral/busybox:latest"
 SEQ_N = 1_400_000
