@@ -1,14 +1,5 @@
-"""The runtime around the adapter: host checks, the session state machine, idempotency, the journal.
-
-For every side-effecting operation (CONTRACT.md rules 1, 2, 5-7)::
-
-    idempotency begin ─ done?  ──► journal "replay", return the recorded result (no effect)
-                      ─ busy?  ──► wait briefly for the other delivery, else InProgress (retryable)
-                      ─ new    ──► journal "intent" (if that fails: no effect, JournalFailure)
-                                   adapter call
-                                   journal "result" ok|failed (if that fails: a recovery marker
-                                   naming the effect and its key goes on the session record)
-                                   record the result under the key (fenced by an execution token)
+"""The runtime around the adapter (CONTRACT.md rules 1, 2, 5-7): host checks, the session state
+machine, and every side effect run through ``corral.effects`` (journal + idempotency).
 
 Derived idempotency keys make each chain step happen once per environment; operations that may
 legitimately repeat (signals, stdin writes) are keyed by the delivery id (the Celery task id,
@@ -17,25 +8,20 @@ which survives redelivery). Read-only operations (stats, output frames) skip all
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import time
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel
 
 from corral import lifecycle
 from corral.contract import IsolationRuntime
+from corral.effects import Clock, Effects, SystemClock, digest_of
 from corral.errors import (
-    AgentError,
     Conflict,
-    InProgress,
     InvalidRequest,
     InvalidStateTransition,
-    IsolationFailure,
-    JournalFailure,
     NotFound,
     PolicyDenial,
 )
@@ -86,21 +72,6 @@ M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger("corral.coordinator")
 
 
-class Clock(Protocol):
-    def now_ms(self) -> int: ...
-
-
-class SystemClock:
-    def now_ms(self) -> int:
-        return int(time.time() * 1000)
-
-
-def digest_of(value: BaseModel | dict[str, object]) -> str:
-    """sha256 over the canonical JSON of a request: the fingerprint behind idempotency keys."""
-    data = dump(value) if isinstance(value, BaseModel) else value
-    return "sha256:" + hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 class Coordinator:
     def __init__(
         self,
@@ -119,9 +90,8 @@ class Coordinator:
         self.journal = journal
         self.host_id = host_id
         self.clock = clock or SystemClock()
-        self.lease_ms = lease_ms
-        self.pending_wait_s = pending_wait_s
         self.max_detach_ttl_ms = max_detach_ttl_ms
+        self.effects = Effects(store, journal, host_id, self.clock, lease_ms=lease_ms, pending_wait_s=pending_wait_s)
 
     # -- read-only -------------------------------------------------------------------------
 
@@ -141,7 +111,7 @@ class Coordinator:
                 context={"host": request.host_ref},
             )
         key = f"prepare_session:{env.environment_id}"
-        replayed = self._recorded("prepare_session", env.environment_id, key, request, IsolationSessionRef)
+        replayed = self.effects.recorded("prepare_session", env.environment_id, key, request, IsolationSessionRef)
         if replayed is not None:
             return replayed
         existing = self.store.session(env.environment_id)
@@ -168,7 +138,7 @@ class Coordinator:
             )
             return self.runtime.prepare_session(request)
 
-        result = self._effect(
+        result = self.effects.run(
             "prepare_session",
             env.environment_id,
             key,
@@ -223,7 +193,7 @@ class Coordinator:
 
     def prepare_environment(self, request: EnvironmentPrepareRequest) -> PreparedEnvironmentRef:
         env_id = request.environment.environment_id
-        replayed = self._recorded(
+        replayed = self.effects.recorded(
             "prepare_environment", env_id, f"prepare_environment:{env_id}", request, PreparedEnvironmentRef
         )
         if replayed is not None:
@@ -243,7 +213,7 @@ class Coordinator:
             earlier[field] = model.model_validate(recorded)
         # The digest covers the caller's request only; the filled-in results are derived from it.
         full = request.model_copy(update=earlier)
-        result = self._effect(
+        result = self.effects.run(
             "prepare_environment",
             env_id,
             f"prepare_environment:{env_id}",
@@ -266,7 +236,7 @@ class Coordinator:
     def start_process(self, request: ProcessStartRequest) -> ProcessStartResult:
         env_id = request.environment.environment_id
         key = f"start_process:{env_id}:{request.process.process_id}"
-        replayed = self._recorded("start_process", env_id, key, request, ProcessStartResult)
+        replayed = self.effects.recorded("start_process", env_id, key, request, ProcessStartResult)
         if replayed is not None:
             return replayed
         record = self._session_for(request.environment, "start_process")
@@ -283,7 +253,7 @@ class Coordinator:
             redacted_summary=f"start {request.process.process_id} ({len(request.process.argv)} argv)",
         )
         full = request.model_copy(update={"effect_intent": intent})
-        result = self._effect(
+        result = self.effects.run(
             "start_process",
             env_id,
             key,
@@ -319,7 +289,7 @@ class Coordinator:
                 self.store.update_session(env_id, {"state": SessionState.exited}, self.clock.now_ms())
             return frame
         key = f"stream_io:{request.process_ref}:{delivery_id or new_ref('delivery')}"
-        return self._effect(
+        return self.effects.run(
             "stream_io",
             env_id,
             key,
@@ -332,7 +302,7 @@ class Coordinator:
     def signal_process(self, request: ProcessSignalRequest, delivery_id: str | None = None) -> ProcessSignalResult:
         env_id, _ = self._process_session(request.process_ref, "signal_process")
         key = f"signal_process:{request.process_ref}:{delivery_id or new_ref('delivery')}"
-        return self._effect(
+        return self.effects.run(
             "signal_process",
             env_id,
             key,
@@ -371,7 +341,7 @@ class Coordinator:
                 self.store.update_session(env_id, {"state": SessionState.cleaning}, self.clock.now_ms())
             return self.runtime.cleanup(request)
 
-        result = self._effect(
+        result = self.effects.run(
             "cleanup",
             env_id,
             f"cleanup:{env_id}:{request.cleanup_plan_ref}",
@@ -393,7 +363,7 @@ class Coordinator:
     def detach(self, request: DetachTransferRequest) -> DetachTransferResult:
         env = request.environment
         key = f"detach:{env.environment_id}"
-        replayed = self._recorded("detach", env.environment_id, key, request, DetachTransferResult)
+        replayed = self.effects.recorded("detach", env.environment_id, key, request, DetachTransferResult)
         if replayed is not None:
             return replayed
         self._session_for(env, "detach")
@@ -423,7 +393,7 @@ class Coordinator:
             )
             return ack
 
-        result = self._effect(
+        result = self.effects.run(
             "detach",
             env.environment_id,
             key,
@@ -460,7 +430,7 @@ class Coordinator:
             if record:
                 self._require_local(env_id, record)
         full = request.model_copy(update={"environment_id": env_id})
-        result = self._effect(
+        result = self.effects.run(
             "reclaim",
             env_id,
             f"reclaim:{request.ticket_ref}",
@@ -494,135 +464,13 @@ class Coordinator:
     ) -> M:
         env_id = request.environment.environment_id
         key = f"{op}:{env_id}"
-        replayed = self._recorded(op, env_id, key, request, result_type)
+        replayed = self.effects.recorded(op, env_id, key, request, result_type)
         if replayed is not None:
             return replayed
         self._session_for(request.environment, op)
-        result = self._effect(op, env_id, key, request, lambda: call(request), result_type, summary)
+        result = self.effects.run(op, env_id, key, request, lambda: call(request), result_type, summary)
         self.store.set_step_result(env_id, op, dump(result), self.clock.now_ms())
         return result
-
-    def _recorded(self, op: str, env_id: str, key: str, request: BaseModel, result_type: type[M]) -> M | None:
-        """Answer a redelivery from its idempotency record, before any state check: a step may be
-        delivered again after the chain has moved on, and must get its recorded outcome (rule 2)."""
-        record = self.store.idem_get(key)
-        if record.get("state") not in ("done", "failed") or record.get("digest") != digest_of(request):
-            return None
-        session = self.store.session(env_id)
-        if session:
-            self._require_local(env_id, session)
-        self.journal.append(
-            env_id,
-            "replay",
-            {"op": op, "key": key, "host": self.host_id, "ts_ms": str(self.clock.now_ms()), "status": record["state"]},
-        )
-        if record["state"] == "failed":
-            raise AgentError.from_payload(json.loads(record["result"]))
-        return result_type.model_validate_json(record["result"])
-
-    def _effect(
-        self,
-        op: str,
-        env_id: str,
-        key: str,
-        request: BaseModel,
-        call: Callable[[], M],
-        result_type: type[M],
-        summary: Callable[[M], str],
-    ) -> M:
-        digest = digest_of(request)
-        token = new_ref("exe")
-        deadline = time.monotonic() + self.pending_wait_s
-        while True:
-            begin = self.store.idem_begin(key, digest, token, self.clock.now_ms(), self.lease_ms)
-            if begin.status != "pending" or time.monotonic() >= deadline:
-                break
-            time.sleep(0.05)
-        base = {"op": op, "key": key, "host": self.host_id, "ts_ms": str(self.clock.now_ms())}
-        if begin.status == "conflict":
-            raise Conflict(f"idempotency key {key} was used with a different request", context={"key": key})
-        if begin.status == "pending":
-            raise InProgress(f"{op} is already running for this key", context={"key": key})
-        if begin.status in ("done", "failed"):
-            self.journal.append(env_id, "replay", {**base, "status": begin.status})
-            if begin.status == "failed":
-                raise AgentError.from_payload(json.loads(begin.payload))
-            return result_type.model_validate_json(begin.payload)
-        if begin.status == "takeover":
-            self._journal_or_release(
-                key,
-                token,
-                env_id,
-                "recovery",
-                {
-                    **base,
-                    "action": "takeover",
-                    "summary": "an earlier delivery's lease expired; re-running the idempotent effect",
-                },
-            )
-        effect_id = f"eff-{slug(key)}"
-        self._journal_or_release(key, token, env_id, "intent", {**base, "effect_id": effect_id})
-        try:
-            result = call()
-        except Exception as exc:
-            error = (
-                exc
-                if isinstance(exc, AgentError)
-                else IsolationFailure(
-                    f"{op} failed: {exc.__class__.__name__}: {str(exc)[:300]}", context={"operation": op}
-                )
-            )
-            self._record_failure(env_id, base, effect_id, key, token, error)
-            if error is exc:
-                raise
-            raise error from exc
-        try:
-            self.journal.append(
-                env_id, "result", {**base, "effect_id": effect_id, "status": "ok", "summary": summary(result)}
-            )
-        except JournalFailure:
-            self._flag_recovery(env_id, op, key)
-        self.store.idem_finish(key, token, "done", result.model_dump_json())
-        return result
-
-    def _journal_or_release(self, key: str, token: str, env_id: str, kind: str, fields: dict[str, str]) -> None:
-        """Journal before an effect; if that fails, release the key so a later delivery may run it."""
-        try:
-            self.journal.append(env_id, kind, fields)
-        except JournalFailure:
-            self.store.idem_finish(key, token, "forget", "")
-            raise
-
-    def _record_failure(
-        self, env_id: str, base: dict[str, str], effect_id: str, key: str, token: str, error: AgentError
-    ) -> None:
-        try:
-            self.journal.append(
-                env_id,
-                "result",
-                {
-                    **base,
-                    "effect_id": effect_id,
-                    "status": "failed",
-                    "error_kind": error.kind,
-                    "retry": error.retry,
-                    "summary": error.message,
-                },
-            )
-        except JournalFailure:
-            self._flag_recovery(env_id, base["op"], key)
-        # Transient failures may be tried again under the same key; the rest are answered from the record.
-        if error.retryable:
-            self.store.idem_finish(key, token, "forget", "")
-        else:
-            self.store.idem_finish(key, token, "failed", json.dumps(error.to_payload()))
-
-    def _flag_recovery(self, env_id: str, op: str, key: str) -> None:
-        """The effect may have happened but its result is not journaled: leave a marker for recovery."""
-        try:
-            self.store.update_session(env_id, {f"recovery:{key}": op, "recovery_needed": "1"}, self.clock.now_ms())
-        except Exception:  # Redis is gone too: the idempotency lease will expire and be taken over
-            log.exception("could not flag %s for recovery after %s", env_id, op)
 
     # -- session lookups -------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from corral.coordinator import Clock
+from corral.effects import Clock
 from corral.models import ReclaimRequest
 from corral.store import Store
 

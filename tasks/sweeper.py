@@ -8,7 +8,7 @@ from typing import Any
 from celery import current_app, shared_task
 
 from corral.celeryconf import FLEET_QUEUE, queue_for_host, task_name
-from corral.coordinator import SystemClock
+from corral.effects import SystemClock
 from corral.models import ReclaimRequest, dump
 from corral.services import state_services
 from corral.sweeper import sweep

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from corral import store as keys
-from corral.coordinator import digest_of
+from corral.effects import digest_of
 from corral.errors import (
     AgentError,
     Conflict,
