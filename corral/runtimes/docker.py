@@ -129,16 +129,19 @@ class DockerRuntime:
 
     # ------------------------------------------------------------------ 1-2 reports
 
+    @proc.contract_errors
     def runtime_ref(self) -> IsolationRuntimeRef:
         return IsolationRuntimeRef(
             runtime_ref=f"docker@{self.host_id}", adapter_kind=self.adapter_kind, host_ref=self.host_id
         )
 
+    @proc.contract_errors
     def capability_report(self) -> IsolationCapabilityReport:
         return caps.report(self.runtime_ref().runtime_ref, self.host_id, self.host, lambda: self.client)
 
     # ------------------------------------------------------------------ 3-9 preparation
 
+    @proc.contract_errors
     def prepare_session(self, request: SessionPrepareRequest) -> IsolationSessionRef:
         env = request.environment
         res.ensure_labeled_dir(self._paths(env.environment_id).spool.root, self._labels(env))
@@ -147,6 +150,7 @@ class DockerRuntime:
             session_ref=f"sess-{s}", environment_id=env.environment_id, host_ref=self.host_id
         )
 
+    @proc.contract_errors
     def resolve_image(self, request: ImageResolveRequest) -> ImageResolution:
         image = request.environment.spec.image
         if image is None:
@@ -172,6 +176,7 @@ class DockerRuntime:
             )
         return ImageResolution(image_ref=image.image_ref, digest=digest, architecture=arch)
 
+    @proc.contract_errors
     def prepare_rootfs(self, request: RootfsPrepareRequest) -> RootfsRef:
         spec = request.environment.spec
         writable = spec.filesystem.root is RootMode.writable_layer or (
@@ -182,12 +187,14 @@ class DockerRuntime:
             rootfs_ref=f"rootfs-{s}", read_only=not writable, scratch_mb=spec.filesystem.scratch_mb
         )
 
+    @proc.contract_errors
     def resolve_mounts(self, request: MountResolveRequest) -> MountPlan:
         mounts = resolve_mounts(request.environment.spec.filesystem, self.host)
         return MountPlan(
             mounts=[m.to_ref() for m in mounts], expanded_exposure_audits=[m.audit() for m in mounts]
         )
 
+    @proc.contract_errors
     def configure_network(self, request: NetworkPrepareRequest) -> NetworkNamespaceRef:
         env = request.environment
         s = slug(env.environment_id)
@@ -206,9 +213,11 @@ class DockerRuntime:
                 )
         return name
 
+    @proc.contract_errors
     def prepare_secrets(self, request: SecretPrepareRequest) -> SecretMaterializationPlan:
         return self._builder().materialize_secrets(request.environment)
 
+    @proc.contract_errors
     def prepare_environment(self, request: EnvironmentPrepareRequest) -> PreparedEnvironmentRef:
         self._builder().create(request)
         s = slug(request.environment.environment_id)
@@ -221,6 +230,7 @@ class DockerRuntime:
 
     # ------------------------------------------------------------------ 10-13 the process
 
+    @proc.contract_errors
     def start_process(self, request: ProcessStartRequest) -> ProcessStartResult:
         env = request.environment
         s = slug(env.environment_id)
@@ -261,6 +271,7 @@ class DockerRuntime:
                 proc.spawn_detached(cmd, layout.shim_log, layout.root)
         proc.wait_started(layout, values)
 
+    @proc.contract_errors
     def stream_io(self, request: ProcessIoRequest) -> ProcessIoFrame:
         _s, layout = self._layout_of(request.process_ref)
         if not layout.root.is_dir():
@@ -277,6 +288,7 @@ class DockerRuntime:
             self.host.allow_raw_output,
         )
 
+    @proc.contract_errors
     def signal_process(self, request: ProcessSignalRequest) -> ProcessSignalResult:
         s, layout = self._layout_of(request.process_ref)
         container = self._container(s, request.process_ref)
@@ -291,6 +303,7 @@ class DockerRuntime:
             redacted_summary=summary,
         )
 
+    @proc.contract_errors
     def collect_stats(self, request: ProcessStatsRequest) -> ProcessStatsSnapshot:
         s, layout = self._layout_of(request.process_ref)
         container = self._container(s, request.process_ref)
@@ -299,6 +312,7 @@ class DockerRuntime:
 
     # ------------------------------------------------------------------ 14-16 teardown
 
+    @proc.contract_errors
     def cleanup(self, request: CleanupRequest) -> CleanupResult:
         failures = res.remove_session(
             self.client_or_none(), self.host, self.host_id, request.environment.environment_id
@@ -318,6 +332,7 @@ class DockerRuntime:
         except Exception:
             return None
 
+    @proc.contract_errors
     def detach(self, request: DetachTransferRequest) -> DetachTransferResult:
         env = request.environment
         if not env.spec.ownership.detach_policy.allowed:
@@ -342,6 +357,7 @@ class DockerRuntime:
             redacted_summary="live resources left running under the ticket; the host acknowledged",
         )
 
+    @proc.contract_errors
     def reclaim(self, request: ReclaimRequest) -> ReclaimResult:
         path = res.ticket_path(self.host, request.ticket_ref)
         ack = read_json(path)
@@ -361,6 +377,7 @@ class DockerRuntime:
 
     # ------------------------------------------------------------------ reconciliation
 
+    @proc.contract_errors
     def list_labeled(self) -> dict[str, list[dict[str, str]]]:
         """Everything this host's runtime created (see ``docker_resources.list_labeled``)."""
         with proc.docker_errors("list_labeled"):

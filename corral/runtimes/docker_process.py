@@ -9,14 +9,17 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
+import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import docker.errors
 import requests.exceptions
@@ -47,7 +50,12 @@ from corral.runtimes.spool import (
     write_json,
 )
 
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 START_WAIT_S = 15.0
+SHIM_BOOT_S = 5.0
+"""After this long a shim that is not alive (and said nothing) has crashed."""
 SIGNALS = {
     ProcessSignal.interrupt: "SIGINT",
     ProcessSignal.terminate: "SIGTERM",
@@ -76,6 +84,27 @@ def docker_errors(operation: str, secret_values: list[bytes] | None = None) -> I
         raise IsolationFailure(message, context={"status": status}) from None
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         raise IsolationFailure(f"{operation}: docker unavailable ({type(exc).__name__})") from None
+
+
+def contract_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Every public operation raises only ``AgentError``: Docker failures are translated by
+    ``docker_errors``; anything else (a bug, a host file error) becomes a retryable
+    ``IsolationFailure`` naming only the exception type, because its text could carry a host path
+    or a value. The traceback (code locations only, no message) goes to the log."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            with docker_errors(func.__name__):
+                return func(*args, **kwargs)
+        except AgentError:
+            raise
+        except Exception as exc:
+            where = "".join(traceback.format_tb(exc.__traceback__)[-3:])
+            log.warning("%s failed: %s\n%s", func.__name__, type(exc).__name__, where)
+            raise IsolationFailure(f"{func.__name__}: unexpected {type(exc).__name__}") from None
+
+    return wrapper
 
 
 def _explain(exc: Exception, secret_values: list[bytes] | None) -> str:
@@ -134,16 +163,15 @@ def spawn_detached(cmd: list[str], log_path: Path | None, cwd: Path) -> None:
 
 def wait_started(layout: SpoolLayout, secret_values: list[bytes], timeout_s: float = START_WAIT_S) -> None:
     """Poll (bounded) until the shim has started the container or said why it could not."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    began = time.monotonic()
+    while time.monotonic() < began + timeout_s:
         if layout.started.exists():
             return
-        error = read_json(layout.shim_error)
+        error = read_json(layout.shim_error)  # written atomically: complete or absent
         if isinstance(error, dict):
             raise _shim_failure(error, secret_values)
-        if layout.shim_error.exists():
-            time.sleep(0.02)  # being written
-            continue
+        if time.monotonic() > began + SHIM_BOOT_S and shim_pid(layout) is None and not layout.started.exists():
+            raise IsolationFailure("start_process: the I/O shim exited before starting the container")
         time.sleep(0.02)
     raise IsolationFailure(
         "the I/O shim did not start the container in time", context={"waited_s": timeout_s}
@@ -339,7 +367,7 @@ def snapshot(
     docker_state = container.attrs.get("State") or {}
     oom = bool(record.get("oom_killed", docker_state.get("OOMKilled", False)))
     code = record.get("exit_code", docker_state.get("ExitCode"))
-    reason = record.get("reason") or ("oom" if oom else "exit")
+    reason = record.get("reason") or ("oom" if oom else "signal" if (code or 0) > 128 else "exit")
     return ProcessStatsSnapshot(
         **base,
         exit_code=code,

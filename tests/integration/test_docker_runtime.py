@@ -737,3 +737,49 @@ def test_detach_without_ticket_is_invalid(runtime: DockerRuntime, busybox_image:
 def test_reclaim_unknown_ticket_is_not_found(runtime: DockerRuntime) -> None:
     with pytest.raises(NotFound):
         runtime.reclaim(ReclaimRequest(ticket_ref="never-issued"))
+
+
+# ------------------------------------------------------------------------------------- edge cases
+
+
+def test_start_process_missing_binary_exits_127(runtime: DockerRuntime, busybox_image: str) -> None:
+    process_ref = run(runtime, make_env(busybox_image), "/no/such/binary")
+    snap = wait_exit(runtime, process_ref)
+    assert (snap.state, snap.exit_code) == (ProcessState.exited, 127)
+
+
+def test_prepare_secrets_readable_by_a_non_root_uid(runtime: DockerRuntime, busybox_image: str) -> None:
+    env = _secret_env(busybox_image)
+    process_ref = sh(runtime, env, f"id -u; wc -c < /run/secrets/{SECRET_NAME}", user="65534:65534")
+    assert wait_exit(runtime, process_ref).exit_code == 0
+    assert output(runtime, process_ref).split() == [b"65534", str(len(SECRET_VALUE)).encode()]
+
+
+def test_stream_io_fail_if_exceeded_kills_the_process(runtime: DockerRuntime, busybox_image: str) -> None:
+    strict = StreamIoPolicy(default_capture=CaptureMode.raw_content_if_policy_allows, max_bytes=100,
+                            truncation_policy="fail_if_exceeded")
+    process_ref = sh(runtime, make_env(busybox_image, io_policy=IoPolicy(stdout=strict)),
+                     "head -c 100000 /dev/zero; sleep 30")
+    snap = wait_exit(runtime, process_ref, timeout_s=5)
+    assert snap.state is ProcessState.exited and snap.reason is TerminationReason.signal
+    last = frames(runtime, process_ref, IoStream.stdout)[-1]
+    assert last.truncated and last.cursor == 100
+
+
+def test_signal_process_escalates_even_when_the_shim_is_gone(
+    runtime: DockerRuntime, busybox_image: str, host: HostSettings
+) -> None:
+    env = make_env(busybox_image)
+    process_ref = sh(runtime, env, "echo before; trap '' TERM; sleep 100")
+    spool = session_paths(host, slug(env.environment_id)).spool
+    deadline = time.monotonic() + 5
+    while b"before" not in (spool.root / "stdout").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(int(spool.shim_pid.read_text()), signal.SIGKILL)
+    time.sleep(0.1)
+    result = runtime.signal_process(ProcessSignalRequest(process_ref=process_ref, signal=ProcessSignal.terminate,
+                                                         grace_ms=300))
+    assert result.delivered and "helper" in result.redacted_summary
+    snap = wait_exit(runtime, process_ref, timeout_s=5)
+    assert (snap.state, snap.exit_code, snap.reason) == (ProcessState.exited, 137, TerminationReason.signal)
+    assert output(runtime, process_ref) == b"before\n"  # eof without exit.json: the writer is gone
