@@ -96,10 +96,10 @@ class DockerRuntime:
 
     # ------------------------------------------------------------------ helpers
 
-    def _labels(self, env: ExecutionEnvironment) -> dict[str, str]:
+    def labels_of(self, env: ExecutionEnvironment) -> dict[str, str]:
         return res.labels_for(self.host_id, env.environment_id, env.spec.ownership.owner_run_id)
 
-    def _paths(self, environment_id: str) -> res.SessionPaths:
+    def paths_of(self, environment_id: str) -> res.SessionPaths:
         return res.session_paths(self.host, slug(environment_id))
 
     def _layout_of(self, process_ref: str) -> tuple[str, SpoolLayout]:
@@ -144,11 +144,9 @@ class DockerRuntime:
     @proc.contract_errors
     def prepare_session(self, request: SessionPrepareRequest) -> IsolationSessionRef:
         env = request.environment
-        res.ensure_labeled_dir(self._paths(env.environment_id).spool.root, self._labels(env))
+        res.ensure_labeled_dir(self.paths_of(env.environment_id).spool.root, self.labels_of(env))
         s = slug(env.environment_id)
-        return IsolationSessionRef(
-            session_ref=f"sess-{s}", environment_id=env.environment_id, host_ref=self.host_id
-        )
+        return IsolationSessionRef(session_ref=f"sess-{s}", environment_id=env.environment_id, host_ref=self.host_id)
 
     @proc.contract_errors
     def resolve_image(self, request: ImageResolveRequest) -> ImageResolution:
@@ -166,9 +164,7 @@ class DockerRuntime:
         arch = found.attrs.get("Architecture")
         repo_digests = [str(d).rsplit("@", 1)[-1] for d in found.attrs.get("RepoDigests") or []]
         if image.expected_digest and image.expected_digest not in (digest, *repo_digests):
-            raise PolicyDenial(
-                "image digest does not match the expected digest", context={"image": image.image_ref}
-            )
+            raise PolicyDenial("image digest does not match the expected digest", context={"image": image.image_ref})
         if image.expected_architecture and image.expected_architecture != arch:
             raise PolicyDenial(
                 "image architecture does not match",
@@ -183,16 +179,12 @@ class DockerRuntime:
             spec.rootfs is not None and not spec.rootfs.read_only
         )
         s = slug(request.environment.environment_id)
-        return RootfsRef(
-            rootfs_ref=f"rootfs-{s}", read_only=not writable, scratch_mb=spec.filesystem.scratch_mb
-        )
+        return RootfsRef(rootfs_ref=f"rootfs-{s}", read_only=not writable, scratch_mb=spec.filesystem.scratch_mb)
 
     @proc.contract_errors
     def resolve_mounts(self, request: MountResolveRequest) -> MountPlan:
         mounts = resolve_mounts(request.environment.spec.filesystem, self.host)
-        return MountPlan(
-            mounts=[m.to_ref() for m in mounts], expanded_exposure_audits=[m.audit() for m in mounts]
-        )
+        return MountPlan(mounts=[m.to_ref() for m in mounts], expanded_exposure_audits=[m.audit() for m in mounts])
 
     @proc.contract_errors
     def configure_network(self, request: NetworkPrepareRequest) -> NetworkNamespaceRef:
@@ -209,7 +201,7 @@ class DockerRuntime:
         with proc.docker_errors("configure_network"):
             if not res.find_networks(self.client, self.host_id, env.environment_id):
                 self.client.networks.create(
-                    name, driver="bridge", internal=True, labels=self._labels(env), check_duplicate=True
+                    name, driver="bridge", internal=True, labels=self.labels_of(env), check_duplicate=True
                 )
         return name
 
@@ -221,9 +213,7 @@ class DockerRuntime:
     def prepare_environment(self, request: EnvironmentPrepareRequest) -> PreparedEnvironmentRef:
         self._builder().create(request)
         s = slug(request.environment.environment_id)
-        return PreparedEnvironmentRef(
-            prepared_ref=f"env-{s}", environment_id=request.environment.environment_id
-        )
+        return PreparedEnvironmentRef(prepared_ref=f"env-{s}", environment_id=request.environment.environment_id)
 
     def _builder(self) -> EnvironmentBuilder:
         return EnvironmentBuilder(self)
@@ -236,8 +226,8 @@ class DockerRuntime:
         s = slug(env.environment_id)
         process_ref = process_ref_for(env.environment_id)
         container = self._container(s, process_ref)
-        layout = self._paths(env.environment_id).spool
-        res.ensure_labeled_dir(layout.root, self._labels(env))
+        layout = self.paths_of(env.environment_id).spool
+        res.ensure_labeled_dir(layout.root, self.labels_of(env))
         with layout.start_lock.open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one launcher per sandbox across worker processes
             self._launch_once(container, layout, request)
@@ -293,9 +283,7 @@ class DockerRuntime:
         s, layout = self._layout_of(request.process_ref)
         container = self._container(s, request.process_ref)
         with proc.docker_errors("signal_process"):
-            delivered, summary = proc.deliver(
-                container, layout, request.signal, request.grace_ms, self._now_ms()
-            )
+            delivered, summary = proc.deliver(container, layout, request.signal, request.grace_ms, self._now_ms())
         return ProcessSignalResult(
             process_ref=request.process_ref,
             signal=request.signal,
@@ -361,9 +349,7 @@ class DockerRuntime:
     def reclaim(self, request: ReclaimRequest) -> ReclaimResult:
         path = res.ticket_path(self.host, request.ticket_ref)
         ack = read_json(path)
-        environment_id = request.environment_id or (
-            ack.get("environment_id") if isinstance(ack, dict) else None
-        )
+        environment_id = request.environment_id or (ack.get("environment_id") if isinstance(ack, dict) else None)
         if not environment_id:
             raise NotFound("unknown reclaim ticket on this host", context={"ticket_ref": request.ticket_ref})
         failures = res.remove_session(self.client_or_none(), self.host, self.host_id, str(environment_id))

@@ -99,9 +99,7 @@ def host_problems(host: HostSettings) -> list[str]:
     problems = []
     kind = fs_type(host.secrets_root)
     if kind not in _TMPFS:
-        problems.append(
-            f"secrets_root is not on tmpfs (found {kind or 'unknown'}): secrets could reach a disk"
-        )
+        problems.append(f"secrets_root is not on tmpfs (found {kind or 'unknown'}): secrets could reach a disk")
     if not os.access(_nearest_existing(host.state_dir), os.W_OK):
         problems.append("state_dir is not writable: no spool for process output")
     return problems
@@ -118,9 +116,7 @@ def _engine(client_getter: Callable[[], Any]) -> tuple[dict[str, Any] | None, st
 
 def _health(info: dict[str, Any] | None, engine_error: str | None, host: HostSettings) -> Health:
     if info is None:
-        return Health(
-            state=HealthState.unsupported_host, reason=engine_error, missing_prerequisites=["docker engine"]
-        )
+        return Health(state=HealthState.unsupported_host, reason=engine_error, missing_prerequisites=["docker engine"])
     problems = host_problems(host)
     if problems:
         return Health(state=HealthState.degraded, reason="; ".join(problems))

@@ -57,8 +57,8 @@ class EnvironmentBuilder:
         """Write secret mounts as 0400 files in the session's tmpfs dir; check env secrets exist.
         Only names go to the spool (``secrets.json``, for redaction); values go nowhere else."""
         policy = env.spec.secrets
-        paths = self.rt._paths(env.environment_id)
-        labels = self.rt._labels(env)
+        paths = self.rt.paths_of(env.environment_id)
+        labels = self.rt.labels_of(env)
         res.ensure_labeled_dir(paths.spool.root, labels)
         write_json(paths.spool.secrets, _secret_names(env))
         for item in policy.env_secrets:
@@ -67,9 +67,7 @@ class EnvironmentBuilder:
             res.ensure_labeled_dir(paths.secret_dir, labels)
         for mount in policy.secret_mounts:
             check_destination(mount.destination)
-            atomic_write(
-                paths.secret_dir / mount.secret_ref, self.rt.secrets.resolve(mount.secret_ref), mode=0o400
-            )
+            atomic_write(paths.secret_dir / mount.secret_ref, self.rt.secrets.resolve(mount.secret_ref), mode=0o400)
         return SecretMaterializationPlan(
             secret_mount_refs=[
                 SecretMountRef(secret_ref=m.secret_ref, mount_ref=m.mount_ref, destination=m.destination)
@@ -109,7 +107,7 @@ class EnvironmentBuilder:
         mounts = resolve_mounts(spec.filesystem, self.rt.host)
         network = self.rt.ensure_network(env) if network_internal(spec.network) else "none"
         self.materialize_secrets(env)
-        secret_dir = self.rt._paths(env.environment_id).secret_dir
+        secret_dir = self.rt.paths_of(env.environment_id).secret_dir
         binds = [(str(secret_dir / m.secret_ref), m.destination) for m in spec.secrets.secret_mounts]
         destinations = [m.destination for m in mounts] + [dst for _src, dst in binds]
         if len(set(destinations)) != len(destinations):
@@ -120,14 +118,12 @@ class EnvironmentBuilder:
         }
         clash = sorted({v.name for v in process.env} & set(secret_env))
         if clash:
-            raise InvalidRequest(
-                "an env name is both a plain variable and a secret", context={"env": ",".join(clash)}
-            )
+            raise InvalidRequest("an env name is both a plain variable and a secret", context={"env": ",".join(clash)})
         self._share_secret_files(binds, process)
         return ContainerPlan(
             name=res.container_name(slug(env.environment_id)),
             image=image,
-            labels=self.rt._labels(env),
+            labels=self.rt.labels_of(env),
             process=process,
             resources=spec.resources,
             scratch_mb=rootfs.scratch_mb,
@@ -152,7 +148,7 @@ class EnvironmentBuilder:
                 os.chmod(src, 0o444)
 
     def _write_process_files(self, env: ExecutionEnvironment, process: IsolatedProcessSpec) -> None:
-        layout = self.rt._paths(env.environment_id).spool
+        layout = self.rt.paths_of(env.environment_id).spool
         write_json(layout.io_policy, env.spec.io_policy.model_dump(mode="json"))
         write_json(
             layout.process,

@@ -81,9 +81,7 @@ def check_destination(destination: str) -> None:
     if destination == "/" or any(within(destination, d) for d in FORBIDDEN_DESTINATIONS):
         raise PolicyDenial("mount destination is not allowed", context={"destination": destination})
     if within(destination, SCRATCH):
-        raise PolicyDenial(
-            "mount destination would shadow the /tmp scratch", context={"destination": destination}
-        )
+        raise PolicyDenial("mount destination would shadow the /tmp scratch", context={"destination": destination})
 
 
 def _forbidden_sources(host: HostSettings) -> list[tuple[str, str]]:
@@ -158,9 +156,7 @@ def check_process(process: IsolatedProcessSpec) -> None:
         raise Unsupported("terminal_mode pty is not supported by the Docker runtime (pipes only)")
     for var in process.env:
         if var.value_ref is not None:
-            raise Unsupported(
-                "env value_ref is not supported; use secrets.env_secrets", context={"env": var.name}
-            )
+            raise Unsupported("env value_ref is not supported; use secrets.env_secrets", context={"env": var.name})
     unknown = sorted(set(process.rlimits) - RLIMIT_NAMES)
     if unknown:
         raise InvalidRequest("unknown rlimit names", context={"rlimits": ",".join(unknown)})

@@ -116,9 +116,7 @@ def _explain(exc: Exception, secret_values: list[bytes] | None) -> str:
 # start
 
 
-def shim_command(
-    name: str, layout: SpoolLayout, timeout_ms: int, grace_ms: int, signal: str, stdin: bool
-) -> list[str]:
+def shim_command(name: str, layout: SpoolLayout, timeout_ms: int, grace_ms: int, signal: str, stdin: bool) -> list[str]:
     cmd = [
         sys.executable,
         "-m",
@@ -173,9 +171,7 @@ def wait_started(layout: SpoolLayout, secret_values: list[bytes], timeout_s: flo
         if time.monotonic() > began + SHIM_BOOT_S and shim_pid(layout) is None and not layout.started.exists():
             raise IsolationFailure("start_process: the I/O shim exited before starting the container")
         time.sleep(0.02)
-    raise IsolationFailure(
-        "the I/O shim did not start the container in time", context={"waited_s": timeout_s}
-    )
+    raise IsolationFailure("the I/O shim did not start the container in time", context={"waited_s": timeout_s})
 
 
 def _shim_failure(error: dict[str, Any], secret_values: list[bytes]) -> AgentError:
@@ -214,9 +210,7 @@ def read_output_frame(
     finished = writer_finished(layout)  # FIRST: then the size measured below is final if finished
     size = file_size(path)
     if cursor > size:
-        raise InvalidRequest(
-            "cursor is beyond the end of the stream", context={"cursor": cursor, "size": size}
-        )
+        raise InvalidRequest("cursor is beyond the end of the stream", context={"cursor": cursor, "size": size})
     data = read_span(path, cursor, max_bytes)
     end = cursor + len(data)
     values, missing = secrets
@@ -224,11 +218,7 @@ def read_output_frame(
     dropped = read_int(layout.dropped(stream.value))
     at_cut = dropped > 0 and end >= size
     policy = (read_json(layout.io_policy) or {}).get(stream.value) or {}
-    raw = (
-        allow_raw
-        and policy.get("default_capture") == CaptureMode.raw_content_if_policy_allows.value
-        and not missing
-    )
+    raw = allow_raw and policy.get("default_capture") == CaptureMode.raw_content_if_policy_allows.value and not missing
     summary = f"{count} redaction(s)" if count else ""
     if missing and policy.get("default_capture") == CaptureMode.raw_content_if_policy_allows.value:
         summary = (summary + "; " if summary else "") + "raw content withheld: a secret could not be resolved"
@@ -262,9 +252,7 @@ def write_stdin(layout: SpoolLayout, process_ref: str, data_b64: str | None, clo
     if data and layout.stdin_closed.exists():
         raise InvalidRequest("stdin is already closed")
     if file_size(path) + len(data) > STDIN_MAX_TOTAL:
-        raise InvalidRequest(
-            "stdin total would exceed the host bound", context={"max_bytes": STDIN_MAX_TOTAL}
-        )
+        raise InvalidRequest("stdin total would exceed the host bound", context={"max_bytes": STDIN_MAX_TOTAL})
     start, end = append_bytes(path, data) if data else (file_size(path), file_size(path))
     if close and not layout.stdin_closed.exists():
         atomic_write(layout.stdin_closed, b"")
@@ -303,9 +291,7 @@ def request_escalation(layout: SpoolLayout, name: str, grace_ms: int, now_ms: in
     return "helper"
 
 
-def deliver(
-    container: Any, layout: SpoolLayout, sig: ProcessSignal, grace_ms: int, now_ms: int
-) -> tuple[bool, str]:
+def deliver(container: Any, layout: SpoolLayout, sig: ProcessSignal, grace_ms: int, now_ms: int) -> tuple[bool, str]:
     """Send ``sig``; (delivered, summary). A process that is not running is not an error."""
     container.reload()
     if container.status != "running":
@@ -347,9 +333,7 @@ def wait_exit_record(layout: SpoolLayout, timeout_s: float = 1.0) -> dict[str, A
         time.sleep(0.02)
 
 
-def snapshot(
-    container: Any, layout: SpoolLayout, process_ref: str, snapshot_ref: str
-) -> ProcessStatsSnapshot:
+def snapshot(container: Any, layout: SpoolLayout, process_ref: str, snapshot_ref: str) -> ProcessStatsSnapshot:
     container.reload()
     state = _STATES.get(container.status, ProcessState.unknown)
     base = {"snapshot_ref": snapshot_ref, "process_ref": process_ref, "state": state}

@@ -198,8 +198,7 @@ def list_labeled(client: Any, host_id: str, host: HostSettings) -> dict[str, lis
         for c in client.containers.list(all=True, filters=flt)
     ]
     networks = [
-        {"name": n.name, "id": n.id, **dict(n.attrs.get("Labels") or {})}
-        for n in client.networks.list(filters=flt)
+        {"name": n.name, "id": n.id, **dict(n.attrs.get("Labels") or {})} for n in client.networks.list(filters=flt)
     ]
     tickets: list[dict[str, str]] = []
     ticket_dir = Path(host.state_dir) / "tickets"

@@ -336,9 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.daemonize:
         daemonize()
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s shim %(levelname)s %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s shim %(levelname)s %(message)s")
     if args.kill_after_ms is not None:
         return kill_after(args)
     if not args.spool:

@@ -175,8 +175,13 @@ def prepare(rt: DockerRuntime, env: ExecutionEnvironment, process: IsolatedProce
     secrets = rt.prepare_secrets(SecretPrepareRequest(environment=env))
     rt.prepare_environment(
         EnvironmentPrepareRequest(
-            environment=env, process=process, image=image, rootfs=rootfs, mounts=mounts,
-            network=network, secrets=secrets,
+            environment=env,
+            process=process,
+            image=image,
+            rootfs=rootfs,
+            mounts=mounts,
+            network=network,
+            secrets=secrets,
         )
     )
 
@@ -204,13 +209,15 @@ def wait_exit(rt: DockerRuntime, process_ref: str, timeout_s: float = 15) -> Pro
         time.sleep(0.05)
 
 
-def frames(rt: DockerRuntime, process_ref: str, stream: IoStream, max_bytes: int = 64 * 1024,
-           cursor: int = 0) -> list[ProcessIoFrame]:
+def frames(
+    rt: DockerRuntime, process_ref: str, stream: IoStream, max_bytes: int = 64 * 1024, cursor: int = 0
+) -> list[ProcessIoFrame]:
     out: list[ProcessIoFrame] = []
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        frame = rt.stream_io(ProcessIoRequest(process_ref=process_ref, stream=stream, cursor=cursor,
-                                              max_bytes=max_bytes))
+        frame = rt.stream_io(
+            ProcessIoRequest(process_ref=process_ref, stream=stream, cursor=cursor, max_bytes=max_bytes)
+        )
         out.append(frame)
         cursor = frame.cursor
         if frame.eof:
@@ -291,15 +298,31 @@ def test_resolve_image_returns_local_digest_and_architecture(
     resolved = runtime.resolve_image(ImageResolveRequest(environment=env))
     assert resolved.digest == docker_client.images.get(busybox_image).id
     assert resolved.architecture == "amd64" or resolved.architecture
-    pinned = env.model_copy(update={"spec": env.spec.model_copy(update={"image": ImageRequest(
-        image_ref=busybox_image, expected_digest=resolved.digest, expected_architecture=resolved.architecture)})})
+    pinned = env.model_copy(
+        update={
+            "spec": env.spec.model_copy(
+                update={
+                    "image": ImageRequest(
+                        image_ref=busybox_image,
+                        expected_digest=resolved.digest,
+                        expected_architecture=resolved.architecture,
+                    )
+                }
+            )
+        }
+    )
     assert runtime.resolve_image(ImageResolveRequest(environment=pinned)).digest == resolved.digest
 
 
 def test_resolve_image_digest_mismatch_is_denied(runtime: DockerRuntime, busybox_image: str) -> None:
     env = make_env(busybox_image)
-    wrong = env.model_copy(update={"spec": env.spec.model_copy(update={"image": ImageRequest(
-        image_ref=busybox_image, expected_digest="sha256:" + "0" * 64)})})
+    wrong = env.model_copy(
+        update={
+            "spec": env.spec.model_copy(
+                update={"image": ImageRequest(image_ref=busybox_image, expected_digest="sha256:" + "0" * 64)}
+            )
+        }
+    )
     with pytest.raises(PolicyDenial):
         runtime.resolve_image(ImageResolveRequest(environment=wrong))
 
@@ -329,11 +352,16 @@ def _mounts(image: str, *mounts: MountPolicy) -> ExecutionEnvironment:
 def test_resolve_mounts_plans_aliases_without_host_paths(
     runtime: DockerRuntime, busybox_image: str, host: HostSettings
 ) -> None:
-    env = _mounts(busybox_image, MountPolicy(mount_ref="m1", source_alias="data", destination_path="/data"),
-                  MountPolicy(mount_ref="m2", source_alias="rw", destination_path="/out", mode=MountMode.writable))
+    env = _mounts(
+        busybox_image,
+        MountPolicy(mount_ref="m1", source_alias="data", destination_path="/data"),
+        MountPolicy(mount_ref="m2", source_alias="rw", destination_path="/out", mode=MountMode.writable),
+    )
     plan = runtime.resolve_mounts(MountResolveRequest(environment=env))
     assert [(m.source_alias, m.destination_path, m.mode) for m in plan.mounts] == [
-        ("data", "/data", MountMode.read_only), ("rw", "/out", MountMode.writable)]
+        ("data", "/data", MountMode.read_only),
+        ("rw", "/out", MountMode.writable),
+    ]
     assert len(plan.expanded_exposure_audits) == 2
     assert host.mounts["data"] not in plan.model_dump_json()
 
@@ -353,8 +381,9 @@ def test_resolve_mounts_plans_aliases_without_host_paths(
 def test_resolve_mounts_denies_unsafe_requests(
     runtime: DockerRuntime, busybox_image: str, alias: str, destination: str, mode: MountMode
 ) -> None:
-    env = _mounts(busybox_image, MountPolicy(mount_ref="m", source_alias=alias, destination_path=destination,
-                                             mode=mode))
+    env = _mounts(
+        busybox_image, MountPolicy(mount_ref="m", source_alias=alias, destination_path=destination, mode=mode)
+    )
     with pytest.raises(PolicyDenial):
         runtime.resolve_mounts(MountResolveRequest(environment=env))
 
@@ -387,10 +416,16 @@ def test_configure_network_unenforceable_allowlist_is_unsupported(runtime: Docke
 
 
 def _secret_env(image: str, **kwargs: Any) -> ExecutionEnvironment:
-    return make_env(image, secrets=SecretPolicy(
-        secret_mounts=[SecretMount(secret_ref=SECRET_NAME, mount_ref="s1", destination=f"/run/secrets/{SECRET_NAME}")],
-        env_secrets=[EnvSecret(secret_ref=SECRET_NAME, env_key="TOKEN")],
-    ), **kwargs)
+    return make_env(
+        image,
+        secrets=SecretPolicy(
+            secret_mounts=[
+                SecretMount(secret_ref=SECRET_NAME, mount_ref="s1", destination=f"/run/secrets/{SECRET_NAME}")
+            ],
+            env_secrets=[EnvSecret(secret_ref=SECRET_NAME, env_key="TOKEN")],
+        ),
+        **kwargs,
+    )
 
 
 def test_prepare_secrets_writes_private_files_and_returns_refs_only(
@@ -490,8 +525,11 @@ def test_stream_io_stdout_and_stderr_are_byte_exact(runtime: DockerRuntime, busy
 
 def test_stream_io_reads_10mb_in_64k_frames_byte_exact(runtime: DockerRuntime, busybox_image: str) -> None:
     size = 10 * 1024 * 1024
-    process_ref = sh(runtime, make_env(busybox_image),
-                     f"head -c {size} /dev/urandom > /tmp/blob && cat /tmp/blob && sha256sum /tmp/blob >&2")
+    process_ref = sh(
+        runtime,
+        make_env(busybox_image),
+        f"head -c {size} /dev/urandom > /tmp/blob && cat /tmp/blob && sha256sum /tmp/blob >&2",
+    )
     wait_exit(runtime, process_ref)
     got = frames(runtime, process_ref, IoStream.stdout)
     data = content(got)
@@ -500,8 +538,9 @@ def test_stream_io_reads_10mb_in_64k_frames_byte_exact(runtime: DockerRuntime, b
     assert hashlib.sha256(data).hexdigest() == expected
     assert all(f.byte_count <= 64 * 1024 for f in got)
     assert got[-1].eof and not any(f.eof for f in got[:-1])
-    assert all(f.content_hash == "sha256:" + hashlib.sha256(base64.b64decode(f.content_b64 or "")).hexdigest()
-               for f in got[:3])
+    assert all(
+        f.content_hash == "sha256:" + hashlib.sha256(base64.b64decode(f.content_b64 or "")).hexdigest() for f in got[:3]
+    )
 
 
 def test_stream_io_resumes_from_any_returned_cursor(runtime: DockerRuntime, busybox_image: str) -> None:
@@ -510,20 +549,32 @@ def test_stream_io_resumes_from_any_returned_cursor(runtime: DockerRuntime, busy
     whole = content(frames(runtime, process_ref, IoStream.stdout, max_bytes=1000))
     first = frames(runtime, process_ref, IoStream.stdout, max_bytes=1000)
     for frame in first[::3]:
-        assert content(frames(runtime, process_ref, IoStream.stdout, max_bytes=777, cursor=frame.cursor)) == \
-            whole[frame.cursor:]
-        again = runtime.stream_io(ProcessIoRequest(process_ref=process_ref, stream=IoStream.stdout,
-                                                   cursor=frame.start_cursor, max_bytes=1000))
+        assert (
+            content(frames(runtime, process_ref, IoStream.stdout, max_bytes=777, cursor=frame.cursor))
+            == whole[frame.cursor :]
+        )
+        again = runtime.stream_io(
+            ProcessIoRequest(process_ref=process_ref, stream=IoStream.stdout, cursor=frame.start_cursor, max_bytes=1000)
+        )
         assert again == frame
 
 
 def test_stream_io_stdin_round_trips_through_cat(runtime: DockerRuntime, busybox_image: str) -> None:
     process_ref = run(runtime, make_env(busybox_image), "cat", stdin=StdinMode.open)
     payload = b"line one\n\xff binary \x00\n"
-    first = runtime.stream_io(ProcessIoRequest(process_ref=process_ref, stream=IoStream.stdin,
-                                               data_b64=base64.b64encode(payload[:5]).decode()))
-    second = runtime.stream_io(ProcessIoRequest(process_ref=process_ref, stream=IoStream.stdin,
-                                                data_b64=base64.b64encode(payload[5:]).decode(), close_stdin=True))
+    first = runtime.stream_io(
+        ProcessIoRequest(
+            process_ref=process_ref, stream=IoStream.stdin, data_b64=base64.b64encode(payload[:5]).decode()
+        )
+    )
+    second = runtime.stream_io(
+        ProcessIoRequest(
+            process_ref=process_ref,
+            stream=IoStream.stdin,
+            data_b64=base64.b64encode(payload[5:]).decode(),
+            close_stdin=True,
+        )
+    )
     assert (first.start_cursor, first.cursor, second.cursor, second.eof) == (0, 5, len(payload), True)
     snap = wait_exit(runtime, process_ref)
     assert snap.exit_code == 0
@@ -568,8 +619,9 @@ def test_stream_io_unknown_process_is_not_found(runtime: DockerRuntime) -> None:
 def test_signal_process_terminate_escalates_to_kill(runtime: DockerRuntime, busybox_image: str) -> None:
     process_ref = sh(runtime, make_env(busybox_image), "trap '' TERM; sleep 100")
     started = time.monotonic()
-    result = runtime.signal_process(ProcessSignalRequest(process_ref=process_ref, signal=ProcessSignal.terminate,
-                                                         grace_ms=300))
+    result = runtime.signal_process(
+        ProcessSignalRequest(process_ref=process_ref, signal=ProcessSignal.terminate, grace_ms=300)
+    )
     assert result.delivered
     assert time.monotonic() - started < 1.0  # the escalation does not block the call
     snap = wait_exit(runtime, process_ref, timeout_s=5)
@@ -589,8 +641,9 @@ def test_signal_process_interrupt_reaches_the_process(runtime: DockerRuntime, bu
 
 def test_signal_process_unknown_is_not_found(runtime: DockerRuntime) -> None:
     with pytest.raises(NotFound):
-        runtime.signal_process(ProcessSignalRequest(process_ref=process_ref_for("env-nowhere"),
-                                                    signal=ProcessSignal.kill))
+        runtime.signal_process(
+            ProcessSignalRequest(process_ref=process_ref_for("env-nowhere"), signal=ProcessSignal.kill)
+        )
 
 
 def test_collect_stats_reads_cgroup_counters_while_running(runtime: DockerRuntime, busybox_image: str) -> None:
@@ -619,8 +672,10 @@ def test_collect_stats_unknown_is_not_found(runtime: DockerRuntime) -> None:
 
 
 def test_prepare_environment_locks_the_container_down(runtime: DockerRuntime, busybox_image: str) -> None:
-    script = ("touch /x 2>/dev/null; echo root=$?; touch /tmp/y && echo tmp=ok; grep CapEff /proc/self/status; "
-              "ls /sys/class/net | tr '\\n' ' '")
+    script = (
+        "touch /x 2>/dev/null; echo root=$?; touch /tmp/y && echo tmp=ok; grep CapEff /proc/self/status; "
+        "ls /sys/class/net | tr '\\n' ' '"
+    )
     process_ref = sh(runtime, make_env(busybox_image), script)
     wait_exit(runtime, process_ref)
     out = output(runtime, process_ref).decode()
@@ -638,18 +693,25 @@ def test_prepare_environment_enforces_the_pids_limit(runtime: DockerRuntime, bus
 
 
 def test_prepare_environment_mount_is_read_only_inside(runtime: DockerRuntime, busybox_image: str) -> None:
-    env = _mounts(busybox_image, MountPolicy(mount_ref="m1", source_alias="data", destination_path="/data"),
-                  MountPolicy(mount_ref="m2", source_alias="rw", destination_path="/out", mode=MountMode.writable))
-    process_ref = sh(runtime, env, "cat /data/hello.txt; touch /data/z 2>/dev/null; echo ro=$?; "
-                                   "echo written > /out/result && echo rw=ok")
+    env = _mounts(
+        busybox_image,
+        MountPolicy(mount_ref="m1", source_alias="data", destination_path="/data"),
+        MountPolicy(mount_ref="m2", source_alias="rw", destination_path="/out", mode=MountMode.writable),
+    )
+    process_ref = sh(
+        runtime,
+        env,
+        "cat /data/hello.txt; touch /data/z 2>/dev/null; echo ro=$?; echo written > /out/result && echo rw=ok",
+    )
     wait_exit(runtime, process_ref)
     assert output(runtime, process_ref) == b"hello from the host\nro=1\nrw=ok\n"
 
 
 def test_prepare_secrets_visible_inside_and_never_in_results(runtime: DockerRuntime, busybox_image: str) -> None:
     env = _secret_env(busybox_image)
-    process = proc_spec("sh", "-c", f"sha256sum /run/secrets/{SECRET_NAME}; cat /run/secrets/{SECRET_NAME}; echo; "
-                                    "echo $TOKEN")
+    process = proc_spec(
+        "sh", "-c", f"sha256sum /run/secrets/{SECRET_NAME}; cat /run/secrets/{SECRET_NAME}; echo; echo $TOKEN"
+    )
     results: list[Any] = [
         runtime.prepare_session(SessionPrepareRequest(environment=env)),
         runtime.prepare_secrets(SecretPrepareRequest(environment=env)),
@@ -683,8 +745,13 @@ def test_cleanup_removes_everything_and_twice_is_fine(
     assert first.status is CleanupStatus.completed, first.redacted_summary
     assert count_labeled(docker_client, host.id, env.environment_id) == {"containers": 0, "networks": 0}
     assert not paths.secret_dir.exists() and not paths.spool.root.exists()
-    assert runtime.list_labeled() == {"containers": [], "networks": [], "secret_dirs": [], "spool_dirs": [],
-                                      "tickets": []}
+    assert runtime.list_labeled() == {
+        "containers": [],
+        "networks": [],
+        "secret_dirs": [],
+        "spool_dirs": [],
+        "tickets": [],
+    }
     second = runtime.cleanup(CleanupRequest(environment=env, cleanup_plan_ref="c1"))
     assert second.status is CleanupStatus.completed
     with pytest.raises(NotFound):
@@ -698,7 +765,8 @@ def test_cleanup_reports_repair_needed_when_engine_is_gone(
 
     dead = docker.DockerClient(base_url="tcp://127.0.0.1:9", version="1.41", timeout=2)
     result = DockerRuntime(host_id, host, dead).cleanup(
-        CleanupRequest(environment=make_env(busybox_image), cleanup_plan_ref="c"))
+        CleanupRequest(environment=make_env(busybox_image), cleanup_plan_ref="c")
+    )
     assert result.status is CleanupStatus.repair_needed
     assert "docker" in result.redacted_summary
 
@@ -756,10 +824,12 @@ def test_prepare_secrets_readable_by_a_non_root_uid(runtime: DockerRuntime, busy
 
 
 def test_stream_io_fail_if_exceeded_kills_the_process(runtime: DockerRuntime, busybox_image: str) -> None:
-    strict = StreamIoPolicy(default_capture=CaptureMode.raw_content_if_policy_allows, max_bytes=100,
-                            truncation_policy="fail_if_exceeded")
-    process_ref = sh(runtime, make_env(busybox_image, io_policy=IoPolicy(stdout=strict)),
-                     "head -c 100000 /dev/zero; sleep 30")
+    strict = StreamIoPolicy(
+        default_capture=CaptureMode.raw_content_if_policy_allows, max_bytes=100, truncation_policy="fail_if_exceeded"
+    )
+    process_ref = sh(
+        runtime, make_env(busybox_image, io_policy=IoPolicy(stdout=strict)), "head -c 100000 /dev/zero; sleep 30"
+    )
     snap = wait_exit(runtime, process_ref, timeout_s=5)
     assert snap.state is ProcessState.exited and snap.reason is TerminationReason.signal
     last = frames(runtime, process_ref, IoStream.stdout)[-1]
@@ -777,8 +847,9 @@ def test_signal_process_escalates_even_when_the_shim_is_gone(
         time.sleep(0.02)
     os.kill(int(spool.shim_pid.read_text()), signal.SIGKILL)
     time.sleep(0.1)
-    result = runtime.signal_process(ProcessSignalRequest(process_ref=process_ref, signal=ProcessSignal.terminate,
-                                                         grace_ms=300))
+    result = runtime.signal_process(
+        ProcessSignalRequest(process_ref=process_ref, signal=ProcessSignal.terminate, grace_ms=300)
+    )
     assert result.delivered and "helper" in result.redacted_summary
     snap = wait_exit(runtime, process_ref, timeout_s=5)
     assert (snap.state, snap.exit_code, snap.reason) == (ProcessState.exited, 137, TerminationReason.signal)

@@ -40,10 +40,18 @@ def host(tmp_path: Path) -> HostSettings:
     (tmp_path / "file.txt").write_text("x")
     (tmp_path / "link").symlink_to(tmp_path / "data")
     return HostSettings(
-        state_dir=str(tmp_path / "state"), secrets_root=str(tmp_path / "shm"),
-        mounts={"data": str(tmp_path / "data"), "file": str(tmp_path / "file.txt"), "link": str(tmp_path / "link"),
-                "gone": str(tmp_path / "gone"), "rel": "relative/path", "root": "/", "state": str(tmp_path),
-                "sock": "/run/docker.sock"},
+        state_dir=str(tmp_path / "state"),
+        secrets_root=str(tmp_path / "shm"),
+        mounts={
+            "data": str(tmp_path / "data"),
+            "file": str(tmp_path / "file.txt"),
+            "link": str(tmp_path / "link"),
+            "gone": str(tmp_path / "gone"),
+            "rel": "relative/path",
+            "root": "/",
+            "state": str(tmp_path),
+            "sock": "/run/docker.sock",
+        },
         writable_mounts=["data"],
     )
 
@@ -153,10 +161,15 @@ def test_env_secret_text_must_be_utf8_without_nul() -> None:
 
 def plan(**kwargs: object) -> ContainerPlan:
     base: dict[str, object] = {
-        "name": "corral-x", "image": "sha256:" + "1" * 64, "labels": {"corral.host": "h"},
+        "name": "corral-x",
+        "image": "sha256:" + "1" * 64,
+        "labels": {"corral.host": "h"},
         "process": spec(env=[RedactedEnvVar(name="PLAIN", redacted_value="1")], rlimits={"nofile": 64}),
-        "resources": ResourceLimits(cpus=0.5, memory_mb=64, process_count=16), "scratch_mb": 8,
-        "read_only": True, "network": "none", "secret_env": {"TOKEN": "hunter2"},
+        "resources": ResourceLimits(cpus=0.5, memory_mb=64, process_count=16),
+        "scratch_mb": 8,
+        "read_only": True,
+        "network": "none",
+        "secret_env": {"TOKEN": "hunter2"},
     }
     base.update(kwargs)
     return ContainerPlan(**base)  # type: ignore[arg-type]
@@ -216,8 +229,15 @@ def test_enforcer_escalation_request_and_output_limit() -> None:
 
 @pytest.mark.parametrize(
     ("code", "oom", "signaled", "reason"),
-    [(0, False, False, "exit"), (3, False, False, "exit"), (137, True, False, "oom"), (130, False, False, "signal"),
-     (1, False, True, "signal"), (0, False, True, "exit"), (None, False, False, "lost")],
+    [
+        (0, False, False, "exit"),
+        (3, False, False, "exit"),
+        (137, True, False, "oom"),
+        (130, False, False, "signal"),
+        (1, False, True, "signal"),
+        (0, False, True, "exit"),
+        (None, False, False, "lost"),
+    ],
 )
 def test_exit_reason(code: int | None, oom: bool, signaled: bool, reason: str) -> None:
     assert exit_reason(Enforcer(None, 1.0, "SIGTERM"), code, oom, signaled) == reason

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import os
 import struct
@@ -9,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from corral.errors import InvalidRequest
+from corral.models import IoStream, ProcessIoFrame
+from corral.runtimes.docker_process import read_output_frame, write_stdin
 from corral.runtimes.spool import (
     STREAM_STDERR,
     STREAM_STDOUT,
@@ -30,8 +35,12 @@ def frame(kind: int, payload: bytes) -> bytes:
     return struct.pack(">BxxxL", kind, len(payload)) + payload
 
 
-STREAM = frame(STREAM_STDOUT, b"hello \xff\xfe") + frame(STREAM_STDERR, b"oops\n") + frame(STREAM_STDOUT, b"") \
+STREAM = (
+    frame(STREAM_STDOUT, b"hello \xff\xfe")
+    + frame(STREAM_STDERR, b"oops\n")
+    + frame(STREAM_STDOUT, b"")
     + frame(STREAM_STDOUT, bytes(range(256)) * 3)
+)
 
 
 def collect(chunks: list[bytes]) -> dict[int, bytes]:
@@ -155,3 +164,88 @@ def test_layout_paths(tmp_path: Path) -> None:
     assert layout.exit.name == "exit.json"
     with pytest.raises(ValueError, match="not a stream"):
         layout.stream("../etc/passwd")
+
+
+# ------------------------------------------------------------------------------------- frames from a spool
+
+
+def spool(tmp_path: Path, stdout: bytes, *, exited: bool, capture: str = "raw_content_if_policy_allows") -> SpoolLayout:
+    layout = SpoolLayout(tmp_path)
+    layout.stream("stdout").write_bytes(stdout)
+    write_json(layout.io_policy, {"stdout": {"default_capture": capture}, "stderr": {}})
+    write_json(layout.process, {"stdin": "open"})
+    if exited:
+        write_json(layout.exit, {"exit_code": 0, "oom_killed": False, "reason": "exit"})
+    return layout
+
+
+def read(
+    layout: SpoolLayout,
+    cursor: int = 0,
+    max_bytes: int = 1024,
+    secrets: list[bytes] | None = None,
+    missing: list[str] | None = None,
+    allow_raw: bool = True,
+) -> ProcessIoFrame:
+    return read_output_frame(
+        layout, "proc-0123456789abcdef", IoStream.stdout, cursor, max_bytes, (secrets or [], missing or []), allow_raw
+    )
+
+
+def test_frame_redacts_before_hashing_and_returning(tmp_path: Path) -> None:
+    frame = read(spool(tmp_path, b"token=hunter2\n", exited=True), secrets=[b"hunter2"])
+    shown = b"token=[REDACTED]\n"
+    assert base64.b64decode(frame.content_b64 or "") == shown
+    assert frame.content_hash == "sha256:" + hashlib.sha256(shown).hexdigest()
+    assert (frame.byte_count, frame.cursor, frame.redaction_count, frame.eof) == (14, 14, 1, True)
+
+
+def test_frame_withholds_raw_content_when_a_secret_is_unresolvable(tmp_path: Path) -> None:
+    frame = read(spool(tmp_path, b"data", exited=True), missing=["gone"])
+    assert frame.raw_content_present is False and frame.content_b64 is None
+    assert "withheld" in frame.redacted_summary
+
+
+@pytest.mark.parametrize(("capture", "allow"), [("metadata_only", True), ("raw_content_if_policy_allows", False)])
+def test_frame_raw_content_needs_policy_and_host(tmp_path: Path, capture: str, allow: bool) -> None:
+    frame = read(spool(tmp_path, b"data", exited=True, capture=capture), allow_raw=allow)
+    assert frame.content_b64 is None and frame.byte_count == 4
+
+
+def test_frame_is_not_eof_while_the_writer_may_still_write(tmp_path: Path) -> None:
+    layout = spool(tmp_path, b"abc", exited=False)
+    assert read(layout).eof is False  # never started: no shim, no exit.json
+    frame = read(layout, cursor=1, max_bytes=1)
+    assert (frame.start_cursor, frame.cursor, frame.eof) == (1, 2, False)
+
+
+def test_frame_cursor_beyond_the_end_is_invalid(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest):
+        read(spool(tmp_path, b"abc", exited=True), cursor=4)
+
+
+def test_frame_marks_truncation_at_the_cut(tmp_path: Path) -> None:
+    layout = spool(tmp_path, b"x" * 10, exited=True)
+    layout.dropped("stdout").write_text("90")
+    first, last = read(layout, max_bytes=5), read(layout, cursor=5, max_bytes=5)
+    assert (first.truncated, first.dropped_bytes) == (False, 0)
+    assert (last.truncated, last.dropped_bytes, last.eof) == (True, 90, True)
+
+
+def test_stdin_appends_and_closes(tmp_path: Path) -> None:
+    layout = spool(tmp_path, b"", exited=False)
+    first = write_stdin(layout, "proc-0123456789abcdef", base64.b64encode(b"abc").decode(), close=False)
+    second = write_stdin(layout, "proc-0123456789abcdef", base64.b64encode(b"de").decode(), close=True)
+    assert (first.start_cursor, first.cursor, second.cursor, second.eof) == (0, 3, 5, True)
+    assert layout.stream("stdin").read_bytes() == b"abcde"
+    with pytest.raises(InvalidRequest, match="closed"):
+        write_stdin(layout, "proc-0123456789abcdef", "eA==", close=False)
+
+
+def test_stdin_refuses_bad_base64_and_closed_stdin_processes(tmp_path: Path) -> None:
+    layout = spool(tmp_path, b"", exited=False)
+    with pytest.raises(InvalidRequest, match="base64"):
+        write_stdin(layout, "proc-0123456789abcdef", "***", close=False)
+    write_json(layout.process, {"stdin": "closed"})
+    with pytest.raises(InvalidRequest, match="stdin closed"):
+        write_stdin(layout, "proc-0123456789abcdef", "eA==", close=False)
