@@ -63,6 +63,7 @@ WEAKER = [
     "env_secrets: visible to host admins via docker inspect",
     "secret_redaction: basic - exact values only; not encodings, not values split across frames",
     "io spool cap: keeps the head of a stream only (no tail)",
+    "io spool: output is kept unredacted on the host (state_dir) until cleanup; frames are redacted when read",
     "secret files: readable by every user in the container when the process user is a name, not a uid",
 ]
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}

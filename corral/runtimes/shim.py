@@ -297,7 +297,8 @@ def run(args: argparse.Namespace) -> int:
         container = client.containers.get(args.container)
         if container.status != "created":
             raise RuntimeError(f"container is {container.status}, not created")
-        _handle, sock = attach(client, container.id, args.stdin)
+        output = Output.open(layout)
+        _handle, sock = attach(client, container.id, args.stdin)  # BEFORE start: no byte is missed
         container.start()
     except Exception as exc:
         return fail(layout, exc)
@@ -305,7 +306,6 @@ def run(args: argparse.Namespace) -> int:
     deadline = started + args.timeout_ms / 1000.0 if args.timeout_ms > 0 else None
     write_json(layout.started, {"started_at_ms": int(time.time() * 1000), "timeout_ms": args.timeout_ms})
     enforcer = Enforcer(deadline, args.grace_ms / 1000.0, args.timeout_signal)
-    output = Output.open(layout)
     forwarder = StdinForwarder(layout, sock) if args.stdin else None
     if forwarder:
         forwarder.start()
