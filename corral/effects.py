@@ -26,11 +26,13 @@ from typing import Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from corral import faults
 from corral.errors import AgentError, Conflict, InProgress, InvalidRequest, IsolationFailure, JournalFailure
 from corral.journal import Journal
+from corral.liveness import holder_dead, holder_id
 from corral.models import dump
 from corral.refs import new_ref, slug
-from corral.store import Store
+from corral.store import IdemBegin, Store
 
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger("corral.effects")
@@ -102,12 +104,9 @@ class Effects:
     ) -> M:
         digest = digest_of(request)
         token = new_ref("exe")
-        deadline = time.monotonic() + self.pending_wait_s
-        while True:
-            begin = self.store.idem_begin(key, digest, token, self.clock.now_ms(), self.lease_ms)
-            if begin.status != "pending" or time.monotonic() >= deadline:
-                break
-            time.sleep(0.05)
+        holder = holder_id(self.host_id)
+        faults.hit(f"{op}:before_intent")
+        begin = self._begin(key, digest, token, holder)
         base = {"op": op, "key": key, "host": self.host_id, "ts_ms": str(self.clock.now_ms())}
         if begin.status == "conflict":
             raise Conflict(f"idempotency key {key} was used with a different request", context={"key": key})
@@ -127,11 +126,13 @@ class Effects:
                 {
                     **base,
                     "action": "takeover",
-                    "summary": "an earlier delivery's lease expired; re-running the idempotent effect",
+                    "summary": f"the earlier holder {begin.payload or '?'} died or its lease expired; "
+                    "re-running the idempotent effect",
                 },
             )
         effect_id = f"eff-{slug(key)}"
         self._journal_or_release(key, token, env_id, "intent", {**base, "effect_id": effect_id})
+        faults.hit(f"{op}:before_adapter")
         try:
             result = call()
         except Exception as exc:
@@ -146,14 +147,30 @@ class Effects:
             if error is exc:
                 raise
             raise error from exc
+        faults.hit(f"{op}:after_adapter")
         try:
             self.journal.append(
                 env_id, "result", {**base, "effect_id": effect_id, "status": "ok", "summary": summary(result)}
             )
         except JournalFailure:
             self._flag_recovery(env_id, op, key)
+        faults.hit(f"{op}:after_result")
         self.store.idem_finish(key, token, "done", result.model_dump_json())
         return result
+
+    def _begin(self, key: str, digest: str, token: str, holder: str) -> IdemBegin:
+        """Begin the key; while another delivery holds it, wait (bounded) unless that holder is
+        provably dead (a killed pool process of this host), in which case take it over now."""
+        deadline = time.monotonic() + self.pending_wait_s
+        while True:
+            begin = self.store.idem_begin(key, digest, token, self.clock.now_ms(), self.lease_ms, holder)
+            if begin.status == "pending" and holder_dead(begin.payload, self.host_id):
+                begin = self.store.idem_begin(
+                    key, digest, token, self.clock.now_ms(), self.lease_ms, holder, dead_holder=begin.payload
+                )
+            if begin.status != "pending" or time.monotonic() >= deadline:
+                return begin
+            time.sleep(0.05)
 
     def _journal_or_release(self, key: str, token: str, env_id: str, kind: str, fields: dict[str, str]) -> None:
         """Journal before an effect; if that fails, release the key so a later delivery may run it."""

@@ -70,6 +70,13 @@ class LimitSettings(BaseModel):
     max_detach_ttl_ms: int = 7 * 24 * 3600 * 1000
 
 
+class TestingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    faults: list[str] = Field(default_factory=list)
+    """Crash-matrix fault points (``corral.faults``); never set in production."""
+    fault_dir: str | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CORRAL_", env_nested_delimiter="__", extra="forbid")
 
@@ -77,6 +84,7 @@ class Settings(BaseSettings):
     host: HostSettings = Field(default_factory=HostSettings)
     celery: CelerySettings = Field(default_factory=CelerySettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    testing: TestingSettings = Field(default_factory=TestingSettings)
     state_ttl_s: int = 7 * 24 * 3600
     """Backstop TTL on every state key."""
 

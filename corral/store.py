@@ -65,13 +65,15 @@ HOSTS_KEY = f"{PREFIX}hosts"
 #   takeover  an earlier holder's lease expired; the caller owns it now (the effect may be half-done)
 #   done      recorded result follows
 #   failed    recorded (non-retryable) error follows
-#   pending   another delivery holds a live lease
+#   pending   another delivery holds a live lease (its holder id follows)
 #   conflict  same key, different request digest
 _IDEM_BEGIN = """
 local k = KEYS[1]
 local digest, token, now, lease, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local holder, dead_holder = ARGV[6], ARGV[7]
 if redis.call('EXISTS', k) == 0 then
-  redis.call('HSET', k, 'digest', digest, 'state', 'pending', 'token', token, 'lease_until', now + lease)
+  redis.call('HSET', k, 'digest', digest, 'state', 'pending', 'token', token, 'lease_until', now + lease,
+             'holder', holder)
   redis.call('PEXPIRE', k, ttl)
   return {'new', ''}
 end
@@ -79,11 +81,12 @@ if redis.call('HGET', k, 'digest') ~= digest then return {'conflict', ''} end
 local state = redis.call('HGET', k, 'state')
 if state == 'done' then return {'done', redis.call('HGET', k, 'result')} end
 if state == 'failed' then return {'failed', redis.call('HGET', k, 'result')} end
-if tonumber(redis.call('HGET', k, 'lease_until')) < now then
-  redis.call('HSET', k, 'token', token, 'lease_until', now + lease)
-  return {'takeover', ''}
+local current = redis.call('HGET', k, 'holder') or ''
+if tonumber(redis.call('HGET', k, 'lease_until')) < now or (dead_holder ~= '' and current == dead_holder) then
+  redis.call('HSET', k, 'token', token, 'lease_until', now + lease, 'holder', holder)
+  return {'takeover', current}
 end
-return {'pending', ''}
+return {'pending', current}
 """
 
 # Finish an operation only if the caller still holds the key (fencing): ARGV state, result, token.
@@ -160,9 +163,14 @@ class Store:
 
     # -- idempotency -------------------------------------------------------------------------
 
-    def idem_begin(self, key: str, digest: str, token: str, now_ms: int, lease_ms: int) -> IdemBegin:
+    def idem_begin(
+        self, key: str, digest: str, token: str, now_ms: int, lease_ms: int, holder: str = "", dead_holder: str = ""
+    ) -> IdemBegin:
+        """Begin (or replay, or take over) an idempotent operation; ``dead_holder`` names a holder
+        the caller has proven dead, whose lease may be taken over before it expires."""
         status, payload = cast(
-            list[str], self._begin(keys=[idem_key(key)], args=[digest, token, now_ms, lease_ms, self.ttl_ms])
+            list[str],
+            self._begin(keys=[idem_key(key)], args=[digest, token, now_ms, lease_ms, self.ttl_ms, holder, dead_holder]),
         )
         return IdemBegin(status, payload)
 

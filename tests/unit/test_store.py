@@ -37,11 +37,26 @@ NOW = ManualClock().now_ms()
 
 
 def test_idem_begin_new_then_pending_for_a_live_lease(store: Store) -> None:
-    assert store.idem_begin("k", "d1", "t1", NOW, 1_000).status == "new"
+    assert store.idem_begin("k", "d1", "t1", NOW, 1_000, holder="h/1").status == "new"
     record = store.idem_get("k")
-    assert record == {"digest": "d1", "state": "pending", "token": "t1", "lease_until": str(NOW + 1_000)}
-    assert store.idem_begin("k", "d1", "t2", NOW + 500, 1_000).status == "pending"
+    assert record == {
+        "digest": "d1",
+        "state": "pending",
+        "token": "t1",
+        "lease_until": str(NOW + 1_000),
+        "holder": "h/1",
+    }
+    pending = store.idem_begin("k", "d1", "t2", NOW + 500, 1_000, holder="h/2")
+    assert (pending.status, pending.payload) == ("pending", "h/1")
     assert store.idem_get("k")["token"] == "t1"
+
+
+def test_idem_begin_takes_over_a_live_lease_only_from_the_named_dead_holder(store: Store) -> None:
+    store.idem_begin("k", "d1", "t1", NOW, 60_000, holder="h/1")
+    assert store.idem_begin("k", "d1", "t2", NOW + 1, 60_000, holder="h/2", dead_holder="h/9").status == "pending"
+    taken = store.idem_begin("k", "d1", "t3", NOW + 2, 60_000, holder="h/3", dead_holder="h/1")
+    assert (taken.status, taken.payload) == ("takeover", "h/1")
+    assert (store.idem_get("k")["token"], store.idem_get("k")["holder"]) == ("t3", "h/3")
     assert 0 < store.r.pttl(keys.idem_key("k")) <= store.ttl_ms
 
 
@@ -139,8 +154,13 @@ def test_create_session_is_one_atomic_step_with_ttl_and_index(redis_url: str) ->
 def test_update_session_merges_fields_and_stamps_updated(store: Store) -> None:
     store.create_session("env-1", {"host": HOST, "state": "preparing"}, NOW)
     store.update_session("env-1", {"state": "prepared", "extra": "x"}, NOW + 7)
-    assert store.session("env-1") == {"host": HOST, "state": "prepared", "extra": "x", "created_ms": str(NOW),
-                                      "updated_ms": str(NOW + 7)}
+    assert store.session("env-1") == {
+        "host": HOST,
+        "state": "prepared",
+        "extra": "x",
+        "created_ms": str(NOW),
+        "updated_ms": str(NOW + 7),
+    }
 
 
 def test_step_result_round_trips_and_is_none_when_absent(store: Store) -> None:
@@ -184,8 +204,12 @@ def _put(store: Store, ref: str, deadline: int, host: str = HOST) -> None:
 
 def test_put_ticket_records_deadline_state_and_due_score(store: Store) -> None:
     _put(store, "t1", NOW + 1_000)
-    assert store.ticket("t1") == {"environment_id": "env-t1", "host": HOST, "deadline_ms": str(NOW + 1_000),
-                                  "state": "detached"}
+    assert store.ticket("t1") == {
+        "environment_id": "env-t1",
+        "host": HOST,
+        "deadline_ms": str(NOW + 1_000),
+        "state": "detached",
+    }
     assert store.r.zscore(keys.TICKETS_DUE_KEY, "t1") == NOW + 1_000
 
 
