@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import REPO, count_labeled
+from tests.harness import REPO, count_labeled
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.worker]
 

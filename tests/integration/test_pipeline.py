@@ -19,7 +19,7 @@ from corral.errors import NotFound, PolicyDenial
 from corral.job import JobSpec
 from corral.models import IoStream, ProcessStartRequest, ProcessStartResult, dump
 from corral.settings import Settings
-from tests.integration.conftest import REPO, count_labeled
+from tests.harness import REPO, count_labeled
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.worker]
 

@@ -1,0 +1,142 @@
+"""Real Celery worker processes for integration and fault tests (fixtures re-exported by their conftests).
+
+``worker_factory`` starts ``python -m workers.main worker --host <id>`` as a subprocess against the
+test Redis and this machine's Docker (or the fake runtime when asked), waits for its heartbeat,
+and at teardown stops it and removes every Docker resource labeled with its host id.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class WorkerProc:
+    host_id: str
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    extra: list[str] = field(default_factory=list)
+
+    def start(self, redis_url: str, timeout_s: float = 30) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = self._spawn(log)
+        self._wait_for_heartbeat(redis_url, timeout_s)
+
+    def _spawn(self, log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "workers.main", "worker", "--host", self.host_id, "--loglevel", "INFO", *self.extra],
+            env=self.env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def _wait_for_heartbeat(self, redis_url: str, timeout_s: float) -> None:
+        assert self.proc is not None
+        client = redis.Redis.from_url(f"{redis_url}/3", decode_responses=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if client.exists(f"corral:host:{self.host_id}"):
+                # Heartbeat comes from the main process; give the pool a moment to accept tasks.
+                time.sleep(0.5)
+                client.close()
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"worker {self.host_id} did not come up:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def corral_env(redis_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Environment for corral processes (workers, CLI, client) of one test."""
+    secrets_root = Path(tempfile.mkdtemp(prefix="corral-test-secrets-", dir="/dev/shm"))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hello.txt").write_text("hello from the host\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    env.update(
+        {
+            "CORRAL_REDIS__URL": redis_url,
+            "CORRAL_HOST__STATE_DIR": str(tmp_path / "state"),
+            "CORRAL_HOST__SECRETS_ROOT": str(secrets_root),
+            "CORRAL_HOST__SECRETS_DIR": str(tmp_path / "secrets"),
+            "CORRAL_HOST__MOUNTS": f'{{"data": "{data}"}}',
+            "CORRAL_HOST__HEARTBEAT_S": "1",
+            "CORRAL_HOST__HEARTBEAT_TTL_S": "4",
+            "CORRAL_CELERY__SWEEP_INTERVAL_S": "1",
+            "CORRAL_CELERY__TASK_TIMEOUT_S": "60",
+            "CORRAL_CONFIG": str(REPO / "config" / "corral.toml"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    (tmp_path / "secrets").mkdir()
+    yield env
+    shutil.rmtree(secrets_root, ignore_errors=True)
+
+
+@pytest.fixture
+def worker_factory(
+    corral_env: dict[str, str], redis_url: str, tmp_path: Path, docker_client, busybox_image
+) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    started: list[WorkerProc] = []
+
+    def start(host_id: str | None = None, *extra: str, env: dict[str, str] | None = None) -> WorkerProc:
+        host = host_id or f"it-{uuid.uuid4().hex[:8]}"
+        worker = WorkerProc(host, {**corral_env, **(env or {})}, tmp_path / f"worker-{host}.log", extra=list(extra))
+        worker.start(redis_url)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+    for worker in started:
+        remove_labeled(docker_client, worker.host_id)
+
+
+def remove_labeled(docker_client, host_id: str) -> None:  # type: ignore[no-untyped-def]
+    label = f"corral.host={host_id}"
+    for container in docker_client.containers.list(all=True, filters={"label": label}):
+        container.remove(force=True)
+    for network in docker_client.networks.list(filters={"label": label}):
+        network.remove()
+
+
+def count_labeled(docker_client, host_id: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    label = f"corral.host={host_id}"
+    return {
+        "containers": len(docker_client.containers.list(all=True, filters={"label": label})),
+        "networks": len(docker_client.networks.list(filters={"label": label})),
+    }
