@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             "options": {"queue": FLEET_QUEUE, "expires": settings.celery.sweep_interval_s * 2},
         },
     }
-    app.steps["worker"].add(HostHeartbeat)
+    app.steps["consumer"].add(HostHeartbeat)
     return app
 
 

@@ -23,12 +23,15 @@ log = logging.getLogger("corral.heartbeat")
 
 
 class HostHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
-    """Starts only after the pool has forked its children, and does its imports and client set-up
+    """A consumer step: it starts once the worker consumes its queues (so a heartbeat means "this
+    host takes tasks now") and stops with the consumer (a lost broker connection stops it too).
+
+    Consumer steps start after the pool has forked its children; imports and client set-up happen
     in the main thread first: a child forked while another thread holds an import lock would
     deadlock on its first import of that module (seen here as a chain stuck in prepare_session)."""
 
     label = "corral host heartbeat"
-    requires = ("celery.worker.components:Pool",)
+    requires = ("celery.worker.consumer.tasks:Tasks", "celery.worker.consumer.control:Control")
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
@@ -37,6 +40,7 @@ class HostHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         self._hostname = getattr(parent, "hostname", "")
 
     def start(self, parent: Any) -> None:
+        self._stop = threading.Event()
         services = state_services()
         runtime = build_runtime(services.settings)
         self._publish(services, runtime, int(time.time() * 1000))

@@ -165,7 +165,7 @@ def test_ten_megabytes_of_output_through_frames_is_byte_exact(worker_factory, cl
 
 def test_host_worker_registers_all_sixteen_operations(worker_factory, corral_env) -> None:
     worker = worker_factory()
-    out = subprocess.run(
+    done = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -184,8 +184,10 @@ def test_host_worker_registers_all_sixteen_operations(worker_factory, corral_env
         capture_output=True,
         text=True,
         timeout=60,
-        check=True,
-    ).stdout
+        check=False,
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    out = done.stdout
     for op in OPERATIONS:
         assert f"corral.{op}" in out, out
     assert "corral.sweep_tickets" in out
