@@ -36,12 +36,18 @@ def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     visibility = settings.celery.visibility_timeout_s
-    transport = {"visibility_timeout": visibility}
+    # kombu scans for abandoned (unacked, past the visibility timeout) messages every
+    # interval x throttle seconds; its default throttle of 10 makes that ~100 s.
+    transport = {
+        "visibility_timeout": visibility,
+        "unacked_restore_interval": settings.celery.restore_interval_s,
+        "unacked_restore_throttle": 1,
+    }
     return {
         "broker_url": settings.redis_url(settings.redis.broker_db),
         "result_backend": settings.redis_url(settings.redis.result_db),
         "broker_transport_options": transport,
-        "result_backend_transport_options": transport,
+        "result_backend_transport_options": {"visibility_timeout": visibility},
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
         "result_serializer": "json",

@@ -23,7 +23,7 @@ def hit(point: str) -> None:
     testing = load_settings().testing
     if not testing.faults:
         return
-    for spec in testing.faults:
+    for spec in testing.faults.split(","):
         name, _, scope = spec.partition("!")
         if name != point or not testing.fault_dir:
             continue

@@ -55,6 +55,9 @@ class CelerySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     visibility_timeout_s: int = 3600
     """Must be the same on every worker: Redis redelivers a task unacked for this long."""
+    restore_interval_s: int = 10
+    """How often a worker sweeps for unacked tasks older than the visibility timeout (those of a
+    killed worker) and puts them back on their queue."""
     soft_shutdown_timeout_s: float = 10.0
     sweep_interval_s: float = 5.0
     task_timeout_s: float = 60.0
@@ -72,8 +75,8 @@ class LimitSettings(BaseModel):
 
 class TestingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    faults: list[str] = Field(default_factory=list)
-    """Crash-matrix fault points (``corral.faults``); never set in production."""
+    faults: str = ""
+    """Comma-separated crash-matrix fault points (``corral.faults``); never set in production."""
     fault_dir: str | None = None
 
 
