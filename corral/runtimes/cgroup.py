@@ -13,6 +13,8 @@ takes microseconds. Both cgroup layouts are supported:
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,3 +103,65 @@ def read_counters(container_id: str, root: Path = CGROUP_ROOT) -> CgroupCounters
     if not _ID_RE.match(container_id):
         raise ValueError("a full 64-hex container id is required")
     return read_v2(root, container_id) if is_unified(root) else read_v1(root, container_id)
+
+
+def _oom_kill_field(path: Path) -> int | None:
+    try:
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def oom_kills(container_id: str, root: Path = CGROUP_ROOT) -> int | None:
+    """How many processes the kernel's OOM killer killed in the container's memory cgroup; None
+    once the cgroup is gone. Docker's own ``OOMKilled`` flag comes from an event that is sometimes
+    lost when the container exits at once, so the shim samples this counter while it runs."""
+    if not _ID_RE.match(container_id):
+        raise ValueError("a full 64-hex container id is required")
+    if is_unified(root):
+        base = _v2_dir(root, container_id)
+        return _oom_kill_field(base / "memory.events") if base else None
+    mem_dir = _v1_dir(root, "memory", container_id)
+    return _oom_kill_field(mem_dir / "memory.oom_control") if mem_dir else None
+
+
+class OomListener:
+    """cgroup v1: an eventfd registered on ``memory.oom_control`` that the kernel signals at the
+    moment of an OOM (while the cgroup still exists) and once more when the cgroup is removed.
+
+    ``wait()`` blocks until one of the two and tells them apart: a pending count of 2 or more, or a
+    count of 1 while ``memory.oom_control`` is still readable, is an OOM. This catches the OOM kills
+    that Docker's event-based ``OOMKilled`` flag misses when a container dies at once.
+    """
+
+    def __init__(self, container_id: str, root: Path = CGROUP_ROOT) -> None:
+        if not _ID_RE.match(container_id) or is_unified(root):
+            raise ValueError("an OOM listener needs a cgroup v1 memory controller")
+        mem_dir = _v1_dir(root, "memory", container_id)
+        if mem_dir is None:
+            raise FileNotFoundError("the container's memory cgroup does not exist")
+        self._control = mem_dir / "memory.oom_control"
+        self._efd = os.eventfd(0)
+        self._ofd = os.open(self._control, os.O_RDONLY)
+        try:
+            (mem_dir / "cgroup.event_control").write_text(f"{self._efd} {self._ofd}")
+        except OSError:
+            self.close()
+            raise
+        self.already = bool(_oom_kill_field(self._control))
+
+    def wait(self) -> bool:
+        """Block until the OOM or the removal notification; True for an OOM."""
+        if self.already:
+            return True
+        count = os.eventfd_read(self._efd)
+        return count >= 2 or _oom_kill_field(self._control) is not None
+
+    def close(self) -> None:
+        for fd in (self._efd, self._ofd):
+            with contextlib.suppress(OSError):
+                os.close(fd)

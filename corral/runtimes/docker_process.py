@@ -321,8 +321,9 @@ _STATES = {
 }
 
 
-def wait_exit_record(layout: SpoolLayout, timeout_s: float = 1.0) -> dict[str, Any] | None:
-    """The container has exited; give a live shim a moment to publish ``exit.json``."""
+def wait_exit_record(layout: SpoolLayout, timeout_s: float = 2.5) -> dict[str, Any] | None:
+    """The container has exited; give a live shim a moment to publish ``exit.json`` (it may spend
+    up to ``shim.OOM_SETTLE_S`` asking the engine whether an unexplained SIGKILL was an OOM kill)."""
     deadline = time.monotonic() + timeout_s
     while True:
         record = read_json(layout.exit)
@@ -348,10 +349,13 @@ def snapshot(container: Any, layout: SpoolLayout, process_ref: str, snapshot_ref
     if state is not ProcessState.exited:
         return ProcessStatsSnapshot(**base)
     record = wait_exit_record(layout) or {}
+    container.reload()  # the engine may have learnt of an OOM kill after the shim asked
     docker_state = container.attrs.get("State") or {}
-    oom = bool(record.get("oom_killed", docker_state.get("OOMKilled", False)))
+    oom = bool(record.get("oom_killed")) or bool(docker_state.get("OOMKilled"))
     code = record.get("exit_code", docker_state.get("ExitCode"))
-    reason = record.get("reason") or ("oom" if oom else "signal" if (code or 0) > 128 else "exit")
+    reason = record.get("reason") or ("signal" if (code or 0) > 128 else "exit")
+    if oom and reason != "timeout":
+        reason = "oom"
     return ProcessStatsSnapshot(
         **base,
         exit_code=code,

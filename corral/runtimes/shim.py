@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corral.runtimes import cgroup
 from corral.runtimes.docker_policy import DETACH_KEYS
 from corral.runtimes.spool import (
     STREAM_STDERR,
@@ -47,6 +48,7 @@ from corral.runtimes.spool import (
 
 log = logging.getLogger("corral.shim")
 TICK_S = 0.05
+OOM_SETTLE_S = 1.0
 CHUNK = 1 << 16
 
 
@@ -216,33 +218,87 @@ def send(container: Any, sig: str) -> None:
         log.info("signal %s not delivered: %s", sig, type(exc).__name__)
 
 
-def pump(sock: socket.socket, container: Any, output: Output, enforcer: Enforcer) -> None:
+class OomWatch:
+    """Whether the kernel OOM-killed something in the container: Docker's ``OOMKilled`` flag comes
+    from an event that is sometimes lost when a container dies at once. On cgroup v1 a thread waits
+    on the kernel's eventfd notification (``cgroup.OomListener``); elsewhere the cgroup's counter is
+    sampled every tick while it exists."""
+
+    def __init__(self, container_id: str) -> None:
+        self.container_id = container_id
+        self.seen = False
+        self.last = 0.0
+        self.listening = False
+        try:
+            listener = cgroup.OomListener(container_id)
+        except (OSError, ValueError) as exc:
+            log.info("no OOM listener (%s): sampling the counter", type(exc).__name__)
+            return
+        self.listening = True
+        threading.Thread(target=self._listen, args=(listener,), name="oom", daemon=True).start()
+
+    def _listen(self, listener: cgroup.OomListener) -> None:
+        try:
+            self.seen = listener.wait() or self.seen
+        except OSError as exc:
+            log.info("OOM listener ended: %s", type(exc).__name__)
+        finally:
+            listener.close()
+
+    def sample(self, now: float, force: bool = False) -> None:
+        if self.listening or self.seen or (not force and now - self.last < TICK_S):
+            return
+        self.last = now
+        try:
+            self.seen = bool(cgroup.oom_kills(self.container_id))
+        except ValueError:
+            self.seen = False
+
+
+def pump(sock: socket.socket, container: Any, output: Output, enforcer: Enforcer, oom: OomWatch) -> None:
     """Move output from the attach stream to the spool until it ends; enforce deadlines meanwhile."""
     demux = Demuxer()
     while True:
         ready, _, _ = select.select([sock], [], [], TICK_S)
+        now = time.monotonic()
         if ready:
             data = sock.recv(CHUNK)
             if not data:
+                oom.sample(now, force=True)  # a last look, when nothing listens (cgroup v2)
                 return
             for kind, chunk in demux.feed(data):
                 if output.write(kind, chunk):
-                    enforcer.fail_output(time.monotonic())
-        for sig in enforcer.tick(time.monotonic(), escalate_deadline(output.layout)):
+                    enforcer.fail_output(now)
+        oom.sample(now)
+        for sig in enforcer.tick(now, escalate_deadline(output.layout)):
             send(container, sig)
 
 
-def finish(container: Any, layout: SpoolLayout, enforcer: Enforcer) -> None:
+def oom_killed(container: Any, settle_s: float) -> bool:
+    """Docker learns of an OOM kill from an event that can land after the exit; when nobody here
+    killed the process yet it died of SIGKILL, give that event a moment before saying "no"."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        container.reload()
+        if container.attrs["State"].get("OOMKilled"):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def finish(container: Any, layout: SpoolLayout, enforcer: Enforcer, oom_seen: bool = False) -> None:
     """Wait for the container's exit status and publish ``exit.json`` (atomically, last)."""
     exit_code: int | None = None
     oom = False
     try:
         exit_code = int(container.wait(timeout=60)["StatusCode"])
-        container.reload()
-        oom = bool(container.attrs["State"].get("OOMKilled"))
+        settle = exit_code == 137 and not enforcer.killed and not layout.signaled.exists()
+        oom = oom_seen or oom_killed(container, OOM_SETTLE_S if settle else 0.0)
     except Exception as exc:  # removed under us (cleanup) or the engine failed
         log.warning("no exit status: %s", type(exc).__name__)
     reason = exit_reason(enforcer, exit_code, oom, layout.signaled.exists())
+    log.info("exit code %s, reason %s, oom %s (seen in the cgroup: %s)", exit_code, reason, oom, oom_seen)
     record = {
         "exit_code": exit_code,
         "oom_killed": oom,
@@ -300,6 +356,7 @@ def run(args: argparse.Namespace) -> int:
         output = Output.open(layout)
         _handle, sock = attach(client, container.id, args.stdin)  # BEFORE start: no byte is missed
         container.start()
+        oom = OomWatch(container.id)  # right after start: the cgroup exists from start to exit
     except Exception as exc:
         return fail(layout, exc)
     started = time.monotonic()
@@ -310,12 +367,12 @@ def run(args: argparse.Namespace) -> int:
     if forwarder:
         forwarder.start()
     try:
-        pump(sock, container, output, enforcer)
+        pump(sock, container, output, enforcer, oom)
     finally:
         if forwarder:
             forwarder.stop.set()
         output.close()
-        finish(container, layout, enforcer)
+        finish(container, layout, enforcer, oom.seen)
     return 0
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.runtimes.cgroup import CgroupCounters, is_unified, read_counters
+from corral.runtimes.cgroup import CgroupCounters, OomListener, is_unified, oom_kills, read_counters
 
 CID = "ab" * 32
 
@@ -52,3 +52,22 @@ def test_short_or_foreign_ids_are_refused(tmp_path: Path) -> None:
         read_counters("abc", tmp_path)
     with pytest.raises(ValueError, match="64-hex"):
         read_counters("../" + CID[3:], tmp_path)
+
+
+def test_oom_kills_v1_and_v2(tmp_path: Path) -> None:
+    v1 = tmp_path / "v1"
+    write(v1 / f"memory/docker/{CID}/memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+    assert oom_kills(CID, v1) == 2
+    v2 = tmp_path / "v2"
+    write(v2 / "cgroup.controllers", "memory\n")
+    write(v2 / f"docker/{CID}/memory.events", "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n")
+    assert oom_kills(CID, v2) == 1
+    assert oom_kills(CID, tmp_path / "gone") is None
+
+
+def test_oom_listener_needs_a_v1_memory_cgroup(tmp_path: Path) -> None:
+    write(tmp_path / "cgroup.controllers", "memory\n")
+    with pytest.raises(ValueError, match="v1"):
+        OomListener(CID, tmp_path)
+    with pytest.raises(FileNotFoundError):
+        OomListener(CID, tmp_path / "v1-without-container")
