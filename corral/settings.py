@@ -47,6 +47,10 @@ class HostSettings(BaseModel):
     """Host secret provider: one file per secret name."""
     heartbeat_s: float = 5.0
     heartbeat_ttl_s: float = 20.0
+    reconcile_grace_s: float = 60.0
+    """An environment found unowned is reclaimed only once it stayed unowned this long."""
+    reconcile_stale_after_s: float = 900.0
+    """A session stuck preparing/prepared/cleaning this long is treated as abandoned."""
     allow_raw_output: bool = True
     """Whether ``raw_content_if_policy_allows`` capture may return output bytes."""
 
@@ -60,6 +64,8 @@ class CelerySettings(BaseModel):
     killed worker) and puts them back on their queue."""
     soft_shutdown_timeout_s: float = 10.0
     sweep_interval_s: float = 5.0
+    reconcile_interval_s: float = 300.0
+    """How often beat asks every live host to reconcile (each worker also does on start)."""
     task_timeout_s: float = 60.0
     """How long a client waits for one operation's result."""
 
