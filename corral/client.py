@@ -47,6 +47,7 @@ from corral.models import (
     ReclaimResult,
     dump,
 )
+from corral.reconciler import ReconcileReport
 from corral.refs import check_ref, process_ref_for, slug
 from corral.services import Services, state_services
 from corral.settings import Settings, load_settings
@@ -134,18 +135,27 @@ class Client:
 
     # -- one operation ---------------------------------------------------------------------
 
-    def send(self, operation: str, request: BaseModel | None, host: str) -> AsyncResult:
+    def send(
+        self, operation: str, request: BaseModel | None, host: str, payload: dict[str, Any] | None = None
+    ) -> AsyncResult:
+        args = [dump(request)] if request is not None else [payload] if payload is not None else []
         return self.app.send_task(
             task_name(operation),
-            args=[dump(request)] if request is not None else [],
+            args=args,
             kwargs={"host": host},
             queue=queue_for_host(host),
         )
 
     def call(
-        self, operation: str, request: BaseModel | None, host: str, result_type: type[M], timeout: float | None = None
+        self,
+        operation: str,
+        request: BaseModel | None,
+        host: str,
+        result_type: type[M],
+        timeout: float | None = None,
+        payload: dict[str, Any] | None = None,
     ) -> M:
-        result = self.send(operation, request, host)
+        result = self.send(operation, request, host, payload)
         return result_type.model_validate(self._get(result, operation, timeout))
 
     def _get(self, result: AsyncResult, operation: str, timeout: float | None = None) -> Any:
@@ -332,6 +342,10 @@ class Client:
                 return stats
             time.sleep(poll_s)
         return stats
+
+    def reconcile(self, host: str, dry_run: bool = False) -> ReconcileReport:
+        """Ask a host to compare what it holds with what the state store owns (and act unless dry run)."""
+        return self.call("reconcile", None, host, ReconcileReport, payload={"dry_run": dry_run})
 
     # -- read-only views -------------------------------------------------------------------
 

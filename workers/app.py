@@ -17,13 +17,18 @@ from workers.heartbeat import HostHeartbeat
 
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
-    app = Celery("corral", include=["tasks.operations", "tasks.sweeper"])
+    app = Celery("corral", include=["tasks.operations", "tasks.sweeper", "tasks.reconcile"])
     app.conf.update(celery_config(settings))
     app.conf.beat_schedule = {
         "corral-sweep-tickets": {
             "task": task_name("sweep_tickets"),
             "schedule": settings.celery.sweep_interval_s,
             "options": {"queue": FLEET_QUEUE, "expires": settings.celery.sweep_interval_s * 2},
+        },
+        "corral-reconcile-fleet": {
+            "task": task_name("reconcile_fleet"),
+            "schedule": settings.celery.reconcile_interval_s,
+            "options": {"queue": FLEET_QUEUE, "expires": settings.celery.reconcile_interval_s},
         },
     }
     app.steps["consumer"].add(HostHeartbeat)

@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import bootsteps
 
+from corral.celeryconf import queue_for_host, task_name
 from corral.contract import IsolationRuntime
 from corral.models import dump
 from corral.runtimes import build_runtime
@@ -48,6 +49,10 @@ class HostHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
             target=self._loop, args=(services, runtime), name="corral-heartbeat", daemon=True
         )
         self._thread.start()
+        # Anti-entropy on start: whatever a crash left on this host is found and reclaimed.
+        parent.app.send_task(task_name("reconcile"), args=[{"dry_run": False}],
+                             kwargs={"host": services.settings.host.id},
+                             queue=queue_for_host(services.settings.host.id))
 
     def stop(self, parent: Any) -> None:
         self._stop.set()
