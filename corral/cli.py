@@ -467,6 +467,30 @@ def hosts(as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--host", "host_id", help="Host to reconcile (default: every live host).")
+@click.option("--dry-run", is_flag=True, help="Only show what would be done.")
+@json_option
+@handles_errors
+def reconcile(host_id: str | None, dry_run: bool, as_json: bool) -> None:
+    """Find what a host holds that nobody owns (crash leftovers) and reclaim it."""
+    client = _client()
+    hosts = [host_id] if host_id else [h.host_id for h in client.hosts() if h.up]
+    reports = [client.reconcile(h, dry_run=dry_run) for h in hosts]
+    if as_json:
+        emit_json([dump(r) for r in reports])
+        return
+    for report in reports:
+        table(
+            f"reconcile {report.host_id}{' (dry run)' if dry_run else ''}",
+            ["SANDBOX", "RESOURCES", "STATE", "ACTION", "REASON", "OUTCOME"],
+            [
+                (f.environment_id, ",".join(f.resources), f.state, f.action.value, f.reason, f.outcome)
+                for f in report.findings
+            ],
+        )
+
+
+@main.command()
 @click.option("--host", required=True, help="This host's id; the worker consumes corral.host.<id>.")
 @click.option("--concurrency", type=int, default=4, show_default=True)
 @click.option("--beat", is_flag=True, help="Embed the beat scheduler (single-host stacks only).")
