@@ -115,7 +115,7 @@ def worker_factory(
     def start(host_id: str | None = None, *extra: str, env: dict[str, str] | None = None) -> WorkerProc:
         host = host_id or f"it-{uuid.uuid4().hex[:8]}"
         worker = WorkerProc(host, {**corral_env, **(env or {})}, tmp_path / f"worker-{host}.log", extra=list(extra))
-        worker.start(redis_url)
+        worker.start(worker.env["CORRAL_REDIS__URL"])
         started.append(worker)
         return worker
 
