@@ -41,6 +41,7 @@ def reconcile_fleet(self: CorralTask, *, host: str | None = None) -> dict[str, A
     store = state_services().store
     live = [h for h in store.known_hosts() if store.host(h)]
     for host_id in live:
-        current_app.send_task(task_name("reconcile"), args=[{"dry_run": False}], kwargs={"host": host_id},
-                              queue=queue_for_host(host_id))
+        current_app.send_task(
+            task_name("reconcile"), args=[{"dry_run": False}], kwargs={"host": host_id}, queue=queue_for_host(host_id)
+        )
     return {"sent": live}

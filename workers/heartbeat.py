@@ -50,9 +50,12 @@ class HostHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         )
         self._thread.start()
         # Anti-entropy on start: whatever a crash left on this host is found and reclaimed.
-        parent.app.send_task(task_name("reconcile"), args=[{"dry_run": False}],
-                             kwargs={"host": services.settings.host.id},
-                             queue=queue_for_host(services.settings.host.id))
+        parent.app.send_task(
+            task_name("reconcile"),
+            args=[{"dry_run": False}],
+            kwargs={"host": services.settings.host.id},
+            queue=queue_for_host(services.settings.host.id),
+        )
 
     def stop(self, parent: Any) -> None:
         self._stop.set()
