@@ -164,7 +164,9 @@ class Effects:
         deadline = time.monotonic() + self.pending_wait_s
         while True:
             begin = self.store.idem_begin(key, digest, token, self.clock.now_ms(), self.lease_ms, holder)
-            if begin.status == "pending" and holder_dead(begin.payload, self.host_id):
+            # A prefork pool process runs one task at a time: a lease held by this very process
+            # belongs to an earlier attempt that is over (it raised before finishing the key).
+            if begin.status == "pending" and (begin.payload == holder or holder_dead(begin.payload, self.host_id)):
                 begin = self.store.idem_begin(
                     key, digest, token, self.clock.now_ms(), self.lease_ms, holder, dead_holder=begin.payload
                 )

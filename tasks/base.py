@@ -12,10 +12,11 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import redis
 from celery import Task
 from pydantic import BaseModel, ValidationError
 
-from corral.errors import AgentError, InvalidRequest
+from corral.errors import AgentError, InvalidRequest, Retryable
 from corral.models import dump
 from corral.settings import load_settings
 
@@ -64,6 +65,13 @@ class CorralTask(Task):  # type: ignore[misc]
                 log.warning("retrying %s after %s", self.name, exc)
                 raise self.retry(exc=exc, countdown=min(2**self.request.retries, 30)) from None
             raise
+        except redis.RedisError as exc:
+            # The state store blipped (restart, failover): transient. The retry finds the key held
+            # by this same process and takes it over at once; effects are idempotent.
+            error = Retryable(f"state store unavailable: {exc.__class__.__name__}", kind="journal_failure")
+            if self.request.retries < self.max_retries and not self.request.is_eager:
+                raise self.retry(exc=error, countdown=min(2**self.request.retries, 30)) from None
+            raise error from None
         except Exception as exc:
             log.exception("unexpected failure in %s", self.name)
             raise AgentError(
