@@ -34,7 +34,7 @@ from corral.models import (
     ProcessStatsSnapshot,
     TerminationReason,
 )
-from corral.redact import redact, redact_text
+from corral.redact import Cut, Redactor, redact_text
 from corral.runtimes import cgroup
 from corral.runtimes.docker_resources import SHIM_MODULE, shim_pid
 from corral.runtimes.spool import (
@@ -46,7 +46,7 @@ from corral.runtimes.spool import (
     frame_eof,
     read_int,
     read_json,
-    read_span,
+    read_window,
     write_json,
 )
 
@@ -194,6 +194,15 @@ def writer_finished(layout: SpoolLayout) -> bool:
     return layout.started.exists() and shim_pid(layout) is None
 
 
+def cut_frame(path: Path, cursor: int, max_bytes: int, redactor: Redactor, final_size: int | None, capped: bool) -> Cut:
+    """Read the window around ``[cursor, cursor + max_bytes)`` (lookbehind and holdback included)
+    and cut one redacted frame from it. ``final_size``: the stream's size once nothing more will be
+    appended (None while the writer may still write); ``capped``: the spool cap cut the stream."""
+    window, offset = read_window(path, cursor, max_bytes, redactor.lookbehind, redactor.holdback)
+    final = final_size is not None and cursor - offset + len(window) >= final_size
+    return redactor.cut(window, offset, max_bytes, final=final, truncated=final and capped)
+
+
 def read_output_frame(
     layout: SpoolLayout,
     process_ref: str,
@@ -203,40 +212,49 @@ def read_output_frame(
     secrets: tuple[list[bytes], list[str]],
     allow_raw: bool,
 ) -> ProcessIoFrame:
-    """One bounded, redacted frame of stdout/stderr from ``cursor``. ``byte_count`` counts spool
-    bytes consumed (the cursor's advance); ``content_hash`` is over the bytes as returned
-    (after redaction), which are the only bytes that ever leave the host."""
+    """One bounded, redacted frame of stdout/stderr from ``cursor``.
+
+    ``byte_count`` counts spool bytes consumed (the cursor's advance); ``content_hash`` is over the
+    bytes as returned (after redaction), which are the only bytes that ever leave the host. While
+    the stream is live a frame may stop short of ``max_bytes``: its cursor never stops where the
+    next read could complete a secret (see ``Redactor.cut``), so frames concatenate to the
+    redaction of the whole stream whatever the frame sizes and write boundaries."""
     path = layout.stream(stream.value)
+    values, missing = secrets
     finished = writer_finished(layout)  # FIRST: then the size measured below is final if finished
+    dropped = read_int(layout.dropped(stream.value))  # > 0: the sink is full, the file is final too
     size = file_size(path)
     if cursor > size:
         raise InvalidRequest("cursor is beyond the end of the stream", context={"cursor": cursor, "size": size})
-    data = read_span(path, cursor, max_bytes)
-    end = cursor + len(data)
-    values, missing = secrets
-    shown, count = redact(data, values)
-    dropped = read_int(layout.dropped(stream.value))
+    final_size = size if finished or dropped > 0 else None
+    cut = cut_frame(path, cursor, max_bytes, Redactor(values), final_size, dropped > 0)
+    shown, end = cut.content, cursor + cut.consumed
     at_cut = dropped > 0 and end >= size
-    policy = (read_json(layout.io_policy) or {}).get(stream.value) or {}
-    raw = allow_raw and policy.get("default_capture") == CaptureMode.raw_content_if_policy_allows.value and not missing
-    summary = f"{count} redaction(s)" if count else ""
-    if missing and policy.get("default_capture") == CaptureMode.raw_content_if_policy_allows.value:
-        summary = (summary + "; " if summary else "") + "raw content withheld: a secret could not be resolved"
+    capture = ((read_json(layout.io_policy) or {}).get(stream.value) or {}).get("default_capture")
+    wants_raw = capture == CaptureMode.raw_content_if_policy_allows.value
+    raw = allow_raw and wants_raw and not missing
     return ProcessIoFrame(
         stream_ref=f"{process_ref}/{stream.value}",
         stream=stream,
         cursor=end,
         start_cursor=cursor,
-        byte_count=len(data),
+        byte_count=cut.consumed,
         content_hash="sha256:" + hashlib.sha256(shown).hexdigest(),
         raw_content_present=raw,
         content_b64=base64.b64encode(shown).decode() if raw else None,
         truncated=at_cut,
         dropped_bytes=dropped if at_cut else 0,
         eof=frame_eof(finished, end, size),
-        redaction_count=count,
-        redacted_summary=summary,
+        redaction_count=cut.count,
+        redacted_summary=_frame_summary(cut.count, withheld=bool(missing) and wants_raw),
     )
+
+
+def _frame_summary(count: int, withheld: bool) -> str:
+    parts = [f"{count} redaction(s)"] if count else []
+    if withheld:
+        parts.append("raw content withheld: a secret could not be resolved")
+    return "; ".join(parts)
 
 
 def write_stdin(layout: SpoolLayout, process_ref: str, data_b64: str | None, close: bool) -> ProcessIoFrame:

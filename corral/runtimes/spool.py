@@ -167,6 +167,16 @@ def read_span(path: Path, cursor: int, max_bytes: int) -> bytes:
         return b""
 
 
+def read_window(path: Path, cursor: int, max_bytes: int, behind: int, ahead: int) -> tuple[bytes, int]:
+    """The bytes ``[cursor - behind, cursor + max_bytes + ahead)`` (clipped to the file) and how many
+    of them lie before ``cursor``: a redacting reader needs context on both sides of a frame to
+    know whether its edges cut through a secret. Still one seek and one bounded read."""
+    if behind < 0 or ahead < 0:
+        raise ValueError("behind and ahead must not be negative")
+    start = max(cursor - behind, 0)
+    return read_span(path, start, (cursor - start) + max_bytes + ahead), cursor - start
+
+
 def append_bytes(path: Path, data: bytes) -> tuple[int, int]:
     """Append with O_APPEND (concurrent writers never interleave inside one write); return the
     (start, end) offsets of the written bytes."""
