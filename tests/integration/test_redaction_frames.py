@@ -1,0 +1,224 @@
+"""Output redaction against a real container: a process prints its secret in many encodings, each
+split across separate writes with sleeps between, on stdout and stderr, while a reader pulls tiny
+frames. No frame may carry the secret or any encoding of it, and the frames must add up to the
+redaction of the whole spool.
+
+Fixtures and helpers are small copies of ``test_docker_runtime.py``'s (that file is not shared).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.models import (
+    CaptureMode,
+    EnvironmentPrepareRequest,
+    EnvironmentSpec,
+    EnvSecret,
+    ExecutionEnvironment,
+    FilesystemPolicy,
+    ImageRequest,
+    ImageResolveRequest,
+    IoPolicy,
+    IoStream,
+    IsolatedProcessSpec,
+    LifecyclePolicy,
+    MountPolicy,
+    MountResolveRequest,
+    NetworkPrepareRequest,
+    ProcessIoFrame,
+    ProcessIoRequest,
+    ProcessStartRequest,
+    RootfsPrepareRequest,
+    SecretMount,
+    SecretPolicy,
+    SecretPrepareRequest,
+    SessionPrepareRequest,
+    StreamIoPolicy,
+)
+from corral.redact import MARKER, Redactor
+from corral.refs import slug
+from corral.runtimes.docker import DockerRuntime
+from corral.runtimes.docker_resources import session_paths
+from corral.settings import HostSettings
+
+pytestmark = pytest.mark.docker
+
+SECRET_NAME = "api-token"
+SECRET_VALUE = b"s3cr3t/" + uuid.uuid4().hex.encode() + b"+p@ss w=rd"
+"""Slash, plus, at, space and equals: its URL and JSON forms differ from the exact value."""
+RAW = StreamIoPolicy(default_capture=CaptureMode.raw_content_if_policy_allows)
+FRAME_BYTES = 7
+
+SCRIPT = r"""
+S=/run/secrets/api-token
+both() { printf '%s' "$1"; printf '%s' "$1" >&2; }
+split() { half=$((${#1} / 2)); both "${1:0:$half}"; sleep 0.15; both "${1:$half}"; both "
+"; }
+# the mounted file itself, split by head/tail into two writes
+head -c 9 $S; head -c 9 $S >&2; sleep 0.2; tail -c +10 $S; tail -c +10 $S >&2; both "
+"
+# encodings computed inside the sandbox
+split "$(base64 $S)"
+split "$(xxd -p $S | tr -d '\n')"
+split "$(od -An -tx1 $S | tr -d ' \n' | tr a-f A-F)"
+split "$TOKEN"
+# encodings computed on the host (URL, JSON, base64 variants), one per line
+while IFS= read -r line; do split "$line"; done < /forms/forms.txt
+"""
+
+
+# ------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def host_id() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def host(tmp_path: Path, host_id: str) -> Iterator[HostSettings]:
+    forms = tmp_path / "forms"
+    forms.mkdir()
+    variants = sorted(v for v in Redactor([SECRET_VALUE]).variants if b"\n" not in v)
+    (forms / "forms.txt").write_bytes(b"".join(v + b"\n" for v in variants))
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    (secrets_dir / SECRET_NAME).write_bytes(SECRET_VALUE)
+    secrets_root = Path(f"/dev/shm/corral-test-{host_id}")
+    yield HostSettings(
+        id=host_id,
+        state_dir=str(tmp_path / "state"),
+        secrets_root=str(secrets_root),
+        secrets_dir=str(secrets_dir),
+        mounts={"forms": str(forms)},
+    )
+    shutil.rmtree(secrets_root, ignore_errors=True)
+
+
+def _kill_shims(state_dir: str) -> None:
+    """Teardown safety net: SIGKILL any shim whose command line names this test's state dir."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"corral.runtimes.shim" in cmdline and state_dir.encode() in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
+@pytest.fixture
+def runtime(docker_client: Any, host: HostSettings, host_id: str) -> Iterator[DockerRuntime]:
+    yield DockerRuntime(host_id, host, docker_client)
+    _kill_shims(host.state_dir)
+    label = {"label": f"corral.host={host_id}"}
+    for container in docker_client.containers.list(all=True, filters=label):
+        container.remove(force=True)
+    for network in docker_client.networks.list(filters=label):
+        network.remove()
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def secret_env(image: str) -> ExecutionEnvironment:
+    secrets = SecretPolicy(
+        secret_mounts=[SecretMount(secret_ref=SECRET_NAME, mount_ref="s1", destination=f"/run/secrets/{SECRET_NAME}")],
+        env_secrets=[EnvSecret(secret_ref=SECRET_NAME, env_key="TOKEN")],
+    )
+    return ExecutionEnvironment(
+        environment_id=f"env-{uuid.uuid4().hex[:12]}",
+        spec=EnvironmentSpec(
+            image=ImageRequest(image_ref=image),
+            io_policy=IoPolicy(stdout=RAW, stderr=RAW),
+            lifecycle=LifecyclePolicy(grace_ms=200),
+            secrets=secrets,
+            filesystem=FilesystemPolicy(
+                mounts=[MountPolicy(mount_ref="m1", source_alias="forms", destination_path="/forms")]
+            ),
+        ),
+    )
+
+
+def start(rt: DockerRuntime, env: ExecutionEnvironment, process: IsolatedProcessSpec) -> str:
+    """The whole prepare chain in contract order, then start."""
+    rt.prepare_session(SessionPrepareRequest(environment=env))
+    rt.prepare_environment(
+        EnvironmentPrepareRequest(
+            environment=env,
+            process=process,
+            image=rt.resolve_image(ImageResolveRequest(environment=env)),
+            rootfs=rt.prepare_rootfs(RootfsPrepareRequest(environment=env)),
+            mounts=rt.resolve_mounts(MountResolveRequest(environment=env)),
+            network=rt.configure_network(NetworkPrepareRequest(environment=env)),
+            secrets=rt.prepare_secrets(SecretPrepareRequest(environment=env)),
+        )
+    )
+    return rt.start_process(ProcessStartRequest(environment=env, process=process)).process_ref
+
+
+def read_both_live(rt: DockerRuntime, process_ref: str, timeout_s: float = 60) -> dict[IoStream, list[ProcessIoFrame]]:
+    """Alternate tiny frames of stdout and stderr while the process runs, until both reach eof."""
+    got: dict[IoStream, list[ProcessIoFrame]] = {IoStream.stdout: [], IoStream.stderr: []}
+    cursors = dict.fromkeys(got, 0)
+    deadline = time.monotonic() + timeout_s
+    while not all(frames and frames[-1].eof for frames in got.values()):
+        assert time.monotonic() < deadline, "streams did not reach eof"
+        progressed = False
+        for stream, frames in got.items():
+            if frames and frames[-1].eof:
+                continue
+            request = ProcessIoRequest(
+                process_ref=process_ref, stream=stream, cursor=cursors[stream], max_bytes=FRAME_BYTES
+            )
+            frame = rt.stream_io(request)
+            frames.append(frame)
+            cursors[stream] = frame.cursor
+            progressed = progressed or frame.byte_count > 0
+        if not progressed:
+            time.sleep(0.01)
+    return got
+
+
+def content(frames: list[ProcessIoFrame]) -> bytes:
+    return b"".join(base64.b64decode(f.content_b64 or "") for f in frames)
+
+
+# ------------------------------------------------------------------------------------- test
+
+
+def test_split_and_encoded_secret_never_leaves_in_small_live_frames(
+    runtime: DockerRuntime, busybox_image: str, host: HostSettings
+) -> None:
+    env = secret_env(busybox_image)
+    process = IsolatedProcessSpec(process_id=f"p-{uuid.uuid4().hex[:8]}", argv=["sh", "-c", SCRIPT])
+    process_ref = start(runtime, env, process)
+    got = read_both_live(runtime, process_ref)
+    redactor = Redactor([SECRET_VALUE])
+    spool = session_paths(host, slug(env.environment_id)).spool
+    for stream, frames in got.items():
+        raw = spool.stream(stream.value).read_bytes()
+        assert SECRET_VALUE in raw and raw.count(b"\n") > 20, "the process did print its secret"
+        shown = content(frames)
+        assert [v for v in redactor.variants for part in shown.split(MARKER) if v in part] == []
+        whole, count = redactor.redact(raw)
+        assert shown == whole, stream
+        assert sum(f.redaction_count for f in frames) == count == shown.count(MARKER) > 20
+        assert all(f.byte_count <= FRAME_BYTES for f in frames)
+        assert any(not f.eof and f.byte_count for f in frames), "frames were read while the process ran"
+        for frame in frames:
+            assert SECRET_VALUE.decode() not in frame.model_dump_json()
