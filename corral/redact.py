@@ -4,34 +4,42 @@ What is redacted
 ----------------
 For every non-empty secret value, and for the value with surrounding ASCII whitespace stripped (a
 secret file usually ends in a newline that programs drop), the *exact* bytes are always redacted,
-however short. Values of at least ``MIN_ENCODED_LEN`` bytes are also redacted in these encodings
-(shorter ones are not: two or three bytes of hex or base64 occur by chance in ordinary output):
+however short (case-sensitive, byte for byte). Forms of at least ``MIN_ENCODED_LEN`` bytes are also
+redacted in these encodings; shorter ones are not, because two or three bytes' worth of hex or
+base64 turn up by chance in ordinary output:
 
-- base64, standard and URL-safe alphabets, with and without ``=`` padding;
+- base64, standard and URL-safe alphabets, with and without ``=`` padding (the value encoded on its
+  own: every character, the last partial one included);
 - base64 *inside a longer base64 text*: for each of the three byte alignments the value can have in
-  the encoded input, the run of characters whose six bits all come from the value. Not caught: the
-  at most one character on each edge that mixes the value's bits with a neighbour's (it carries at
-  most 4 bits of the first and 4 bits of the last byte), and base64 that is line-wrapped (``base64``
-  wraps at 76 columns, MIME too) with a line break inside the value's characters;
+  the encoded input, the run of characters whose six bits all come from the value. What stays
+  visible is the one character on each edge that mixes the value's bits with a neighbour's: at
+  most the top 4 bits of the value's first byte and the low 4 bits of its last byte;
 - URL encoding: ``quote`` with ``safe`` of ``""``, ``"/"`` and JavaScript's ``encodeURIComponent``
-  set (``!*'()``), each also as ``quote_plus`` (space as ``+``) and each with lower-case ``%xx``;
-- hex, lower and upper case (no separators, no ``\\x`` or ``0x`` prefixes);
-- JSON string escapes, without the quotes, for values that are valid UTF-8: ``json.dumps`` with
+  set (``!*'()``), each also as ``quote_plus`` (space as ``+``), each with upper- and lower-case
+  ``%xx``;
+- hex, lower and upper case, no separators;
+- JSON string escapes without the quotes, for values that are valid UTF-8: ``json.dumps`` with
   ``ensure_ascii`` on and off, both also with ``/`` written as ``\\/``, and every character as
-  ``\\uXXXX`` (lower and upper hex digits, surrogate pairs beyond the BMP).
+  ``\\uXXXX`` (lower- and upper-case hex digits, surrogate pairs beyond the BMP).
 
-Not caught: any other transformation (case changes, reversal, separators between characters, double
-encodings such as base64 of hex, compression), a value split between stdout and stderr (each stream
-is redacted on its own), and a value that is merely *begun* where the process's own output ends.
-A value begun where the host's spool cap cut the output (``truncated``) is redacted.
+Not caught: base64 or hex that is line-wrapped (``base64`` and MIME wrap at 76 columns, ``xxd -p``
+at 60) with a break inside the value's characters; any other encoding (base32/85, ``\\x``, octal
+or HTML escapes, quoted-printable, hex with separators such as ``xxd``'s default or ``od``'s
+spaces); any other transformation (case changes, reversal, bytes interleaved with the value such as
+ANSI codes or ``\\r``, double encodings such as base64 of hex, compression); a value split between
+stdout and stderr (each stream is redacted on its own); a fragment of a value on its own (a value
+merely *begun* where the process's output ends is shown as is; one begun where the host's spool
+cap cut the output is redacted).
 
 How
 ---
 Every occurrence of every variant, overlapping ones included, masks the bytes it covers; each
-maximal run of masked bytes becomes one ``MARKER`` and counts as one redaction. Because whether a
-byte is masked depends only on the bytes within ``longest`` of it, any position of a stream can be
-redacted from a bounded window around it, which is what lets ``Redactor.cut`` serve frames from a
-byte cursor with the same result as redacting the whole stream at once.
+maximal run of masked bytes (overlapping or adjacent occurrences) becomes one ``MARKER`` and counts
+as one redaction. Whether a byte is masked depends only on the bytes within ``longest`` of it, so
+any stretch of a stream can be redacted from a bounded window around it: that is what lets
+``Redactor.cut`` serve frames from a byte cursor with the same result as redacting the whole
+stream at once. Cost: one C regex search per occurrence plus O(holdback) per variant per frame;
+output made of nothing but back-to-back secrets is the worst case (about 1 s per MB).
 """
 
 from __future__ import annotations
@@ -155,6 +163,7 @@ class Redactor:
 
     @property
     def holdback(self) -> int:
+        """Bytes after a frame a reader must include to settle the frame's last position."""
         return max(self.longest - 1, 0)
 
     @property
@@ -185,10 +194,15 @@ class Redactor:
         inside a run shows nothing for it (the marker went out with the run's start), so frames
         concatenate to exactly ``redact`` of the whole stream, and a cursor picked at random can
         never show the rest of a secret.
+
+        ``consumed`` is at most ``max_bytes``; the content can be longer than what it stands for
+        (a marker replacing a short value), by at most ``len(MARKER)`` per redaction. Nothing is
+        consumed only when the bytes at the cursor could still become part of a match (one that
+        begins there, or before the cursor), which ends once the writer writes more or finishes.
         """
         if max_bytes < 1 or not 0 <= offset <= len(window):
             raise ValueError("need max_bytes >= 1 and 0 <= offset <= len(window)")
-        pending = self.pending_start(window)
+        pending = self.pending_start(window) if truncated or not final else len(window)
         safe = len(window) if final else pending
         end = max(min(offset + max_bytes, safe), offset)
         runs = self.runs(window)

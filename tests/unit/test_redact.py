@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from corral.models import IoStream, ProcessIoFrame
 from corral.redact import MARKER, MIN_ENCODED_LEN, Redactor, redact, variants_of
 from corral.runtimes.docker_process import read_output_frame
-from corral.runtimes.spool import SpoolLayout, write_json
+from corral.runtimes.spool import SpoolLayout, read_window, write_json
 
 SECRET = b"p@ss/w rd+\xc3\xa9!*(x)"
 PROPS = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
@@ -368,3 +368,11 @@ def test_spool_reader_reports_truncation_and_redacts_a_value_cut_by_the_cap(tmp_
     frame = read_output_frame(layout, "proc-0", IoStream.stdout, 0, 64, ([b"hunter2"], []), True)
     assert base64.b64decode(frame.content_b64 or "") == b"token=[REDACTED]"
     assert (frame.cursor, frame.truncated, frame.dropped_bytes, frame.eof) == (10, True, 3, False)
+
+
+def test_read_window_clips_to_the_file_and_says_where_the_cursor_is(tmp_path: Path) -> None:
+    path = tmp_path / "stdout"
+    path.write_bytes(b"0123456789")
+    assert read_window(path, 5, 2, 3, 1) == (b"2345678", 3)
+    assert read_window(path, 1, 2, 3, 100) == (b"0123456789", 1)
+    assert read_window(tmp_path / "absent", 0, 4, 4, 4) == (b"", 0)
