@@ -373,6 +373,6 @@ def test_spool_reader_reports_truncation_and_redacts_a_value_cut_by_the_cap(tmp_
 def test_read_window_clips_to_the_file_and_says_where_the_cursor_is(tmp_path: Path) -> None:
     path = tmp_path / "stdout"
     path.write_bytes(b"0123456789")
-    assert read_window(path, 5, 2, 3, 1) == (b"2345678", 3)
+    assert read_window(path, 5, 2, 3, 1) == (b"234567", 3)  # [5 - 3, 5 + 2 + 1)
     assert read_window(path, 1, 2, 3, 100) == (b"0123456789", 1)
     assert read_window(tmp_path / "absent", 0, 4, 4, 4) == (b"", 0)
