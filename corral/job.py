@@ -62,6 +62,8 @@ class JobSpec:
     secrets: list[str] = field(default_factory=list)
     """Secret names, each mounted read-only at ``/run/secrets/<name>``."""
     user: str | None = None
+    """``USER[:GROUP]`` inside the sandbox; None leaves it to the runtime's non-root default
+    (``65534:65534`` on Docker). ``root`` runs as root, still without any capability."""
     workdir: str = "/"
     stdin: bool = False
     allow_detach: bool = False

@@ -146,6 +146,9 @@ class IsolationCapabilityReport(Model):
     """Features this adapter does not enforce, said plainly (never a silent no-op)."""
     weaker_features: list[str] = Field(default_factory=list)
     """Features supported with a caveat (for example env secrets visible to ``docker inspect``)."""
+    hardening: list[str] = Field(default_factory=list)
+    """Sandbox hardening this adapter enforces on every process (for example ``cap_drop:ALL``), each
+    checked against the engine when the report is built; one that cannot be enforced is not listed."""
 
 
 # ---------------------------------------------------------------------------------------------

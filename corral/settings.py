@@ -45,6 +45,13 @@ class HostSettings(BaseModel):
     """Where per-session secret directories live; must be on a tmpfs."""
     secrets_dir: str = "/etc/corral/secrets"
     """Host secret provider: one file per secret name."""
+    secret_providers: list[str] = Field(
+        default_factory=lambda: ["corral.secrets:DirectoryProvider", "corral.secrets:EnvironmentProvider"]
+    )
+    """Secret providers asked in order, by import path ``package.module:Attribute`` (``corral.secrets``);
+    plug-ins are imported on the worker only."""
+    allow_secrets_off_tmpfs: bool = False
+    """Tests only: let file secrets be written when ``secrets_root`` is not on a tmpfs (they could reach a disk)."""
     heartbeat_s: float = 5.0
     heartbeat_ttl_s: float = 20.0
     reconcile_grace_s: float = 60.0

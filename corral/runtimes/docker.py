@@ -18,7 +18,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from corral.errors import InvalidRequest, NotFound, PolicyDenial
+from corral.errors import AgentError, InvalidRequest, NotFound, PolicyDenial
 from corral.models import (
     CleanupRequest,
     CleanupResult,
@@ -63,7 +63,7 @@ from corral.runtimes import docker_resources as res
 from corral.runtimes.docker_env import EnvironmentBuilder
 from corral.runtimes.docker_policy import network_internal, resolve_mounts
 from corral.runtimes.spool import SpoolLayout, read_json, write_json
-from corral.secrets import SecretProvider
+from corral.secrets import SecretChain
 from corral.settings import HostSettings
 
 
@@ -84,7 +84,16 @@ class DockerRuntime:
         self.host = host
         self._client = client
         self._clock = clock
-        self.secrets = SecretProvider(host.secrets_dir)
+        self._secrets: SecretChain | None = None
+
+    @property
+    def secrets(self) -> SecretChain:
+        """The host's secret providers (``host.secret_providers``), imported on first use: only a
+        worker that runs sandboxes ever loads a plug-in. A plug-in that cannot be loaded is
+        ``HostConfigurationNeeded`` (and a degraded capability report)."""
+        if self._secrets is None:
+            self._secrets = SecretChain.from_settings(self.host)
+        return self._secrets
 
     @property
     def client(self) -> Any:
@@ -137,7 +146,14 @@ class DockerRuntime:
 
     @proc.contract_errors
     def capability_report(self) -> IsolationCapabilityReport:
-        return caps.report(self.runtime_ref().runtime_ref, self.host_id, self.host, lambda: self.client)
+        problem = None
+        try:
+            self.secrets.describe()
+        except AgentError as exc:
+            problem = f"secret providers: {exc.message} ({exc.context.get('provider', '?')})"
+        return caps.report(
+            self.runtime_ref().runtime_ref, self.host_id, self.host, lambda: self.client, providers_problem=problem
+        )
 
     # ------------------------------------------------------------------ 3-9 preparation
 

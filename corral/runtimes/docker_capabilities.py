@@ -60,14 +60,34 @@ UNSUPPORTED = [
     "image:pull (local images only)",
 ]
 WEAKER = [
-    "env_secrets: visible to host admins via docker inspect",
+    "env_secrets: the value is in the container's configuration, visible to host admins through docker inspect "
+    "(and to every process of the sandbox); file secrets (secret_mounts) are not",
     "secret_redaction: basic - exact values only; not encodings, not values split across frames",
     "io spool cap: keeps the head of a stream only (no tail)",
     "io spool: output is kept unredacted on the host (state_dir) until cleanup; frames are redacted when read",
-    "secret files: readable by every user in the container when the process user is a name, not a uid",
+    "secret files: 0444 (readable by every user in the sandbox) instead of 0400 owned by the process user "
+    "when the process user is a name the image's /etc/passwd (or /etc/group) cannot resolve",
 ]
+NON_ROOT_WORKER = (
+    "secret files: 0444 (readable by every user in the sandbox) for any process user other than the worker's "
+    "own uid: the worker is not root and cannot chown them"
+)
+HARDENING = [
+    "cap_drop:ALL - no capability, none ever added (an explicitly requested root user has none either)",
+    "no_new_privileges - setuid binaries and file capabilities grant nothing",
+    "read_only_root - by default; a writable layer only when the environment asks for root=writable_layer",
+    "non_root_user:65534:65534 - unless the process names a user; root only when requested explicitly",
+    "pids_limit - resources.process_count on every container",
+    "privileged:never",
+    "namespaces:private - network none (or an internal per-session bridge without egress), "
+    "ipc private, pid/uts private, cgroup private; never the host's, never userns=host",
+    "devices:none - only the default /dev nodes; no device is added, no device cgroup rule",
+    "docker_socket:never - denied as a mount source (or anything containing it) and as a destination",
+]
+SECCOMP_DEFAULT = "seccomp:docker-default - Docker's default profile; seccomp=unconfined is never passed"
+_DEFAULT_SECCOMP_PROFILES = ("default", "builtin")
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}
-_TMPFS = ("tmpfs", "ramfs")
+TMPFS_TYPES = ("tmpfs", "ramfs")
 
 
 def _nearest_existing(path: str) -> str:
@@ -99,8 +119,13 @@ def host_problems(host: HostSettings) -> list[str]:
     """Degradations that still let work run, but weaker than the report promises."""
     problems = []
     kind = fs_type(host.secrets_root)
-    if kind not in _TMPFS:
-        problems.append(f"secrets_root is not on tmpfs (found {kind or 'unknown'}): secrets could reach a disk")
+    if kind not in TMPFS_TYPES:
+        consequence = (
+            "file secrets are written anyway (allow_secrets_off_tmpfs) and could reach a disk"
+            if host.allow_secrets_off_tmpfs
+            else "file secrets are refused"
+        )
+        problems.append(f"secrets_root is not on tmpfs (found {kind or 'unknown'}): {consequence}")
     if not os.access(_nearest_existing(host.state_dir), os.W_OK):
         problems.append("state_dir is not writable: no spool for process output")
     return problems
@@ -115,17 +140,72 @@ def _engine(client_getter: Callable[[], Any]) -> tuple[dict[str, Any] | None, st
         return None, f"docker engine unreachable ({type(exc).__name__})"
 
 
-def _health(info: dict[str, Any] | None, engine_error: str | None, host: HostSettings) -> Health:
+def security_options(info: dict[str, Any] | None) -> dict[str, dict[str, str]]:
+    """The engine's ``SecurityOptions`` (``name=seccomp,profile=default``) as ``{name: {key: value}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for item in (info or {}).get("SecurityOptions") or []:
+        fields = dict(part.split("=", 1) for part in str(item).split(",") if "=" in part)
+        name = fields.pop("name", "")
+        if name:
+            out[name] = fields
+    return out
+
+
+def engine_problems(info: dict[str, Any]) -> list[str]:
+    """Engine settings under which a hardened default or a secret file would not hold."""
+    options = security_options(info)
+    problems = []
+    seccomp = options.get("seccomp")
+    if seccomp is None:
+        problems.append("the engine has no seccomp support: Docker's default seccomp profile is not applied")
+    elif seccomp.get("profile") not in _DEFAULT_SECCOMP_PROFILES:
+        problems.append(f"the engine's default seccomp profile is {seccomp.get('profile')!r}, not Docker's default")
+    if "userns" in options:
+        problems.append("the engine remaps users (userns-remap): secret file ownership would be wrong")
+    if "rootless" in options:
+        problems.append("the engine is rootless: secret file ownership would be wrong")
+    return problems
+
+
+def hardening(info: dict[str, Any] | None) -> list[str]:
+    """What is enforced on every container of this host; seccomp only when the engine applies the default."""
+    items = list(HARDENING)
+    seccomp = security_options(info).get("seccomp")
+    if seccomp is not None and seccomp.get("profile") in _DEFAULT_SECCOMP_PROFILES:
+        items.insert(2, SECCOMP_DEFAULT)
+    if "apparmor" in security_options(info):
+        items.append("apparmor:docker-default - the engine's default AppArmor profile")
+    return items
+
+
+def _health(
+    info: dict[str, Any] | None, engine_error: str | None, host: HostSettings, extra: list[str] | None = None
+) -> Health:
     if info is None:
         return Health(state=HealthState.unsupported_host, reason=engine_error, missing_prerequisites=["docker engine"])
-    problems = host_problems(host)
+    problems = host_problems(host) + engine_problems(info) + list(extra or [])
     if problems:
         return Health(state=HealthState.degraded, reason="; ".join(problems))
     return Health()
 
 
+def weaker(host: HostSettings, info: dict[str, Any] | None) -> list[str]:
+    items = list(WEAKER)
+    if os.geteuid() != 0:
+        items.append(NON_ROOT_WORKER)
+    if "apparmor" not in security_options(info):
+        items.append("apparmor: not enabled on this host (seccomp, no capabilities and no-new-privileges still apply)")
+    if host.allow_secrets_off_tmpfs and fs_type(host.secrets_root) not in TMPFS_TYPES:
+        items.append("secret files: written to a disk-backed secrets_root (allow_secrets_off_tmpfs, tests only)")
+    return items
+
+
 def report(
-    runtime_ref: str, host_id: str, host: HostSettings, client_getter: Callable[[], Any]
+    runtime_ref: str,
+    host_id: str,
+    host: HostSettings,
+    client_getter: Callable[[], Any],
+    providers_problem: str | None = None,
 ) -> IsolationCapabilityReport:
     info, error = _engine(client_getter)
     arch = str((info or {}).get("Architecture") or platform.machine())
@@ -135,7 +215,7 @@ def report(
         adapter_ref=runtime_ref,
         adapter_kind="docker",
         adapter_version=f"{ADAPTER_VERSION} (engine {engine_version})",
-        health=_health(info, error, host),
+        health=_health(info, error, host, [providers_problem] if providers_problem else None),
         supported_classes=[IsolationClass.container],
         platform=Platform(
             os=str((info or {}).get("OSType") or platform.system().lower()),
@@ -152,5 +232,6 @@ def report(
             secret_isolation=Level.best_effort,
         ),
         unsupported_requirements=list(UNSUPPORTED),
-        weaker_features=list(WEAKER),
+        weaker_features=weaker(host, info),
+        hardening=hardening(info) if info is not None else [],
     )

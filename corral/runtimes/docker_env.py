@@ -4,16 +4,31 @@ Both are idempotent: secret files are rewritten in place, and a container that a
 under the session's name with the same settings digest is reused. ``prepare_environment`` re-runs
 the earlier planning steps itself (mounts, network, secrets) instead of trusting refs from the
 request, because refs never carry host paths and every step is cheap and repeatable.
+
+File secrets live in ``<host.secrets_root>/<slug>/`` (root-owned, 0700), which must be on a tmpfs
+(refused otherwise, unless ``host.allow_secrets_off_tmpfs``, a tests-only switch). Each file is
+0400 and owned by the sandbox user, so only that user can read it inside the sandbox, through a
+read-only bind of that one file. ``prepare_secrets`` does not know the process yet and writes
+root-owned files; ``prepare_environment`` rewrites them for the process user: a number is used as
+is, a name is resolved from the image's own /etc/passwd and /etc/group (read once per image id
+with ``docker create`` + ``get_archive``, never run). When a name cannot be resolved (the image has
+no readable passwd file), or the worker is not root and cannot chown, the file falls back to 0444
+(readable by every user in the sandbox); the capability report says so.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
+import threading
+import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import docker.errors
 
-from corral.errors import Conflict, InvalidRequest
+from corral.errors import Conflict, HostConfigurationNeeded, InvalidRequest
 from corral.models import (
     EnvironmentPrepareRequest,
     ExecutionEnvironment,
@@ -26,20 +41,111 @@ from corral.models import (
 from corral.refs import slug
 from corral.runtimes import docker_process as proc
 from corral.runtimes import docker_resources as res
+from corral.runtimes.docker_capabilities import TMPFS_TYPES, fs_type
 from corral.runtimes.docker_policy import (
+    DEFAULT_USER,
     ContainerPlan,
+    UserTables,
     check_destination,
+    check_hardened,
     check_process,
     config_digest,
     create_kwargs,
     env_secret_text,
+    needs_user_tables,
     network_internal,
     resolve_mounts,
+    sandbox_owner,
 )
-from corral.runtimes.spool import atomic_write, write_json
+from corral.runtimes.spool import write_json
 
 if TYPE_CHECKING:
     from corral.runtimes.docker import DockerRuntime
+
+
+PROBE_LABEL = "corral.probe"
+MAX_USER_FILE = 1 << 20
+_TABLES: dict[str, UserTables | None] = {}
+_TABLES_LOCK = threading.Lock()
+
+
+def _read_archive_file(container: Any, path: str) -> bytes | None:
+    """One regular file of a (never started) container, or None when absent or not a plain file."""
+    try:
+        chunks, _stat = container.get_archive(path)
+    except docker.errors.NotFound:
+        return None
+    blob = b"".join(chunks)
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        for member in tar.getmembers():
+            if member.isfile() and member.size <= MAX_USER_FILE:
+                handle = tar.extractfile(member)
+                return handle.read() if handle is not None else None
+            return None
+    return None
+
+
+def image_user_tables(client: Any, image_id: str) -> UserTables | None:
+    """The image's passwd/group tables, read once per image id (an id names immutable content) from
+    a container that is created and removed, never started. None when the image has no passwd file."""
+    with _TABLES_LOCK:
+        if image_id in _TABLES:
+            return _TABLES[image_id]
+    container = client.containers.create(
+        image_id,
+        command=["/corral-probe-never-runs"],
+        name=f"corral-probe-{uuid.uuid4().hex[:12]}",
+        labels={PROBE_LABEL: "passwd"},
+        network_mode="none",
+        log_config={"type": "none"},
+    )
+    try:
+        passwd = _read_archive_file(container, "/etc/passwd")
+        group = _read_archive_file(container, "/etc/group") if passwd is not None else None
+    finally:
+        container.remove(force=True)
+    tables = None
+    if passwd is not None:
+        tables = UserTables.parse(passwd.decode("utf-8", "replace"), (group or b"").decode("utf-8", "replace"))
+    with _TABLES_LOCK:
+        if len(_TABLES) >= 256:
+            _TABLES.clear()
+        _TABLES[image_id] = tables
+    return tables
+
+
+def write_secret_file(directory: Path, name: str, data: bytes, owner: tuple[int, int] | None) -> None:
+    """Replace ``directory/name`` atomically by a 0400 file owned by ``owner`` (a reader sees the old
+    file or the new one). Without an owner (or when it cannot be given), 0444 owned by the worker."""
+    path = directory / name
+    tmp = directory / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp.unlink(missing_ok=True)  # a leftover of a crash (secret names never start with a dot)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if owner is None:
+                os.fchmod(handle.fileno(), 0o444)
+            elif owner != (os.geteuid(), os.getegid()):
+                try:
+                    os.fchown(handle.fileno(), *owner)
+                except PermissionError:  # a non-root worker cannot give files away
+                    if owner[0] != os.geteuid():
+                        os.fchmod(handle.fileno(), 0o444)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def check_secrets_root(secrets_root: str, allow_off_tmpfs: bool) -> None:
+    """File secrets are only written to a tmpfs: on a disk they would outlive the session."""
+    kind = fs_type(secrets_root)
+    if kind not in TMPFS_TYPES and not allow_off_tmpfs:
+        raise HostConfigurationNeeded(
+            "secrets_root is not on a tmpfs; file secrets are refused on this host",
+            context={"filesystem": kind or "unknown"},
+        )
 
 
 def _secret_names(env: ExecutionEnvironment) -> list[str]:
@@ -53,21 +159,29 @@ class EnvironmentBuilder:
     def __init__(self, runtime: DockerRuntime) -> None:
         self.rt = runtime
 
-    def materialize_secrets(self, env: ExecutionEnvironment) -> SecretMaterializationPlan:
-        """Write secret mounts as 0400 files in the session's tmpfs dir; check env secrets exist.
-        Only names go to the spool (``secrets.json``, for redaction); values go nowhere else."""
+    def materialize_secrets(
+        self, env: ExecutionEnvironment, owner: tuple[int, int] | None = (0, 0)
+    ) -> SecretMaterializationPlan:
+        """Write secret mounts as 0400 files owned by ``owner`` in the session's tmpfs dir; check env
+        secrets exist. Every value is resolved before anything is written, so an unknown secret
+        leaves nothing behind. Only names go to the spool (``secrets.json``, for redaction)."""
         policy = env.spec.secrets
         paths = self.rt.paths_of(env.environment_id)
         labels = self.rt.labels_of(env)
-        res.ensure_labeled_dir(paths.spool.root, labels)
-        write_json(paths.spool.secrets, _secret_names(env))
-        for item in policy.env_secrets:
-            self.rt.secrets.resolve(item.secret_ref)
-        if policy.secret_mounts:
-            res.ensure_labeled_dir(paths.secret_dir, labels)
         for mount in policy.secret_mounts:
             check_destination(mount.destination)
-            atomic_write(paths.secret_dir / mount.secret_ref, self.rt.secrets.resolve(mount.secret_ref), mode=0o400)
+        if policy.secret_mounts:
+            check_secrets_root(self.rt.host.secrets_root, self.rt.host.allow_secrets_off_tmpfs)
+        for item in policy.env_secrets:
+            self.rt.secrets.resolve(item.secret_ref)
+        files = {m.secret_ref: self.rt.secrets.resolve(m.secret_ref) for m in policy.secret_mounts}
+        res.ensure_labeled_dir(paths.spool.root, labels)
+        write_json(paths.spool.secrets, _secret_names(env))
+        if files:
+            res.ensure_labeled_dir(paths.secret_dir, labels)
+            check_secrets_root(str(paths.secret_dir), self.rt.host.allow_secrets_off_tmpfs)  # not a link away
+        for name, value in files.items():
+            write_secret_file(paths.secret_dir, name, value, owner)
         return SecretMaterializationPlan(
             secret_mount_refs=[
                 SecretMountRef(secret_ref=m.secret_ref, mount_ref=m.mount_ref, destination=m.destination)
@@ -83,6 +197,7 @@ class EnvironmentBuilder:
         plan = self._plan(request)
         secret_keys = sorted(plan.secret_env)
         kwargs = create_kwargs(plan)
+        check_hardened(kwargs)
         kwargs["labels"][res.LABEL_CONFIG] = config_digest(kwargs, secret_keys)
         self._write_process_files(env, process)
         values = [v.encode() for v in plan.secret_env.values()]
@@ -106,7 +221,7 @@ class EnvironmentBuilder:
         rootfs = request.rootfs or self.rt.prepare_rootfs(RootfsPrepareRequest(environment=env))
         mounts = resolve_mounts(spec.filesystem, self.rt.host)
         network = self.rt.ensure_network(env) if network_internal(spec.network) else "none"
-        self.materialize_secrets(env)
+        self.materialize_secrets(env, self._secret_owner(image, process) if spec.secrets.secret_mounts else None)
         secret_dir = self.rt.paths_of(env.environment_id).secret_dir
         binds = [(str(secret_dir / m.secret_ref), m.destination) for m in spec.secrets.secret_mounts]
         destinations = [m.destination for m in mounts] + [dst for _src, dst in binds]
@@ -119,7 +234,6 @@ class EnvironmentBuilder:
         clash = sorted({v.name for v in process.env} & set(secret_env))
         if clash:
             raise InvalidRequest("an env name is both a plain variable and a secret", context={"env": ",".join(clash)})
-        self._share_secret_files(binds, process)
         return ContainerPlan(
             name=res.container_name(slug(env.environment_id)),
             image=image,
@@ -134,18 +248,14 @@ class EnvironmentBuilder:
             secret_env=secret_env,
         )
 
-    @staticmethod
-    def _share_secret_files(binds: list[tuple[str, str]], process: IsolatedProcessSpec) -> None:
-        """Secret files are root-owned 0400; a non-root process user must still read its own
-        secrets: a numeric uid gets ownership, a user *name* (unknown on the host) gets 0444."""
-        user = (process.user or "").split(":")[0]
-        if user in ("", "root", "0"):
-            return
-        for src, _dst in binds:
-            if user.isdigit():
-                os.chown(src, int(user), -1)
-            else:
-                os.chmod(src, 0o444)
+    def _secret_owner(self, image_id: str, process: IsolatedProcessSpec) -> tuple[int, int] | None:
+        """Who owns the secret files: the process user, resolved like Docker does (None: unknown)."""
+        user = process.user or DEFAULT_USER
+        tables = None
+        if needs_user_tables(user):
+            with proc.docker_errors("prepare_environment"):
+                tables = image_user_tables(self.rt.client, image_id)
+        return sandbox_owner(user, tables)
 
     def _write_process_files(self, env: ExecutionEnvironment, process: IsolatedProcessSpec) -> None:
         layout = self.rt.paths_of(env.environment_id).spool

@@ -36,6 +36,12 @@ RLIMIT_NAMES = frozenset(
     {"core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc", "rss"}
     | {"rtprio", "rttime", "sigpending", "stack"}
 )
+DEFAULT_USER = "65534:65534"
+"""The sandbox user when the process names none: ``nobody:nogroup`` by number (no /etc/passwd needed).
+Root runs only when a process asks for it explicitly, and then still without any capability."""
+IPC_MODE = "private"
+CGROUPNS_MODE = "private"
+_UNCONFINED = ("seccomp=unconfined", "seccomp:unconfined", "apparmor=unconfined", "apparmor:unconfined")
 DETACH_KEYS = "ctrl-@,ctrl-^,ctrl-],ctrl-_,ctrl-@,ctrl-^,ctrl-],ctrl-_,ctrl-@,ctrl-^,ctrl-],ctrl-_"
 """Docker detaches an attach session when stdin carries the detach keys (default ctrl-p,ctrl-q).
 A long, unlikely sequence keeps a caller's binary stdin from cutting off its own output."""
@@ -75,6 +81,60 @@ class ResolvedMount:
             f"mount {self.mount_ref}: alias {self.source_alias!r} ({kind}) "
             f"exposed {self.mode.value} at {self.destination}"
         )
+
+
+@dataclass(frozen=True)
+class UserTables:
+    """An image's /etc/passwd and /etc/group, as far as ownership needs them."""
+
+    users: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """name -> (uid, primary gid)"""
+    primary_gid: dict[int, int] = field(default_factory=dict)
+    """uid -> primary gid (the first entry of a uid wins, as in libc)"""
+    groups: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, passwd: str, group: str = "") -> UserTables:
+        users: dict[str, tuple[int, int]] = {}
+        primary: dict[int, int] = {}
+        for line in passwd.splitlines():
+            fields = line.split(":")
+            if len(fields) >= 4 and fields[0] and fields[2].isdigit() and fields[3].isdigit():
+                users.setdefault(fields[0], (int(fields[2]), int(fields[3])))
+                primary.setdefault(int(fields[2]), int(fields[3]))
+        groups: dict[str, int] = {}
+        for line in group.splitlines():
+            fields = line.split(":")
+            if len(fields) >= 3 and fields[0] and fields[2].isdigit():
+                groups.setdefault(fields[0], int(fields[2]))
+        return cls(users=users, primary_gid=primary, groups=groups)
+
+
+def needs_user_tables(user: str) -> bool:
+    """Whether the owner of ``user`` (``USER[:GROUP]``) depends on the image's passwd/group files."""
+    name, _sep, group = user.partition(":")
+    return not (name.isdigit() and group.isdigit())
+
+
+def sandbox_owner(user: str, tables: UserTables | None) -> tuple[int, int] | None:
+    """The (uid, gid) a process started as ``user`` gets, resolved the way Docker (runc) does it: a
+    number is taken as is, a name from the image's files; a uid without a group gets its passwd
+    entry's primary gid, or 0 without one. None: a name that cannot be resolved."""
+    name, _sep, group = user.partition(":")
+    if name.isdigit():
+        uid = int(name)
+        gid: int | None = tables.primary_gid.get(uid, 0) if tables else 0
+    elif tables is not None and name in tables.users:
+        uid, gid = tables.users[name]
+    elif name == "root":
+        uid, gid = 0, 0
+    else:
+        return None
+    if group.isdigit():
+        gid = int(group)
+    elif group:
+        gid = tables.groups.get(group) if tables else (0 if group == "root" else None)
+    return None if gid is None else (uid, gid)
 
 
 def check_destination(destination: str) -> None:
@@ -193,7 +253,10 @@ class ContainerPlan:
 
 
 def create_kwargs(plan: ContainerPlan) -> dict[str, Any]:
-    """Keyword arguments for docker-py's ``containers.create``: locked down by default."""
+    """Keyword arguments for docker-py's ``containers.create``, hardened (``check_hardened``): no
+    capability, no-new-privileges, Docker's default seccomp profile (no seccomp option is ever
+    passed), the non-root default user, a pids limit, no network (or an internal bridge), private
+    ipc/pid/uts/cgroup namespaces, no device, no privilege, the root read-only unless asked for."""
     proc = plan.process
     env = [f"{v.name}={v.redacted_value}" for v in proc.env]
     env += [f"{k}={v}" for k, v in sorted(plan.secret_env.items())]
@@ -211,6 +274,10 @@ def create_kwargs(plan: ContainerPlan) -> dict[str, Any]:
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
         "privileged": False,
+        "user": proc.user or DEFAULT_USER,
+        "ipc_mode": IPC_MODE,
+        "cgroupns": CGROUPNS_MODE,
+        "devices": [],
         "nano_cpus": int(plan.resources.cpus * 1e9),
         "mem_limit": memory,
         "memswap_limit": memory,
@@ -224,9 +291,48 @@ def create_kwargs(plan: ContainerPlan) -> dict[str, Any]:
         "log_config": {"type": "none"},
         "ulimits": [{"name": k, "soft": v, "hard": v} for k, v in sorted(proc.rlimits.items())],
     }
-    if proc.user:
-        kwargs["user"] = proc.user
     return kwargs
+
+
+def check_hardened(kwargs: dict[str, Any]) -> None:
+    """The last gate before ``containers.create``: every hardened default holds, whatever built the
+    arguments. A violation is a bug in corral, so it is refused, never passed on to Docker."""
+    problems: list[str] = []
+    if kwargs.get("cap_drop") != ["ALL"] or kwargs.get("cap_add"):
+        problems.append("capabilities")
+    if kwargs.get("privileged") is not False:
+        problems.append("privileged")
+    opts = [str(o).lower() for o in kwargs.get("security_opt") or []]
+    if "no-new-privileges" not in opts and "no-new-privileges:true" not in opts:
+        problems.append("no-new-privileges")
+    if any(o.replace(" ", "") in _UNCONFINED or o.startswith("seccomp") for o in opts):
+        problems.append("seccomp (only Docker's default profile is allowed)")
+    if not kwargs.get("user"):
+        problems.append("user")
+    if not isinstance(kwargs.get("pids_limit"), int) or kwargs["pids_limit"] < 1:
+        problems.append("pids_limit")
+    network = str(kwargs.get("network_mode") or "")
+    if network in ("", "host", "default", "bridge") or network.startswith("container:"):
+        problems.append("network namespace")
+    if kwargs.get("ipc_mode") not in ("private", "none"):
+        problems.append("ipc namespace")
+    for key in ("pid_mode", "uts_mode", "userns_mode"):
+        if kwargs.get(key):
+            problems.append(key)
+    if kwargs.get("cgroupns") not in (None, "private"):
+        problems.append("cgroup namespace")
+    if kwargs.get("devices") or kwargs.get("device_cgroup_rules") or kwargs.get("device_requests"):
+        problems.append("devices")
+    for bind in kwargs.get("volumes") or []:
+        source, destination = str(bind).split(":")[:2]
+        real = os.path.realpath(source)
+        for sock in DOCKER_SOCKETS:
+            if within(real, sock) or within(sock, real) or within(source, sock) or destination == sock:
+                problems.append("the Docker socket")
+    if problems:
+        raise PolicyDenial(
+            "container settings violate the hardened defaults", context={"violations": ",".join(sorted(set(problems)))}
+        )
 
 
 def config_digest(kwargs: dict[str, Any], secret_env_keys: list[str]) -> str:

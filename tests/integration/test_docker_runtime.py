@@ -96,6 +96,7 @@ def host(tmp_path: Path, host_id: str) -> Iterator[HostSettings]:
     data.mkdir()
     (data / "hello.txt").write_text("hello from the host\n")
     (tmp_path / "rw").mkdir()
+    (tmp_path / "rw").chmod(0o777)  # the sandbox runs as 65534 by default: a writable alias must let it write
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
     secrets_dir = tmp_path / "secrets"

@@ -185,7 +185,7 @@ def test_create_kwargs_lock_the_container_down() -> None:
     assert kwargs["environment"] == ["PLAIN=1", "TOKEN=hunter2"]
     assert kwargs["log_config"] == {"type": "none"}
     assert kwargs["ulimits"] == [{"name": "nofile", "soft": 64, "hard": 64}]
-    assert "user" not in kwargs
+    assert kwargs["user"] == "65534:65534"  # the non-root default
 
 
 def test_config_digest_hides_secret_values_and_tracks_settings() -> None:

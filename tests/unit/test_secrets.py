@@ -8,7 +8,7 @@ import pytest
 
 from corral.errors import InvalidRequest, NotFound
 from corral.redact import redact, redact_text
-from corral.secrets import SecretProvider, env_key, resolve
+from corral.secrets import SecretChain, env_key, resolve
 
 
 def test_env_key_mapping() -> None:
@@ -18,12 +18,12 @@ def test_env_key_mapping() -> None:
 
 def test_file_wins_over_env(tmp_path: Path) -> None:
     (tmp_path / "api-token").write_bytes(b"from-file\n")
-    provider = SecretProvider(tmp_path, environ={"CORRAL_SECRET_API_TOKEN": "from-env"})
+    provider = SecretChain.default(tmp_path, environ={"CORRAL_SECRET_API_TOKEN": "from-env"})
     assert provider.resolve("api-token") == b"from-file\n"
 
 
 def test_env_fallback(tmp_path: Path) -> None:
-    provider = SecretProvider(tmp_path / "missing-dir", environ={"CORRAL_SECRET_DB_PASSWORD": "hunter2"})
+    provider = SecretChain.default(tmp_path / "missing-dir", environ={"CORRAL_SECRET_DB_PASSWORD": "hunter2"})
     assert provider.resolve("db.password") == b"hunter2"
 
 
@@ -34,19 +34,19 @@ def test_process_environment_is_the_default(tmp_path: Path, monkeypatch: pytest.
 
 def test_unknown_secret_names_only_the_name(tmp_path: Path) -> None:
     with pytest.raises(NotFound) as info:
-        SecretProvider(tmp_path, environ={}).resolve("nope")
+        SecretChain.default(tmp_path, environ={}).resolve("nope")
     assert info.value.context == {"secret": "nope"}
 
 
 @pytest.mark.parametrize("name", ["../etc/passwd", ".hidden", "a/b", "", "x" * 200])
 def test_names_cannot_traverse(tmp_path: Path, name: str) -> None:
     with pytest.raises(InvalidRequest):
-        SecretProvider(tmp_path, environ={}).resolve(name)
+        SecretChain.default(tmp_path, environ={}).resolve(name)
 
 
 def test_resolve_many_splits_found_and_missing(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"A")
-    values, missing = SecretProvider(tmp_path, environ={}).resolve_many(["a", "b"])
+    values, missing = SecretChain.default(tmp_path, environ={}).resolve_many(["a", "b"])
     assert (values, missing) == ([b"A"], ["b"])
 
 
