@@ -20,12 +20,13 @@ from typing import Any, TypeVar
 from celery import Celery, chain
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from corral.celeryconf import celery_config, queue_for_host, task_name
-from corral.errors import AgentError, InvalidRequest, NotFound, TimeoutFailure
+from corral.errors import AgentError, InvalidRequest, NotFound, PolicyDenial, TimeoutFailure
 from corral.job import JobSpec
 from corral.journal import JournalRecord
+from corral.matching import MatchResult, placement_match
 from corral.models import (
     CleanupRequest,
     CleanupResult,
@@ -34,6 +35,8 @@ from corral.models import (
     ExecutionEnvironment,
     HealthState,
     IoStream,
+    IsolationCapabilityReport,
+    IsolationRequirement,
     ProcessIoFrame,
     ProcessIoRequest,
     ProcessSignal,
@@ -93,6 +96,15 @@ class JobOutcome:
     cleanup: str | None
 
 
+def _host_match(requirement: IsolationRequirement, status: HostStatus) -> MatchResult:
+    """Placement matching on a host's published report; an unreadable report is a gap, never a pass."""
+    try:
+        report = IsolationCapabilityReport.model_validate((status.record or {}).get("report"))
+    except ValidationError:
+        return MatchResult(("report:unreadable",), (), ("report:unreadable",), ("report:unreadable: no valid report",))
+    return placement_match(requirement, report)
+
+
 class Client:
     def __init__(self, settings: Settings | None = None, services: Services | None = None) -> None:
         self.settings = settings or load_settings()
@@ -110,12 +122,20 @@ class Client:
         out = []
         for host_id in self.services.store.known_hosts():
             record = self.services.store.host(host_id)
-            healthy = bool(record) and record["report"]["health"]["state"] == HealthState.healthy  # type: ignore[index]
+            health = ((record or {}).get("report") or {}).get("health") or {}
+            healthy = isinstance(health, dict) and health.get("state") == HealthState.healthy
             out.append(HostStatus(host_id, record is not None, healthy, record))
         return out
 
-    def pick_host(self, requested: str | None = None) -> str:
-        """The requested host if it is up, else the live healthy host with the fewest sessions."""
+    def pick_host(self, requested: str | None = None, requirement: IsolationRequirement | None = None) -> str:
+        """The requested host if it is up and its published capability report matches the requirement
+        (else ``PolicyDenial`` naming the gaps); otherwise, among live hosts whose report matches, one
+        needing no approved gap before one that does, then the fewest sessions.
+
+        The client cannot see a host's approvals, so a gap the requirement's fallback lists counts as
+        possibly approved here (``corral.matching.placement_match``); the host decides for real, fail
+        closed, in ``prepare_session``."""
+        need = requirement or IsolationRequirement()
         statuses = {h.host_id: h for h in self.hosts()}
         if requested is not None:
             status = statuses.get(requested)
@@ -123,15 +143,26 @@ class Client:
                 raise NotFound(f"unknown host {requested}", context={"host": requested})
             if not status.up:
                 raise NotFound(f"host {requested} is down (no heartbeat)", context={"host": requested})
+            result = _host_match(need, status)
+            if not result.ok:
+                raise PolicyDenial(
+                    f"host {requested} does not match the isolation requirement: {result.summary()}",
+                    context={"rule": "matching", "gaps": ",".join(result.denied), "host": requested},
+                )
             return requested
-        live = [h.host_id for h in statuses.values() if h.up and h.healthy]
+        matching = {h.host_id: _host_match(need, h) for h in statuses.values() if h.up}
+        live = [host for host, result in matching.items() if result.ok]
         if not live:
-            raise NotFound("no live healthy host: start one with `corral worker --host NAME` or `corral dev`")
+            seen = "; ".join(f"{host}: {', '.join(r.denied)}" for host, r in sorted(matching.items()))
+            raise NotFound(
+                "no live host matches the isolation requirement"
+                + (f" ({seen})" if seen else ": start one with `corral worker --host NAME` or `corral dev`")
+            )
         load = {h: 0 for h in live}
         for session in self.services.store.list_sessions(limit=1000):
             if session.get("host") in load and session.get("state") in ("preparing", "prepared", "running"):
                 load[session["host"]] += 1
-        return min(live, key=lambda h: (load[h], h))
+        return min(live, key=lambda h: (bool(matching[h].accepted), load[h], h))
 
     # -- one operation ---------------------------------------------------------------------
 
@@ -177,7 +208,7 @@ class Client:
 
     def submit(self, job: JobSpec, host: str | None = None) -> JobHandle:
         """Send the prepare-to-start chain; every signature pinned to the host's queue."""
-        target = self.pick_host(host)
+        target = self.pick_host(host, job.environment().spec.requirement)
         steps = job.requests(target)
         queue = queue_for_host(target)
         signatures = [

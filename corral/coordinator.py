@@ -1,5 +1,16 @@
-"""The runtime around the adapter (CONTRACT.md rules 1, 2, 5-7): host checks, the session state
-machine, and every side effect run through ``corral.effects`` (journal + idempotency).
+"""The runtime around the adapter (CONTRACT.md rules 1-7): host checks, the host policy, capability
+matching, the session state machine, and every side effect run through ``corral.effects`` (journal +
+idempotency).
+
+Admission happens before any adapter call and after a replay is answered (a replay causes no effect):
+``prepare_session`` checks the whole environment against the host policy (``corral.policy``) and matches
+its requirement against the runtime's capability report (``corral.matching``, fail closed); every later
+step of the chain re-checks the environment (the check is pure and cheap, so a policy reloaded mid-chain
+applies at the next step), steps that carry the process spec check it too (user, timeout), and steps
+that use the resolved image check its digest. Teardown (cleanup, reclaim, signals) is never refused by
+policy: the policy narrows what may be created, not what may be removed. A denial is a
+``PolicyDenial`` naming its rule, journaled as a ``denial`` record (op, rule, message; never a request
+body), with no intent because nothing was attempted.
 
 Derived idempotency keys make each chain step happen once per environment; operations that may
 legitimately repeat (signals, stdin writes) are keyed by the delivery id (the Celery task id,
@@ -22,10 +33,12 @@ from corral.errors import (
     Conflict,
     InvalidRequest,
     InvalidStateTransition,
+    JournalFailure,
     NotFound,
     PolicyDenial,
 )
 from corral.journal import Journal
+from corral.matching import match
 from corral.models import (
     CleanupRequest,
     CleanupResult,
@@ -38,6 +51,7 @@ from corral.models import (
     ImageResolution,
     ImageResolveRequest,
     IoStream,
+    IsolatedProcessSpec,
     IsolationCapabilityReport,
     IsolationRuntimeRef,
     IsolationSessionRef,
@@ -65,6 +79,8 @@ from corral.models import (
     SessionState,
     dump,
 )
+from corral.policy import HostPolicy, check_detach, check_environment, check_process, check_resolution
+from corral.policy_source import PolicySource
 from corral.refs import new_ref, slug
 from corral.store import Store
 
@@ -83,14 +99,15 @@ class Coordinator:
         clock: Clock | None = None,
         lease_ms: int = 120_000,
         pending_wait_s: float = 10.0,
-        max_detach_ttl_ms: int = 7 * 24 * 3600 * 1000,
+        policy: PolicySource | None = None,
     ) -> None:
         self.runtime = runtime
         self.store = store
         self.journal = journal
         self.host_id = host_id
         self.clock = clock or SystemClock()
-        self.max_detach_ttl_ms = max_detach_ttl_ms
+        self.policy = policy or PolicySource.fixed(HostPolicy())
+        """The host policy; without one, the documented defaults (``config/policy.toml``)."""
         self.effects = Effects(store, journal, host_id, self.clock, lease_ms=lease_ms, pending_wait_s=pending_wait_s)
 
     # -- read-only -------------------------------------------------------------------------
@@ -114,6 +131,7 @@ class Coordinator:
         replayed = self.effects.recorded("prepare_session", env.environment_id, key, request, IsolationSessionRef)
         if replayed is not None:
             return replayed
+        self._admit("prepare_session", env.environment_id, lambda policy: self._admit_session(policy, env))
         existing = self.store.session(env.environment_id)
         if existing and existing.get("env_digest") != digest_of(env):
             raise Conflict(
@@ -151,13 +169,17 @@ class Coordinator:
         return result
 
     def resolve_image(self, request: ImageResolveRequest) -> ImageResolution:
-        return self._step(
+        resolution = self._step(
             "resolve_image",
             request,
             self.runtime.resolve_image,
             ImageResolution,
             lambda r: f"image {r.image_ref} digest {r.digest}",
         )
+        # Planning only, so the digest is judged once known (replays too); nothing runs it before
+        # prepare_environment, which judges the recorded resolution again.
+        self._admit_resolution("resolve_image", request.environment, resolution)
+        return resolution
 
     def prepare_rootfs(self, request: RootfsPrepareRequest) -> RootfsRef:
         return self._step(
@@ -198,6 +220,7 @@ class Coordinator:
         )
         if replayed is not None:
             return replayed
+        self._admit_process("prepare_environment", env_id, request.environment, request.process)
         self._session_for(request.environment, "prepare_environment")
         earlier: dict[str, object] = {}
         for field, step, model in (
@@ -211,6 +234,9 @@ class Coordinator:
             if recorded is None:
                 raise InvalidStateTransition(f"prepare_environment needs {step} first", context={"missing": step})
             earlier[field] = model.model_validate(recorded)
+        image = earlier["image"]
+        assert isinstance(image, ImageResolution)
+        self._admit_resolution("prepare_environment", request.environment, image)
         # The digest covers the caller's request only; the filled-in results are derived from it.
         full = request.model_copy(update=earlier)
         result = self.effects.run(
@@ -239,7 +265,11 @@ class Coordinator:
         replayed = self.effects.recorded("start_process", env_id, key, request, ProcessStartResult)
         if replayed is not None:
             return replayed
+        self._admit_process("start_process", env_id, request.environment, request.process)
         record = self._session_for(request.environment, "start_process")
+        recorded_image = self.store.step_result(env_id, "resolve_image")
+        if recorded_image is not None:
+            self._admit_resolution("start_process", request.environment, ImageResolution.model_validate(recorded_image))
         if record.get("process") and json.loads(record["process"]) != dump(request.process):
             raise Conflict(
                 "start_process names a different process than the prepared one",
@@ -367,17 +397,7 @@ class Coordinator:
         if replayed is not None:
             return replayed
         self._session_for(env, "detach")
-        policy = env.spec.ownership.detach_policy
-        if not policy.allowed:
-            raise PolicyDenial(
-                "detach is not allowed by this environment's ownership policy",
-                context={"rule": "ownership.detach_policy.allowed"},
-            )
-        if request.ttl_ms > self.max_detach_ttl_ms:
-            raise PolicyDenial(
-                f"detach ttl {request.ttl_ms} ms exceeds the host maximum {self.max_detach_ttl_ms} ms",
-                context={"rule": "limits.max_detach_ttl_ms"},
-            )
+        self._admit("detach", env.environment_id, lambda policy: self._admit_detach(policy, request))
         ticket_ref = f"tkt-{slug(env.environment_id)}"
         full = request.model_copy(update={"ticket_ref": ticket_ref})
         # The coordinator owns time: the ticket deadline comes from its clock, not the adapter's.
@@ -467,10 +487,74 @@ class Coordinator:
         replayed = self.effects.recorded(op, env_id, key, request, result_type)
         if replayed is not None:
             return replayed
+        self._admit(op, env_id, lambda policy: check_environment(policy, request.environment))
         self._session_for(request.environment, op)
         result = self.effects.run(op, env_id, key, request, lambda: call(request), result_type, summary)
         self.store.set_step_result(env_id, op, dump(result), self.clock.now_ms())
         return result
+
+    # -- admission: host policy and capability matching ---------------------------------------
+
+    def _admit(self, op: str, env_id: str, check: Callable[[HostPolicy], None]) -> None:
+        """Run a policy check; a denial is journaled (no intent: nothing was attempted) and raised."""
+        try:
+            check(self.policy.current())
+        except PolicyDenial as denial:
+            self._journal_denial(op, env_id, denial)
+            raise
+
+    def _admit_session(self, policy: HostPolicy, env: ExecutionEnvironment) -> None:
+        check_environment(policy, env)
+        report = self.runtime.capability_report()
+        result = match(env.spec.requirement, report, policy.approvals)
+        if not result.ok:
+            raise PolicyDenial(
+                f"host {self.host_id} does not match the isolation requirement: {result.summary()}",
+                context={"rule": "matching", "gaps": ",".join(result.denied), "host": self.host_id},
+            )
+        if result.accepted:
+            log.warning(
+                "environment %s accepted on %s with approved gaps %s (policy_ref %s)",
+                env.environment_id,
+                self.host_id,
+                ",".join(result.accepted),
+                ",".join(result.approvals_used),
+            )
+
+    def _admit_process(self, op: str, env_id: str, env: ExecutionEnvironment, process: IsolatedProcessSpec) -> None:
+        def check(policy: HostPolicy) -> None:
+            check_environment(policy, env)
+            check_process(policy, env, process)
+
+        self._admit(op, env_id, check)
+
+    def _admit_resolution(self, op: str, env: ExecutionEnvironment, resolution: ImageResolution) -> None:
+        image = env.spec.image
+        if image is not None:
+            self._admit(op, env.environment_id, lambda policy: check_resolution(policy, image, resolution))
+
+    def _admit_detach(self, policy: HostPolicy, request: DetachTransferRequest) -> None:
+        if not request.environment.spec.ownership.detach_policy.allowed:
+            raise PolicyDenial(
+                "detach is not allowed by this environment's ownership policy",
+                context={"rule": "ownership.detach_policy.allowed"},
+            )
+        check_detach(policy, request.ttl_ms)
+
+    def _journal_denial(self, op: str, env_id: str, denial: PolicyDenial) -> None:
+        fields = {
+            "op": op,
+            "host": self.host_id,
+            "ts_ms": str(self.clock.now_ms()),
+            "rule": denial.context.get("rule", ""),
+            "summary": denial.message[:500],
+        }
+        if "gaps" in denial.context:
+            fields["gaps"] = denial.context["gaps"]
+        try:
+            self.journal.append(env_id, "denial", fields)
+        except JournalFailure:  # the denial stands: refusing needs no record to be safe
+            log.warning("could not journal the %s denial of %s (rule %s)", op, env_id, fields["rule"])
 
     # -- session lookups -------------------------------------------------------------------
 

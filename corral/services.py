@@ -13,6 +13,7 @@ import redis
 
 from corral.coordinator import Coordinator
 from corral.journal import Journal
+from corral.policy_source import PolicySource
 from corral.runtimes import build_runtime
 from corral.settings import Settings, load_settings
 from corral.store import Store
@@ -43,11 +44,13 @@ def coordinator() -> Coordinator:
         services = state_services()
         settings = services.settings
         _coordinators.clear()
+        # Before the runtime: loading the policy installs its mount aliases into settings.host.
+        policy = PolicySource.from_settings(settings)
         _coordinators[pid] = Coordinator(
             build_runtime(settings),
             services.store,
             services.journal,
             settings.host.id,
-            max_detach_ttl_ms=settings.limits.max_detach_ttl_ms,
+            policy=policy,
         )
     return _coordinators[pid]

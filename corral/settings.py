@@ -3,6 +3,10 @@
 The TOML file is ``$CORRAL_CONFIG`` when set, else ``/etc/corral/corral.toml`` when it exists,
 else the packaged ``config/corral.toml``. Nested keys use ``__`` in the environment
 (``CORRAL_HOST__ID=edge-1``). Building settings has no side effect; call ``load_settings()``.
+
+What a request may ask for (images, mount aliases, limits, network, detach, users, fallback
+approvals) is not a setting but the host policy, a separate file named by ``host.policy_file``
+(``corral.policy``, reloaded while running by ``corral.policy_source``).
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "corral.toml"
+REPO_POLICY = REPO_CONFIG.with_name("policy.toml")
+SYSTEM_POLICY = Path("/etc/corral/policy.toml")
 
 
 class RedisSettings(BaseModel):
@@ -35,10 +41,16 @@ class HostSettings(BaseModel):
     id: str = Field(default_factory=lambda: socket.gethostname().split(".")[0])
     runtime: str = "docker"
     """``docker`` or ``fake`` (unit tests only)."""
+    policy_file: str | None = None
+    """The host policy (TOML); unset: ``/etc/corral/policy.toml`` if present, else the shipped
+    ``config/policy.toml``. A named file that is missing or invalid denies every request."""
+    policy_check_s: float = Field(default=2.0, ge=0)
+    """How often (at most) the policy file's mtime is checked for a reload."""
     mounts: dict[str, str] = Field(default_factory=dict)
-    """Mount aliases: alias -> host directory. Callers name aliases, never host paths."""
+    """Legacy mount aliases (alias -> host path), merged into the policy's ``[mounts]`` as read-only
+    aliases. Once the policy is loaded this holds the whole alias table (what the runtime reads)."""
     writable_mounts: list[str] = Field(default_factory=list)
-    """Aliases that may be mounted writable; every other alias is read-only."""
+    """Legacy: aliases of ``mounts`` that may also be mounted writable."""
     state_dir: str = "/var/lib/corral"
     """Host-local state: I/O spools and detach acknowledgements."""
     secrets_root: str = "/dev/shm/corral-secrets"
@@ -61,6 +73,20 @@ class HostSettings(BaseModel):
     allow_raw_output: bool = True
     """Whether ``raw_content_if_policy_allows`` capture may return output bytes."""
 
+    _configured: tuple[dict[str, str], list[str]] = PrivateAttr(default=({}, []))
+
+    def model_post_init(self, context: Any) -> None:
+        self._configured = (dict(self.mounts), list(self.writable_mounts))
+
+    def configured_mounts(self) -> tuple[dict[str, str], list[str]]:
+        """``mounts`` / ``writable_mounts`` as configured (before any policy aliases were merged in)."""
+        return dict(self._configured[0]), list(self._configured[1])
+
+    def use_mount_aliases(self, mounts: dict[str, str], writable: list[str]) -> None:
+        """Install the policy's alias table, in place: a runtime holding this object sees it at once."""
+        self.mounts = dict(mounts)
+        self.writable_mounts = list(writable)
+
 
 class CelerySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -77,15 +103,6 @@ class CelerySettings(BaseModel):
     """How long a client waits for one operation's result."""
 
 
-class LimitSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    max_cpus: float = 16
-    max_memory_mb: int = 65_536
-    max_timeout_ms: int = 24 * 3600 * 1000
-    max_process_count: int = 4096
-    max_detach_ttl_ms: int = 7 * 24 * 3600 * 1000
-
-
 class TestingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     faults: str = ""
@@ -99,10 +116,19 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     host: HostSettings = Field(default_factory=HostSettings)
     celery: CelerySettings = Field(default_factory=CelerySettings)
-    limits: LimitSettings = Field(default_factory=LimitSettings)
     testing: TestingSettings = Field(default_factory=TestingSettings)
     state_ttl_s: int = 7 * 24 * 3600
     """Backstop TTL on every state key."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _limits_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "limits" in data:
+            raise ValueError(
+                "the [limits] section moved to the host policy file ([limits] in config/policy.toml, "
+                "named by host.policy_file); max_detach_ttl_ms is now [detach] max_ttl_ms"
+            )
+        return data
 
     @classmethod
     def settings_customise_sources(
@@ -136,6 +162,17 @@ def config_path() -> Path | None:
     if system.exists():
         return system
     return REPO_CONFIG if REPO_CONFIG.exists() else None
+
+
+def policy_path(settings: Settings) -> Path | None:
+    """The host policy file: ``host.policy_file`` (even when missing: that fails closed), else the
+    system file, else the shipped one; None when there is none at all (built-in defaults apply)."""
+    if settings.host.policy_file:
+        return Path(settings.host.policy_file)
+    for candidate in (SYSTEM_POLICY, REPO_POLICY):
+        if candidate.exists():
+            return candidate
+    return None
 
 
 @lru_cache(maxsize=1)

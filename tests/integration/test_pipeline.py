@@ -74,7 +74,6 @@ def test_chain_runs_a_job_end_to_end_and_journals_every_step(
     ("spec", "error"),
     [
         ({"image": "corral/does-not-exist:1"}, NotFound),
-        ({"mounts": ["nosuchalias:/data"]}, PolicyDenial),
     ],
 )
 def test_failing_step_leaves_nothing_behind(worker_factory, client, docker_client, busybox_image, spec, error) -> None:
@@ -90,6 +89,24 @@ def test_failing_step_leaves_nothing_behind(worker_factory, client, docker_clien
     records = client.journal(bad.environment_id)
     assert any(r.kind == "result" and r.fields.get("status") == "failed" for r in records)
     assert any(r.fields.get("op") == "cleanup" and r.kind == "result" for r in records)
+
+
+def test_policy_denial_stops_the_chain_before_any_effect(worker_factory, client, docker_client, busybox_image) -> None:
+    # The host policy is checked in prepare_session, before any effect: nothing to clean up afterwards.
+    worker = worker_factory()
+    bad = JobSpec(image=busybox_image, argv=["true"], memory_mb=64, mounts=["nosuchalias:/data"])
+    handle = client.submit(bad, host=worker.host_id)
+    with pytest.raises(PolicyDenial) as info:
+        client.wait(handle)
+    assert info.value.context["rule"] == "mounts.aliases"
+    # link_error still sends cleanup, which finds nothing to remove
+    assert wait_until(lambda: any(r.fields.get("op") == "cleanup" for r in client.journal(bad.environment_id)), 20)
+    records = client.journal(bad.environment_id)
+    first = records[0]
+    assert (first.kind, first.fields["op"], first.fields["rule"]) == ("denial", "prepare_session", "mounts.aliases")
+    assert [r.fields["op"] for r in records if r.kind == "intent"] == ["cleanup"]
+    assert client.services.store.session(bad.environment_id) == {}
+    assert count_labeled(docker_client, worker.host_id) == {"containers": 0, "networks": 0}
 
 
 def test_replayed_start_process_makes_exactly_one_container(

@@ -22,11 +22,13 @@ from corral.models import (
     EnvironmentPrepareRequest,
     ExecutionEnvironment,
     IsolatedProcessSpec,
+    IsolationCapabilityReport,
     ProcessStartRequest,
     ProcessStartResult,
 )
 from corral.runtimes.fake import FakeRuntime
 from corral.store import Store
+from tests.unit.policy_helpers import claims_container
 
 STATE_DB = 3
 HOST = "host-a"
@@ -67,6 +69,12 @@ class CountingRuntime(FakeRuntime):
     def __init__(self, host_id: str = HOST, output: dict[str, bytes] | None = None) -> None:
         super().__init__(host_id, output)
         self.calls: Counter[str] = Counter()
+
+    def capability_report(self) -> IsolationCapabilityReport:
+        """FakeRuntime honestly reports host_process, which fail-closed matching refuses for the default
+        (container) requirement: this double claims a container so the chain can be exercised. Matching
+        itself is table-tested in test_matching.py; test_policy.py swaps in other reports."""
+        return claims_container(super().capability_report())
 
     def __getattribute__(self, name: str) -> Any:
         attr = super().__getattribute__(name)

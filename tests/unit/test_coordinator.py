@@ -63,6 +63,7 @@ from tests.unit.helpers import (
     start_request,
     started,
 )
+from tests.unit.policy_helpers import fixed, policy_with
 
 pytestmark = pytest.mark.redis
 
@@ -716,11 +717,12 @@ def test_detach_denied_when_policy_disallows_it(rig: Rig) -> None:
 
 
 def test_detach_denied_when_ttl_exceeds_host_maximum(redis_url: str) -> None:
-    with make_rig(redis_url, max_detach_ttl_ms=10_000) as rig:
+    # The host maximum is the host policy's [detach] max_ttl_ms (it was settings.limits.max_detach_ttl_ms).
+    with make_rig(redis_url, policy=fixed(policy_with(detach={"max_ttl_ms": 10_000}))) as rig:
         j, _ = _started_rig(rig, allow_detach=True)
         with pytest.raises(PolicyDenial) as info:
             rig.coordinator.detach(DetachTransferRequest(environment=j.environment(), ttl_ms=10_001))
-        assert info.value.context["rule"] == "limits.max_detach_ttl_ms"
+        assert info.value.context["rule"] == "detach.max_ttl_ms"
         assert rig.runtime.calls["detach"] == 0
         assert rig.store.list_tickets() == []
         # exactly at the maximum is allowed
@@ -807,7 +809,8 @@ def test_cleanup_of_detached_session_closes_its_ticket(rig: Rig) -> None:
 
 
 def test_journal_records_never_contain_request_bodies(redis_url: str) -> None:
-    with make_rig(redis_url) as rig:
+    # the host policy must know the mount alias, or prepare_session denies the job before any effect
+    with make_rig(redis_url, policy=fixed(policy_with(mounts={"data": {"path": "/srv/data"}}))) as rig:
         j = job(argv=["echo", "ARGV-MARKER"], env={"PLAIN": "NOT-A-SECRET-MARKER"}, allow_detach=True,
                 mounts=["data:/data"], secrets=["token"])
         result = started(rig.run_chain(j))

@@ -1,0 +1,308 @@
+"""The host policy: what this host lets a request ask for, as data (``config/policy.toml``) and pure checks.
+
+The caller states a request; the host decides whether it may run here. Every check is a pure function
+of (policy, request) that returns nothing or raises ``PolicyDenial`` whose context names the rule that
+said no (``rule=images.allowed``, ``rule=limits.max_memory_mb``, ...), so a denial is explainable and
+testable without a host. The coordinator runs them before any adapter call (``corral.coordinator``);
+reloading the file is ``corral.policy_source``. Rules::
+
+    images.allowed / images.pinned / images.digests / images.require_digest
+    mounts.aliases / mounts.modes
+    limits.max_cpus / max_memory_mb / max_timeout_ms / max_process_count / max_scratch_mb
+    network.allowed_modes
+    detach.allowed / detach.max_ttl_ms
+    users.allow_unset / users.allow_root / users.allowed
+    policy.file                      (corral.policy_source: the file is missing or invalid)
+
+Mount aliases are defined here (alias -> host path + allowed modes); the legacy ``host.mounts`` /
+``host.writable_mounts`` settings are merged in as read-only (or writable) aliases, and a conflicting
+definition makes the whole policy invalid rather than picking a side.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Literal, NoReturn
+
+from pydantic import Field, ValidationError, field_validator
+
+from corral.errors import PolicyDenial
+from corral.matching import Approval
+from corral.models import (
+    ExecutionEnvironment,
+    ImageRequest,
+    ImageResolution,
+    IsolatedProcessSpec,
+    Model,
+    MountMode,
+    MountPolicy,
+    NetworkMode,
+    NetworkPolicy,
+    OwnershipClass,
+    OwnershipPolicy,
+    ParentAction,
+    ResourceLimits,
+)
+
+Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+AliasName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
+_USER_NAME = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")]
+
+
+class PolicyError(ValueError):
+    """The policy file cannot be used (unreadable, not TOML, not valid, conflicting aliases)."""
+
+
+# -- the file's shape ------------------------------------------------------------------------------
+
+
+class ImageRules(Model):
+    allowed: list[str] = Field(default_factory=lambda: ["corral/*"], max_length=1024)
+    """Glob patterns (fnmatch, case-sensitive) over the image name with its tag, ``:latest`` added when absent."""
+    digests: list[Digest] = Field(default_factory=list, max_length=1024)
+    """Image ids allowed whatever their name (the request must name the digest)."""
+    pinned: dict[str, Digest] = Field(default_factory=dict)
+    """Image name -> the only image id it may resolve to (also allows the name)."""
+    require_digest: bool = False
+    """Every request must name a digest (``expected_digest`` or ``@sha256:``), unless its name is pinned."""
+
+
+class MountAlias(Model):
+    path: str = Field(min_length=1, max_length=4096)
+    """The host directory or file behind the alias (absolute). Never shown to callers."""
+    modes: list[MountMode] = Field(default_factory=lambda: [MountMode.read_only], min_length=1)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or "\x00" in value:
+            raise ValueError("a mount alias path must be absolute")
+        return value
+
+
+class LimitRules(Model):
+    max_cpus: float = Field(default=16, gt=0)
+    max_memory_mb: int = Field(default=65_536, ge=1)
+    max_timeout_ms: int = Field(default=24 * 3600 * 1000, ge=1)
+    max_process_count: int = Field(default=4096, ge=1)
+    max_scratch_mb: int = Field(default=4096, ge=1)
+
+
+class NetworkRules(Model):
+    allowed_modes: list[NetworkMode] = Field(
+        default_factory=lambda: [
+            NetworkMode.disabled,
+            NetworkMode.adapter_defined_denied,
+            NetworkMode.allowlist,
+            NetworkMode.egress_scoped,
+        ]
+    )
+
+
+class DetachRules(Model):
+    allowed: bool = True
+    max_ttl_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=1000)
+
+
+class UserRules(Model):
+    allow_unset: bool = True
+    """A process without a user runs as the runtime's default user (the image's, for Docker)."""
+    allow_root: bool = False
+    """Whether a process may name uid/gid 0 or ``root`` (as user or group)."""
+    allowed_users: list[_USER_NAME] = Field(default_factory=list)
+    allowed_uids: list[tuple[int, int]] = Field(default_factory=list)
+    """Inclusive uid ranges. With both lists empty any (non-root) user is allowed."""
+
+
+class HostPolicy(Model):
+    version: Literal[1] = 1
+    images: ImageRules = Field(default_factory=ImageRules)
+    mounts: dict[AliasName, MountAlias] = Field(default_factory=dict)
+    limits: LimitRules = Field(default_factory=LimitRules)
+    network: NetworkRules = Field(default_factory=NetworkRules)
+    detach: DetachRules = Field(default_factory=DetachRules)
+    users: UserRules = Field(default_factory=UserRules)
+    approvals: list[Approval] = Field(default_factory=list, max_length=256)
+    """Fallback decisions (``corral.matching``): which exact gaps each ``policy_ref`` accepts."""
+
+
+def parse_policy(text: str, source: str = "policy") -> HostPolicy:
+    """A policy from TOML text; ``PolicyError`` saying where and why when it is not valid."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{source} is not valid TOML: {exc}") from None
+    try:
+        return HostPolicy.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]]
+        raise PolicyError(f"{source} is not a valid host policy: " + "; ".join(problems)) from None
+
+
+def with_legacy_mounts(policy: HostPolicy, mounts: Mapping[str, str], writable: Sequence[str]) -> HostPolicy:
+    """The policy plus the aliases of ``host.mounts`` (read-only unless in ``host.writable_mounts``)."""
+    merged = dict(policy.mounts)
+    for alias, path in mounts.items():
+        modes = [MountMode.read_only, *([MountMode.writable] if alias in writable else [])]
+        try:
+            legacy = MountAlias(path=path, modes=modes)
+        except ValidationError:
+            raise PolicyError(f"host.mounts alias {alias!r} is not an absolute path") from None
+        known = merged.get(alias)
+        if known is not None and (known.path != legacy.path or set(known.modes) != set(legacy.modes)):
+            raise PolicyError(f"mount alias {alias!r} is defined differently in the policy file and host.mounts")
+        merged[alias] = known or legacy
+    try:
+        return HostPolicy.model_validate({**policy.model_dump(), "mounts": merged})
+    except ValidationError as exc:
+        raise PolicyError(f"host.mounts is not valid: {exc.errors()[0]['msg']}") from None
+
+
+def mount_table(policy: HostPolicy) -> tuple[dict[str, str], list[str]]:
+    """(alias -> host path, writable aliases): the shape the Docker runtime reads from ``HostSettings``."""
+    return (
+        {alias: m.path for alias, m in policy.mounts.items()},
+        [alias for alias, m in policy.mounts.items() if MountMode.writable in m.modes],
+    )
+
+
+# -- the checks --------------------------------------------------------------------------------------
+
+
+def deny(message: str, rule: str, **context: str) -> NoReturn:
+    raise PolicyDenial(f"{message} (host policy {rule})", context={"rule": rule, **context})
+
+
+def check_environment(policy: HostPolicy, env: ExecutionEnvironment) -> None:
+    """Everything about an environment the host policy rules on (the process is ``check_process``)."""
+    spec = env.spec
+    if spec.image is not None:
+        check_image(policy, spec.image)
+    check_limits(policy, spec.resources, spec.filesystem.scratch_mb)
+    check_network(policy, spec.network)
+    check_mounts(policy, spec.filesystem.mounts)
+    check_ownership(policy, spec.ownership)
+
+
+def image_name(image_ref: str) -> str:
+    """The name patterns match: the reference without ``@digest``, with ``:latest`` when it has no tag."""
+    name = image_ref.split("@", 1)[0]
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def named_digests(image: ImageRequest) -> set[str]:
+    found = {image.expected_digest} if image.expected_digest else set()
+    if "@" in image.image_ref:
+        found.add(image.image_ref.split("@", 1)[1])
+    return found
+
+
+def check_image(policy: HostPolicy, image: ImageRequest) -> None:
+    rules = policy.images
+    name = image_name(image.image_ref)
+    digests = named_digests(image)
+    pin = rules.pinned.get(name)
+    if pin is not None:
+        if digests - {pin}:
+            deny(f"image {name} is pinned to another digest", "images.pinned", image=name)
+        return
+    by_name = any(fnmatch.fnmatchcase(name, pattern) for pattern in rules.allowed)
+    if not by_name and not (digests and digests <= set(rules.digests)):
+        deny(f"image {name} is not allowed on this host", "images.allowed", image=name)
+    if rules.require_digest and not digests:
+        deny(f"image {name} must be requested by digest", "images.require_digest", image=name)
+
+
+def check_resolution(policy: HostPolicy, image: ImageRequest, resolution: ImageResolution) -> None:
+    """What the image resolved to: a pinned name must be its pin; a name allowed only by digest must
+    have resolved to an allowed digest."""
+    rules = policy.images
+    name = image_name(image.image_ref)
+    pin = rules.pinned.get(name)
+    if pin is not None:
+        if resolution.digest != pin:
+            deny(f"image {name} resolved to a digest other than its pin", "images.pinned", image=name)
+        return
+    if not any(fnmatch.fnmatchcase(name, pattern) for pattern in rules.allowed) and (
+        resolution.digest not in rules.digests
+    ):
+        deny(f"image {name} resolved to a digest that is not allowed", "images.digests", image=name)
+
+
+def _at_most(value: float, limit: float, what: str, rule: str) -> None:
+    if value > limit:
+        deny(f"{what} {value:g} exceeds the host maximum {limit:g}", rule)
+
+
+def check_limits(policy: HostPolicy, resources: ResourceLimits, scratch_mb: int) -> None:
+    limits = policy.limits
+    _at_most(resources.cpus, limits.max_cpus, "cpus", "limits.max_cpus")
+    _at_most(resources.memory_mb, limits.max_memory_mb, "memory_mb", "limits.max_memory_mb")
+    _at_most(resources.timeout_ms, limits.max_timeout_ms, "timeout_ms", "limits.max_timeout_ms")
+    _at_most(resources.process_count, limits.max_process_count, "process_count", "limits.max_process_count")
+    _at_most(scratch_mb, limits.max_scratch_mb, "scratch_mb", "limits.max_scratch_mb")
+
+
+def check_network(policy: HostPolicy, network: NetworkPolicy) -> None:
+    if network.mode not in policy.network.allowed_modes:
+        deny(f"network mode {network.mode.value} is not allowed on this host", "network.allowed_modes")
+
+
+def check_mounts(policy: HostPolicy, mounts: Sequence[MountPolicy]) -> None:
+    for mount in mounts:
+        alias = policy.mounts.get(mount.source_alias)
+        if alias is None:
+            deny(f"unknown mount alias {mount.source_alias!r}", "mounts.aliases", alias=mount.source_alias)
+        if mount.mode not in alias.modes:
+            deny(
+                f"mount alias {mount.source_alias!r} may not be mounted {mount.mode.value}",
+                "mounts.modes",
+                alias=mount.source_alias,
+            )
+
+
+def check_ownership(policy: HostPolicy, ownership: OwnershipPolicy) -> None:
+    """An environment that plans to detach is refused up front on a host that never allows it."""
+    wants_detach = (
+        ownership.detach_policy.allowed
+        or ownership.ownership_class is OwnershipClass.detached_by_intent
+        or ParentAction.detach in (ownership.on_parent_cancel, ownership.on_parent_complete)
+    )
+    if wants_detach and not policy.detach.allowed:
+        deny("this host does not allow detach", "detach.allowed")
+
+
+def check_detach(policy: HostPolicy, ttl_ms: int) -> None:
+    if not policy.detach.allowed:
+        deny("this host does not allow detach", "detach.allowed")
+    _at_most(ttl_ms, policy.detach.max_ttl_ms, "detach ttl_ms", "detach.max_ttl_ms")
+
+
+def check_process(policy: HostPolicy, env: ExecutionEnvironment, process: IsolatedProcessSpec) -> None:
+    """The process spec (carried by prepare_environment and start_process): its user and its timeout."""
+    check_user(policy, process.user)
+    if process.timeout_ms is not None:
+        _at_most(process.timeout_ms, policy.limits.max_timeout_ms, "timeout_ms", "limits.max_timeout_ms")
+
+
+def _is_root(part: str) -> bool:
+    return part == "root" or (part.isdigit() and int(part) == 0)
+
+
+def check_user(policy: HostPolicy, user: str | None) -> None:
+    """Names are judged as written: the image decides what a name means, so list uids to be exact."""
+    rules = policy.users
+    if user is None:
+        if not rules.allow_unset:
+            deny("the process must name a user", "users.allow_unset")
+        return
+    name, _, group = user.partition(":")
+    if (_is_root(name) or (group and _is_root(group))) and not rules.allow_root:
+        deny("running as root (uid or gid 0) is not allowed on this host", "users.allow_root")
+    if not rules.allowed_users and not rules.allowed_uids:
+        return
+    by_uid = name.isdigit() and any(lo <= int(name) <= hi for lo, hi in rules.allowed_uids)
+    if name not in rules.allowed_users and not by_uid:
+        deny(f"user {name} is not allowed on this host", "users.allowed")

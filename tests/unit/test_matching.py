@@ -1,0 +1,378 @@
+"""corral.matching: fail-closed capability matching (CONTRACT.md rule 4), as a table over the matrix:
+class strength, each capability, each trust field, health, and the approval scope of a fallback.
+
+Then placement: Client.pick_host skips hosts whose published report does not match, and a requested
+host that does not match is a PolicyDenial naming the gaps (real Redis, no worker)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from pydantic import ValidationError
+
+from corral.client import Client
+from corral.errors import NotFound, PolicyDenial
+from corral.journal import Journal
+from corral.matching import Approval, ApprovalKind, find_gaps, kind_accepts, match, placement_match
+from corral.models import (
+    CLASS_STRENGTH,
+    Capability,
+    HealthState,
+    IsolationClass,
+    Level,
+    Locality,
+    Tenancy,
+    TrustVector,
+    dump,
+)
+from corral.services import Services
+from corral.settings import Settings
+from corral.store import Store
+from tests.unit.policy_helpers import STRONG_TRUST, approval, report, requirement
+
+C = IsolationClass
+ORDER = [C.host_process, C.sandbox, C.container, C.remote_sandbox, C.lightweight_vm]
+"""The strength order the contract vocabulary states (weakest first)."""
+
+
+# -- class ---------------------------------------------------------------------------------------
+
+
+def test_class_strength_order_is_the_documented_one() -> None:
+    assert sorted(CLASS_STRENGTH, key=CLASS_STRENGTH.__getitem__) == ORDER
+
+
+@pytest.mark.parametrize("needed", ORDER)
+@pytest.mark.parametrize("offered", ORDER)
+def test_class_gap_iff_no_supported_class_is_as_strong(needed: IsolationClass, offered: IsolationClass) -> None:
+    result = match(requirement(needed), report(classes=[offered]))
+    if ORDER.index(offered) >= ORDER.index(needed):
+        assert result.ok and result.gaps == ()
+    else:
+        assert result.denied == (f"class:{needed.value}",)
+
+
+@pytest.mark.parametrize("needed", ORDER[1:])
+def test_host_process_adapter_is_a_downgrade_for_every_stronger_class(needed: IsolationClass) -> None:
+    result = match(requirement(needed), report(classes=[C.host_process]))
+    assert result.denied == (f"class:{needed.value}",)
+    approved = match(
+        requirement(needed, allowed_gaps=[f"class:{needed.value}"], policy_ref="dec-1"),
+        report(classes=[C.host_process]),
+        [approval([f"class:{needed.value}"])],
+    )
+    assert approved.ok and approved.accepted == (f"class:{needed.value}",)
+
+
+def test_the_strongest_supported_class_counts_and_no_class_at_all_is_a_gap() -> None:
+    assert match(requirement(C.container), report(classes=[C.host_process, C.lightweight_vm])).ok
+    assert match(requirement(C.host_process), report(classes=[])).denied == ("class:host_process",)
+
+
+# -- capabilities --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cap", list(Capability))
+def test_each_missing_capability_is_its_own_gap(cap: Capability) -> None:
+    others = [c for c in Capability if c is not cap]
+    result = match(requirement(capabilities=[cap]), report(capabilities=others))
+    assert result.denied == (f"capability:{cap.value}",)
+    assert match(requirement(capabilities=[cap]), report(capabilities=[cap])).ok
+
+
+@pytest.mark.parametrize("cap", list(Capability))
+def test_a_capability_also_declared_unsupported_is_not_relied_on(cap: Capability) -> None:
+    inconsistent = report(unsupported_requirements=[f"capability:{cap.value}"])
+    assert match(requirement(capabilities=[cap]), inconsistent).denied == (f"capability:{cap.value}",)
+
+
+def test_every_missing_capability_is_listed_once_in_order() -> None:
+    need = [Capability.audit_log, Capability.egress_allowlist, Capability.audit_log]
+    result = match(requirement(capabilities=need), report(capabilities=[Capability.cleanup]))
+    assert result.denied == ("capability:audit_log", "capability:egress_allowlist")
+
+
+# -- trust ---------------------------------------------------------------------------------------
+
+L = Level
+TRUST_TABLE: list[tuple[str, Any, Any, bool]] = [
+    # field, required, reported, gap?
+    ("locality", Locality.any, Locality.any, False),
+    ("locality", Locality.any, Locality.local, False),
+    ("locality", Locality.any, Locality.remote, False),
+    ("locality", Locality.local, Locality.local, False),
+    ("locality", Locality.local, Locality.remote, True),
+    ("locality", Locality.local, Locality.any, True),
+    ("locality", Locality.remote, Locality.remote, False),
+    ("locality", Locality.remote, Locality.local, True),
+    ("tenancy", Tenancy.shared_allowed, Tenancy.shared_allowed, False),
+    ("tenancy", Tenancy.shared_allowed, Tenancy.dedicated, False),
+    ("tenancy", Tenancy.dedicated, Tenancy.dedicated, False),
+    ("tenancy", Tenancy.dedicated, Tenancy.shared_allowed, True),
+    *[
+        (name, need, have, ORDER_L.index(have) < ORDER_L.index(need))
+        for ORDER_L in ([L.none, L.best_effort, L.required],)
+        for name in ("auditability", "cleanup", "secret_isolation")
+        for need in ORDER_L
+        for have in ORDER_L
+    ],
+    ("data_residency", "any", "any", False),
+    ("data_residency", "any", "local_only", False),
+    ("data_residency", "any", "region(eu-1)", False),
+    ("data_residency", "local_only", "local_only", False),
+    ("data_residency", "local_only", "any", True),
+    ("data_residency", "local_only", "region(eu-1)", True),
+    ("data_residency", "region(eu-1)", "region(eu-1)", False),
+    ("data_residency", "region(eu-1)", "region(us-1)", True),
+    ("data_residency", "region(eu-1)", "local_only", True),
+    ("data_residency", "region(eu-1)", "any", True),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "need", "have", "gap"), TRUST_TABLE, ids=[f"{f}-{n}-{h}" for f, n, h, _ in TRUST_TABLE]
+)
+def test_trust_field_order(field: str, need: Any, have: Any, gap: bool) -> None:
+    # everything else required is the weakest value and reported is the strongest, so only `field` varies
+    weakest = {"locality": "any", "tenancy": "shared_allowed", "data_residency": "any"} | {
+        n: "none" for n in ("auditability", "cleanup", "secret_isolation")
+    }
+    need_trust = {**weakest, field: need}
+    have_trust = STRONG_TRUST.model_copy(update={field: have})
+    result = match(requirement(**need_trust), report(trust=have_trust))
+    assert result.denied == ((f"trust:{field}",) if gap else ())
+
+
+def test_trust_gaps_are_listed_per_field() -> None:
+    weak = TrustVector(locality=Locality.remote, auditability=Level.none, secret_isolation=Level.none)
+    result = match(requirement(locality="local", auditability="required"), report(trust=weak))
+    # the default requirement asks best_effort secret isolation, so "none" is a gap too
+    assert result.denied == ("trust:locality", "trust:auditability", "trust:secret_isolation")
+
+
+# -- health --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "gaps"),
+    [
+        (HealthState.healthy, ()),
+        (HealthState.degraded, ("health:degraded",)),
+        (HealthState.unsupported_host, ("health:unsupported_host",)),
+    ],
+)
+def test_health_state_gap(state: HealthState, gaps: tuple[str, ...]) -> None:
+    assert match(requirement(), report(health=state)).denied == gaps
+
+
+def test_degraded_host_needs_a_degraded_host_approval_not_a_downgrade_one() -> None:
+    need = requirement(allowed_gaps=["health:degraded"], policy_ref="dec-1")
+    degraded = report(health=HealthState.degraded)
+    assert match(need, degraded, [approval(["health:degraded"], ApprovalKind.degraded_host)]).accepted == (
+        "health:degraded",
+    )
+    for kind in (ApprovalKind.downgrade, ApprovalKind.tool):
+        result = match(need, degraded, [approval(["health:degraded"], kind)])
+        assert result.denied == ("health:degraded",), kind
+        assert f"is a {kind.value} approval" in result.summary()
+
+
+def test_unsupported_host_is_never_accepted_whatever_the_fallback() -> None:
+    need = requirement(allowed_gaps=["health:unsupported_host"], policy_ref="dec-1")
+    every_kind = [approval(["health:unsupported_host"], kind) for kind in ApprovalKind]
+    result = match(need, report(health=HealthState.unsupported_host), every_kind)
+    assert result.denied == ("health:unsupported_host",)
+    assert "never used" in result.summary()
+    assert not any(kind_accepts(kind, "health:unsupported_host") for kind in ApprovalKind)
+
+
+# -- fallback and approval scope -------------------------------------------------------------------
+
+GAP = "capability:audit_log"
+NO_AUDIT = [c for c in Capability if c is not Capability.audit_log]
+
+SCOPE_TABLE: list[tuple[str, list[str], str | None, list[Approval], bool]] = [
+    # id, fallback.allowed_gaps, fallback.policy_ref, host approvals, accepted?
+    ("listed+approved", [GAP], "dec-1", [approval([GAP])], True),
+    ("not-listed", [], "dec-1", [approval([GAP])], False),
+    ("listed-no-policy-ref", [GAP], None, [approval([GAP])], False),
+    ("listed-no-approval", [GAP], "dec-1", [], False),
+    ("approval-of-another-ref", [GAP], "dec-1", [approval([GAP], policy_ref="dec-2")], False),
+    ("approval-of-another-gap", [GAP], "dec-1", [approval(["capability:egress_allowlist"])], False),
+    ("listed-other-gap-only", ["capability:egress_allowlist"], "dec-1", [approval([GAP])], False),
+    ("tool-approval", [GAP], "dec-1", [approval([GAP], ApprovalKind.tool)], False),
+    ("degraded-host-approval", [GAP], "dec-1", [approval([GAP], ApprovalKind.degraded_host)], False),
+    (
+        "tool-names-gap-downgrade-does-not",
+        [GAP],
+        "dec-1",
+        [approval([GAP], ApprovalKind.tool), approval(["class:container"])],
+        False,
+    ),
+    ("tool-and-downgrade-both-name-it", [GAP], "dec-1", [approval([GAP], ApprovalKind.tool), approval([GAP])], True),
+    ("prefix-is-not-exact", ["capability:"], "dec-1", [approval([GAP])], False),
+]
+
+
+@pytest.mark.parametrize(
+    ("allowed", "policy_ref", "approvals", "accepted"),
+    [row[1:] for row in SCOPE_TABLE],
+    ids=[r[0] for r in SCOPE_TABLE],
+)
+def test_a_gap_is_accepted_only_when_listed_and_approved_for_exactly_that_gap(
+    allowed: list[str], policy_ref: str | None, approvals: list[Approval], accepted: bool
+) -> None:
+    need = requirement(capabilities=[Capability.audit_log], allowed_gaps=allowed, policy_ref=policy_ref)
+    result = match(need, report(capabilities=NO_AUDIT), approvals)
+    assert result.gaps == (GAP,)
+    assert result.ok is accepted
+    assert result.accepted == ((GAP,) if accepted else ())
+    assert result.denied == (() if accepted else (GAP,))
+    assert result.approvals_used == (("dec-1",) if accepted else ())
+
+
+def test_an_approval_for_one_gap_does_not_approve_another() -> None:
+    need = requirement(
+        capabilities=[Capability.audit_log, Capability.egress_allowlist],
+        allowed_gaps=[GAP, "capability:egress_allowlist"],
+        policy_ref="dec-1",
+    )
+    result = match(need, report(capabilities=[Capability.cleanup]), [approval([GAP])])
+    assert result.accepted == (GAP,)
+    assert result.denied == ("capability:egress_allowlist",)
+    assert "does not cover this gap" in result.summary()
+
+
+@pytest.mark.parametrize("gap", ["class:lightweight_vm", "capability:audit_log", "trust:tenancy"])
+def test_downgrade_approval_accepts_class_capability_and_trust_gaps(gap: str) -> None:
+    need = requirement(
+        C.lightweight_vm,
+        capabilities=[Capability.audit_log],
+        tenancy="dedicated",
+        allowed_gaps=[gap],
+        policy_ref="dec-1",
+    )
+    weak = report(capabilities=NO_AUDIT, trust=STRONG_TRUST.model_copy(update={"tenancy": Tenancy.shared_allowed}))
+    result = match(need, weak, [approval([gap])])
+    assert set(result.gaps) == {"class:lightweight_vm", "capability:audit_log", "trust:tenancy"}
+    assert result.accepted == (gap,)
+    assert len(result.denied) == 2
+
+
+@pytest.mark.parametrize(
+    ("kind", "gap", "accepts"),
+    [
+        (ApprovalKind.downgrade, "class:container", True),
+        (ApprovalKind.downgrade, "capability:audit_log", True),
+        (ApprovalKind.downgrade, "trust:locality", True),
+        (ApprovalKind.downgrade, "health:degraded", False),
+        (ApprovalKind.degraded_host, "health:degraded", True),
+        (ApprovalKind.degraded_host, "class:container", False),
+        (ApprovalKind.degraded_host, "health:unsupported_host", False),
+        (ApprovalKind.tool, "class:container", False),
+        (ApprovalKind.tool, "capability:audit_log", False),
+        (ApprovalKind.tool, "trust:locality", False),
+        (ApprovalKind.tool, "health:degraded", False),
+    ],
+)
+def test_approval_kind_scope(kind: ApprovalKind, gap: str, accepts: bool) -> None:
+    assert kind_accepts(kind, gap) is accepts
+
+
+@pytest.mark.parametrize("bad", ["audit_log", "capability:", "class", "health", "weird:thing", ""])
+def test_an_approval_names_gaps_in_the_gap_vocabulary(bad: str) -> None:
+    with pytest.raises(ValidationError):
+        Approval(policy_ref="dec-1", kind=ApprovalKind.downgrade, gaps=[bad])
+
+
+def test_a_perfect_match_has_no_gaps_and_says_so() -> None:
+    result = match(requirement(capabilities=list(Capability), **STRONG_TRUST.model_dump()), report())
+    assert result.ok and result.gaps == () and result.summary() == "matches"
+    assert find_gaps(requirement(), report()) == []
+
+
+# -- placement matching (no approvals visible) ------------------------------------------------------
+
+
+def test_placement_assumes_only_the_gaps_the_requirement_lists_could_be_approved() -> None:
+    weak = report(classes=[C.host_process], capabilities=NO_AUDIT)
+    listed = requirement(capabilities=[Capability.audit_log], allowed_gaps=[GAP], policy_ref="dec-1")
+    assert placement_match(listed, report(capabilities=NO_AUDIT)).ok
+    partly = placement_match(listed, weak)
+    assert partly.denied == ("class:container",) and partly.accepted == (GAP,)
+    assert not placement_match(requirement(capabilities=[Capability.audit_log]), report(capabilities=NO_AUDIT)).ok
+    no_ref = requirement(capabilities=[Capability.audit_log], allowed_gaps=[GAP])
+    assert not placement_match(no_ref, report(capabilities=NO_AUDIT)).ok
+
+
+def test_placement_never_assumes_an_unsupported_host_could_be_used() -> None:
+    need = requirement(allowed_gaps=["health:unsupported_host", "health:degraded"], policy_ref="dec-1")
+    assert not placement_match(need, report(health=HealthState.unsupported_host)).ok
+    assert placement_match(need, report(health=HealthState.degraded)).ok
+
+
+# -- Client.pick_host --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[Client]:
+    settings = Settings(redis={"url": redis_url})
+    r = redis.Redis.from_url(f"{redis_url}/3", decode_responses=True)
+    c = Client(settings, Services(settings, Store(r), Journal(r)))
+    yield c
+    c.close()
+    r.close()
+
+
+def _publish(c: Client, host: str, **report_kwargs: Any) -> None:
+    c.services.store.publish_host(host, {"host_id": host, "report": dump(report(**report_kwargs))}, 60_000)
+
+
+@pytest.mark.redis
+def test_pick_host_skips_hosts_whose_report_does_not_match(client: Client) -> None:
+    _publish(client, "weak", classes=[C.host_process])
+    _publish(client, "sick", health=HealthState.degraded)
+    _publish(client, "good")
+    assert client.pick_host() == "good"
+    client.services.store.r.delete("corral:host:good")
+    with pytest.raises(NotFound, match="no live host matches") as info:
+        client.pick_host()
+    assert "weak: class:container" in info.value.message and "sick: health:degraded" in info.value.message
+
+
+@pytest.mark.redis
+def test_pick_host_prefers_a_host_needing_no_approval(client: Client) -> None:
+    _publish(client, "a-weak", classes=[C.host_process])
+    _publish(client, "b-good")
+    fallback = requirement(allowed_gaps=["class:container"], policy_ref="dec-1")
+    assert client.pick_host(requirement=fallback) == "b-good"
+    client.services.store.r.delete("corral:host:b-good")
+    assert client.pick_host(requirement=fallback) == "a-weak"
+
+
+@pytest.mark.redis
+def test_requested_host_that_does_not_match_is_a_policy_denial_naming_the_gaps(client: Client) -> None:
+    _publish(client, "weak", classes=[C.host_process], capabilities=NO_AUDIT)
+    need = requirement(capabilities=[Capability.audit_log])
+    with pytest.raises(PolicyDenial) as info:
+        client.pick_host("weak", need)
+    assert info.value.context["gaps"] == "class:container,capability:audit_log"
+    assert info.value.context["rule"] == "matching"
+    _publish(client, "fine")
+    assert client.pick_host("fine", need) == "fine"
+
+
+@pytest.mark.redis
+def test_requested_host_with_an_unreadable_report_is_denied(client: Client) -> None:
+    for host, bad in (("odd", {"nonsense": True}), ("odder", {"health": {"state": "healthy"}, "capabilities": 1})):
+        client.services.store.publish_host(host, {"host_id": host, "report": bad}, 60_000)
+        with pytest.raises(PolicyDenial, match="report:unreadable"):
+            client.pick_host(host)
+    client.services.store.publish_host("none", {"host_id": "none"}, 60_000)
+    with pytest.raises(PolicyDenial, match="report:unreadable"):
+        client.pick_host("none")
+    with pytest.raises(NotFound, match="none: report:unreadable"):
+        client.pick_host()
