@@ -131,6 +131,8 @@ class DockerRuntime:
 
     def _secret_values(self, layout: SpoolLayout) -> tuple[list[bytes], list[str]]:
         names = read_json(layout.secrets) or []
+        if not names:  # no provider is asked (or loaded) for a session without secrets
+            return [], []
         return self.secrets.resolve_many([str(n) for n in names])
 
     def _now_ms(self) -> int:

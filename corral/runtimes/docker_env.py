@@ -18,11 +18,14 @@ no readable passwd file), or the worker is not root and cannot chown, the file f
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tarfile
 import threading
+import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,12 +88,27 @@ def _read_archive_file(container: Any, path: str) -> bytes | None:
     return None
 
 
+def _remove_stale_probes(client: Any, older_than_s: float = 300.0) -> None:
+    """Probe containers left by a worker that died between create and remove (best effort)."""
+    now = time.time()
+    for container in client.containers.list(all=True, filters={"label": PROBE_LABEL}):
+        created = str(container.attrs.get("Created") or "")
+        try:
+            age = now - datetime.fromisoformat(created[:26].rstrip("Z") + "+00:00").timestamp()
+        except ValueError:
+            continue
+        if age > older_than_s:
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+
+
 def image_user_tables(client: Any, image_id: str) -> UserTables | None:
     """The image's passwd/group tables, read once per image id (an id names immutable content) from
     a container that is created and removed, never started. None when the image has no passwd file."""
     with _TABLES_LOCK:
         if image_id in _TABLES:
             return _TABLES[image_id]
+    _remove_stale_probes(client)
     container = client.containers.create(
         image_id,
         command=["/corral-probe-never-runs"],

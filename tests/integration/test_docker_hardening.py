@@ -489,3 +489,23 @@ def test_secret_values_absent_from_every_result(runtime: DockerRuntime, busybox_
     for value in (FILE_VALUE, PLUGIN_VALUE, ENV_VALUE):
         for form in _encodings(value):
             assert form not in dumped
+
+
+def test_a_broken_plugin_does_not_touch_sessions_without_secrets(
+    docker_client: Any, host: HostSettings, host_id: str, busybox_image: str
+) -> None:
+    broken = host.model_copy(update={"secret_providers": ["no.such.module:X"]})
+    rt = DockerRuntime(host_id, broken, docker_client)
+    process_ref = sh(rt, make_env(busybox_image), "echo fine")
+    wait_exit(rt, process_ref)
+    assert output(rt, process_ref) == b"fine\n"
+
+
+def test_stale_probe_containers_are_swept(docker_client: Any, busybox_image: str) -> None:
+    from corral.runtimes.docker_env import _remove_stale_probes
+
+    left = docker_client.containers.create(busybox_image, command=["true"], labels={PROBE_LABEL: "passwd"})
+    _remove_stale_probes(docker_client)
+    assert docker_client.containers.get(left.id)  # young: maybe another worker's probe in flight
+    _remove_stale_probes(docker_client, older_than_s=0)
+    assert docker_client.containers.list(all=True, filters={"label": PROBE_LABEL}) == []
