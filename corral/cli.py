@@ -72,7 +72,7 @@ def main() -> None:
 @click.option("--mount", "mounts", multiple=True, help="ALIAS:DEST[:rw], ALIAS defined by the host (repeatable).")
 @click.option("--network", default="disabled", show_default=True, help="Network mode (disabled = none).")
 @click.option("--secret", "secrets", multiple=True, help="Secret NAME, mounted at /run/secrets/NAME.")
-@click.option("--user", help="Run as USER[:GROUP] inside the sandbox.")
+@click.option("--user", help="Run as USER[:GROUP] inside the sandbox (default 65534:65534, nobody).")
 @click.option("--workdir", default="/", show_default=True)
 @click.option("--interactive", "-i", is_flag=True, help="Forward this command's stdin to the process.")
 @click.option("--detach", is_flag=True, help="Start, then hand the sandbox over under a reclaim ticket.")

@@ -62,7 +62,9 @@ UNSUPPORTED = [
 WEAKER = [
     "env_secrets: the value is in the container's configuration, visible to host admins through docker inspect "
     "(and to every process of the sandbox); file secrets (secret_mounts) are not",
-    "secret_redaction: basic - exact values only; not encodings, not values split across frames",
+    "secret_redaction: exact values always; for values of 4+ bytes also base64 (std/urlsafe, padded or not, and "
+    "inside longer base64 except one mixed character per edge), URL, hex and JSON-escaped forms, across frame "
+    "boundaries; not line-wrapped base64/hex, other transformations, or a value split between stdout and stderr",
     "io spool cap: keeps the head of a stream only (no tail)",
     "io spool: output is kept unredacted on the host (state_dir) until cleanup; frames are redacted when read",
     "secret files: 0444 (readable by every user in the sandbox) instead of 0400 owned by the process user "
