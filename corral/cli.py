@@ -72,6 +72,7 @@ def main() -> None:
 @click.option("--mount", "mounts", multiple=True, help="ALIAS:DEST[:rw], ALIAS defined by the host (repeatable).")
 @click.option("--network", default="disabled", show_default=True, help="Network mode (disabled = none).")
 @click.option("--secret", "secrets", multiple=True, help="Secret NAME, mounted at /run/secrets/NAME.")
+@click.option("--secret-env", "secret_envs", multiple=True, help="VAR=NAME: secret NAME in env VAR (weaker).")
 @click.option("--user", help="Run as USER[:GROUP] inside the sandbox (default 65534:65534, nobody).")
 @click.option("--workdir", default="/", show_default=True)
 @click.option("--interactive", "-i", is_flag=True, help="Forward this command's stdin to the process.")
@@ -91,6 +92,7 @@ def run(
     mounts: tuple[str, ...],
     network: str,
     secrets: tuple[str, ...],
+    secret_envs: tuple[str, ...],
     user: str | None,
     workdir: str,
     interactive: bool,
@@ -119,6 +121,7 @@ def run(
         mounts=list(mounts),
         network=network,
         secrets=list(secrets),
+        env_secrets=parse_env(secret_envs),
         user=user,
         workdir=workdir,
         allow_detach=detach,

@@ -18,6 +18,7 @@ from corral.models import (
     DetachPolicy,
     EnvironmentPrepareRequest,
     EnvironmentSpec,
+    EnvSecret,
     ExecutionEnvironment,
     FilesystemPolicy,
     ImageRequest,
@@ -61,6 +62,8 @@ class JobSpec:
     network: str = "disabled"
     secrets: list[str] = field(default_factory=list)
     """Secret names, each mounted read-only at ``/run/secrets/<name>``."""
+    env_secrets: dict[str, str] = field(default_factory=dict)
+    """Env variable -> secret name (weaker than files: visible to host admins via ``docker inspect``)."""
     user: str | None = None
     """``USER[:GROUP]`` inside the sandbox; None leaves it to the runtime's non-root default
     (``65534:65534`` on Docker). ``root`` runs as root, still without any capability."""
@@ -88,11 +91,12 @@ class JobSpec:
                     ),
                     network=NetworkPolicy(mode=NetworkMode(self.network)),
                     secrets=SecretPolicy(
-                        ambient="explicit_refs_only" if self.secrets else "denied",
+                        ambient="explicit_refs_only" if self.secrets or self.env_secrets else "denied",
                         secret_mounts=[
                             SecretMount(secret_ref=name, mount_ref=f"secret-{name}", destination=f"/run/secrets/{name}")
                             for name in self.secrets
                         ],
+                        env_secrets=[EnvSecret(secret_ref=name, env_key=key) for key, name in self.env_secrets.items()],
                     ),
                     ownership=OwnershipPolicy(detach_policy=DetachPolicy(allowed=self.allow_detach)),
                     io_policy=IoPolicy(stdout=_raw(), stderr=_raw()),
