@@ -8,6 +8,8 @@ so it cannot carry a secret value. Kinds:
     result    after it: status ok|failed (+ error kind/retry) and a redacted summary
     recovery  the result could not be recorded after a possible effect, or a recovery action ran
     replay    a duplicate delivery was answered from the idempotency record (no effect)
+    denial    the host policy or capability matching refused a request before any effect: op, rule
+              (``images.allowed``, ``matching``, ...), gaps when matching, and the denial's message
 """
 
 from __future__ import annotations
