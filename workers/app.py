@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.app import trace
 
 from corral.celeryconf import FLEET_QUEUE, celery_config, task_name
 from corral.settings import Settings, load_settings
@@ -17,6 +18,9 @@ from workers.heartbeat import HostHeartbeat
 
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
+    # Celery logs every task's return value; ours can carry (redacted) process output, which
+    # does not belong in worker logs. Results stay in the result backend and events.
+    trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
     app = Celery("corral", include=["tasks.operations", "tasks.sweeper", "tasks.reconcile"])
     app.conf.update(celery_config(settings))
     app.conf.beat_schedule = {
