@@ -61,9 +61,11 @@ def test_orphans_after_a_redis_flush_are_shown_by_dry_run_then_reclaimed(
     dry = json.loads(
         cli({**corral_env, **NO_GRACE}, "reconcile", "--dry-run", "--json", "--host", worker.host_id).stdout
     )
-    assert [(f["environment_id"], f["action"]) for f in dry[0]["findings"]] == [(handle.environment_id, "wait")]
+    assert [(f["environment_id"], f["action"], f["outcome"]) for f in dry[0]["findings"]] == [
+        (handle.environment_id, "reclaim", "")
+    ]
     assert count_labeled(docker_client, worker.host_id)["containers"] == 1  # dry run touched nothing
-    first = client.reconcile(worker.host_id)  # first sighting starts the (zero) grace
+    first = client.reconcile(worker.host_id)
     assert [f.action.value for f in first.findings] == ["reclaim"]
     assert count_labeled(docker_client, worker.host_id) == {"containers": 0, "networks": 0}
     kinds = [(r.kind, r.fields.get("op")) for r in client.journal(handle.environment_id)]
