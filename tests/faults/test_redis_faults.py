@@ -92,6 +92,18 @@ def aof(tmp_path: Path) -> Iterator[AofRedis]:
         server.proc.wait(10)
 
 
+def supervise(worker_factory: Any, worker: Any, env: dict[str, str]) -> None:
+    """What systemd's Restart=always does: a worker that exited is started again. (kombu's Redis
+    transport can crash the worker while it closes a channel after a broker loss, AttributeError in
+    ``_connparams``; that is why workers run supervised.)"""
+    assert worker.proc is not None
+    try:
+        worker.proc.wait(20)  # a crashed worker finishes its running task, then exits
+    except subprocess.TimeoutExpired:
+        return  # it survived the broker loss
+    worker_factory(worker.host_id, env=env)
+
+
 def snapshot(client: Client) -> dict[str, Any]:
     sessions = {s["environment_id"]: s["state"] for s in client.sessions(1000)}
     return {
@@ -145,6 +157,7 @@ def test_redis_killed_and_restarted_under_load_loses_no_record(
     aof.kill()
     time.sleep(1)
     aof.start()
+    supervise(worker_factory, worker, env)
     time.sleep(3)
     stop.set()
     loader.join(60)
@@ -183,6 +196,7 @@ def test_broker_restart_during_a_chain_makes_no_duplicate_and_no_leak(
     aof.kill()  # the broker and the state store vanish while the chain is inside prepare_environment
     time.sleep(1)
     aof.start()
+    supervise(worker_factory, worker, env)
     outcome = "completed"
     try:
         client.wait(handle, timeout=90)
