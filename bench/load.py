@@ -415,7 +415,7 @@ class LoadRun:
             if self.worker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the load worker did not come up (log: {self.worker_log})")
             time.sleep(0.2)
-        self.sampler = Sampler(self.worker.pid, {c.pid for c in self.stack.children}, self.state_dir)
+        self.sampler = Sampler(self.worker.pid, {c.proc.pid for c in self.stack.children if c.proc}, self.state_dir)
         self.sampler.start()
 
     def job(self) -> JobSpec:

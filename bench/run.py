@@ -82,7 +82,7 @@ def main() -> int:
     try:
         client = Client()
         engine = docker.from_env()
-        worker = stack.children[-1].pid
+        worker = stack.worker_pid or 0
         rss_before = rss_kib(worker_pids(worker))
 
         def raw_true() -> None:

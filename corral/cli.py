@@ -541,8 +541,8 @@ def dev(host_id: str, demo: bool, flower_port: int | None, job: tuple[str, ...])
         for signum in (signal.SIGINT, signal.SIGTERM):  # set explicitly: a background job ignores SIGINT
             signal.signal(signum, lambda *_: stop.set())
         while not stop.wait(1):
-            if not stack.healthy():
-                console.print("a stack process exited; stopping")
+            if not stack.supervise():
+                console.print("redis exited; stopping the stack")
                 break
     finally:
         console.print("stopping the stack")

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from corral.errors import HostConfigurationNeeded
@@ -40,59 +41,56 @@ def _wait_port(port: int, timeout_s: float) -> bool:
     return False
 
 
+@dataclass
+class Child:
+    """A supervised child process: restarted when it dies, unless it is ``essential``."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    essential: bool = False
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+
 class DevStack:
-    def __init__(self, host_id: str, flower_port: int | None = None, log_dir: Path | None = None) -> None:
+    def __init__(
+        self, host_id: str, flower_port: int | None = None, log_dir: Path | None = None, concurrency: int = 2
+    ) -> None:
         self.host_id = host_id
         self.flower_port = flower_port
+        self.concurrency = concurrency
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="corral-dev-"))
-        self.children: list[subprocess.Popen[bytes]] = []
+        self.children: list[Child] = []
         self.redis_url = load_settings().redis.url
 
+    @property
+    def worker_pid(self) -> int | None:
+        worker = next((c for c in self.children if c.name == "worker"), None)
+        return worker.proc.pid if worker and worker.proc else None
+
     def start(self, timeout_s: float = 60.0) -> None:
-        env = dict(os.environ)
         if not self.redis_url:
             self.redis_url = self._start_redis()
-        env["CORRAL_REDIS__URL"] = self.redis_url
-        env["CORRAL_HOST__ID"] = self.host_id
         os.environ["CORRAL_REDIS__URL"] = self.redis_url
         os.environ["CORRAL_HOST__ID"] = self.host_id
         load_settings.cache_clear()
-        self.children.append(
-            self._spawn(
-                "worker",
-                [
-                    sys.executable,
-                    "-m",
-                    "workers.main",
-                    "worker",
-                    "--host",
-                    self.host_id,
-                    "--beat",
-                    "--concurrency",
-                    "2",
-                ],
-                env,
-            )
-        )
+        env = dict(os.environ)
+        worker = [sys.executable, "-m", "workers.main", "worker", "--host", self.host_id, "--beat"]
+        self._launch(Child("worker", [*worker, "--concurrency", str(self.concurrency)], env))
         if self.flower_port:
             # Loopback only, so the dev stack may serve Flower's API without auth (never do this on a network).
-            env["FLOWER_UNAUTHENTICATED_API"] = "true"
-            self.children.append(
-                self._spawn(
-                    "flower",
-                    [
-                        sys.executable,
-                        "-m",
-                        "celery",
-                        "-A",
-                        "workers.app",
-                        "flower",
-                        "--address=127.0.0.1",
-                        f"--port={self.flower_port}",
-                    ],
-                    env,
-                )
-            )
+            flower = [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.app",
+                "flower",
+                "--address=127.0.0.1",
+                f"--port={self.flower_port}",
+            ]
+            self._launch(Child("flower", flower, {**env, "FLOWER_UNAUTHENTICATED_API": "true"}))
         self._wait_for_heartbeat(timeout_s)
 
     def _start_redis(self) -> str:
@@ -102,36 +100,38 @@ class DevStack:
         port = free_port()
         data = self.log_dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        self.children.append(
-            self._spawn(
-                "redis",
-                [
-                    binary,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--dir",
-                    str(data),
-                    "--appendonly",
-                    "yes",
-                    "--save",
-                    "",
-                    "--maxmemory-policy",
-                    "noeviction",
-                ],
-                dict(os.environ),
-            )
-        )
+        argv = [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+        ]
+        self._launch(Child("redis", argv, dict(os.environ), essential=True))
         if not _wait_port(port, 10):
             raise HostConfigurationNeeded(f"redis-server did not start (log: {self.log_dir / 'redis.log'})")
         return f"redis://127.0.0.1:{port}"
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = (self.log_dir / f"{name}.log").open("ab")
-        return subprocess.Popen(
-            argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
+    def _launch(self, child: Child) -> None:
+        with (self.log_dir / f"{child.name}.log").open("ab") as log:
+            child.proc = subprocess.Popen(
+                child.argv,
+                env=child.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        if child not in self.children:
+            self.children.append(child)
 
     def _wait_for_heartbeat(self, timeout_s: float) -> None:
         store = state_services().store
@@ -139,23 +139,35 @@ class DevStack:
         while time.monotonic() < deadline:
             if store.host(self.host_id):
                 return
-            if any(c.poll() is not None for c in self.children):
+            if not self.healthy():
                 break
             time.sleep(0.2)
         self.stop()
         raise HostConfigurationNeeded(f"the host worker did not come up (logs in {self.log_dir})")
 
     def healthy(self) -> bool:
-        return all(child.poll() is None for child in self.children)
+        return all(c.proc is not None and c.proc.poll() is None for c in self.children)
+
+    def supervise(self) -> bool:
+        """Restart dead children, like systemd's Restart=always (a Celery worker can exit after a
+        broker loss); False once an essential child (Redis) is gone."""
+        for child in self.children:
+            if child.proc is not None and child.proc.poll() is not None:
+                if child.essential:
+                    return False
+                child.restarts += 1
+                self._launch(child)
+        return True
 
     def stop(self) -> None:
-        for child in reversed(self.children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in reversed(self.children):
+        running = [c.proc for c in reversed(self.children) if c.proc is not None]
+        for proc in running:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in running:
             try:
-                child.wait(20)
+                proc.wait(20)
             except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait(5)
+                proc.kill()
+                proc.wait(5)
         self.children.clear()
