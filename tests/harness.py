@@ -140,3 +140,24 @@ def count_labeled(docker_client, host_id: str) -> dict[str, int]:  # type: ignor
         "containers": len(docker_client.containers.list(all=True, filters={"label": label})),
         "networks": len(docker_client.networks.list(filters={"label": label})),
     }
+
+
+NOTHING = {"containers": 0, "networks": 0, "secret_dirs": 0, "spools": 0}
+
+
+def leftovers(docker_client, host: str, env: dict[str, str]) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Everything a host could leak, counted: labeled containers and networks, secret dirs, spools."""
+    counts = count_labeled(docker_client, host)
+    counts["secret_dirs"] = len(list(Path(env["CORRAL_HOST__SECRETS_ROOT"]).iterdir()))
+    spool = Path(env["CORRAL_HOST__STATE_DIR"]) / "spool"
+    counts["spools"] = len(list(spool.iterdir())) if spool.exists() else 0
+    return counts
+
+
+def wait_until(predicate: Any, timeout_s: float, step: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from corral.client import Client
 from corral.job import JobSpec
 from corral.settings import Settings
-from tests.harness import count_labeled
+from tests.harness import NOTHING, leftovers
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.worker]
 
@@ -42,17 +41,6 @@ def faulty_env(tmp_path: Path, *points: str, visibility_s: int | None = None) ->
 
 def fired(tmp_path: Path, point: str) -> bool:
     return (tmp_path / "faults" / point.split("!")[0].replace(":", "__")).exists()
-
-
-def leftovers(docker_client: Any, host: str, env: dict[str, str]) -> dict[str, int]:
-    counts = count_labeled(docker_client, host)
-    counts["secret_dirs"] = len(list(Path(env["CORRAL_HOST__SECRETS_ROOT"]).iterdir()))
-    spool = Path(env["CORRAL_HOST__STATE_DIR"]) / "spool"
-    counts["spools"] = len(list(spool.iterdir())) if spool.exists() else 0
-    return counts
-
-
-NOTHING = {"containers": 0, "networks": 0, "secret_dirs": 0, "spools": 0}
 
 
 def takeovers(client: Client, environment_id: str, op: str) -> int:

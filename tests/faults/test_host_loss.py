@@ -9,14 +9,13 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from corral.client import Client
 from corral.job import JobSpec
 from corral.settings import Settings
-from tests.harness import count_labeled
+from tests.harness import count_labeled, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.worker]
 
@@ -26,15 +25,6 @@ def client(corral_env: dict[str, str]) -> Iterator[Client]:
     c = Client(Settings(redis={"url": corral_env["CORRAL_REDIS__URL"]}, celery={"task_timeout_s": 90}))
     yield c
     c.close()
-
-
-def wait_until(predicate: Any, timeout_s: float, step: float = 0.25) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 def test_a_stopped_hosts_ticket_waits_and_is_reclaimed_when_the_host_returns(

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import REPO, count_labeled
+from tests.harness import NOTHING, REPO, count_labeled, leftovers
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.worker]
 
@@ -22,17 +22,6 @@ CORRAL = [sys.executable, "-m", "corral"]
 
 def corral(env: dict[str, str], *args: str, timeout: float = 90, **kw: Any) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([*CORRAL, *args], env=env, cwd=REPO, capture_output=True, timeout=timeout, check=False, **kw)
-
-
-def leftovers(docker_client, host: str, env: dict[str, str]) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    counts = count_labeled(docker_client, host)
-    counts["secret_dirs"] = len(list(Path(env["CORRAL_HOST__SECRETS_ROOT"]).iterdir()))
-    spool = Path(env["CORRAL_HOST__STATE_DIR"]) / "spool"
-    counts["spools"] = len(list(spool.iterdir())) if spool.exists() else 0
-    return counts
-
-
-NOTHING = {"containers": 0, "networks": 0, "secret_dirs": 0, "spools": 0}
 
 
 def test_run_prints_output_and_exits_with_the_process_code(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from corral.errors import NotFound, PolicyDenial
 from corral.job import JobSpec
 from corral.models import IoStream, ProcessStartRequest, ProcessStartResult, dump
 from corral.settings import Settings
-from tests.harness import REPO, count_labeled
+from tests.harness import REPO, count_labeled, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.worker]
 
@@ -34,15 +33,6 @@ def client(corral_env: dict[str, str]) -> Iterator[Client]:
 
 def job(image: str, *argv: str, **kw: Any) -> JobSpec:
     return JobSpec(image=image, argv=list(argv), memory_mb=128, timeout_ms=60_000, **kw)
-
-
-def wait_until(predicate: Any, timeout_s: float, step: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 def test_chain_runs_a_job_end_to_end_and_journals_every_step(
