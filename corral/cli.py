@@ -6,6 +6,7 @@ input, unknown host, policy denial, ...) prints one line and exits 125, like ``d
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shlex
@@ -151,16 +152,17 @@ def write_output(stream: IoStream, data: bytes) -> None:
     target.flush()
 
 
-def _forward_stdin(client: Any, handle: Any, chunk: int = 64 * 1024) -> None:
+def _forward_stdin(client: Any, handle: Any, chunk: int = 1 << 20) -> None:
     """Copy our stdin to the sandbox in bounded writes, then close its stdin."""
     source = sys.stdin.buffer
     read = getattr(source, "read1", source.read)  # read1: forward what is there, don't wait for a full chunk
     try:
         while data := read(chunk):
             client.write_stdin(handle, data)
+    except AgentError as exc:  # the process ended, or the host's stdin cap was reached
+        print_error(exc, False)
+    with contextlib.suppress(AgentError):  # close it either way, so a reader sees EOF instead of hanging
         client.write_stdin(handle, b"", close=True)
-    except AgentError:
-        pass  # the process ended first: nothing left to feed
 
 
 def _run_attached(client: Any, job: JobSpec, host: str | None, as_json: bool) -> int:

@@ -198,3 +198,26 @@ def test_interactive_run_forwards_stdin_byte_exact(worker_factory, corral_env, b
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == payload + b"done\n"
+
+
+def test_stdin_beyond_the_host_cap_is_refused_and_the_process_still_ends(
+    worker_factory, corral_env, busybox_image
+) -> None:
+    worker = worker_factory()
+    done = corral(
+        corral_env,
+        "run",
+        "-i",
+        "--host",
+        worker.host_id,
+        busybox_image,
+        "--",
+        "sh",
+        "-c",
+        "wc -c; echo done",
+        input=b"\0" * ((64 << 20) + (1 << 20)),
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(64 << 20).encode(), b"done"]  # exactly the cap got through, then EOF
+    assert b"corral: invalid_request" in done.stderr
