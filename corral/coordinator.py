@@ -248,8 +248,9 @@ class Coordinator:
             PreparedEnvironmentRef,
             lambda r: f"environment {r.prepared_ref} for process {request.process.process_id}",
         )
-        self.store.update_session(
+        self.store.transition(
             env_id,
+            (SessionState.preparing, SessionState.prepared),
             {
                 "state": SessionState.prepared,
                 "process": json.dumps(dump(request.process), sort_keys=True),
@@ -295,16 +296,15 @@ class Coordinator:
         now = self.clock.now_ms()
         self.store.bind_process(result.process_ref, env_id)
         timeout_ms = request.process.timeout_ms or request.environment.spec.resources.timeout_ms
-        self.store.update_session(
+        self.store.transition(
             env_id,
+            (SessionState.prepared,),
             {
                 "state": SessionState.running,
                 "process_ref": result.process_ref,
                 "started_ms": str(now),
                 "deadline_ms": str(now + timeout_ms),
-            }
-            if record.get("state") == SessionState.prepared
-            else {},
+            },
             now,
         )
         return result
@@ -316,7 +316,9 @@ class Coordinator:
         if request.stream is not IoStream.stdin:
             frame = self.runtime.stream_io(request)
             if frame.eof and record.get("state") == SessionState.running:
-                self.store.update_session(env_id, {"state": SessionState.exited}, self.clock.now_ms())
+                self.store.transition(
+                    env_id, (SessionState.running,), {"state": SessionState.exited}, self.clock.now_ms()
+                )
             return frame
         key = f"stream_io:{request.process_ref}:{delivery_id or new_ref('delivery')}"
         return self.effects.run(
@@ -346,8 +348,9 @@ class Coordinator:
         env_id, record = self._process_session(request.process_ref, "collect_stats")
         snapshot = self.runtime.collect_stats(request)
         if snapshot.state is ProcessState.exited and record.get("state") == SessionState.running:
-            self.store.update_session(
+            self.store.transition(
                 env_id,
+                (SessionState.running,),
                 {
                     "state": SessionState.exited,
                     "exit_code": "" if snapshot.exit_code is None else str(snapshot.exit_code),
@@ -382,7 +385,7 @@ class Coordinator:
         )
         final = SessionState.cleaned if result.status is CleanupStatus.completed else SessionState.repair_needed
         if record:
-            self.store.update_session(env_id, {"state": final}, self.clock.now_ms())
+            self.store.transition(env_id, (SessionState.cleaning,), {"state": final}, self.clock.now_ms())
         ticket_ref = record.get("ticket_ref")
         if ticket_ref:
             self.store.close_ticket(
@@ -422,8 +425,11 @@ class Coordinator:
             DetachTransferResult,
             lambda r: f"ticket {r.ticket_ref} acked {r.host_ack_ref} until {r.deadline_ms}",
         )
-        self.store.update_session(
-            env.environment_id, {"state": SessionState.detached, "ticket_ref": result.ticket_ref}, self.clock.now_ms()
+        self.store.transition(
+            env.environment_id,
+            (SessionState.prepared, SessionState.running, SessionState.exited, SessionState.detached),
+            {"state": SessionState.detached, "ticket_ref": result.ticket_ref},
+            self.clock.now_ms(),
         )
         return result
 
@@ -462,10 +468,9 @@ class Coordinator:
         done = result.status is CleanupStatus.completed
         now = self.clock.now_ms()
         self.store.close_ticket(request.ticket_ref, "reclaimed" if done else "repair_needed", now)
-        if self.store.session(env_id):
-            self.store.update_session(
-                env_id, {"state": SessionState.cleaned if done else SessionState.repair_needed}, now
-            )
+        not_cleaned = [state for state in SessionState if state is not SessionState.cleaned]
+        final = SessionState.cleaned if done else SessionState.repair_needed
+        self.store.transition(env_id, not_cleaned, {"state": final}, now)
         return result
 
     # -- the effect protocol ---------------------------------------------------------------

@@ -251,7 +251,10 @@ class Reconciler:
             )
             return "ticket registered"
         if finding.action is Action.mark_lost:
-            coordinator.store.update_session(env_id, {"state": SessionState.exited, "reason": "lost"}, now)
+            if not coordinator.store.transition(
+                env_id, (SessionState.running,), {"state": SessionState.exited, "reason": "lost"}, now
+            ):
+                return "skipped: the session moved on"
             coordinator.journal.append(
                 env_id, "recovery", _fields(coordinator.host_id, now, "mark_lost", "no container or spool on the host")
             )

@@ -18,7 +18,7 @@ Multi-key transitions are Lua scripts run atomically by Redis. Time is always a 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -134,6 +134,23 @@ return 1
 """
 
 
+# Compare-and-set a session's state: apply the fields only if the current state is one of ARGV[3..k].
+# ARGV: now_ms, ttl_ms, n_states, states..., field, value, ...
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return 0 end
+local n = tonumber(ARGV[3])
+for i = 4, 3 + n do
+  if ARGV[i] == cur then
+    redis.call('HSET', KEYS[1], 'updated_ms', ARGV[1], unpack(ARGV, 4 + n))
+    redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+    return 1
+  end
+end
+return 0
+"""
+
+
 @dataclass(frozen=True)
 class IdemBegin:
     status: str
@@ -156,6 +173,7 @@ class Store:
         self._finish = client.register_script(_IDEM_FINISH)
         self._claim = client.register_script(_CLAIM_DUE)
         self._create = client.register_script(_CREATE_SESSION)
+        self._transition = client.register_script(_TRANSITION)
 
     @classmethod
     def from_url(cls, url: str, ttl_s: int = 7 * 24 * 3600) -> Store:
@@ -201,6 +219,16 @@ class Store:
         pipe.hset(key, mapping=_hash({**fields, "updated_ms": str(now_ms)}))
         pipe.pexpire(key, self.ttl_ms)
         pipe.execute()
+
+    def transition(
+        self, environment_id: str, from_states: Iterable[str], fields: Mapping[str, str], now_ms: int
+    ) -> bool:
+        """Apply ``fields`` (a state change) only if the session is in one of ``from_states``, atomically:
+        a late or stale operation can never move a session back (say, to running after cleanup)."""
+        states = [str(s) for s in from_states]
+        flat = [x for kv in fields.items() for x in kv]
+        args: list[str | int] = [now_ms, self.ttl_ms, len(states), *states, *flat]
+        return bool(self._transition(keys=[session_key(environment_id)], args=args))
 
     def set_step_result(self, environment_id: str, step: str, result: Mapping[str, Any], now_ms: int) -> None:
         self.update_session(environment_id, {f"result:{step}": json.dumps(result, sort_keys=True)}, now_ms)

@@ -840,3 +840,19 @@ def test_replayed_failure_is_the_same_typed_error_class(rig: Rig) -> None:
             rig.coordinator.start_process(start_request(j))
         assert type(info.value) is InvalidRequest
     assert rig.runtime.calls["start_process"] == 1
+
+
+def test_a_start_that_finishes_after_cleanup_cannot_move_the_session_back(rig: Rig) -> None:
+    j = job()
+    rig.run_chain(j, upto="prepare_environment")
+    real_start = rig.runtime.start_process
+
+    def slow_start(request: ProcessStartRequest) -> ProcessStartResult:
+        result = real_start(request)
+        # While this (stale) start was in the adapter, the session was cleaned up.
+        rig.store.update_session(j.environment_id, {"state": SessionState.cleaned}, rig.clock.now_ms())
+        return result
+
+    rig.runtime.start_process = slow_start  # type: ignore[method-assign]
+    rig.coordinator.start_process(request_of(j, "start_process"))
+    assert rig.store.session(j.environment_id)["state"] == SessionState.cleaned

@@ -316,3 +316,15 @@ def test_publish_host_refreshes_the_record(store: Store) -> None:
     assert store.host("host-z") == {"load": 2}
     assert store.known_hosts() == ["host-z"]
     assert store.host("host-unknown") is None
+
+
+def test_transition_applies_only_from_an_allowed_state(store: Store) -> None:
+    store.create_session("env-t", {"host": HOST, "state": "prepared"}, NOW)
+    assert store.transition("env-t", ("prepared",), {"state": "running", "process_ref": "p"}, NOW + 1)
+    assert store.session("env-t")["state"] == "running"
+    store.update_session("env-t", {"state": "cleaned"}, NOW + 2)
+    # A stale start result arriving after cleanup cannot move the session back.
+    assert not store.transition("env-t", ("prepared",), {"state": "running"}, NOW + 3)
+    assert store.session("env-t")["state"] == "cleaned"
+    assert not store.transition("missing", ("prepared",), {"state": "running"}, NOW)
+    assert store.session("missing") == {}
