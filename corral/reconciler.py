@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from corral.coordinator import Coordinator
 from corral.errors import AgentError, Unsupported
-from corral.models import CleanupRequest, ExecutionEnvironment, ReclaimRequest, SessionState
+from corral.models import CleanupRequest, ExecutionEnvironment, ProcessStatsRequest, ReclaimRequest, SessionState
 from corral.refs import new_ref
 
 SESSION_LABEL = "corral.session"
@@ -45,6 +45,8 @@ class Action(StrEnum):
     reclaim = "reclaim"
     register_ticket = "register_ticket"
     mark_lost = "mark_lost"
+    record_exit = "record_exit"
+    """The process exited but the session still says running: ask the adapter, record the exit."""
 
 
 class Finding(BaseModel):
@@ -80,11 +82,13 @@ class Observed:
 
     kinds: tuple[str, ...]
     ticket: dict[str, str] | None
+    container_status: str = ""
 
 
 def group_by_environment(labeled: Mapping[str, list[dict[str, str]]]) -> dict[str, Observed]:
     kinds: dict[str, list[str]] = {}
     tickets: dict[str, dict[str, str]] = {}
+    statuses: dict[str, str] = {}
     for kind, entries in labeled.items():
         for entry in entries:
             env_id = entry.get(SESSION_LABEL) or entry.get("environment_id")
@@ -92,8 +96,10 @@ def group_by_environment(labeled: Mapping[str, list[dict[str, str]]]) -> dict[st
                 continue
             if kind == "tickets":
                 tickets[env_id] = entry
+            if kind == "containers":
+                statuses[env_id] = entry.get("status", "")
             kinds.setdefault(env_id, []).append(kind.rstrip("s"))
-    return {env: Observed(tuple(sorted(set(k))), tickets.get(env)) for env, k in kinds.items()}
+    return {env: Observed(tuple(sorted(set(k))), tickets.get(env), statuses.get(env, "")) for env, k in kinds.items()}
 
 
 def decide(
@@ -109,6 +115,8 @@ def decide(
     state = record.get("state", "none")
     mine = record.get("host", host_id) == host_id
     past_grace = unowned_for_ms >= grace_s * 1000
+    if state == SessionState.running and mine and seen.container_status in ("exited", "dead"):
+        return Action.record_exit, "process exited, the session still says running"
     if state in OWNED and mine:
         return Action.keep, f"owned by a {state} session"
     if seen.ticket is not None and not record:
@@ -250,6 +258,11 @@ class Reconciler:
                 _fields(coordinator.host_id, now, "register_ticket", f"ticket {ack['ticket_ref']} re-registered"),
             )
             return "ticket registered"
+        if finding.action is Action.record_exit:
+            snapshot = coordinator.collect_stats(ProcessStatsRequest(process_ref=record.get("process_ref") or ""))
+            summary = f"exit recorded by reconcile: code {snapshot.exit_code}, reason {snapshot.reason}"
+            coordinator.journal.append(env_id, "recovery", _fields(coordinator.host_id, now, "record_exit", summary))
+            return summary
         if finding.action is Action.mark_lost:
             if not coordinator.store.transition(
                 env_id, (SessionState.running,), {"state": SessionState.exited, "reason": "lost"}, now

@@ -144,3 +144,29 @@ def test_a_worker_reconciles_on_start(worker_factory, client, docker_client, bus
     while count_labeled(docker_client, first.host_id)["containers"] and time.monotonic() < deadline:
         time.sleep(0.3)
     assert count_labeled(docker_client, first.host_id) == {"containers": 0, "networks": 0}
+
+
+def test_an_exit_nobody_collected_is_recorded(worker_factory, client, docker_client, busybox_image) -> None:
+    worker = worker_factory(None, env=NO_GRACE)
+    handle = client.submit(JobSpec(image=busybox_image, argv=["sh", "-c", "exit 7"], memory_mb=32), host=worker.host_id)
+    client.wait(handle)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the process ends; nobody reads its output or stats
+        statuses = [
+            c.status
+            for c in docker_client.containers.list(all=True, filters={"label": f"corral.host={worker.host_id}"})
+        ]
+        if statuses == ["exited"]:
+            break
+        time.sleep(0.2)
+    assert client.services.store.session(handle.environment_id)["state"] == "running"
+    report = client.reconcile(worker.host_id)
+    assert [(f.action.value, f.outcome) for f in report.findings] == [
+        ("record_exit", "exit recorded by reconcile: code 7, reason exit")
+    ]
+    record = client.services.store.session(handle.environment_id)
+    assert (record["state"], record["exit_code"]) == ("exited", "7")
+    assert any(
+        r.kind == "recovery" and r.fields.get("action") == "record_exit" for r in client.journal(handle.environment_id)
+    )
+    client.cleanup(handle)

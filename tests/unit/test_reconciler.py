@@ -20,6 +20,8 @@ def rec(state: str, host: str = HOST, updated_ms: int = NOW) -> dict[str, str]:
     ("seen", "record", "unowned_ms", "expected"),
     [
         (SEEN, rec("running"), 0, Action.keep),
+        (Observed(("container",), None, "exited"), rec("running"), 0, Action.record_exit),  # result missing
+        (Observed(("container",), None, "running"), rec("running"), 0, Action.keep),
         (SEEN, rec("exited"), 10**9, Action.keep),
         (WITH_TICKET, rec("detached"), 10**9, Action.keep),
         (SEEN, {}, 0, Action.wait),  # orphan, not yet unowned for the grace
@@ -71,3 +73,4 @@ def test_group_by_environment_collects_kinds_and_ticket_acks() -> None:
     assert grouped["e1"].kinds == ("container", "network", "ticket")
     assert grouped["e1"].ticket is not None and grouped["e1"].ticket["ticket_ref"] == "tkt-1"
     assert grouped["e2"] == Observed(kinds=("secret_dir",), ticket=None)
+    assert grouped["e1"].container_status == ""
