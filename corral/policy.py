@@ -210,7 +210,12 @@ def check_image(policy: HostPolicy, image: ImageRequest) -> None:
         return
     by_name = any(fnmatch.fnmatchcase(name, pattern) for pattern in rules.allowed)
     if not by_name and not (digests and digests <= set(rules.digests)):
-        deny(f"image {name} is not allowed on this host", "images.allowed", image=name)
+        allowed = ", ".join(rules.allowed) or "none"
+        deny(
+            f"image {name} is not allowed on this host (images.allowed: {allowed}; see the host policy file)",
+            "images.allowed",
+            image=name,
+        )
     if rules.require_digest and not digests:
         deny(f"image {name} must be requested by digest", "images.require_digest", image=name)
 
