@@ -54,7 +54,8 @@ from corral.runtimes.docker import DockerRuntime
 from corral.runtimes.docker_env import PROBE_LABEL
 from corral.runtimes.docker_resources import container_name, session_paths
 from corral.settings import HostSettings
-from tests.integration.test_docker_runtime import _kill_shims, make_env, output, prepare, proc_spec, sh, wait_exit
+from tests.harness import docker_runtime
+from tests.integration.test_docker_runtime import make_env, output, prepare, proc_spec, sh, wait_exit
 
 pytestmark = pytest.mark.docker
 
@@ -117,13 +118,8 @@ def host(tmp_path: Path, host_id: str) -> Iterator[HostSettings]:
 
 @pytest.fixture
 def runtime(docker_client: Any, host: HostSettings, host_id: str) -> Iterator[DockerRuntime]:
-    yield DockerRuntime(host_id, host, docker_client)
-    _kill_shims(host.state_dir)
-    label = {"label": f"corral.host={host_id}"}
-    for container in docker_client.containers.list(all=True, filters=label):
-        container.remove(force=True)
-    for network in docker_client.networks.list(filters=label):
-        network.remove()
+    with docker_runtime(docker_client, host, host_id) as rt:
+        yield rt
 
 
 def secret_env(image: str, *names: str, env_secret: bool = False, **spec: Any) -> ExecutionEnvironment:

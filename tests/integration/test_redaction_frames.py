@@ -3,16 +3,13 @@ split across separate writes with sleeps between, on stdout and stderr, while a 
 frames. No frame may carry the secret or any encoding of it, and the frames must add up to the
 redaction of the whole spool.
 
-Fixtures and helpers are small copies of ``test_docker_runtime.py``'s (that file is not shared).
+The runtime fixture comes from ``tests/harness.py``; the rest are small local helpers.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
 import shutil
-import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -52,6 +49,7 @@ from corral.refs import slug
 from corral.runtimes.docker import DockerRuntime
 from corral.runtimes.docker_resources import session_paths
 from corral.settings import HostSettings
+from tests.harness import docker_runtime
 
 pytestmark = pytest.mark.docker
 
@@ -107,29 +105,10 @@ def host(tmp_path: Path, host_id: str) -> Iterator[HostSettings]:
     shutil.rmtree(secrets_root, ignore_errors=True)
 
 
-def _kill_shims(state_dir: str) -> None:
-    """Teardown safety net: SIGKILL any shim whose command line names this test's state dir."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"corral.runtimes.shim" in cmdline and state_dir.encode() in cmdline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
-
-
 @pytest.fixture
 def runtime(docker_client: Any, host: HostSettings, host_id: str) -> Iterator[DockerRuntime]:
-    yield DockerRuntime(host_id, host, docker_client)
-    _kill_shims(host.state_dir)
-    label = {"label": f"corral.host={host_id}"}
-    for container in docker_client.containers.list(all=True, filters=label):
-        container.remove(force=True)
-    for network in docker_client.networks.list(filters=label):
-        network.remove()
+    with docker_runtime(docker_client, host, host_id) as rt:
+        yield rt
 
 
 # ------------------------------------------------------------------------------------- helpers
