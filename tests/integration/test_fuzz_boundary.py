@@ -5,6 +5,7 @@ characters, traversal, absurd limits, shell metacharacters. Each gets a typed, n
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -132,3 +133,26 @@ def test_the_worker_stays_healthy_after_the_barrage(boundary, busybox_image) -> 
     outcome = client.run(JobSpec(image=busybox_image, argv=["echo", "still here"], memory_mb=32), host=host)
     assert outcome.exit_code == 0
     assert count_labeled(docker_client, host)["containers"] == 0
+
+
+def test_mount_escapes_are_denied_through_the_queue(
+    worker_factory, corral_env, docker_client, busybox_image, tmp_path
+) -> None:
+    """A host alias that is a symlink out of its tree, and the Docker socket, are refused at resolve_mounts;
+    the chain's error cleanup leaves nothing behind."""
+    (tmp_path / "link").symlink_to("/etc")
+    mounts = json.dumps(
+        {"data": str(tmp_path / "data"), "link": str(tmp_path / "link"), "sock": "/var/run/docker.sock"}
+    )
+    worker = worker_factory(None, env={"CORRAL_HOST__MOUNTS": mounts})
+    client = Client(Settings(redis={"url": corral_env["CORRAL_REDIS__URL"]}, celery={"task_timeout_s": 30}))
+    try:
+        for alias in ("link", "sock"):
+            spec = JobSpec(image=busybox_image, argv=["true"], mounts=[f"{alias}:/mnt"])
+            with pytest.raises(AgentError) as caught:
+                client.wait(client.submit(spec, host=worker.host_id))
+            assert caught.value.kind.value == "policy_denial", caught.value
+            assert "Traceback" not in caught.value.message
+        assert count_labeled(docker_client, worker.host_id)["containers"] == 0
+    finally:
+        client.close()
