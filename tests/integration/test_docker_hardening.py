@@ -491,10 +491,10 @@ def test_a_broken_plugin_does_not_touch_sessions_without_secrets(
     docker_client: Any, host: HostSettings, host_id: str, busybox_image: str
 ) -> None:
     broken = host.model_copy(update={"secret_providers": ["no.such.module:X"]})
-    rt = DockerRuntime(host_id, broken, docker_client)
-    process_ref = sh(rt, make_env(busybox_image), "echo fine")
-    wait_exit(rt, process_ref)
-    assert output(rt, process_ref) == b"fine\n"
+    with docker_runtime(docker_client, broken, host_id) as rt:  # torn down like the shared fixture
+        process_ref = sh(rt, make_env(busybox_image), "echo fine")
+        wait_exit(rt, process_ref)
+        assert output(rt, process_ref) == b"fine\n"
 
 
 def test_stale_probe_containers_are_swept(docker_client: Any, busybox_image: str) -> None:
