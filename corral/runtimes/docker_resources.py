@@ -173,7 +173,17 @@ def remove_session(client: Any, host: HostSettings, host_id: str, environment_id
             failures.append(f"network {network.name} ({type(exc).__name__})")
     _remove_dir(paths.secret_dir, "secret dir", failures)
     _remove_dir(paths.spool.root, "spool dir", failures)
+    if not failures:  # everything is gone: a detach ack for it would only promise a reclaim of nothing
+        _remove_acks(host, environment_id)
     return failures
+
+
+def _remove_acks(host: HostSettings, environment_id: str) -> None:
+    ticket_dir = Path(host.state_dir) / "tickets"
+    for path in ticket_dir.glob("*.json") if ticket_dir.is_dir() else []:
+        ack = read_json(path)
+        if isinstance(ack, dict) and ack.get("environment_id") == environment_id:
+            path.unlink(missing_ok=True)
 
 
 def _labeled_dirs(parent: Path, host_id: str) -> list[dict[str, str]]:

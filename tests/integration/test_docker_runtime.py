@@ -838,3 +838,19 @@ def test_signal_process_escalates_even_when_the_shim_is_gone(
     snap = wait_exit(runtime, process_ref, timeout_s=5)
     assert (snap.state, snap.exit_code, snap.reason) == (ProcessState.exited, 137, TerminationReason.signal)
     assert output(runtime, process_ref) == b"before\n"  # eof without exit.json: the writer is gone
+
+
+def test_cleanup_of_a_detached_session_removes_its_ack(runtime: DockerRuntime, busybox_image: str) -> None:
+    env = make_env(busybox_image, ownership=OwnershipPolicy(detach_policy=DetachPolicy(allowed=True)))
+    sh(runtime, env, "sleep 100")
+    runtime.detach(DetachTransferRequest(environment=env, ticket_ref="ticket/2", ttl_ms=60_000))
+    assert len(runtime.list_labeled()["tickets"]) == 1
+    result = runtime.cleanup(CleanupRequest(environment=env, cleanup_plan_ref="plan-1"))
+    assert result.status is CleanupStatus.completed
+    assert runtime.list_labeled() == {
+        "containers": [],
+        "networks": [],
+        "secret_dirs": [],
+        "spool_dirs": [],
+        "tickets": [],
+    }
