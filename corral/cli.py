@@ -6,13 +6,16 @@ input, unknown host, policy denial, ...) prints one line and exits 125, like ``d
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
+import json
 import os
 import shlex
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -197,8 +200,6 @@ def _run_attached(client: Any, job: JobSpec, host: str | None, as_json: bool) ->
         cleanup = client.cleanup_quietly(handle)
     code = stats.exit_code if stats.exit_code is not None else CORRAL_ERROR_EXIT
     if as_json:
-        import base64
-
         emit_json(
             {
                 "environment_id": handle.environment_id,
@@ -247,8 +248,6 @@ def ps(show_all: bool, as_json: bool) -> None:
 
 
 def _json_field(record: dict[str, str], name: str) -> dict[str, Any]:
-    import json
-
     try:
         value = json.loads(record.get(name) or "{}")
     except ValueError:
@@ -264,8 +263,6 @@ def _json_field(record: dict[str, str], name: str) -> dict[str, Any]:
 @handles_errors
 def logs(sandbox: str, follow: bool, stream: str, as_json: bool) -> None:
     """Print a sandbox's output (byte-exact)."""
-    import base64
-
     client = _client()
     handle = client.handle(sandbox)
     if follow and stream == "both" and not as_json:
@@ -291,8 +288,6 @@ def logs(sandbox: str, follow: bool, stream: str, as_json: bool) -> None:
             if frame.eof or (frame.byte_count == 0 and not follow):
                 break
             if frame.byte_count == 0:
-                import time
-
                 time.sleep(0.1)
         out[s.value] = {"bytes": cursor, "content_b64": base64.b64encode(bytes(data)).decode()}
     if as_json:

@@ -19,11 +19,10 @@ performs the plan through the coordinator, so every reclaim is journaled (intent
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -277,7 +276,3 @@ class Reconciler:
 
 def _fields(host_id: str, now: int, action: str, summary: str) -> dict[str, str]:
     return {"op": "reconcile", "host": host_id, "ts_ms": str(now), "action": action, "summary": summary}
-
-
-def report_rows(report: ReconcileReport) -> list[dict[str, Any]]:
-    return [json.loads(f.model_dump_json()) for f in report.findings]
