@@ -26,9 +26,10 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Literal, NoReturn
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from corral.errors import PolicyDenial
+from corral.identity import COMPONENT_PREFIX, is_component
 from corral.matching import Approval
 from corral.models import (
     ExecutionEnvironment,
@@ -116,6 +117,47 @@ class UserRules(Model):
     """Inclusive uid ranges. With both lists empty any (non-root) user is allowed."""
 
 
+TenantName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+_IDENTITY = Annotated[str, Field(pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9_.@-]{0,127})$")]
+
+
+class TenantLimits(Model):
+    """Per-tenant ceilings; each only lowers the host's ``[limits]`` (unset: the host's alone)."""
+
+    max_cpus: float | None = Field(default=None, gt=0)
+    max_memory_mb: int | None = Field(default=None, ge=1)
+    max_timeout_ms: int | None = Field(default=None, ge=1)
+    max_process_count: int | None = Field(default=None, ge=1)
+    max_sandboxes: int | None = Field(default=None, ge=0)
+    """Live sandboxes (sessions not cleaned) of this tenant on this host."""
+
+
+class TenantRules(Model):
+    """``[tenants.<name>]``: who belongs to the tenant and what it may use (``corral.tenancy``).
+    Every rule can only narrow the host-wide rules; unset list rules mean "the host's rules alone",
+    except ``secrets``, which is a grant: a tenant may use only the secret names it lists."""
+
+    identities: list[_IDENTITY] = Field(default_factory=list, max_length=4096)
+    """Caller identities (certificate CNs) of the tenant; ``*``: every identity no other tenant lists."""
+    operator: bool = False
+    """Operators see and may act on every tenant's sessions (``corral ps``, cleanup, reclaim)."""
+    images: list[str] | None = Field(default=None, max_length=1024)
+    mounts: list[AliasName] | None = Field(default=None, max_length=1024)
+    network_modes: list[NetworkMode] | None = None
+    secrets: list[str] = Field(default_factory=list, max_length=1024)
+    """Glob patterns over secret names. Empty (the default): no secret at all."""
+    limits: TenantLimits = Field(default_factory=TenantLimits)
+    hosts: list[str] | None = Field(default=None, max_length=1024)
+    """Glob patterns over host ids that serve this tenant."""
+
+    @field_validator("identities")
+    @classmethod
+    def _no_components(cls, value: list[str]) -> list[str]:
+        if any(is_component(identity) for identity in value):
+            raise ValueError(f"identities starting {COMPONENT_PREFIX!r} belong to fleet components, not tenants")
+        return value
+
+
 class HostPolicy(Model):
     version: Literal[1] = 1
     images: ImageRules = Field(default_factory=ImageRules)
@@ -126,6 +168,18 @@ class HostPolicy(Model):
     users: UserRules = Field(default_factory=UserRules)
     approvals: list[Approval] = Field(default_factory=list, max_length=256)
     """Fallback decisions (``corral.matching``): which exact gaps each ``policy_ref`` accepts."""
+    tenants: dict[TenantName, TenantRules] = Field(default_factory=dict)
+    """Who may use this host and for what (``corral.tenancy``); none: one implicit tenant, ``default``."""
+
+    @model_validator(mode="after")
+    def _one_tenant_per_identity(self) -> HostPolicy:
+        seen: dict[str, str] = {}
+        for name, tenant in self.tenants.items():
+            for identity in tenant.identities:
+                if identity in seen and seen[identity] != name:
+                    raise ValueError(f"identity {identity!r} is listed by tenants {seen[identity]} and {name}")
+                seen[identity] = name
+        return self
 
 
 def parse_policy(text: str, source: str = "policy") -> HostPolicy:
