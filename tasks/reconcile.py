@@ -22,7 +22,9 @@ _register_fleet: Callable[[Callable[..., dict[str, Any]]], Any] = shared_task(
 
 
 @_register_host
-def reconcile(self: CorralTask, request: Any = None, *, host: str | None = None) -> dict[str, Any]:
+def reconcile(
+    self: CorralTask, request: Any = None, *, host: str | None = None, caller: str | None = None
+) -> dict[str, Any]:
     dry_run = bool((request or {}).get("dry_run", False))
     settings = load_settings()
 
@@ -37,7 +39,7 @@ def reconcile(self: CorralTask, request: Any = None, *, host: str | None = None)
 
 
 @_register_fleet
-def reconcile_fleet(self: CorralTask, *, host: str | None = None) -> dict[str, Any]:
+def reconcile_fleet(self: CorralTask, *, host: str | None = None, caller: str | None = None) -> dict[str, Any]:
     store = state_services().store
     live = [h for h in store.known_hosts() if store.host(h)]
     for host_id in live:

@@ -25,6 +25,6 @@ _register: Callable[[Callable[..., dict[str, Any]]], Any] = shared_task(
 
 
 @_register
-def sweep_tickets(self: CorralTask, *, host: str | None = None) -> dict[str, Any]:
+def sweep_tickets(self: CorralTask, *, host: str | None = None, caller: str | None = None) -> dict[str, Any]:
     report = sweep(state_services().store, SystemClock(), _send_reclaim)
     return {"sent": report.sent}
