@@ -12,6 +12,12 @@ policy: the policy narrows what may be created, not what may be removed. A denia
 ``PolicyDenial`` naming its rule, journaled as a ``denial`` record (op, rule, message; never a request
 body), with no intent because nothing was attempted.
 
+Host-side caps a request cannot raise (``limits.*`` of the policy) are admission too: the spool cap
+and the argv/environment sizes with the rest of the environment and process checks; the number of
+live sandboxes at ``prepare_session`` (a count before any effect, then again atomically with the
+session's creation, ``Store.create_live_session``); a stdin write against the process's stdin total,
+which the session record keeps (``stdin_bytes``, the last write's cursor).
+
 Derived idempotency keys make each chain step happen once per environment; operations that may
 legitimately repeat (signals, stdin writes) are keyed by the delivery id (the Celery task id,
 which survives redelivery). Read-only operations (stats, output frames) skip all of this.
@@ -19,6 +25,7 @@ which survives redelivery). Read-only operations (stats, output frames) skip all
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import Callable
@@ -79,7 +86,15 @@ from corral.models import (
     SessionState,
     dump,
 )
-from corral.policy import HostPolicy, check_detach, check_environment, check_process, check_resolution
+from corral.policy import (
+    HostPolicy,
+    check_detach,
+    check_environment,
+    check_process,
+    check_resolution,
+    check_sandboxes,
+    check_stdin,
+)
 from corral.policy_source import PolicySource
 from corral.refs import new_ref, slug
 from corral.store import Store
@@ -140,10 +155,17 @@ class Coordinator:
             )
         if existing:
             self._require_local(env.environment_id, existing)
+        else:  # a cheap count first, so a full host refuses before any effect; the create is the atomic check
+            self._admit(
+                "prepare_session",
+                env.environment_id,
+                lambda policy: check_sandboxes(policy, self.store.live_sessions(self.host_id)),
+            )
         lifecycle.check("prepare_session", existing.get("state"))
 
         def effect() -> IsolationSessionRef:
-            self.store.create_session(
+            cap = self.policy.current().limits.max_sandboxes
+            created = self.store.create_live_session(
                 env.environment_id,
                 {
                     "host": self.host_id,
@@ -153,7 +175,10 @@ class Coordinator:
                     "env_digest": digest_of(env),
                 },
                 self.clock.now_ms(),
+                max_live=cap,
             )
+            if created == "full":  # another prepare_session won the last slot since the count above
+                check_sandboxes(self.policy.current(), cap)
             return self.runtime.prepare_session(request)
 
         result = self.effects.run(
@@ -321,7 +346,14 @@ class Coordinator:
                 )
             return frame
         key = f"stream_io:{request.process_ref}:{delivery_id or new_ref('delivery')}"
-        return self.effects.run(
+        replayed = self.effects.recorded("stream_io", env_id, key, request, ProcessIoFrame)
+        if replayed is not None:
+            return replayed
+        adding = len(base64.b64decode(request.data_b64 or ""))  # validated base64 of at most one frame
+        written = int(record.get("stdin_bytes") or 0)
+        if adding:
+            self._admit("stream_io", env_id, lambda policy: check_stdin(policy, written, adding))
+        frame = self.effects.run(
             "stream_io",
             env_id,
             key,
@@ -330,6 +362,9 @@ class Coordinator:
             ProcessIoFrame,
             lambda r: f"stdin write {r.byte_count} byte(s)",
         )
+        if frame.cursor > written:  # the frame's cursor is the process's stdin total so far
+            self.store.update_session(env_id, {"stdin_bytes": str(frame.cursor)}, self.clock.now_ms())
+        return frame
 
     def signal_process(self, request: ProcessSignalRequest, delivery_id: str | None = None) -> ProcessSignalResult:
         env_id, _ = self._process_session(request.process_ref, "signal_process")

@@ -136,12 +136,12 @@ class Effects:
         try:
             result = call()
         except Exception as exc:
+            if not isinstance(exc, AgentError):  # its text may name a host path or a value: log only
+                log.warning("%s failed in the adapter: %s: %s", op, exc.__class__.__name__, str(exc)[:2000])
             error = (
                 exc
                 if isinstance(exc, AgentError)
-                else IsolationFailure(
-                    f"{op} failed: {exc.__class__.__name__}: {str(exc)[:300]}", context={"operation": op}
-                )
+                else IsolationFailure(f"{op} failed: {exc.__class__.__name__}", context={"operation": op})
             )
             self._record_failure(env_id, base, effect_id, key, token, error)
             if error is exc:

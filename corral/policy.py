@@ -9,6 +9,7 @@ reloading the file is ``corral.policy_source``. Rules::
     images.allowed / images.pinned / images.digests / images.require_digest
     mounts.aliases / mounts.modes
     limits.max_cpus / max_memory_mb / max_timeout_ms / max_process_count / max_scratch_mb
+    limits.max_spool_bytes / max_argv_bytes / max_env_bytes / max_stdin_bytes / max_sandboxes
     network.allowed_modes
     detach.allowed / detach.max_ttl_ms
     users.allow_unset / users.allow_root / users.allowed
@@ -35,6 +36,7 @@ from corral.models import (
     ExecutionEnvironment,
     ImageRequest,
     ImageResolution,
+    IoPolicy,
     IsolatedProcessSpec,
     Model,
     MountMode,
@@ -44,8 +46,13 @@ from corral.models import (
     OwnershipClass,
     OwnershipPolicy,
     ParentAction,
+    RedactedEnvVar,
     ResourceLimits,
 )
+
+MAX_REQUEST_BYTES = 16 << 20
+"""Absolute bound on one request document, measured before it is parsed (``tasks.base``); the
+size limits below can only be set well inside it."""
 
 Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
 AliasName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
@@ -89,6 +96,18 @@ class LimitRules(Model):
     max_timeout_ms: int = Field(default=24 * 3600 * 1000, ge=1)
     max_process_count: int = Field(default=4096, ge=1)
     max_scratch_mb: int = Field(default=4096, ge=1)
+    max_spool_bytes: int = Field(default=256 << 20, ge=0, le=1 << 40)
+    """Bytes of stdout (and, separately, of stderr) a sandbox may keep in the host spool: a request's
+    ``io_policy`` cap above it is denied, not clamped (the caller asked for something this host won't keep)."""
+    max_argv_bytes: int = Field(default=256 << 10, ge=1, le=MAX_REQUEST_BYTES // 4)
+    """Total argv size, counted like the kernel (each argument's UTF-8 bytes plus its NUL)."""
+    max_env_bytes: int = Field(default=256 << 10, ge=0, le=MAX_REQUEST_BYTES // 4)
+    """Total environment size (``NAME=value`` plus NUL per variable, plain variables only)."""
+    max_stdin_bytes: int = Field(default=64 << 20, ge=0, le=1 << 30)
+    """All stdin bytes written to one process over its life (every ``stream_io`` stdin write counts).
+    At most 1 GiB: the Docker adapter's own backstop (``spool.STDIN_MAX_TOTAL``)."""
+    max_sandboxes: int = Field(default=256, ge=0)
+    """Sessions alive on this host at once (any state but cleaned, checked at ``prepare_session``)."""
 
 
 class NetworkRules(Model):
@@ -235,6 +254,7 @@ def check_environment(policy: HostPolicy, env: ExecutionEnvironment) -> None:
     if spec.image is not None:
         check_image(policy, spec.image)
     check_limits(policy, spec.resources, spec.filesystem.scratch_mb)
+    check_spool(policy, spec.io_policy)
     check_network(policy, spec.network)
     check_mounts(policy, spec.filesystem.mounts)
     check_ownership(policy, spec.ownership)
@@ -304,6 +324,57 @@ def check_limits(policy: HostPolicy, resources: ResourceLimits, scratch_mb: int)
     _at_most(scratch_mb, limits.max_scratch_mb, "scratch_mb", "limits.max_scratch_mb")
 
 
+def _bytes_at_most(value: int, limit: int, what: str, rule: str) -> None:
+    if value > limit:
+        deny(f"{what} ({value} bytes) exceeds the host maximum of {limit} bytes", rule, limit=str(limit))
+
+
+def check_spool(policy: HostPolicy, io_policy: IoPolicy) -> None:
+    """Each output stream's spool cap: the host keeps at most ``max_spool_bytes`` of it on disk."""
+    for name, stream in (("stdout", io_policy.stdout), ("stderr", io_policy.stderr)):
+        _bytes_at_most(stream.max_bytes, policy.limits.max_spool_bytes, f"{name} spool cap", "limits.max_spool_bytes")
+
+
+def argv_bytes(argv: Sequence[str]) -> int:
+    """What argv costs the kernel: each argument's UTF-8 bytes plus its terminating NUL."""
+    return sum(len(arg.encode()) + 1 for arg in argv)
+
+
+def env_bytes(env: Sequence[RedactedEnvVar]) -> int:
+    """What the plain environment costs: ``NAME=value`` plus a NUL per variable (secrets are the
+    host's own values and are not counted against the caller)."""
+    return sum(len(var.name.encode()) + len(var.redacted_value.encode()) + 2 for var in env)
+
+
+def check_process_size(policy: HostPolicy, process: IsolatedProcessSpec) -> None:
+    limits = policy.limits
+    _bytes_at_most(argv_bytes(process.argv), limits.max_argv_bytes, "argv", "limits.max_argv_bytes")
+    _bytes_at_most(env_bytes(process.env), limits.max_env_bytes, "environment", "limits.max_env_bytes")
+
+
+def check_stdin(policy: HostPolicy, written: int, adding: int) -> None:
+    """A stdin write of ``adding`` bytes to a process that was already sent ``written``: the whole
+    write is refused if the total would pass the cap (exactly the cap gets through)."""
+    if written + adding > policy.limits.max_stdin_bytes:
+        deny(
+            f"stdin total would be {written + adding} bytes, over the host maximum of "
+            f"{policy.limits.max_stdin_bytes} bytes per process",
+            "limits.max_stdin_bytes",
+            limit=str(policy.limits.max_stdin_bytes),
+            written=str(written),
+        )
+
+
+def check_sandboxes(policy: HostPolicy, live: int) -> None:
+    """One more sandbox on a host that already holds ``live`` sessions (any state but cleaned)."""
+    if live >= policy.limits.max_sandboxes:
+        deny(
+            f"this host already holds {live} sandbox(es), its maximum is {policy.limits.max_sandboxes}",
+            "limits.max_sandboxes",
+            limit=str(policy.limits.max_sandboxes),
+        )
+
+
 def check_network(policy: HostPolicy, network: NetworkPolicy) -> None:
     if network.mode not in policy.network.allowed_modes:
         deny(f"network mode {network.mode.value} is not allowed on this host", "network.allowed_modes")
@@ -344,6 +415,7 @@ def check_process(policy: HostPolicy, env: ExecutionEnvironment, process: Isolat
     check_user(policy, process.user)
     if process.timeout_ms is not None:
         _at_most(process.timeout_ms, policy.limits.max_timeout_ms, "timeout_ms", "limits.max_timeout_ms")
+    check_process_size(policy, process)
 
 
 def _is_root(part: str) -> bool:

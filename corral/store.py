@@ -4,6 +4,8 @@ Keys (all prefixed ``corral:``, all with a TTL as a backstop)::
 
     session:<environment_id>   HASH  host, state, owner, environment/process JSON, step results
     sessions                   ZSET  environment_id by creation time (for ``corral ps``)
+    live:<host_id>             SET   environment_ids of the host's sessions not yet cleaned (the
+                                     ``limits.max_sandboxes`` count; pruned as it is counted)
     process:<process_ref>      STR   environment_id
     idem:<key>                 HASH  digest, state (pending|done|failed), result, token, lease_until
     journal:<environment_id>   STREAM intent/result/recovery records (see ``corral.journal``)
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import redis
 
@@ -32,6 +34,10 @@ def session_key(environment_id: str) -> str:
 
 
 SESSIONS_KEY = f"{PREFIX}sessions"
+
+
+def live_key(host_id: str) -> str:
+    return f"{PREFIX}live:{host_id}"
 
 
 def process_key(process_ref: str) -> str:
@@ -124,14 +130,39 @@ def _hash(fields: Mapping[str, str]) -> dict[Any, Any]:
     return dict(fields)
 
 
-# Create a session hash with its TTL and index entry in one step, or nothing if it exists.
-_CREATE_SESSION = """
+# Count the live sessions of a host (KEYS[1], its live set); members whose session record expired
+# or reached 'cleaned' are dropped on the way, so the set never needs a separate sweep. ARGV[1]: the
+# session key prefix. Shared by the two scripts below.
+_COUNT_LIVE = """
+local function count_live(live, prefix)
+  local n = 0
+  for _, id in ipairs(redis.call('SMEMBERS', live)) do
+    local state = redis.call('HGET', prefix .. id, 'state')
+    if state and state ~= 'cleaned' then n = n + 1 else redis.call('SREM', live, id) end
+  end
+  return n
+end
+"""
+
+_LIVE_SESSIONS = _COUNT_LIVE + "return count_live(KEYS[1], ARGV[1])"
+
+# Create a session hash with its TTL, index entry and live-set entry in one step: 0 (nothing done)
+# if it exists, -1 if its host already has ARGV[4] live sessions (ARGV[4] < 0: no cap), else 1.
+# ARGV: environment_id, now_ms, ttl_ms, max_live, session key prefix, field, value, ...
+_CREATE_SESSION = (
+    _COUNT_LIVE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+local cap = tonumber(ARGV[4])
+if cap >= 0 and count_live(KEYS[3], ARGV[5]) >= cap then return -1 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
 redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[3]))
 return 1
 """
+)
 
 
 # Compare-and-set a session's state: apply the fields only if the current state is one of ARGV[3..k].
@@ -173,6 +204,7 @@ class Store:
         self._finish = client.register_script(_IDEM_FINISH)
         self._claim = client.register_script(_CLAIM_DUE)
         self._create = client.register_script(_CREATE_SESSION)
+        self._live = client.register_script(_LIVE_SESSIONS)
         self._transition = client.register_script(_TRANSITION)
 
     @classmethod
@@ -203,12 +235,25 @@ class Store:
 
     def create_session(self, environment_id: str, fields: Mapping[str, str], now_ms: int) -> bool:
         """Create the session record atomically; False if it already exists (left alone)."""
+        return self.create_live_session(environment_id, fields, now_ms, max_live=-1) == "created"
+
+    def create_live_session(
+        self, environment_id: str, fields: Mapping[str, str], now_ms: int, max_live: int
+    ) -> Literal["created", "exists", "full"]:
+        """Create the session record and count it live on its host (``fields["host"]``), atomically,
+        unless that host already has ``max_live`` live sessions (``full``; a negative cap: no cap)."""
         flat = [x for kv in {**fields, "created_ms": str(now_ms)}.items() for x in kv]
-        return bool(
+        done = int(
             self._create(
-                keys=[session_key(environment_id), SESSIONS_KEY], args=[environment_id, now_ms, self.ttl_ms, *flat]
+                keys=[session_key(environment_id), SESSIONS_KEY, live_key(fields.get("host", ""))],
+                args=[environment_id, now_ms, self.ttl_ms, max_live, session_key(""), *flat],
             )
         )
+        return "created" if done == 1 else "full" if done == -1 else "exists"
+
+    def live_sessions(self, host_id: str) -> int:
+        """How many sessions of ``host_id`` are not cleaned (expired records are not counted)."""
+        return int(self._live(keys=[live_key(host_id)], args=[session_key("")]))
 
     def session(self, environment_id: str) -> dict[str, str]:
         return cast(dict[str, str], self.r.hgetall(session_key(environment_id)))

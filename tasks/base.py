@@ -2,7 +2,8 @@
 
 Every failure leaves a task as an ``AgentError`` (the JSON result backend rebuilds it typed on the
 client). A pydantic validation error becomes ``InvalidRequest`` listing field locations and
-messages but never the offending input (it could be large or sensitive). Only ``retryable``
+messages but never the offending input (it could be large or sensitive); a document larger than
+``MAX_REQUEST_BYTES`` is refused before it is parsed at all. Only ``retryable``
 errors are retried, with capped exponential backoff; nothing retries a bad request.
 """
 
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from corral.errors import AgentError, InvalidRequest, Retryable
 from corral.models import dump
+from corral.policy import MAX_REQUEST_BYTES
 from corral.settings import load_settings
 
 log = logging.getLogger("corral.tasks")
@@ -26,6 +28,30 @@ R = TypeVar("R", bound=BaseModel)
 Q = TypeVar("Q", bound=BaseModel)
 
 MAX_RETRIES = 5
+
+
+def document_size_over(payload: Any, limit: int) -> bool:
+    """Whether a decoded JSON document is bigger than ``limit`` (about its JSON size: string lengths
+    plus a few bytes per value), walked iteratively and stopping as soon as it is: an absurd request
+    is refused before pydantic builds (and copies) it."""
+    total = 0
+    stack = [payload]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item) + 2
+        elif isinstance(item, dict | list | tuple):
+            total += 2 + len(item)
+        else:
+            total += 8
+        if total > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 def validation_error(exc: ValidationError, model: type[BaseModel]) -> InvalidRequest:
@@ -45,6 +71,11 @@ class CorralTask(Task):  # type: ignore[misc]
     throws = (AgentError,)  # expected outcomes: logged as one line, not as a crash traceback
 
     def parse(self, model: type[Q], payload: Any) -> Q:
+        if document_size_over(payload, MAX_REQUEST_BYTES):
+            raise InvalidRequest(
+                f"{model.__name__} document is larger than {MAX_REQUEST_BYTES} bytes; refused before parsing",
+                context={"model": model.__name__, "max_bytes": MAX_REQUEST_BYTES},
+            )
         try:
             return model.model_validate(payload)
         except ValidationError as exc:

@@ -24,7 +24,7 @@ from typing import Any, ParamSpec, TypeVar
 import docker.errors
 import requests.exceptions
 
-from corral.errors import AgentError, Conflict, InvalidRequest, IsolationFailure, NotFound
+from corral.errors import AgentError, InvalidRequest, IsolationFailure
 from corral.models import (
     CaptureMode,
     IoStream,
@@ -34,8 +34,9 @@ from corral.models import (
     ProcessStatsSnapshot,
     TerminationReason,
 )
-from corral.redact import Cut, Redactor, redact_text
+from corral.redact import Cut, Redactor
 from corral.runtimes import cgroup
+from corral.runtimes.docker_failure import HostPaths, engine_failure
 from corral.runtimes.docker_resources import SHIM_MODULE, shim_pid
 from corral.runtimes.spool import (
     STDIN_MAX_TOTAL,
@@ -49,6 +50,7 @@ from corral.runtimes.spool import (
     read_window,
     write_json,
 )
+from corral.settings import HostSettings
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -66,22 +68,16 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 
 @contextlib.contextmanager
 def docker_errors(operation: str, secret_values: list[bytes] | None = None) -> Iterator[None]:
-    """Translate docker-py failures into the contract's errors. Docker's text is redacted with the
-    session's secret values (when known) and cut short before it goes into a message."""
+    """Translate docker-py failures into the contract's errors, classified by ``docker_failure``
+    (a request the engine will always refuse is not retryable); Docker's text is redacted with the
+    session's secret values (when known), logged, and shown only when not recognised."""
     try:
         yield
     except AgentError:
         raise
-    except docker.errors.NotFound as exc:
-        raise NotFound(f"{operation}: {_explain(exc, secret_values)}") from None
     except docker.errors.APIError as exc:
-        status = exc.status_code
-        message = f"{operation}: docker said {status}: {_explain(exc, secret_values)}"
-        if status == 400:
-            raise InvalidRequest(message) from None
-        if status == 409:
-            raise Conflict(message) from None
-        raise IsolationFailure(message, context={"status": status}) from None
+        text = str(getattr(exc, "explanation", None) or exc)
+        raise engine_failure(operation, exc.status_code, text, secret_values) from None
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         raise IsolationFailure(f"{operation}: docker unavailable ({type(exc).__name__})") from None
 
@@ -90,26 +86,27 @@ def contract_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Every public operation raises only ``AgentError``: Docker failures are translated by
     ``docker_errors``; anything else (a bug, a host file error) becomes a retryable
     ``IsolationFailure`` naming only the exception type, because its text could carry a host path
-    or a value. The traceback (code locations only, no message) goes to the log."""
+    or a value. The traceback (code locations only, no message) goes to the log. Every error that
+    leaves is scrubbed of this host's paths (``docker_failure.HostPaths``, from the runtime's
+    ``host`` settings)."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             with docker_errors(func.__name__):
                 return func(*args, **kwargs)
-        except AgentError:
-            raise
+        except AgentError as exc:
+            host = getattr(args[0], "host", None) if args else None
+            clean = HostPaths.of(host).error(exc) if isinstance(host, HostSettings) else exc
+            if clean is exc:
+                raise
+            raise clean from None
         except Exception as exc:
             where = "".join(traceback.format_tb(exc.__traceback__)[-3:])
             log.warning("%s failed: %s\n%s", func.__name__, type(exc).__name__, where)
             raise IsolationFailure(f"{func.__name__}: unexpected {type(exc).__name__}") from None
 
     return wrapper
-
-
-def _explain(exc: Exception, secret_values: list[bytes] | None) -> str:
-    text = str(getattr(exc, "explanation", None) or exc)
-    return redact_text(text, secret_values or [])[:300]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,12 +172,12 @@ def wait_started(layout: SpoolLayout, secret_values: list[bytes], timeout_s: flo
 
 
 def _shim_failure(error: dict[str, Any], secret_values: list[bytes]) -> AgentError:
-    message = "start_process: " + redact_text(str(error.get("message", "")), secret_values)[:300]
-    if error.get("status_code") == 400:
-        return InvalidRequest(message)
-    if error.get("status_code") == 404:
-        return NotFound(message)
-    return IsolationFailure(message)
+    """Why the shim could not start the container, classified like any engine failure: a user
+    missing from the image is refused once, not retried with a new shim each time."""
+    status = error.get("status_code")
+    return engine_failure(
+        "start_process", status if isinstance(status, int) else None, str(error.get("message", "")), secret_values
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 LABELS_FILE = ".corral-labels.json"
-STDIN_MAX_TOTAL = 64 << 20
-"""Bound on all stdin bytes written to one process (a runaway client cannot fill the host disk)."""
+STDIN_MAX_TOTAL = 1 << 30
+"""Backstop on all stdin bytes written to one process (a runaway client cannot fill the host disk).
+The cap a caller meets is the host policy's ``limits.max_stdin_bytes`` (default 64 MiB), checked by
+the coordinator before the write; this bound only holds when the adapter is driven directly."""
 
 STREAM_STDOUT = 1
 STREAM_STDERR = 2
