@@ -23,6 +23,7 @@ definition makes the whole policy invalid rather than picking a side.
 from __future__ import annotations
 
 import fnmatch
+import posixpath
 import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Literal, NoReturn
@@ -81,13 +82,34 @@ class MountAlias(Model):
     path: str = Field(min_length=1, max_length=4096)
     """The host directory or file behind the alias (absolute). Never shown to callers."""
     modes: list[MountMode] = Field(default_factory=lambda: [MountMode.read_only], min_length=1)
+    symlinks: Literal["deny", "within_alias"] = "deny"
+    """``deny``: a symlink anywhere in ``path`` refuses the mount. ``within_alias``: symlinks in
+    ``path`` are followed, and the mount is refused unless the opened target lies within ``root``.
+    A request's ``symlink_policy`` never widens this (``follow_within_alias`` on a deny alias gets deny)."""
+    root: str | None = Field(default=None, min_length=2, max_length=4096)
+    """For ``symlinks = "within_alias"`` (required then): a directory above ``path`` that the resolved
+    target must stay within. Its own components must not be symlinks."""
 
-    @field_validator("path")
+    @field_validator("path", "root")
     @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not value.startswith("/") or "\x00" in value:
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or "\x00" in value):
             raise ValueError("a mount alias path must be absolute")
         return value
+
+    @model_validator(mode="after")
+    def _root_above_path(self) -> MountAlias:
+        if self.symlinks == "deny":
+            if self.root is not None:
+                raise ValueError('root is only used with symlinks = "within_alias"')
+            return self
+        root = posixpath.normpath(self.root or "")
+        if self.root is None or root == "/":
+            raise ValueError('symlinks = "within_alias" needs a root directory other than /')
+        path = posixpath.normpath(self.path)
+        if path != root and not path.startswith(root + "/"):
+            raise ValueError("a mount alias path must lie within its root")
+        return self
 
 
 class LimitRules(Model):
@@ -231,6 +253,11 @@ def with_legacy_mounts(policy: HostPolicy, mounts: Mapping[str, str], writable: 
         return HostPolicy.model_validate({**policy.model_dump(), "mounts": merged})
     except ValidationError as exc:
         raise PolicyError(f"host.mounts is not valid: {exc.errors()[0]['msg']}") from None
+
+
+def symlink_roots(policy: HostPolicy) -> dict[str, str]:
+    """alias -> root, for the aliases whose path may hold symlinks (``symlinks = "within_alias"``)."""
+    return {alias: m.root for alias, m in policy.mounts.items() if m.symlinks == "within_alias" and m.root}
 
 
 def mount_table(policy: HostPolicy) -> tuple[dict[str, str], list[str]]:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from corral.errors import PolicyDenial
-from corral.policy import HostPolicy, PolicyError, mount_table, parse_policy, with_legacy_mounts
+from corral.policy import HostPolicy, PolicyError, mount_table, parse_policy, symlink_roots, with_legacy_mounts
 from corral.settings import Settings, policy_path
 
 log = logging.getLogger("corral.policy")
@@ -77,7 +77,7 @@ class PolicySource:
             legacy_mounts=mounts,
             legacy_writable=writable,
             check_interval_s=host.policy_check_s,
-            on_load=lambda policy: host.use_mount_aliases(*mount_table(policy)),
+            on_load=lambda policy: host.use_mount_aliases(*mount_table(policy), symlink_roots(policy)),
         )
 
     def current(self) -> HostPolicy:

@@ -74,6 +74,7 @@ class HostSettings(BaseModel):
     """Whether ``raw_content_if_policy_allows`` capture may return output bytes."""
 
     _configured: tuple[dict[str, str], list[str]] = PrivateAttr(default=({}, []))
+    _symlink_roots: dict[str, str] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, context: Any) -> None:
         self._configured = (dict(self.mounts), list(self.writable_mounts))
@@ -82,10 +83,19 @@ class HostSettings(BaseModel):
         """``mounts`` / ``writable_mounts`` as configured (before any policy aliases were merged in)."""
         return dict(self._configured[0]), list(self._configured[1])
 
-    def use_mount_aliases(self, mounts: dict[str, str], writable: list[str]) -> None:
-        """Install the policy's alias table, in place: a runtime holding this object sees it at once."""
+    def use_mount_aliases(
+        self, mounts: dict[str, str], writable: list[str], symlink_roots: dict[str, str] | None = None
+    ) -> None:
+        """Install the policy's alias table, in place: a runtime holding this object sees it at once.
+        ``symlink_roots``: alias -> the directory symlinks in its path may resolve within (policy
+        ``symlinks = "within_alias"``); only the policy file sets it, never a setting or a request."""
         self.mounts = dict(mounts)
         self.writable_mounts = list(writable)
+        self._symlink_roots = dict(symlink_roots or {})
+
+    def symlink_root(self, alias: str) -> str | None:
+        """Where symlinks in ``alias``'s path may lead; None: no symlink is followed at all."""
+        return self._symlink_roots.get(alias)
 
 
 class CelerySettings(BaseModel):

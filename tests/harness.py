@@ -125,6 +125,7 @@ def worker_factory(
         worker.stop()
     for worker in started:
         remove_labeled(docker_client, worker.host_id)
+        unpin_all(worker.env["CORRAL_HOST__STATE_DIR"])
 
 
 def remove_labeled(docker_client, host_id: str) -> None:  # type: ignore[no-untyped-def]
@@ -143,15 +144,34 @@ def count_labeled(docker_client, host_id: str) -> dict[str, int]:  # type: ignor
     }
 
 
-NOTHING = {"containers": 0, "networks": 0, "secret_dirs": 0, "spools": 0}
+NOTHING = {"containers": 0, "networks": 0, "secret_dirs": 0, "spools": 0, "pinned_mounts": 0, "pin_dirs": 0}
+
+
+def pinned_mounts(state_dir: str) -> list[str]:
+    """Mount points under a state dir's pin directory, read from /proc/self/mountinfo."""
+    from corral.runtimes.docker_mounts import mount_points
+
+    return sorted(mount_points(str(Path(state_dir) / "mounts")))
+
+
+def unpin_all(state_dir: str) -> None:
+    """Teardown safety net: detach every pin under a state dir (a leaked bind of a test's alias must
+    never be walked into when pytest later deletes old tmp dirs)."""
+    for point in reversed(pinned_mounts(state_dir)):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
 def leftovers(docker_client, host: str, env: dict[str, str]) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    """Everything a host could leak, counted: labeled containers and networks, secret dirs, spools."""
+    """Everything a host could leak, counted: labeled containers and networks, secret dirs, spools,
+    pinned mount sources (mounted, and their session directories)."""
     counts = count_labeled(docker_client, host)
     counts["secret_dirs"] = len(list(Path(env["CORRAL_HOST__SECRETS_ROOT"]).iterdir()))
-    spool = Path(env["CORRAL_HOST__STATE_DIR"]) / "spool"
+    state = Path(env["CORRAL_HOST__STATE_DIR"])
+    spool = state / "spool"
     counts["spools"] = len(list(spool.iterdir())) if spool.exists() else 0
+    counts["pinned_mounts"] = len(pinned_mounts(str(state)))
+    pins = state / "mounts"
+    counts["pin_dirs"] = len(list(pins.iterdir())) if pins.exists() else 0
     return counts
 
 
@@ -188,3 +208,4 @@ def docker_runtime(docker_client, host, host_id: str) -> Iterator[Any]:  # type:
     finally:
         kill_shims(host.state_dir)
         remove_labeled(docker_client, host_id)
+        unpin_all(host.state_dir)

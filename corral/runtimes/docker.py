@@ -58,10 +58,17 @@ from corral.models import (
 )
 from corral.refs import process_ref_for, slug, slug_of_process_ref
 from corral.runtimes import docker_capabilities as caps
+from corral.runtimes import docker_mounts as pins
 from corral.runtimes import docker_process as proc
 from corral.runtimes import docker_resources as res
 from corral.runtimes.docker_env import EnvironmentBuilder
-from corral.runtimes.docker_policy import network_internal, resolve_mounts
+from corral.runtimes.docker_policy import (
+    DOCKER_ROOT,
+    ResolvedMount,
+    forbidden_sources,
+    network_internal,
+    resolve_mounts,
+)
 from corral.runtimes.spool import SpoolLayout, read_json, write_json
 from corral.secrets import SecretChain
 from corral.settings import HostSettings
@@ -85,6 +92,7 @@ class DockerRuntime:
         self._client = client
         self._clock = clock
         self._secrets: SecretChain | None = None
+        self._docker_root: str | None = None
 
     @property
     def secrets(self) -> SecretChain:
@@ -137,6 +145,25 @@ class DockerRuntime:
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
+
+    def forbidden_sources(self) -> list[tuple[str, str]]:
+        """What no mount may expose; the engine's data root is asked once (``docker info``)."""
+        if self._docker_root is None:
+            try:
+                self._docker_root = str(self.client.info().get("DockerRootDir") or DOCKER_ROOT)
+            except Exception:  # the engine is unreachable: the default root is refused anyway
+                return forbidden_sources(self.host)
+        return forbidden_sources(self.host, self._docker_root)
+
+    def pin_mounts(self, env: ExecutionEnvironment) -> list[ResolvedMount]:
+        """The environment's mounts, each source opened, checked and pinned (``docker_mounts``);
+        Docker is given the pinned paths only."""
+        planned = resolve_mounts(env.spec.filesystem, self.host)
+        if not planned:
+            return []
+        forbidden = self.forbidden_sources()
+        s = slug(env.environment_id)
+        return pins.pin_all(self.host, s, self.labels_of(env), planned, forbidden)
 
     # ------------------------------------------------------------------ 1-2 reports
 
@@ -201,7 +228,12 @@ class DockerRuntime:
 
     @proc.contract_errors
     def resolve_mounts(self, request: MountResolveRequest) -> MountPlan:
-        mounts = resolve_mounts(request.environment.spec.filesystem, self.host)
+        planned = resolve_mounts(request.environment.spec.filesystem, self.host)
+        if planned:
+            pins.require_root()  # fail before any later step: a mount could never be pinned here
+            forbidden = self.forbidden_sources()
+            planned = [pins.check(m, forbidden) for m in planned]
+        mounts = planned
         return MountPlan(mounts=[m.to_ref() for m in mounts], expanded_exposure_audits=[m.audit() for m in mounts])
 
     @proc.contract_errors
@@ -328,7 +360,7 @@ class DockerRuntime:
             status=CleanupStatus.repair_needed if failures else CleanupStatus.completed,
             redacted_summary=("failed: " + "; ".join(failures))
             if failures
-            else "removed container, network, secrets, spool",
+            else "removed container, network, pinned mounts, secrets, spool",
         )
 
     def client_or_none(self) -> Any:

@@ -57,7 +57,6 @@ from corral.runtimes.docker_policy import (
     env_secret_text,
     needs_user_tables,
     network_internal,
-    resolve_mounts,
     sandbox_owner,
 )
 from corral.runtimes.spool import write_json
@@ -237,7 +236,7 @@ class EnvironmentBuilder:
             else self.rt.resolve_image(ImageResolveRequest(environment=env)).digest
         )
         rootfs = request.rootfs or self.rt.prepare_rootfs(RootfsPrepareRequest(environment=env))
-        mounts = resolve_mounts(spec.filesystem, self.rt.host)
+        mounts = self.rt.pin_mounts(env)
         network = self.rt.ensure_network(env) if network_internal(spec.network) else "none"
         self.materialize_secrets(env, self._secret_owner(image, process) if spec.secrets.secret_mounts else None)
         secret_dir = self.rt.paths_of(env.environment_id).secret_dir

@@ -2,11 +2,14 @@
 
 Nothing here talks to Docker, so every rule is unit-testable. Callers name mount *aliases*; the host
 maps them to directories (``HostSettings.mounts``). Host paths never leave the host: they are in
-the bind list given to Docker, never in a result model.
+the bind list given to Docker, never in a result model. This module decides what a mount may be;
+``docker_mounts`` opens the source without following symlinks, checks the opened object against
+``forbidden_sources`` and pins it, and only the pinned path reaches Docker.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -30,6 +33,21 @@ from corral.settings import HostSettings
 
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 SYSTEM_DIRS = ("/proc", "/sys", "/dev", "/boot")
+DOCKER_ROOT = "/var/lib/docker"
+"""Docker's default data root; the engine's own (``docker info`` DockerRootDir) is refused as well."""
+ENGINE_PATHS = (
+    (DOCKER_ROOT, "Docker's data root"),
+    ("/var/lib/containerd", "containerd's state"),
+    ("/run/containerd", "containerd's state and socket"),
+    ("/var/run/containerd", "containerd's state and socket"),
+    ("/run/runc", "runc's state"),
+    ("/var/run/runc", "runc's state"),
+    ("/etc/docker", "the Docker daemon's configuration and keys"),
+    ("/etc/containerd", "containerd's configuration"),
+    ("/etc/corral", "corral's configuration and policy"),
+)
+ENGINE_GLOBS = (("/run", "docker*"), ("/var/run", "docker*"), ("/run", "containerd*"))
+"""(directory, name pattern): the Docker socket, pid file and state dirs in /run, whatever their name."""
 FORBIDDEN_DESTINATIONS = ("/proc", "/sys", "/dev")
 SCRATCH = "/tmp"
 RLIMIT_NAMES = frozenset(
@@ -55,14 +73,19 @@ def within(path: str, root: str) -> bool:
 
 @dataclass(frozen=True)
 class ResolvedMount:
-    """A validated bind: what Docker gets (host path) and what a client may see (the ref)."""
+    """A validated bind: what Docker gets (host path) and what a client may see (the ref).
+
+    ``host_path`` is the alias's configured path until ``docker_mounts`` pins it; after that it is
+    the pinned path, the only kind of source ever given to Docker."""
 
     mount_ref: str
     source_alias: str
     host_path: str
     destination: str
     mode: MountMode
-    is_file: bool
+    is_file: bool = False
+    symlink_root: str | None = None
+    """Where symlinks in ``host_path`` may lead (host policy ``symlinks = "within_alias"``); None: nowhere."""
 
     def bind(self) -> str:
         return f"{self.host_path}:{self.destination}:{'ro' if self.mode is MountMode.read_only else 'rw'}"
@@ -144,26 +167,49 @@ def check_destination(destination: str) -> None:
         raise PolicyDenial("mount destination would shadow the /tmp scratch", context={"destination": destination})
 
 
-def _forbidden_sources(host: HostSettings) -> list[tuple[str, str]]:
-    """(path, why) pairs a bind source must neither be, lie under, nor contain."""
-    out = [(s, "the Docker socket") for s in DOCKER_SOCKETS]
-    out += [(os.path.realpath(s), "the Docker socket") for s in DOCKER_SOCKETS]
-    out += [
-        (os.path.realpath(host.secrets_root), "the secret root"),
-        (os.path.realpath(host.state_dir), "corral state"),
+def forbidden_sources(host: HostSettings, docker_root: str | None = None) -> list[tuple[str, str]]:
+    """(path, why) pairs a bind source must neither be, lie under, nor contain: the Docker socket,
+    Docker's data root (the engine's own, ``docker_root``, and the default), containerd's and runc's
+    state, and corral's own secret, state and configuration directories. Each path is listed as
+    written and resolved (``/var/run`` is a symlink to ``/run`` on most hosts)."""
+    items = [(s, "the Docker socket") for s in DOCKER_SOCKETS] + list(ENGINE_PATHS)
+    if docker_root:
+        items.append((docker_root, "Docker's data root"))
+    items += [
+        (host.secrets_root, "the secret root"),
+        (host.secrets_dir, "the host's secrets"),
+        (host.state_dir, "corral state"),
     ]
+    if host.policy_file:
+        items.append((os.path.dirname(os.path.abspath(host.policy_file)), "the host policy"))
+    out: list[tuple[str, str]] = []
+    for path, why in items:
+        for form in (os.path.normpath(path), os.path.realpath(path)):
+            if (form, why) not in out:
+                out.append((form, why))
     return out
 
 
-def _check_source(alias: str, real: str, host: HostSettings) -> None:
-    if real == "/" or any(within(real, d) for d in SYSTEM_DIRS):
+def check_source(alias: str, real: str, forbidden: list[tuple[str, str]]) -> None:
+    """Refuse a bind source (the resolved path of the opened object) that is a system directory,
+    a forbidden source, under one, or above one."""
+    if real == "/" or not real.startswith("/") or any(within(real, d) for d in SYSTEM_DIRS):
         raise PolicyDenial("mount alias points at a system directory", context={"alias": alias})
-    for path, why in _forbidden_sources(host):
+    for path, why in forbidden:
         if within(real, path) or within(path, real):
             raise PolicyDenial(f"mount alias would expose {why}", context={"alias": alias})
+    for parent, pattern in ENGINE_GLOBS:
+        if within(parent, real):
+            raise PolicyDenial("mount alias would expose the Docker engine's state", context={"alias": alias})
+        if within(real, parent) and fnmatch.fnmatchcase(real[len(parent) + 1 :].split("/")[0], pattern):
+            raise PolicyDenial("mount alias would expose the Docker engine's state", context={"alias": alias})
 
 
 def resolve_mount(mount: MountPolicy, host: HostSettings, symlinks: SymlinkPolicy) -> ResolvedMount:
+    """What the host allows for one requested mount; the path itself is judged by ``docker_mounts``
+    on the object it opens. The host policy alone decides whether symlinks in the alias path are
+    followed: ``deny_escapes`` (the default) and ``follow_within_alias`` both deny escapes, and a
+    request never widens the alias's ``symlinks`` setting (on a deny alias it gets deny)."""
     alias = mount.source_alias
     if alias not in host.mounts:
         raise PolicyDenial(f"unknown mount alias {alias!r}", context={"alias": alias})
@@ -173,19 +219,14 @@ def resolve_mount(mount: MountPolicy, host: HostSettings, symlinks: SymlinkPolic
     if not os.path.isabs(configured):
         raise HostConfigurationNeeded("mount alias is not an absolute path", context={"alias": alias})
     check_destination(mount.destination_path)
-    real = os.path.realpath(configured)
-    if symlinks is SymlinkPolicy.deny_escapes and real != os.path.normpath(configured):
-        raise PolicyDenial(f"mount alias {alias!r} resolves through a symlink", context={"alias": alias})
-    _check_source(alias, real, host)
-    if not os.path.exists(real):
-        raise HostConfigurationNeeded("mount alias source does not exist", context={"alias": alias})
+    root = host.symlink_root(alias)
     return ResolvedMount(
         mount_ref=mount.mount_ref,
         source_alias=alias,
-        host_path=real,
+        host_path=os.path.normpath(configured),
         destination=mount.destination_path,
         mode=mount.mode,
-        is_file=os.path.isfile(real),
+        symlink_root=os.path.normpath(root) if root else None,
     )
 
 

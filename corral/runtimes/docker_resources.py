@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.refs import slug
+from corral.runtimes import docker_mounts
 from corral.runtimes.spool import LABELS_FILE, SpoolLayout, read_json, write_json
 from corral.settings import HostSettings
 
@@ -141,8 +142,8 @@ def _remove_dir(path: Path, what: str, failures: list[str]) -> None:
 
 
 def remove_session(client: Any, host: HostSettings, host_id: str, environment_id: str) -> list[str]:
-    """Remove everything of a session: shim, containers, networks, secret dir, spool. Never raises
-    for a failed removal; returns what failed (what is already gone is success)."""
+    """Remove everything of a session: shim, containers, networks, pinned mounts, secret dir, spool.
+    Never raises for a failed removal; returns what failed (what is already gone is success)."""
     import docker.errors
 
     s = slug(environment_id)
@@ -171,6 +172,7 @@ def remove_session(client: Any, host: HostSettings, host_id: str, environment_id
             pass
         except Exception as exc:
             failures.append(f"network {network.name} ({type(exc).__name__})")
+    failures += docker_mounts.unpin_session(host, s)  # after the containers: nothing uses the pins now
     _remove_dir(paths.secret_dir, "secret dir", failures)
     _remove_dir(paths.spool.root, "spool dir", failures)
     if not failures:  # everything is gone: a detach ack for it would only promise a reclaim of nothing
@@ -200,7 +202,8 @@ def _labeled_dirs(parent: Path, host_id: str) -> list[dict[str, str]]:
 
 
 def list_labeled(client: Any, host_id: str, host: HostSettings) -> dict[str, list[dict[str, str]]]:
-    """Everything labeled for ``host_id``: containers, networks, secret dirs, spool dirs, tickets.
+    """Everything labeled for ``host_id``: containers, networks, secret dirs, spool dirs, pinned
+    mount dirs (``docker_mounts``), tickets.
     The reconciler compares this with the session records to find what nobody owns."""
     flt = {"label": [f"{LABEL_HOST}={host_id}"]}
     containers = [
@@ -221,5 +224,6 @@ def list_labeled(client: Any, host_id: str, host: HostSettings) -> dict[str, lis
         "networks": networks,
         "secret_dirs": _labeled_dirs(Path(host.secrets_root), host_id),
         "spool_dirs": _labeled_dirs(Path(host.state_dir) / "spool", host_id),
+        "mount_dirs": _labeled_dirs(Path(host.state_dir) / "mounts", host_id),
         "tickets": tickets,
     }

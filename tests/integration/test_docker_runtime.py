@@ -734,6 +734,7 @@ def test_cleanup_removes_everything_and_twice_is_fine(
         "networks": [],
         "secret_dirs": [],
         "spool_dirs": [],
+        "mount_dirs": [],
         "tickets": [],
     }
     second = runtime.cleanup(CleanupRequest(environment=env, cleanup_plan_ref="c1"))
@@ -852,5 +853,6 @@ def test_cleanup_of_a_detached_session_removes_its_ack(runtime: DockerRuntime, b
         "networks": [],
         "secret_dirs": [],
         "spool_dirs": [],
+        "mount_dirs": [],
         "tickets": [],
     }

@@ -19,13 +19,16 @@ from corral.models import (
     SymlinkPolicy,
     TerminalMode,
 )
+from corral.runtimes import docker_mounts
 from corral.runtimes.docker_capabilities import fs_type
 from corral.runtimes.docker_policy import (
     ContainerPlan,
+    ResolvedMount,
     check_process,
     config_digest,
     create_kwargs,
     env_secret_text,
+    forbidden_sources,
     network_internal,
     resolve_mounts,
     within,
@@ -69,24 +72,45 @@ def test_within() -> None:
     assert not within("/ab", "/a")
 
 
+def checked(fs: FilesystemPolicy, host: HostSettings) -> list[ResolvedMount]:
+    """What ``resolve_mounts`` allows, then each source opened and checked (``docker_mounts``)."""
+    return [docker_mounts.check(m, forbidden_sources(host)) for m in resolve_mounts(fs, host)]
+
+
 def test_resolve_mounts_binds_read_only_by_default(host: HostSettings) -> None:
-    [mount] = resolve_mounts(mounts(mp("data")), host)
+    [mount] = checked(mounts(mp("data")), host)
     assert mount.bind() == f"{host.mounts['data']}:/m:ro"
     assert "whole directory tree" in mount.audit() and host.mounts["data"] not in mount.audit()
-    [writable] = resolve_mounts(mounts(mp("data", mode=MountMode.writable)), host)
+    [writable] = checked(mounts(mp("data", mode=MountMode.writable)), host)
     assert writable.bind().endswith(":rw")
 
 
 def test_resolve_mounts_audits_a_single_file(host: HostSettings) -> None:
-    [mount] = resolve_mounts(mounts(mp("file")), host)
+    [mount] = checked(mounts(mp("file")), host)
     assert "single file" in mount.audit()
 
 
-def test_symlinked_alias_follows_only_when_allowed(host: HostSettings) -> None:
+@pytest.mark.parametrize("requested", list(SymlinkPolicy))
+def test_a_request_never_makes_the_host_follow_a_symlink(host: HostSettings, requested: SymlinkPolicy) -> None:
+    """The host alias says deny (the default): whatever the request asks, the symlinked path is refused."""
     with pytest.raises(PolicyDenial, match="symlink"):
-        resolve_mounts(mounts(mp("link")), host)
-    [mount] = resolve_mounts(mounts(mp("link"), symlinks=SymlinkPolicy.follow_within_alias), host)
-    assert mount.host_path == host.mounts["data"]
+        checked(mounts(mp("link"), symlinks=requested), host)
+
+
+@pytest.mark.parametrize("requested", list(SymlinkPolicy))
+def test_a_within_alias_host_alias_follows_only_inside_its_root(
+    host: HostSettings, tmp_path: Path, requested: SymlinkPolicy
+) -> None:
+    host.use_mount_aliases(host.mounts, host.writable_mounts, {"link": str(tmp_path)})
+    [mount] = checked(mounts(mp("link"), symlinks=requested), host)
+    assert mount.symlink_root == str(tmp_path) and not mount.is_file
+    # the same link judged against a root it leaves (its target is a sibling of the root)
+    (tmp_path / "box").mkdir()
+    (tmp_path / "box" / "out").symlink_to(tmp_path / "data")
+    host.mounts["out"] = str(tmp_path / "box" / "out")
+    host.use_mount_aliases(host.mounts, host.writable_mounts, {"out": str(tmp_path / "box")})
+    with pytest.raises(PolicyDenial, match="out of its root"):
+        checked(mounts(mp("out"), symlinks=requested), host)
 
 
 @pytest.mark.parametrize(
@@ -106,7 +130,7 @@ def test_symlinked_alias_follows_only_when_allowed(host: HostSettings) -> None:
 def test_resolve_mounts_denials(host: HostSettings, alias: str, dest: str, error: type[Exception]) -> None:
     mode = MountMode.writable if alias == "file" else MountMode.read_only
     with pytest.raises(error):
-        resolve_mounts(mounts(mp(alias, dest, mode)), host)
+        checked(mounts(mp(alias, dest, mode)), host)
 
 
 @pytest.mark.parametrize(

@@ -67,9 +67,11 @@ def test_group_by_environment_collects_kinds_and_ticket_acks() -> None:
         "networks": [{"corral.session": "e1"}],
         "secret_dirs": [{"corral.session": "e2"}],
         "spool_dirs": [],
+        "mount_dirs": [{"corral.session": "e3", "path": "/var/lib/corral/mounts/x"}],
         "tickets": [{"environment_id": "e1", "ticket_ref": "tkt-1", "deadline_ms": "1"}],
     }
     grouped = group_by_environment(labeled)
+    assert grouped["e3"] == Observed(kinds=("mount_dir",), ticket=None)  # a pin alone is reclaimable
     assert grouped["e1"].kinds == ("container", "network", "ticket")
     assert grouped["e1"].ticket is not None and grouped["e1"].ticket["ticket_ref"] == "tkt-1"
     assert grouped["e2"] == Observed(kinds=("secret_dir",), ticket=None)
