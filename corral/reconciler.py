@@ -52,7 +52,7 @@ class Finding(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     environment_id: str
     resources: list[str] = Field(default_factory=list)
-    """Kinds found on the host: container, network, secret_dir, spool_dir, ticket."""
+    """Kinds found on the host: container, network, secret_dir, spool_dir, mount_dir (pinned mount sources), ticket."""
     state: str
     action: Action
     reason: str

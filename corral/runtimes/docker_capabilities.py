@@ -74,6 +74,10 @@ NON_ROOT_WORKER = (
     "secret files: 0444 (readable by every user in the sandbox) for any process user other than the worker's "
     "own uid: the worker is not root and cannot chown them"
 )
+NON_ROOT_MOUNTS = (
+    "mounts: every mount alias is refused (host_configuration_needed): the worker is not root and cannot pin "
+    "mount sources with bind mounts"
+)
 HARDENING = [
     "cap_drop:ALL - no capability, none ever added (an explicitly requested root user has none either)",
     "no_new_privileges - setuid binaries and file capabilities grant nothing",
@@ -85,6 +89,9 @@ HARDENING = [
     "ipc private, pid/uts private, cgroup private; never the host's, never userns=host",
     "devices:none - only the default /dev nodes; no device is added, no device cgroup rule",
     "docker_socket:never - denied as a mount source (or anything containing it) and as a destination",
+    "mount_sources:pinned - each alias path is opened without following symlinks, checked where it really is "
+    "(never Docker's or containerd's state, a socket, corral's own directories or anything above them) and "
+    "bind-mounted under the state dir; Docker mounts that pin, so swapping the path for a symlink changes nothing",
 ]
 SECCOMP_DEFAULT = "seccomp:docker-default - Docker's default profile; seccomp=unconfined is never passed"
 _DEFAULT_SECCOMP_PROFILES = ("default", "builtin")
@@ -194,7 +201,7 @@ def _health(
 def weaker(host: HostSettings, info: dict[str, Any] | None) -> list[str]:
     items = list(WEAKER)
     if os.geteuid() != 0:
-        items.append(NON_ROOT_WORKER)
+        items += [NON_ROOT_WORKER, NON_ROOT_MOUNTS]
     if "apparmor" not in security_options(info):
         items.append("apparmor: not enabled on this host (seccomp, no capabilities and no-new-privileges still apply)")
     if host.allow_secrets_off_tmpfs and fs_type(host.secrets_root) not in TMPFS_TYPES:

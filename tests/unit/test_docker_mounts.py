@@ -211,3 +211,15 @@ def test_a_refused_source_leaves_no_pin(host: HostSettings, tmp_path: Path) -> N
     assert pins.pinned_mounts(host) == []
     assert pins.unpin_session(host, "s3") == []
     assert not (Path(host.state_dir) / "mounts" / "s3").exists()
+
+
+def test_the_capability_report_says_how_mounts_are_pinned_and_when_they_are_refused(
+    host: HostSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corral.runtimes import docker_capabilities as caps
+
+    assert any(item.startswith("mount_sources:pinned") for item in caps.HARDENING)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert caps.NON_ROOT_MOUNTS in caps.weaker(host, None)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert caps.NON_ROOT_MOUNTS not in caps.weaker(host, None)
