@@ -220,4 +220,4 @@ def test_stdin_beyond_the_host_cap_is_refused_and_the_process_still_ends(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(64 << 20).encode(), b"done"]  # exactly the cap got through, then EOF
-    assert b"corral: invalid_request" in done.stderr
+    assert b"corral: policy_denial" in done.stderr and b"limits.max_stdin_bytes" in done.stderr  # the host policy's cap
