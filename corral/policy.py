@@ -50,6 +50,7 @@ from corral.models import (
     RedactedEnvVar,
     ResourceLimits,
 )
+from corral.userspec import go_atoi, is_zero_id
 
 MAX_REQUEST_BYTES = 16 << 20
 """Absolute bound on one request document, measured before it is parsed (``tasks.base``); the
@@ -150,12 +151,15 @@ class DetachRules(Model):
 
 class UserRules(Model):
     allow_unset: bool = True
-    """A process without a user runs as the runtime's default user (the image's, for Docker)."""
+    """A process without a user runs as the runtime's default user (65534:65534 for Docker)."""
     allow_root: bool = False
-    """Whether a process may name uid/gid 0 or ``root`` (as user or group)."""
+    """Whether a process may run with uid 0, gid 0 or a supplementary gid 0, however spelled: ``root``,
+    ``0``, ``00``, or a name the image maps to 0 (Docker resolves it in the image and checks)."""
     allowed_users: list[_USER_NAME] = Field(default_factory=list)
+    """User names (or numbers) allowed as written; root is still denied unless ``allow_root``."""
     allowed_uids: list[tuple[int, int]] = Field(default_factory=list)
-    """Inclusive uid ranges. With both lists empty any (non-root) user is allowed."""
+    """Inclusive uid ranges, judged on the uid the user resolves to in the image (a name too).
+    With both lists empty any (non-root) user is allowed."""
 
 
 TenantName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -446,21 +450,30 @@ def check_process(policy: HostPolicy, env: ExecutionEnvironment, process: Isolat
 
 
 def _is_root(part: str) -> bool:
-    return part == "root" or (part.isdigit() and int(part) == 0)
+    return part == "root" or is_zero_id(part)
 
 
 def check_user(policy: HostPolicy, user: str | None) -> None:
-    """Names are judged as written: the image decides what a name means, so list uids to be exact."""
+    """The user as written, before any image is looked at: ``root``, 0 however Docker would read it
+    (``00``, ``+0``) and an empty user part (``:1000`` is uid 0) are root. What a name means is up to
+    the image, so a runtime that runs images judges the identity it resolves there by these same
+    rules (Docker: ``docker_policy.check_sandbox_user``, on the image id this host resolved): a name
+    that maps to uid 0, a group that maps to gid 0, a member of a gid-0 group. A name not in
+    ``allowed_users`` passes here when ``allowed_uids`` is set: it must resolve into a range there."""
     rules = policy.users
     if user is None:
         if not rules.allow_unset:
             deny("the process must name a user", "users.allow_unset")
         return
-    name, _, group = user.partition(":")
-    if (_is_root(name) or (group and _is_root(group))) and not rules.allow_root:
+    parts = user.split(":")  # as runc splits it: USER[:GROUP[:ignored]]
+    name, group = parts[0], parts[1] if len(parts) > 1 else ""
+    if (not name or _is_root(name) or (group and _is_root(group))) and not rules.allow_root:
         deny("running as root (uid or gid 0) is not allowed on this host", "users.allow_root")
-    if not rules.allowed_users and not rules.allowed_uids:
+    if (not rules.allowed_users and not rules.allowed_uids) or name in rules.allowed_users:
         return
-    by_uid = name.isdigit() and any(lo <= int(name) <= hi for lo, hi in rules.allowed_uids)
-    if name not in rules.allowed_users and not by_uid:
-        deny(f"user {name} is not allowed on this host", "users.allowed")
+    uid, numeric = go_atoi(name)
+    if numeric and any(lo <= uid <= hi for lo, hi in rules.allowed_uids):
+        return
+    if not numeric and rules.allowed_uids:
+        return  # judged on the uid it resolves to in the image (the runtime's check)
+    deny(f"user {name} is not allowed on this host", "users.allowed")

@@ -47,7 +47,7 @@ def coordinator() -> Coordinator:
         # Before the runtime: loading the policy installs its mount aliases into settings.host.
         policy = PolicySource.from_settings(settings)
         _coordinators[pid] = Coordinator(
-            build_runtime(settings),
+            build_runtime(settings, policy.current),
             services.store,
             services.journal,
             settings.host.id,

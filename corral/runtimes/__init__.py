@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from corral.contract import IsolationRuntime
 from corral.errors import HostConfigurationNeeded
+from corral.policy import HostPolicy
 from corral.settings import Settings
 
 
-def build_runtime(settings: Settings) -> IsolationRuntime:
+def build_runtime(settings: Settings, policy: Callable[[], HostPolicy] = HostPolicy) -> IsolationRuntime:
+    """The host's runtime. ``policy`` is the host policy in force (the coordinator's
+    ``PolicySource.current``): a runtime that learns more than a request says (Docker resolves the
+    user in the image) judges it by the same policy."""
     kind = settings.host.runtime
     if kind == "docker":
         from corral.runtimes.docker import DockerRuntime
 
-        docker_runtime: IsolationRuntime = DockerRuntime(settings.host.id, settings.host)
+        docker_runtime: IsolationRuntime = DockerRuntime(settings.host.id, settings.host, policy=policy)
         return docker_runtime
     if kind == "fake":
         from corral.runtimes.fake import FakeRuntime

@@ -56,6 +56,7 @@ from corral.models import (
     SessionPrepareRequest,
     TerminalStatus,
 )
+from corral.policy import HostPolicy
 from corral.refs import process_ref_for, slug, slug_of_process_ref
 from corral.runtimes import docker_capabilities as caps
 from corral.runtimes import docker_mounts as pins
@@ -66,7 +67,7 @@ from corral.runtimes.docker_policy import (
     DOCKER_ROOT,
     ResolvedMount,
     forbidden_sources,
-    network_internal,
+    network_mode,
     resolve_mounts,
 )
 from corral.runtimes.spool import SpoolLayout, read_json, write_json
@@ -86,8 +87,12 @@ class DockerRuntime:
         client: Any | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        policy: Callable[[], HostPolicy] = HostPolicy,
     ) -> None:
         self.host_id = host_id
+        self.policy = policy
+        """The host policy in force (``PolicySource.current`` on a worker; the documented defaults
+        otherwise): ``prepare_environment`` judges the user it resolves in the image by its ``[users]``."""
         self.host = host
         self._client = client
         self._clock = clock
@@ -238,22 +243,11 @@ class DockerRuntime:
 
     @proc.contract_errors
     def configure_network(self, request: NetworkPrepareRequest) -> NetworkNamespaceRef:
+        """No network object is created: every mode this runtime accepts runs with ``network_mode:
+        none`` (only lo, no route). Networks labeled by older versions are still removed at cleanup."""
         env = request.environment
-        s = slug(env.environment_id)
-        if not network_internal(env.spec.network):
-            return NetworkNamespaceRef(network_ref=f"net-none-{s}", mode=env.spec.network.mode)
-        self.ensure_network(env)
-        return NetworkNamespaceRef(network_ref=f"net-{s}", mode=env.spec.network.mode)
-
-    def ensure_network(self, env: ExecutionEnvironment) -> str:
-        """The session's internal bridge (no egress), created once; its name for ``network_mode``."""
-        name = res.network_name(slug(env.environment_id))
-        with proc.docker_errors("configure_network"):
-            if not res.find_networks(self.client, self.host_id, env.environment_id):
-                self.client.networks.create(
-                    name, driver="bridge", internal=True, labels=self.labels_of(env), check_duplicate=True
-                )
-        return name
+        network_mode(env.spec.network)  # Unsupported for anything that would need egress filtering
+        return NetworkNamespaceRef(network_ref=f"net-none-{slug(env.environment_id)}", mode=env.spec.network.mode)
 
     @proc.contract_errors
     def prepare_secrets(self, request: SecretPrepareRequest) -> SecretMaterializationPlan:

@@ -51,8 +51,8 @@ UNSUPPORTED = [
     "capability:content_ref_io",
     "capability:audit_log",
     "capability:single_file_mount_expansion_audit",
-    "network:allowlist with hosts (only an empty allowlist, i.e. no egress, is enforced)",
-    "network:egress_scoped with rules",
+    "network:allowlist with hosts (not enforced by the host: refused; an empty allowlist runs with no network at all)",
+    "network:egress_scoped with rules (refused; with no rules it runs with no network at all)",
     "network:socket_relay",
     "network:exposed_ports",
     "terminal_mode:pty",
@@ -67,8 +67,6 @@ WEAKER = [
     "boundaries; not line-wrapped base64/hex, other transformations, or a value split between stdout and stderr",
     "io spool cap: keeps the head of a stream only (no tail)",
     "io spool: output is kept unredacted on the host (state_dir) until cleanup; frames are redacted when read",
-    "secret files: 0444 (readable by every user in the sandbox) instead of 0400 owned by the process user "
-    "when the process user is a name the image's /etc/passwd (or /etc/group) cannot resolve",
 ]
 NON_ROOT_WORKER = (
     "secret files: 0444 (readable by every user in the sandbox) for any process user other than the worker's "
@@ -82,11 +80,13 @@ HARDENING = [
     "cap_drop:ALL - no capability, none ever added (an explicitly requested root user has none either)",
     "no_new_privileges - setuid binaries and file capabilities grant nothing",
     "read_only_root - by default; a writable layer only when the environment asks for root=writable_layer",
-    "non_root_user:65534:65534 - unless the process names a user; root only when requested explicitly",
+    "non_root_user:65534:65534 - unless the process names a user; root only when the host policy allows it",
     "pids_limit - resources.process_count on every container",
     "privileged:never",
-    "namespaces:private - network none (or an internal per-session bridge without egress), "
+    "namespaces:private - network none in every mode without egress (only lo, no route; never a bridge), "
     "ipc private, pid/uts private, cgroup private; never the host's, never userns=host",
+    "root_by_any_name:denied - the user is resolved in the image as Docker does; uid 0, gid 0 or a "
+    "supplementary gid 0 (a name mapped to 0, 00, a member of a gid-0 group) is refused unless users.allow_root",
     "devices:none - only the default /dev nodes; no device is added, no device cgroup rule",
     "docker_socket:never - denied as a mount source (or anything containing it) and as a destination",
     "mount_sources:pinned - each alias path is opened without following symlinks, checked where it really is "

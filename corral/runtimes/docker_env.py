@@ -11,9 +11,14 @@ File secrets live in ``<host.secrets_root>/<slug>/`` (root-owned, 0700), which m
 read-only bind of that one file. ``prepare_secrets`` does not know the process yet and writes
 root-owned files; ``prepare_environment`` rewrites them for the process user: a number is used as
 is, a name is resolved from the image's own /etc/passwd and /etc/group (read once per image id
-with ``docker create`` + ``get_archive``, never run). When a name cannot be resolved (the image has
-no readable passwd file), or the worker is not root and cannot chown, the file falls back to 0444
-(readable by every user in the sandbox); the capability report says so.
+with ``docker create`` + ``get_archive``, never run). When the worker is not root and cannot chown,
+the file falls back to 0444 (readable by every user in the sandbox); the capability report says so.
+
+The process user: ``prepare_environment`` resolves it in the image this host resolved, exactly as
+Docker will (``corral.userspec``), and judges the result by the host policy's ``[users]`` rules
+before anything is created: uid 0, gid 0 or a supplementary gid 0 is refused whatever the spelling
+(``admin`` mapped to 0, ``1000:wheel``, a member of a gid-0 group) unless ``allow_root``; a name the
+image does not know is an ``InvalidRequest`` (Docker would refuse it at start).
 """
 
 from __future__ import annotations
@@ -48,18 +53,18 @@ from corral.runtimes.docker_capabilities import TMPFS_TYPES, fs_type
 from corral.runtimes.docker_policy import (
     DEFAULT_USER,
     ContainerPlan,
-    UserTables,
     check_destination,
     check_hardened,
     check_process,
+    check_sandbox_user,
     config_digest,
     create_kwargs,
     env_secret_text,
     needs_user_tables,
-    network_internal,
-    sandbox_owner,
+    network_mode,
 )
 from corral.runtimes.spool import write_json
+from corral.userspec import ExecUser, UserTables, exec_user
 
 if TYPE_CHECKING:
     from corral.runtimes.docker import DockerRuntime
@@ -71,20 +76,27 @@ _TABLES: dict[str, UserTables | None] = {}
 _TABLES_LOCK = threading.Lock()
 
 
-def _read_archive_file(container: Any, path: str) -> bytes | None:
-    """One regular file of a (never started) container, or None when absent or not a plain file."""
+class _Unreadable(Exception):
+    """The file exists but is not a plain file corral can read the way Docker would (a symlink, a
+    directory, too large): nothing that depends on it can be judged."""
+
+
+def _read_archive_file(container: Any, path: str) -> bytes:
+    """One regular file of a (never started) container; empty when absent (Docker then finds no
+    entry either); ``_Unreadable`` when it is there but not a plain file of a sane size."""
     try:
         chunks, _stat = container.get_archive(path)
     except docker.errors.NotFound:
-        return None
+        return b""
     blob = b"".join(chunks)
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
         for member in tar.getmembers():
             if member.isfile() and member.size <= MAX_USER_FILE:
                 handle = tar.extractfile(member)
-                return handle.read() if handle is not None else None
-            return None
-    return None
+                if handle is not None:
+                    return handle.read()
+            break
+    raise _Unreadable(path)
 
 
 def _remove_stale_probes(client: Any, older_than_s: float = 300.0) -> None:
@@ -103,7 +115,8 @@ def _remove_stale_probes(client: Any, older_than_s: float = 300.0) -> None:
 
 def image_user_tables(client: Any, image_id: str) -> UserTables | None:
     """The image's passwd/group tables, read once per image id (an id names immutable content) from
-    a container that is created and removed, never started. None when the image has no passwd file."""
+    a container that is created and removed, never started. A missing file is an empty table (as for
+    Docker); None when either is not a plain file (then only numeric ``UID:GID`` users resolve)."""
     with _TABLES_LOCK:
         if image_id in _TABLES:
             return _TABLES[image_id]
@@ -116,14 +129,15 @@ def image_user_tables(client: Any, image_id: str) -> UserTables | None:
         network_mode="none",
         log_config={"type": "none"},
     )
+    tables: UserTables | None = None
     try:
-        passwd = _read_archive_file(container, "/etc/passwd")
-        group = _read_archive_file(container, "/etc/group") if passwd is not None else None
+        passwd, group = _read_archive_file(container, "/etc/passwd"), _read_archive_file(container, "/etc/group")
+        # surrogateescape: names compare byte for byte, as runc compares them
+        tables = UserTables.parse(passwd.decode("utf-8", "surrogateescape"), group.decode("utf-8", "surrogateescape"))
+    except _Unreadable:
+        pass
     finally:
         container.remove(force=True)
-    tables = None
-    if passwd is not None:
-        tables = UserTables.parse(passwd.decode("utf-8", "replace"), (group or b"").decode("utf-8", "replace"))
     with _TABLES_LOCK:
         if len(_TABLES) >= 256:
             _TABLES.clear()
@@ -235,10 +249,11 @@ class EnvironmentBuilder:
             if request.image
             else self.rt.resolve_image(ImageResolveRequest(environment=env)).digest
         )
+        who = self._identity(image, process)  # before anything is created: a denied user leaves nothing
         rootfs = request.rootfs or self.rt.prepare_rootfs(RootfsPrepareRequest(environment=env))
         mounts = self.rt.pin_mounts(env)
-        network = self.rt.ensure_network(env) if network_internal(spec.network) else "none"
-        self.materialize_secrets(env, self._secret_owner(image, process) if spec.secrets.secret_mounts else None)
+        network = network_mode(spec.network)
+        self.materialize_secrets(env, (who.uid, who.gid) if spec.secrets.secret_mounts else None)
         secret_dir = self.rt.paths_of(env.environment_id).secret_dir
         binds = [(str(secret_dir / m.secret_ref), m.destination) for m in spec.secrets.secret_mounts]
         destinations = [m.destination for m in mounts] + [dst for _src, dst in binds]
@@ -265,14 +280,20 @@ class EnvironmentBuilder:
             secret_env=secret_env,
         )
 
-    def _secret_owner(self, image_id: str, process: IsolatedProcessSpec) -> tuple[int, int] | None:
-        """Who owns the secret files: the process user, resolved like Docker does (None: unknown)."""
+    def _identity(self, image_id: str, process: IsolatedProcessSpec) -> ExecUser:
+        """Who the process will run as in this image (the id ``resolve_image`` resolved on this host),
+        resolved like Docker does, and judged by the host policy's ``[users]`` rules: uid 0, gid 0 or
+        a supplementary gid 0 is denied unless ``allow_root``, whatever the spelling. A user Docker
+        would refuse (unknown name) is an ``InvalidRequest``. It also owns the secret files."""
         user = process.user or DEFAULT_USER
         tables = None
         if needs_user_tables(user):
             with proc.docker_errors("prepare_environment"):
                 tables = image_user_tables(self.rt.client, image_id)
-        return sandbox_owner(user, tables)
+        who = exec_user(user, tables)
+        if process.user is not None:  # the default user is the host's choice, not the caller's
+            check_sandbox_user(self.rt.policy().users, user, who)
+        return who
 
     def _write_process_files(self, env: ExecutionEnvironment, process: IsolatedProcessSpec) -> None:
         layout = self.rt.paths_of(env.environment_id).spool

@@ -29,7 +29,9 @@ from corral.models import (
     SymlinkPolicy,
     TerminalMode,
 )
+from corral.policy import UserRules, deny
 from corral.settings import HostSettings
+from corral.userspec import ExecUser, UserTables, exec_user, needs_tables
 
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 SYSTEM_DIRS = ("/proc", "/sys", "/dev", "/boot")
@@ -106,58 +108,40 @@ class ResolvedMount:
         )
 
 
-@dataclass(frozen=True)
-class UserTables:
-    """An image's /etc/passwd and /etc/group, as far as ownership needs them."""
-
-    users: dict[str, tuple[int, int]] = field(default_factory=dict)
-    """name -> (uid, primary gid)"""
-    primary_gid: dict[int, int] = field(default_factory=dict)
-    """uid -> primary gid (the first entry of a uid wins, as in libc)"""
-    groups: dict[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, passwd: str, group: str = "") -> UserTables:
-        users: dict[str, tuple[int, int]] = {}
-        primary: dict[int, int] = {}
-        for line in passwd.splitlines():
-            fields = line.split(":")
-            if len(fields) >= 4 and fields[0] and fields[2].isdigit() and fields[3].isdigit():
-                users.setdefault(fields[0], (int(fields[2]), int(fields[3])))
-                primary.setdefault(int(fields[2]), int(fields[3]))
-        groups: dict[str, int] = {}
-        for line in group.splitlines():
-            fields = line.split(":")
-            if len(fields) >= 3 and fields[0] and fields[2].isdigit():
-                groups.setdefault(fields[0], int(fields[2]))
-        return cls(users=users, primary_gid=primary, groups=groups)
-
-
 def needs_user_tables(user: str) -> bool:
-    """Whether the owner of ``user`` (``USER[:GROUP]``) depends on the image's passwd/group files."""
-    name, _sep, group = user.partition(":")
-    return not (name.isdigit() and group.isdigit())
+    """Whether the identity of ``user`` (``USER[:GROUP]``) depends on the image's passwd/group files."""
+    return needs_tables(user)
 
 
 def sandbox_owner(user: str, tables: UserTables | None) -> tuple[int, int] | None:
-    """The (uid, gid) a process started as ``user`` gets, resolved the way Docker (runc) does it: a
-    number is taken as is, a name from the image's files; a uid without a group gets its passwd
-    entry's primary gid, or 0 without one. None: a name that cannot be resolved."""
-    name, _sep, group = user.partition(":")
-    if name.isdigit():
-        uid = int(name)
-        gid: int | None = tables.primary_gid.get(uid, 0) if tables else 0
-    elif tables is not None and name in tables.users:
-        uid, gid = tables.users[name]
-    elif name == "root":
-        uid, gid = 0, 0
-    else:
+    """The (uid, gid) a process started as ``user`` gets, resolved the way Docker (runc) does it
+    (``corral.userspec``). None: Docker would refuse the user (unknown name, unreadable tables)."""
+    try:
+        who = exec_user(user, tables)
+    except InvalidRequest:
         return None
-    if group.isdigit():
-        gid = int(group)
-    elif group:
-        gid = tables.groups.get(group) if tables else (0 if group == "root" else None)
-    return None if gid is None else (uid, gid)
+    return who.uid, who.gid
+
+
+def check_sandbox_user(rules: UserRules, user: str, who: ExecUser) -> None:
+    """The host's ``[users]`` rules on the identity ``user`` really gets in the image (``who``):
+    uid 0, gid 0 or a supplementary gid 0 is root however it was spelled (``admin`` mapped to 0,
+    ``00``, a member of a gid-0 group); a user allowed only by ``allowed_uids`` must resolve into
+    a range. Names in ``allowed_users`` are allowed as written (root is still denied)."""
+    root = who.root_ids()
+    if root and not rules.allow_root:
+        deny(
+            f"user {user} runs with {', '.join(root)} in this image; root is not allowed on this host",
+            "users.allow_root",
+            user=user,
+            uid=str(who.uid),
+            gid=str(who.gid),
+        )
+    if not rules.allowed_users and not rules.allowed_uids:
+        return
+    name = user.split(":")[0]
+    if name not in rules.allowed_users and not any(lo <= who.uid <= hi for lo, hi in rules.allowed_uids):
+        deny(f"user {name} (uid {who.uid} in this image) is not allowed on this host", "users.allowed", user=user)
 
 
 def check_destination(destination: str) -> None:
@@ -234,20 +218,26 @@ def resolve_mounts(fs: FilesystemPolicy, host: HostSettings) -> list[ResolvedMou
     return [resolve_mount(m, host, fs.symlink_policy) for m in fs.mounts]
 
 
-def network_internal(policy: NetworkPolicy) -> bool:
-    """False: no network at all (``none``); True: a per-session internal bridge (no egress).
+NO_NETWORK = "none"
+"""Docker's ``network_mode`` for a sandbox: a network namespace with only ``lo`` and no route."""
 
-    Only what is enforced is accepted: an allowlist or egress rule set that is empty means "no
-    egress", which an internal bridge enforces; anything that needs real egress filtering, a
-    socket relay or published ports is refused, never silently widened or narrowed."""
-    if policy.mode in (NetworkMode.disabled, NetworkMode.adapter_defined_denied):
-        return False
-    if policy.mode is NetworkMode.allowlist and not policy.hosts:
-        return True
-    if policy.mode is NetworkMode.egress_scoped and not policy.rules:
-        return True
+
+def network_mode(policy: NetworkPolicy) -> str:
+    """The ``network_mode`` of a sandbox: ``none`` for every mode that promises no egress (disabled,
+    adapter_defined_denied, an empty allowlist, an empty egress rule set).
+
+    Not an internal bridge: a container on a ``--internal`` Docker network still has a default route
+    and reaches listeners on the host's 0.0.0.0 through the gateway (verified on Docker 20.10). Only
+    what is enforced is accepted: an allowlist with hosts, egress rules, a socket relay or published
+    ports would need host-side filtering that this runtime does not have, so they are refused
+    (``Unsupported``), never silently widened or narrowed."""
+    empty_allowlist = policy.mode is NetworkMode.allowlist and not policy.hosts
+    empty_egress = policy.mode is NetworkMode.egress_scoped and not policy.rules
+    if policy.mode in (NetworkMode.disabled, NetworkMode.adapter_defined_denied) or empty_allowlist or empty_egress:
+        return NO_NETWORK
     raise Unsupported(
-        f"network mode {policy.mode.value} cannot be enforced by the Docker runtime",
+        f"network mode {policy.mode.value} with hosts, rules or ports cannot be enforced by the Docker runtime "
+        "(only no network at all is)",
         context={"mode": policy.mode.value},
     )
 
@@ -285,8 +275,8 @@ class ContainerPlan:
     resources: ResourceLimits
     scratch_mb: int
     read_only: bool
-    network: str
-    """``none`` or the session network's name."""
+    network: str = NO_NETWORK
+    """Always ``none`` (``network_mode``); ``check_hardened`` refuses anything else."""
     mounts: list[ResolvedMount] = field(default_factory=list)
     secret_binds: list[tuple[str, str]] = field(default_factory=list)
     """(host file, container destination), always read-only."""
@@ -296,7 +286,7 @@ class ContainerPlan:
 def create_kwargs(plan: ContainerPlan) -> dict[str, Any]:
     """Keyword arguments for docker-py's ``containers.create``, hardened (``check_hardened``): no
     capability, no-new-privileges, Docker's default seccomp profile (no seccomp option is ever
-    passed), the non-root default user, a pids limit, no network (or an internal bridge), private
+    passed), the non-root default user, a pids limit, no network (``none``: only lo, no route), private
     ipc/pid/uts/cgroup namespaces, no device, no privilege, the root read-only unless asked for."""
     proc = plan.process
     env = [f"{v.name}={v.redacted_value}" for v in proc.env]
@@ -352,8 +342,7 @@ def check_hardened(kwargs: dict[str, Any]) -> None:
         problems.append("user")
     if not isinstance(kwargs.get("pids_limit"), int) or kwargs["pids_limit"] < 1:
         problems.append("pids_limit")
-    network = str(kwargs.get("network_mode") or "")
-    if network in ("", "host", "default", "bridge") or network.startswith("container:"):
+    if kwargs.get("network_mode") != NO_NETWORK:  # no bridge of any kind: see network_mode
         problems.append("network namespace")
     if kwargs.get("ipc_mode") not in ("private", "none"):
         problems.append("ipc namespace")

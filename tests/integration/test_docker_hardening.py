@@ -49,6 +49,7 @@ from corral.models import (
     SecretPrepareRequest,
     SessionPrepareRequest,
 )
+from corral.policy import HostPolicy, UserRules
 from corral.refs import slug
 from corral.runtimes.docker import DockerRuntime
 from corral.runtimes.docker_env import PROBE_LABEL
@@ -122,6 +123,13 @@ def runtime(docker_client: Any, host: HostSettings, host_id: str) -> Iterator[Do
         yield rt
 
 
+@pytest.fixture
+def root_runtime(runtime: DockerRuntime) -> DockerRuntime:
+    """The runtime of a host whose policy allows root (``users.allow_root``; denied by default)."""
+    runtime.policy = lambda: HostPolicy(users=UserRules(allow_root=True))
+    return runtime
+
+
 def secret_env(image: str, *names: str, env_secret: bool = False, **spec: Any) -> ExecutionEnvironment:
     return make_env(
         image,
@@ -185,12 +193,14 @@ def test_default_process_is_unprivileged_from_inside(runtime: DockerRuntime, bus
     _check_inside(lines(runtime, sh(runtime, make_env(busybox_image), PROBE)), "65534")
 
 
-def test_explicit_root_still_has_no_capability(runtime: DockerRuntime, busybox_image: str) -> None:
+def test_explicit_root_still_has_no_capability(root_runtime: DockerRuntime, busybox_image: str) -> None:
+    runtime = root_runtime
     got = lines(runtime, sh(runtime, make_env(busybox_image), PROBE, user="root"))
     _check_inside(got, "0")
 
 
-def test_root_cannot_regain_privileges(runtime: DockerRuntime, busybox_image: str) -> None:
+def test_root_cannot_regain_privileges(root_runtime: DockerRuntime, busybox_image: str) -> None:
+    runtime = root_runtime
     script = (
         "mount -t tmpfs none /mnt 2>/dev/null; echo mount=$?; "
         "chown 65534 /tmp 2>/dev/null; echo chown=$?; "
@@ -202,7 +212,8 @@ def test_root_cannot_regain_privileges(runtime: DockerRuntime, busybox_image: st
     assert all(got[k] != "0" for k in ("mount", "chown", "mknod", "kcore", "netadmin")), got
 
 
-def test_pids_limit_applies_to_root_too(runtime: DockerRuntime, busybox_image: str) -> None:
+def test_pids_limit_applies_to_root_too(root_runtime: DockerRuntime, busybox_image: str) -> None:
+    runtime = root_runtime
     env = make_env(busybox_image, resources=ResourceLimits(process_count=5))
     process_ref = sh(runtime, env, "for i in 1 2 3 4 5 6 7 8; do sleep 2 & done; wait", user="root")
     wait_exit(runtime, process_ref)
@@ -241,14 +252,16 @@ def test_inspect_shows_every_hardened_default(runtime: DockerRuntime, busybox_im
     assert attrs["Config"]["User"] == "65534:65534"
 
 
-def test_inspect_with_internal_network_and_root(runtime: DockerRuntime, busybox_image: str, docker_client: Any) -> None:
+def test_inspect_with_empty_allowlist_and_root(
+    root_runtime: DockerRuntime, busybox_image: str, docker_client: Any
+) -> None:
+    runtime = root_runtime
     env = make_env(busybox_image, network=NetworkPolicy(mode=NetworkMode.allowlist))
     prepare(runtime, env, proc_spec("true", user="root"))
     attrs = inspect(docker_client, env)
     _check_host_config(attrs, 32)
-    network = attrs["HostConfig"]["NetworkMode"]
-    assert network == f"corral-{slug(env.environment_id)}"
-    assert docker_client.networks.get(network).attrs["Internal"] is True
+    assert attrs["HostConfig"]["NetworkMode"] == "none"  # no egress promised: no network at all, not a bridge
+    assert docker_client.networks.list(filters={"label": f"corral.session={env.environment_id}"}) == []
     assert attrs["Config"]["User"] == "root"
 
 
@@ -281,7 +294,8 @@ def test_capability_report_lists_the_hardening(runtime: DockerRuntime) -> None:
     } <= keys, report.hardening
     env_item = next(w for w in report.weaker_features if w.startswith("env_secrets"))
     assert "docker inspect" in env_item
-    assert any("0444" in w and "/etc/passwd" in w for w in report.weaker_features)
+    assert not any("/etc/passwd" in w for w in report.weaker_features)  # an unresolvable user is refused now
+    assert any(h.startswith("root_by_any_name:denied") for h in report.hardening)
 
 
 def test_capability_report_degraded_by_a_broken_plugin(
@@ -330,13 +344,14 @@ def test_secret_file_0400_owned_by_the_default_user(
     [("nobody", (65534, 65534)), ("nobody:root", (65534, 0)), ("1234", (1234, 0)), ("root", (0, 0))],
 )
 def test_secret_file_owner_follows_the_process_user(
-    runtime: DockerRuntime,
+    root_runtime: DockerRuntime,
     busybox_image: str,
     host: HostSettings,
     docker_client: Any,
     user: str,
     owner: tuple[int, int],
 ) -> None:
+    runtime = root_runtime  # three of these users have uid or gid 0
     env = secret_env(busybox_image, FILE_SECRET)
     got = lines(runtime, sh(runtime, env, f"echo n=$(wc -c < /run/secrets/{FILE_SECRET})", user=user))
     assert got["n"] == str(len(FILE_VALUE))

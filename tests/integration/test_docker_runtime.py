@@ -71,7 +71,7 @@ from corral.models import (
 )
 from corral.refs import process_ref_for, slug
 from corral.runtimes.docker import DockerRuntime
-from corral.runtimes.docker_resources import session_paths
+from corral.runtimes.docker_resources import network_name, session_paths
 from corral.settings import HostSettings
 from tests.harness import docker_runtime
 
@@ -379,16 +379,24 @@ def test_configure_network_disabled_means_no_network_object(
     assert count_labeled(docker_client, host_id)["networks"] == 0
 
 
-def test_configure_network_empty_allowlist_is_one_internal_bridge(
-    runtime: DockerRuntime, busybox_image: str, docker_client: Any, host_id: str
+@pytest.mark.parametrize(
+    "network",
+    [
+        NetworkPolicy(mode=NetworkMode.adapter_defined_denied),
+        NetworkPolicy(mode=NetworkMode.allowlist),
+        NetworkPolicy(mode=NetworkMode.egress_scoped),
+    ],
+)
+def test_configure_network_without_egress_creates_no_network(
+    runtime: DockerRuntime, busybox_image: str, docker_client: Any, host_id: str, network: NetworkPolicy
 ) -> None:
-    env = make_env(busybox_image, network=NetworkPolicy(mode=NetworkMode.allowlist))
+    # formerly an internal bridge, which still routes to the host (issue 7, escape 5): now none
+    env = make_env(busybox_image, network=network)
     first = runtime.configure_network(NetworkPrepareRequest(environment=env))
-    second = runtime.configure_network(NetworkPrepareRequest(environment=env))
-    assert first == second
-    networks = docker_client.networks.list(filters={"label": f"corral.session={env.environment_id}"})
-    assert len(networks) == 1
-    assert networks[0].attrs["Internal"] is True
+    assert first == runtime.configure_network(NetworkPrepareRequest(environment=env))
+    assert first.network_ref == f"net-none-{slug(env.environment_id)}" and first.mode is network.mode
+    assert docker_client.networks.list(filters={"label": f"corral.session={env.environment_id}"}) == []
+    assert count_labeled(docker_client, host_id)["networks"] == 0
 
 
 def test_configure_network_unenforceable_allowlist_is_unsupported(runtime: DockerRuntime, busybox_image: str) -> None:
@@ -722,6 +730,10 @@ def test_cleanup_removes_everything_and_twice_is_fine(
 ) -> None:
     env = _secret_env(busybox_image, network=NetworkPolicy(mode=NetworkMode.allowlist))
     process_ref = sh(runtime, env, "sleep 100")
+    # the per-session bridge an older corral made for an empty allowlist: cleanup still removes such leftovers
+    docker_client.networks.create(
+        network_name(slug(env.environment_id)), driver="bridge", internal=True, labels=runtime.labels_of(env)
+    )
     paths = session_paths(host, slug(env.environment_id))
     assert count_labeled(docker_client, host.id, env.environment_id) == {"containers": 1, "networks": 1}
     assert paths.secret_dir.is_dir() and paths.spool.root.is_dir()

@@ -29,7 +29,7 @@ from corral.runtimes.docker_policy import (
     create_kwargs,
     env_secret_text,
     forbidden_sources,
-    network_internal,
+    network_mode,
     resolve_mounts,
     within,
 )
@@ -134,16 +134,17 @@ def test_resolve_mounts_denials(host: HostSettings, alias: str, dest: str, error
 
 
 @pytest.mark.parametrize(
-    ("policy", "internal"),
+    "policy",
     [
-        (NetworkPolicy(), False),
-        (NetworkPolicy(mode=NetworkMode.adapter_defined_denied), False),
-        (NetworkPolicy(mode=NetworkMode.allowlist), True),
-        (NetworkPolicy(mode=NetworkMode.egress_scoped), True),
+        NetworkPolicy(),
+        NetworkPolicy(mode=NetworkMode.adapter_defined_denied),
+        NetworkPolicy(mode=NetworkMode.allowlist),
+        NetworkPolicy(mode=NetworkMode.egress_scoped),
     ],
 )
-def test_network_modes_enforced(policy: NetworkPolicy, internal: bool) -> None:
-    assert network_internal(policy) is internal
+def test_every_mode_without_egress_runs_with_no_network(policy: NetworkPolicy) -> None:
+    # never an internal bridge: it still has a default route to the host (issue 7, escape 5)
+    assert network_mode(policy) == "none"
 
 
 @pytest.mark.parametrize(
@@ -153,11 +154,12 @@ def test_network_modes_enforced(policy: NetworkPolicy, internal: bool) -> None:
         NetworkPolicy(mode=NetworkMode.egress_scoped, rules=["tcp:443"]),
         NetworkPolicy(mode=NetworkMode.socket_relay),
         NetworkPolicy(mode=NetworkMode.exposed_ports, ports=[8080]),
+        NetworkPolicy(mode=NetworkMode.exposed_ports),
     ],
 )
 def test_network_modes_not_enforceable_are_unsupported(policy: NetworkPolicy) -> None:
     with pytest.raises(Unsupported):
-        network_internal(policy)
+        network_mode(policy)
 
 
 def spec(**kwargs: object) -> IsolatedProcessSpec:

@@ -397,7 +397,7 @@ def test_a_resolution_must_be_the_pin_or_an_allowed_digest() -> None:
         ({"allowed_users": ["app"]}, "nobody", "users.allowed"),
         ({"allowed_uids": [[1000, 1999]]}, "1500:1500", None),
         ({"allowed_uids": [[1000, 1999]]}, "2000", "users.allowed"),
-        ({"allowed_uids": [[1000, 1999]]}, "app", "users.allowed"),
+        ({"allowed_uids": [[1000, 1999]]}, "app", None),  # a name: judged on the uid it resolves to in the image
         ({"allow_root": True, "allowed_uids": [[1000, 1999]]}, "0", "users.allowed"),
     ],
 )
