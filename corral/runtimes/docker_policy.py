@@ -130,8 +130,10 @@ def check_sandbox_user(rules: UserRules, user: str, who: ExecUser) -> None:
     a range. Names in ``allowed_users`` are allowed as written (root is still denied)."""
     root = who.root_ids()
     if root and not rules.allow_root:
+        # Docker's --group-add cannot take a group away; an explicit group drops the image's ones
+        hint = "" if who.uid == 0 or ":" in user else f" (name a non-root group: {user}:GID)"
         deny(
-            f"user {user} runs with {', '.join(root)} in this image; root is not allowed on this host",
+            f"user {user} runs with {', '.join(root)} in this image; root is not allowed on this host{hint}",
             "users.allow_root",
             user=user,
             uid=str(who.uid),

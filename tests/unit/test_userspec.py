@@ -144,6 +144,8 @@ def test_denial_names_the_root_ids() -> None:
     with pytest.raises(PolicyDenial) as info:
         check_sandbox_user(UserRules(), "bob", exec_user("bob", TABLES))
     assert "supplementary gid 0" in info.value.message and "uid 0" not in info.value.message
+    assert "bob:GID" in info.value.message  # the way out: an explicit group drops the image's groups
+    check_sandbox_user(UserRules(), "bob:users", exec_user("bob:users", TABLES))
 
 
 def test_allowed_uids_judge_the_resolved_uid() -> None:
