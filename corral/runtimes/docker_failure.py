@@ -9,11 +9,12 @@ busy daemon, a refused connection, a timeout) stays ``IsolationFailure``, retrya
 
 Hygiene. The message of a recognised failure is built from known parts (the operation and what
 was wrong); Docker's own text goes only to the worker log (secret values redacted). Any text that
-still reaches a caller passes ``HostPaths.scrub``: the host paths of mount aliases become
-``<alias NAME>``; the state dir (spools, private bind dirs), the secrets root and the secrets dir
-become ``<state dir>`` / ``<secrets root>`` / ``<secrets dir>``; Docker's and containerd's own
-directories and ``/proc/<pid>`` paths become ``<host path>``. ``docker_process.contract_errors``
-applies it to every error leaving the adapter.
+still reaches a caller passes ``HostPaths.scrub``: the host paths of mount aliases (and the roots
+their symlinks may resolve within) become ``<alias NAME>`` / ``<root of alias NAME>``; the state dir
+(spools, mount pins), the secrets root and the secrets dir become ``<state dir>`` /
+``<secrets root>`` / ``<secrets dir>``; Docker's and containerd's own directories and
+``/proc/<pid>`` paths become ``<host path>``. ``docker_process.contract_errors`` applies it to
+every error leaving the adapter.
 """
 
 from __future__ import annotations
@@ -99,6 +100,9 @@ class HostPaths:
 
         for alias, path in sorted(host.mounts.items()):
             add(path, f"<alias {alias}>")
+            root = host.symlink_root(alias)
+            if root:
+                add(root, f"<root of alias {alias}>")
         add(host.state_dir, "<state dir>")
         add(host.secrets_root, "<secrets root>")
         add(host.secrets_dir, "<secrets dir>")

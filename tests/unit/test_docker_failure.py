@@ -103,16 +103,17 @@ def host(tmp_path: Path) -> HostSettings:
 
 
 def test_host_paths_name_what_they_are(host: HostSettings, tmp_path: Path) -> None:
+    host.use_mount_aliases(dict(host.mounts), [], symlink_roots={"data2": str(tmp_path / "tree")})
     paths = HostPaths.of(host)
     text = (
         f"bind {tmp_path}/link/deeper/x and {tmp_path}/real (resolved) and {tmp_path}/state/spool/s/stdout "
-        f"and {tmp_path}/shm/sess and {tmp_path}/secrets/token"
+        f"and {tmp_path}/shm/sess and {tmp_path}/secrets/token and {tmp_path}/tree/y"
     )
     clean = paths.scrub(text)
     assert str(tmp_path) not in clean
     assert clean == (
         "bind <alias data2>/x and <alias data> (resolved) and <state dir>/spool/s/stdout "
-        "and <secrets root>/sess and <secrets dir>/token"
+        "and <secrets root>/sess and <secrets dir>/token and <root of alias data2>/y"
     )
 
 
