@@ -76,7 +76,8 @@ def engine_failure(operation: str, status: int | None, text: str, secret_values:
         return NotFound(f"{operation}: {shown}", context=context)
     if status == 409:
         return Conflict(f"{operation}: docker said 409: {shown}", context=context)
-    return IsolationFailure(f"{operation}: docker said {status}: {shown}", context=context)
+    said = f"docker said {status}: " if status is not None else ""
+    return IsolationFailure(f"{operation}: {said}{shown}", context=context)
 
 
 def scrub_engine_paths(text: str) -> str:

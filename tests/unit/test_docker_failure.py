@@ -65,6 +65,14 @@ def test_transient_engine_failures_stay_retryable(status: int, text: str) -> Non
     assert error.context["status"] == str(status)
 
 
+def test_a_shim_failure_without_a_status_is_classified_by_its_text() -> None:
+    assert isinstance(
+        engine_failure("start_process", None, "unable to find user x: no matching entries", None), InvalidRequest
+    )
+    other = engine_failure("start_process", None, "container is running, not created", None)
+    assert other.retryable and other.message == "start_process: container is running, not created"
+
+
 def test_not_found_and_conflict_keep_their_kinds() -> None:
     assert isinstance(engine_failure("inspect", 404, "No such container: x", None), NotFound)
     assert isinstance(engine_failure("create", 409, "name already in use", None), Conflict)
