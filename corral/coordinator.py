@@ -91,6 +91,7 @@ from corral.policy import (
     check_detach,
     check_environment,
     check_process,
+    check_process_size,
     check_resolution,
     check_sandboxes,
     check_stdin,
@@ -542,6 +543,12 @@ class Coordinator:
         except PolicyDenial as denial:
             self._journal_denial(op, env_id, denial)
             raise
+
+    def admit_chained_process(self, op: str, env_id: str, process: IsolatedProcessSpec) -> None:
+        """A process spec that a later step of the same chain carries, judged early on its size (so an
+        8 MiB argv stops the chain at its first step); prepare_environment and start_process judge
+        the whole spec again."""
+        self._admit(op, env_id, lambda policy: check_process_size(policy, process))
 
     def _admit_session(self, policy: HostPolicy, env: ExecutionEnvironment) -> None:
         check_environment(policy, env)

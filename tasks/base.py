@@ -18,8 +18,9 @@ from celery import Task
 from pydantic import BaseModel, ValidationError
 
 from corral.errors import AgentError, InvalidRequest, Retryable
-from corral.models import dump
+from corral.models import IsolatedProcessSpec, dump
 from corral.policy import MAX_REQUEST_BYTES
+from corral.services import coordinator
 from corral.settings import load_settings
 
 log = logging.getLogger("corral.tasks")
@@ -54,6 +55,20 @@ def document_size_over(payload: Any, limit: int) -> bool:
     return False
 
 
+def chained_processes(chain: Any) -> list[tuple[str, Any]]:
+    """(environment id, process document) of every later step that Celery embedded in this message
+    (the first message of a chain carries all the rest, each step's request as its first argument)."""
+    found: list[tuple[str, Any]] = []
+    for step in chain if isinstance(chain, list | tuple) else ():
+        args = step.get("args") if isinstance(step, dict) else None
+        request = args[0] if isinstance(args, list | tuple) and args else None
+        if isinstance(request, dict) and isinstance(request.get("process"), dict):
+            env_id = (request.get("environment") or {}).get("environment_id")
+            if isinstance(env_id, str):
+                found.append((env_id, request["process"]))
+    return found
+
+
 def validation_error(exc: ValidationError, model: type[BaseModel]) -> InvalidRequest:
     problems = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]]
     more = f" (+{exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
@@ -86,10 +101,21 @@ class CorralTask(Task):  # type: ignore[misc]
         if host is not None and host != here:
             raise InvalidRequest(f"task for host {host} delivered to host {here}", context={"host": host})
 
+    def admit_chained(self) -> None:
+        """Judge the process specs that later steps of this chain carry on their size, now: a process
+        the host would refuse at prepare_environment stops the chain at its first step, before its
+        payload is published again with each step (the authoritative checks still run later)."""
+        chained = chained_processes(getattr(self.request, "chain", None))
+        for env_id, process in chained:
+            coordinator().admit_chained_process(
+                self.name.removeprefix("corral."), env_id, self.parse(IsolatedProcessSpec, process)
+            )
+
     def run_operation(self, host: str | None, call: Callable[[], R]) -> dict[str, Any]:
         """Run one contract operation and return its JSON-safe result, converting every failure."""
         try:
             self.check_host(host)
+            self.admit_chained()
             return dump(call())
         except AgentError as exc:
             if exc.retryable and self.request.retries < self.max_retries and not self.request.is_eager:

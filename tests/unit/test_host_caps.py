@@ -23,6 +23,7 @@ from corral.models import (
     RedactedEnvVar,
     SessionState,
     StreamIoPolicy,
+    dump,
 )
 from corral.policy import (
     MAX_REQUEST_BYTES,
@@ -37,7 +38,7 @@ from corral.policy import (
     parse_policy,
 )
 from corral.store import live_key
-from tasks.base import CorralTask, document_size_over
+from tasks.base import CorralTask, chained_processes, document_size_over
 from tests.unit.helpers import HOST, Rig, job, make_rig, request_of, started
 from tests.unit.policy_helpers import fixed, policy_with
 
@@ -164,6 +165,18 @@ def test_an_absurd_request_document_is_invalid_before_pydantic_sees_it() -> None
     assert task.parse(ProcessIoRequest, {"process_ref": "proc-1", "stream": "stdout"}).process_ref == "proc-1"
 
 
+def test_the_process_specs_a_chain_carries_are_found_in_its_first_message() -> None:
+    j = job(argv=["echo", "hi"])
+    steps = j.requests(HOST)
+    # what Celery embeds: the rest of the chain, reversed, each step's request as its first argument
+    chain = [{"task": f"corral.{op}", "args": [dump(r)], "kwargs": {"host": HOST}} for op, r in reversed(steps[1:])]
+    found = chained_processes(chain)
+    assert [env_id for env_id, _ in found] == [j.environment_id, j.environment_id]  # start + prepare_environment
+    assert all(process["argv"] == ["echo", "hi"] for _, process in found)
+    junk: list[Any] = [None, "x", {"args": "no"}, {"args": [{"process": "no"}]}, {"args": [{"process": {}}]}]
+    assert chained_processes(junk) == [] and chained_processes(None) == []
+
+
 # -- through the coordinator -----------------------------------------------------------------------
 
 
@@ -203,6 +216,16 @@ def test_eight_mib_argv_is_denied_and_nothing_large_reaches_redis(rig: Rig) -> N
     assert rig.runtime.calls["start_process"] == 0
     sizes = {key: rig.client.memory_usage(key, samples=0) or 0 for key in rig.client.scan_iter("*")}
     assert sizes and max(sizes.values()) < 64 * 1024, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+
+
+@pytest.mark.redis
+def test_a_chained_process_is_judged_at_the_first_step(rig: Rig) -> None:
+    j = job(argv=HUGE_ARGV)
+    with pytest.raises(PolicyDenial) as info:
+        rig.coordinator.admit_chained_process("prepare_session", j.environment_id, j.process())
+    assert info.value.context["rule"] == "limits.max_argv_bytes"
+    assert rig.kinds(j.environment_id) == [("denial", "prepare_session")]
+    rig.coordinator.admit_chained_process("prepare_session", j.environment_id, job().process())  # small: fine
 
 
 @pytest.mark.redis
