@@ -547,8 +547,14 @@ class Coordinator:
     def admit_chained_process(self, op: str, env_id: str, process: IsolatedProcessSpec) -> None:
         """A process spec that a later step of the same chain carries, judged early on its size (so an
         8 MiB argv stops the chain at its first step); prepare_environment and start_process judge
-        the whole spec again."""
-        self._admit(op, env_id, lambda policy: check_process_size(policy, process))
+        the whole spec again. The denial is journaled only for an environment not yet prepared: this
+        runs before any check of who the caller is, so it never writes into another session's journal."""
+        try:
+            check_process_size(self.policy.current(), process)
+        except PolicyDenial as denial:
+            if not self.store.session(env_id):
+                self._journal_denial(op, env_id, denial)
+            raise
 
     def _admit_session(self, policy: HostPolicy, env: ExecutionEnvironment) -> None:
         check_environment(policy, env)

@@ -226,6 +226,13 @@ def test_a_chained_process_is_judged_at_the_first_step(rig: Rig) -> None:
     assert info.value.context["rule"] == "limits.max_argv_bytes"
     assert rig.kinds(j.environment_id) == [("denial", "prepare_session")]
     rig.coordinator.admit_chained_process("prepare_session", j.environment_id, job().process())  # small: fine
+    # an environment that exists (perhaps another tenant's) is refused the same, its journal untouched
+    prepared = job()
+    rig.run_chain(prepared, upto="prepare_session")
+    before = rig.kinds(prepared.environment_id)
+    with pytest.raises(PolicyDenial):
+        rig.coordinator.admit_chained_process("prepare_session", prepared.environment_id, j.process())
+    assert rig.kinds(prepared.environment_id) == before
 
 
 @pytest.mark.redis
