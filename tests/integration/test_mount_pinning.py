@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from corral.client import Client
-from corral.errors import HostConfigurationNeeded, PolicyDenial
+from corral.errors import AgentError, HostConfigurationNeeded, PolicyDenial
 from corral.job import JobSpec
 from corral.models import (
     CleanupRequest,
@@ -336,5 +336,46 @@ def test_the_reconciler_unpins_what_no_session_owns(
         )
         assert wait_until(lambda: not pinned_mounts(state_dir), 10)
         assert leftovers(docker_client, worker.host_id, corral_env) == NOTHING
+    finally:
+        client.close()
+
+
+@pytest.mark.redis
+@pytest.mark.worker
+def test_the_policy_files_symlink_rule_reaches_the_worker(
+    worker_factory: Any, corral_env: dict[str, str], docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    """Through the queue: ``symlinks = "within_alias"`` with a ``root`` in the host policy file lets a
+    job mount an alias whose path is a symlink inside the root; the same rule refuses a symlink out
+    of it, and an alias without the rule refuses any symlink. Nothing is left pinned."""
+    tree = tmp_path / "tree"
+    (tree / "v1").mkdir(parents=True)
+    (tree / "v1" / "version.txt").write_text("v1\n")
+    (tree / "current").symlink_to(tree / "v1")
+    (tmp_path / "canary").mkdir()
+    (tree / "out").symlink_to(tmp_path / "canary")
+    policy = tmp_path / "policy" / "policy.toml"
+    policy.parent.mkdir()
+    policy.write_text(
+        f'[mounts.current]\npath = "{tree}/current"\nsymlinks = "within_alias"\nroot = "{tree}"\n'
+        f'[mounts.out]\npath = "{tree}/out"\nsymlinks = "within_alias"\nroot = "{tree}"\n'
+        f'[mounts.plain]\npath = "{tree}/current"\n'
+    )
+    worker = worker_factory(None, env={"CORRAL_HOST__POLICY_FILE": str(policy)})
+    client = Client(Settings(redis={"url": corral_env["CORRAL_REDIS__URL"]}, celery={"task_timeout_s": 60}))
+    try:
+        check = 'test "$(cat /data/version.txt)" = v1'
+        ok = client.run(
+            JobSpec(image=busybox_image, argv=["sh", "-c", check], mounts=["current:/data"]), host=worker.host_id
+        )
+        assert ok.exit_code == 0
+        for alias in ("out", "plain"):
+            spec = JobSpec(image=busybox_image, argv=["true"], mounts=[f"{alias}:/data"])
+            with pytest.raises(AgentError) as caught:
+                client.wait(client.submit(spec, host=worker.host_id))
+            assert caught.value.kind.value == "policy_denial", caught.value
+            assert "symlink" in caught.value.message, caught.value
+        # the refused chains' error cleanup runs after the client has its error
+        assert wait_until(lambda: leftovers(docker_client, worker.host_id, corral_env) == NOTHING, 15)
     finally:
         client.close()
