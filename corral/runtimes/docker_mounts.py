@@ -111,7 +111,11 @@ def _walk(path: str, alias: str) -> int:
             except OSError as exc:
                 if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
                     raise
-                if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
+                try:
+                    link = stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode)
+                except FileNotFoundError:  # it changed under us: whatever it was, it is not usable
+                    link = False
+                if link:
                     raise _symlink_denial(alias) from None
                 raise HostConfigurationNeeded(
                     "a component of the mount alias path is not a directory", context={"alias": alias}
