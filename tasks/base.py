@@ -3,8 +3,9 @@
 Every failure leaves a task as an ``AgentError`` (the JSON result backend rebuilds it typed on the
 client). A pydantic validation error becomes ``InvalidRequest`` listing field locations and
 messages but never the offending input (it could be large or sensitive); a document larger than
-``MAX_REQUEST_BYTES`` is refused before it is parsed at all. Only ``retryable``
-errors are retried, with capped exponential backoff; nothing retries a bad request.
+``MAX_REQUEST_BYTES`` is refused before it is parsed at all, and the process specs that later steps
+of a chain carry in the same message are judged on size at its first step (``admit_chained``). Only
+``retryable`` errors are retried, with capped exponential backoff; nothing retries a bad request.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def chained_processes(chain: Any) -> list[tuple[str, Any]]:
         args = step.get("args") if isinstance(step, dict) else None
         request = args[0] if isinstance(args, list | tuple) and args else None
         if isinstance(request, dict) and isinstance(request.get("process"), dict):
-            env_id = (request.get("environment") or {}).get("environment_id")
+            env = request.get("environment")
+            env_id = env.get("environment_id") if isinstance(env, dict) else None
             if isinstance(env_id, str):
                 found.append((env_id, request["process"]))
     return found

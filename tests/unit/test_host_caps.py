@@ -174,6 +174,7 @@ def test_the_process_specs_a_chain_carries_are_found_in_its_first_message() -> N
     assert [env_id for env_id, _ in found] == [j.environment_id, j.environment_id]  # start + prepare_environment
     assert all(process["argv"] == ["echo", "hi"] for _, process in found)
     junk: list[Any] = [None, "x", {"args": "no"}, {"args": [{"process": "no"}]}, {"args": [{"process": {}}]}]
+    junk.append({"args": [{"process": {}, "environment": ["not", "a", "dict"]}]})
     assert chained_processes(junk) == [] and chained_processes(None) == []
 
 
