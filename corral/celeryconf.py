@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from corral.identity import CALLER_KWARG
 from corral.settings import Settings
+from corral.signing import CONTENT_TYPE, SERIALIZER, identity
 
 FLEET_QUEUE = "corral.fleet"
 HOST_QUEUE_PREFIX = "corral.host."
@@ -24,6 +26,12 @@ def queue_for_host(host_id: str) -> str:
 
 def task_name(operation: str) -> str:
     return f"{TASK_PREFIX}{operation}"
+
+
+def task_kwargs(settings: Settings, host: str) -> dict[str, Any]:
+    """Keyword arguments of a task this process sends: its host, and this process as the caller
+    (a worker re-stamps a client's caller from the signature; a component's is kept)."""
+    return {"host": host, CALLER_KWARG: identity(settings)}
 
 
 def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any) -> dict[str, str] | None:
@@ -43,16 +51,22 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "unacked_restore_interval": settings.celery.restore_interval_s,
         "unacked_restore_throttle": 1,
     }
+    tls = settings.redis_tls()
+    # redbeat takes broker_use_ssl too.
+    tls_options: dict[str, Any] = {"broker_use_ssl": tls, "redis_backend_use_ssl": tls} if tls is not None else {}
     return {
         "broker_url": settings.redis_url(settings.redis.broker_db),
         "result_backend": settings.redis_url(settings.redis.result_db),
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": visibility},
         "broker_connection_retry_on_startup": True,
-        "task_serializer": "json",
+        # Task (and worker control) messages are signed (corral.signing); a worker accepts nothing else.
+        # Results and events stay JSON: the Redis ACL decides who may write them.
+        "task_serializer": SERIALIZER,
+        "accept_content": [CONTENT_TYPE],
         "result_serializer": "json",
-        "accept_content": ["json"],
         "result_accept_content": ["json"],
+        "event_serializer": "json",
         "result_extended": False,
         "result_expires": 24 * 3600,
         "task_acks_late": True,
@@ -74,4 +88,5 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "redbeat_lock_timeout": max(30, int(settings.celery.sweep_interval_s * 5)),
         "beat_max_loop_interval": max(1, int(settings.celery.sweep_interval_s)),
         "beat_scheduler": "redbeat.RedBeatScheduler",
+        **tls_options,
     }

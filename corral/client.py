@@ -22,8 +22,17 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from pydantic import BaseModel, ValidationError
 
+from corral import signing
 from corral.celeryconf import celery_config, queue_for_host, task_name
-from corral.errors import AgentError, InvalidRequest, NotFound, PolicyDenial, TimeoutFailure
+from corral.errors import (
+    AgentError,
+    HostConfigurationNeeded,
+    InvalidRequest,
+    NotFound,
+    PolicyDenial,
+    TimeoutFailure,
+)
+from corral.identity import CALLER_KWARG
 from corral.job import JobSpec
 from corral.journal import JournalRecord
 from corral.matching import MatchResult, placement_match
@@ -111,6 +120,9 @@ class Client:
         self.services = services or state_services(self.settings)
         self.app = Celery("corral-client", set_as_current=False)
         self.app.conf.update(celery_config(self.settings))
+        signing.register(self.settings)
+        self.identity = signing.identity(self.settings)
+        """Who this client signs as; every message carries it as ``caller`` (workers re-stamp it from the signature)."""
         self.timeout_s = self.settings.celery.task_timeout_s
 
     def close(self) -> None:
@@ -173,9 +185,17 @@ class Client:
         return self.app.send_task(
             task_name(operation),
             args=args,
-            kwargs={"host": host},
+            kwargs=self._kwargs(host),
             queue=queue_for_host(host),
         )
+
+    def _kwargs(self, host: str) -> dict[str, Any]:
+        if self.identity is None or not signing.signing_ready(self.settings):
+            raise HostConfigurationNeeded(
+                "this client has no signing key: set security.key_file and security.cert_file "
+                "(CORRAL_SECURITY__KEY_FILE/CERT_FILE; `corral keys new NAME` makes a pair)"
+            )
+        return {"host": host, CALLER_KWARG: self.identity}
 
     def call(
         self,
@@ -212,7 +232,7 @@ class Client:
         steps = job.requests(target)
         queue = queue_for_host(target)
         signatures = [
-            self.app.signature(task_name(op), args=[dump(req)], kwargs={"host": target}, immutable=True).set(
+            self.app.signature(task_name(op), args=[dump(req)], kwargs=self._kwargs(target), immutable=True).set(
                 queue=queue
             )
             for op, req in steps
@@ -224,7 +244,7 @@ class Client:
                     CleanupRequest(environment=job.environment(), cleanup_plan_ref=cleanup_plan_ref(job.environment_id))
                 )
             ],
-            kwargs={"host": target},
+            kwargs=self._kwargs(target),
             immutable=True,
         ).set(queue=queue)
         workflow = chain(*signatures)

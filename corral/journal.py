@@ -9,7 +9,9 @@ so it cannot carry a secret value. Kinds:
     recovery  the result could not be recorded after a possible effect, or a recovery action ran
     replay    a duplicate delivery was answered from the idempotency record (no effect)
     denial    the host policy or capability matching refused a request before any effect: op, rule
-              (``images.allowed``, ``matching``, ...), gaps when matching, and the denial's message
+              (``images.allowed``, ``matching``, ...), gaps when matching, and the denial's message.
+              In the host journal (``append_host``): a refused message, rule ``signature``, its task
+              name and id and the reason (``unsigned``, ``unknown signer``, ``bad signature``, ...)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import cast
 import redis
 
 from corral.errors import JournalFailure
-from corral.store import journal_key
+from corral.store import host_journal_key, journal_key
 
 MAX_RECORDS = 10_000
 
@@ -43,7 +45,17 @@ class Journal:
 
     def append(self, environment_id: str, kind: str, fields: Mapping[str, str]) -> str:
         """Append a record; raises ``JournalFailure`` (retryable) when Redis cannot take it."""
-        key = journal_key(environment_id)
+        return self._append(journal_key(environment_id), kind, fields)
+
+    def append_host(self, host_id: str, kind: str, fields: Mapping[str, str]) -> str:
+        """A host-level record (no environment: a message refused before it was decoded)."""
+        return self._append(host_journal_key(host_id), kind, fields)
+
+    def read_host(self, host_id: str, count: int = 1000) -> list[JournalRecord]:
+        rows = cast(list[tuple[str, dict[str, str]]], self.r.xrange(host_journal_key(host_id), "-", "+", count=count))
+        return [JournalRecord(rid, dict(fields)) for rid, fields in rows]
+
+    def _append(self, key: str, kind: str, fields: Mapping[str, str]) -> str:
         record = {"kind": kind, **{k: str(v) for k, v in fields.items()}}
         try:
             pipe = self.r.pipeline()

@@ -29,7 +29,10 @@ class Services:
 def state_services(settings: Settings | None = None) -> Services:
     settings = settings or load_settings()
     client = redis.Redis.from_url(
-        settings.redis_url(settings.redis.state_db), decode_responses=True, health_check_interval=30
+        settings.redis_url(settings.redis.state_db),
+        decode_responses=True,
+        health_check_interval=30,
+        **(settings.redis_tls() or {}),
     )
     return Services(settings, Store(client, settings.state_ttl_s), Journal(client, settings.state_ttl_s))
 

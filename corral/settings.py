@@ -16,7 +16,7 @@ import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -29,11 +29,62 @@ SYSTEM_POLICY = Path("/etc/corral/policy.toml")
 class RedisSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str | None = None
-    """``redis://host:port``; unset means ``corral dev`` starts a local redis-server child."""
+    """``redis://host:port`` or ``rediss://host:port`` (TLS); unset means ``corral dev`` starts a local
+    redis-server child. Credentials may be in the URL; ``username``/``password_file`` replace them."""
     broker_db: int = 0
     result_db: int = 1
     beat_db: int = 2
     state_db: int = 3
+    username: str | None = None
+    """The Redis ACL user of this process's role (worker, client, beat, flower, admin)."""
+    password_file: str | None = None
+    """A file holding that user's password (mode 0600); preferred over ``password``."""
+    password: str | None = None
+    """The password itself (visible in the environment of the process: prefer ``password_file``)."""
+    tls_ca_file: str | None = None
+    """``rediss://`` only: CA bundle that signed the server certificate (unset: the system store)."""
+    tls_cert_file: str | None = None
+    """``rediss://`` only: client certificate, when the server asks for one (``tls-auth-clients``)."""
+    tls_key_file: str | None = None
+    tls_verify: bool = True
+    """``rediss://`` only: verify the server certificate (never turn off outside a test)."""
+
+    def secret(self) -> str | None:
+        if self.password_file:
+            try:
+                return Path(self.password_file).read_text().strip()
+            except OSError as exc:
+                raise RuntimeError(f"cannot read redis.password_file {self.password_file}: {exc.strerror}") from None
+        return self.password
+
+    def tls_options(self) -> dict[str, Any]:
+        """redis-py keyword arguments for ``rediss://`` (kombu, the result backend and redbeat take the same)."""
+        import ssl
+
+        options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED if self.tls_verify else ssl.CERT_NONE}
+        if self.tls_ca_file:
+            options["ssl_ca_certs"] = self.tls_ca_file
+        if self.tls_cert_file:
+            options["ssl_certfile"] = self.tls_cert_file
+        if self.tls_key_file:
+            options["ssl_keyfile"] = self.tls_key_file
+        return options
+
+
+class SecuritySettings(BaseModel):
+    """Message signing (``corral.signing``). Every process has its own key pair; the certificate's
+    common name is its identity. Workers verify with two trust stores: client certificates (their
+    caller is the signer) and fleet component certificates (``corral-*``: workers, beat)."""
+
+    model_config = ConfigDict(extra="forbid")
+    key_file: str | None = None
+    """This process's Ed25519 private key (PEM, mode 0600); made by ``corral keys``."""
+    cert_file: str | None = None
+    """Its self-signed certificate; the subject common name is this process's identity."""
+    client_certs: str | None = None
+    """Worker side: a directory of trusted client certificates (one identity each)."""
+    component_certs: str | None = None
+    """Worker, beat and Flower side: a directory of trusted fleet component certificates."""
 
 
 class HostSettings(BaseModel):
@@ -126,6 +177,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     host: HostSettings = Field(default_factory=HostSettings)
     celery: CelerySettings = Field(default_factory=CelerySettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     testing: TestingSettings = Field(default_factory=TestingSettings)
     state_ttl_s: int = 7 * 24 * 3600
     """Backstop TTL on every state key."""
@@ -157,9 +209,22 @@ class Settings(BaseSettings):
             raise RuntimeError("no Redis URL configured (set CORRAL_REDIS__URL or run `corral dev`)")
         parts = urlsplit(self.redis.url)
         query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "db"]
+        netloc = parts.netloc
+        if self.redis.username is not None or self.redis.password_file or self.redis.password:
+            # The role's credentials replace any in the URL (quoted: a password may hold any byte).
+            user = quote(self.redis.username or "", safe="")
+            secret = self.redis.secret()
+            auth = f"{user}:{quote(secret, safe='')}" if secret is not None else user
+            netloc = f"{auth}@{netloc.rpartition('@')[2]}"
         if parts.scheme == "unix":  # redis-py: unix://<path>?db=N
-            return f"unix://{parts.netloc}{parts.path}?{urlencode([*query, ('db', str(db))])}"
-        return urlunsplit((parts.scheme, parts.netloc, f"/{db}", urlencode(query), ""))
+            return f"unix://{netloc}{parts.path}?{urlencode([*query, ('db', str(db))])}"
+        return urlunsplit((parts.scheme, netloc, f"/{db}", urlencode(query), ""))
+
+    def redis_tls(self) -> dict[str, Any] | None:
+        """TLS options for every Redis client when the URL is ``rediss://``; None otherwise."""
+        if not self.redis.url or urlsplit(self.redis.url).scheme != "rediss":
+            return None
+        return self.redis.tls_options()
 
 
 def config_path() -> Path | None:

@@ -13,12 +13,15 @@ Keys (all prefixed ``corral:``, all with a TTL as a backstop)::
     tickets:due                ZSET  ticket_ref by next action time (deadline, then re-send time)
     host:<host_id>             STR   JSON heartbeat: capability report, load; expires on silence
     hosts                      SET   every host ever seen (so a silent one shows as down)
+    rejected:<host_id>         HASH  refused messages by reason (``workers.guard``), and ``total``
+    hostjournal:<host_id>      STREAM host-level journal records (a refused message: kind ``denial``)
 
 Multi-key transitions are Lua scripts run atomically by Redis. Time is always a parameter.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -64,6 +67,16 @@ def host_key(host_id: str) -> str:
 
 
 HOSTS_KEY = f"{PREFIX}hosts"
+
+
+def rejected_key(host_id: str) -> str:
+    """HASH reason -> count of messages the host's worker refused (unsigned, bad signature, ...)."""
+    return f"{PREFIX}rejected:{host_id}"
+
+
+def host_journal_key(host_id: str) -> str:
+    """STREAM of host-level records (refused messages), beside the per-environment journals."""
+    return f"{PREFIX}hostjournal:{host_id}"
 
 
 # Begin an idempotent operation. Returns {status, ...}:
@@ -292,7 +305,9 @@ class Store:
             if record:
                 out.append({"environment_id": env_id, **record})
             else:
-                self.r.zrem(SESSIONS_KEY, env_id)  # expired: drop the index entry lazily
+                # Expired: drop the index entry lazily (a client's Redis user may only read state).
+                with contextlib.suppress(redis.exceptions.NoPermissionError):
+                    self.r.zrem(SESSIONS_KEY, env_id)
         return out
 
     def bind_process(self, process_ref: str, environment_id: str) -> None:
@@ -348,6 +363,16 @@ class Store:
     def host(self, host_id: str) -> dict[str, Any] | None:
         raw = self.r.get(host_key(host_id))
         return cast(dict[str, Any], json.loads(raw)) if raw else None
+
+    def count_rejection(self, host_id: str, reason: str) -> None:
+        pipe = self.r.pipeline()
+        pipe.hincrby(rejected_key(host_id), reason, 1)
+        pipe.hincrby(rejected_key(host_id), "total", 1)
+        pipe.pexpire(rejected_key(host_id), self.ttl_ms)
+        pipe.execute()
+
+    def rejections(self, host_id: str) -> dict[str, int]:
+        return {k: int(v) for k, v in cast(dict[str, str], self.r.hgetall(rejected_key(host_id))).items()}
 
     def known_hosts(self) -> list[str]:
         return sorted(cast(set[str], self.r.smembers(HOSTS_KEY)))

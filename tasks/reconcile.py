@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import current_app, shared_task
 
-from corral.celeryconf import FLEET_QUEUE, queue_for_host, task_name
+from corral.celeryconf import FLEET_QUEUE, queue_for_host, task_kwargs, task_name
 from corral.reconciler import Reconciler
 from corral.services import coordinator, state_services
 from corral.settings import load_settings
@@ -44,6 +44,9 @@ def reconcile_fleet(self: CorralTask, *, host: str | None = None, caller: str | 
     live = [h for h in store.known_hosts() if store.host(h)]
     for host_id in live:
         current_app.send_task(
-            task_name("reconcile"), args=[{"dry_run": False}], kwargs={"host": host_id}, queue=queue_for_host(host_id)
+            task_name("reconcile"),
+            args=[{"dry_run": False}],
+            kwargs=task_kwargs(load_settings(), host_id),
+            queue=queue_for_host(host_id),
         )
     return {"sent": live}

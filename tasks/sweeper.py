@@ -7,16 +7,22 @@ from typing import Any
 
 from celery import current_app, shared_task
 
-from corral.celeryconf import FLEET_QUEUE, queue_for_host, task_name
+from corral.celeryconf import FLEET_QUEUE, queue_for_host, task_kwargs, task_name
 from corral.effects import SystemClock
 from corral.models import ReclaimRequest, dump
 from corral.services import state_services
+from corral.settings import load_settings
 from corral.sweeper import sweep
 from tasks.base import CorralTask
 
 
 def _send_reclaim(host: str, request: ReclaimRequest) -> None:
-    current_app.send_task(task_name("reclaim"), args=[dump(request)], kwargs={"host": host}, queue=queue_for_host(host))
+    current_app.send_task(
+        task_name("reclaim"),
+        args=[dump(request)],
+        kwargs=task_kwargs(load_settings(), host),
+        queue=queue_for_host(host),
+    )
 
 
 _register: Callable[[Callable[..., dict[str, Any]]], Any] = shared_task(

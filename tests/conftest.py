@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,9 +36,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_FLEET: Any = None
+TEST_CLIENT = "tester"
+"""The client identity of the test suite (its certificate is in the workers' client trust store)."""
+TEST_HOST_IDENTITY = "corral-host-test"
+"""The component identity every test worker signs with."""
+
+
+def test_fleet() -> Any:
+    """The suite's credentials (``corral.credentials``), made once per session: Redis ACL users per
+    role and signing identities. Every test Redis loads its ACL file and every test worker verifies
+    signatures, so all integration tests run the production trust boundary. This process (tests
+    building a ``Client``) acts as the client role with the ``tester`` identity."""
+    global _FLEET
+    if _FLEET is None:
+        from corral.credentials import init_fleet
+
+        root = Path(tempfile.mkdtemp(prefix="corral-fleet-"))
+        _FLEET = init_fleet(root, [TEST_HOST_IDENTITY, "corral-beat", TEST_CLIENT, "other-client"])
+        os.environ.update(_FLEET.role_env("client", TEST_CLIENT))
+    return _FLEET
+
+
+def admin_url(port: int) -> str:
+    fleet = test_fleet()
+    return f"redis://admin:{fleet.password('admin')}@127.0.0.1:{port}"
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
-    """A throwaway redis-server on loopback; yields its base URL (no db suffix)."""
+    """A throwaway redis-server on loopback with the suite's ACL users (the default user is off);
+    yields its base URL (no db suffix) with the ``admin`` user's credentials."""
     binary = shutil.which("redis-server")
     if binary is None:
         missing("redis-server")
@@ -50,6 +79,8 @@ def redis_server() -> Iterator[str]:
             str(port),
             "--bind",
             "127.0.0.1",
+            "--aclfile",
+            str(test_fleet().acl_file),
             "--save",
             "",
             "--appendonly",
@@ -74,7 +105,7 @@ def redis_server() -> Iterator[str]:
     else:
         proc.kill()
         missing("a working redis-server")
-    yield f"redis://127.0.0.1:{port}"
+    yield admin_url(port)
     proc.terminate()
     proc.wait(10)
     shutil.rmtree(workdir, ignore_errors=True)

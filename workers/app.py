@@ -11,7 +11,9 @@ from typing import Any
 from celery import Celery
 from celery.app import trace
 
+from corral import signing
 from corral.celeryconf import FLEET_QUEUE, celery_config, task_name
+from corral.identity import CALLER_KWARG
 from corral.settings import Settings, load_settings
 from workers.heartbeat import HostHeartbeat
 
@@ -23,15 +25,24 @@ def create_app(settings: Settings | None = None) -> Celery:
     trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
     app = Celery("corral", include=["tasks.operations", "tasks.sweeper", "tasks.reconcile"])
     app.conf.update(celery_config(settings))
+    # Before the pool forks: children decode (and verify) task bodies with the same serializer.
+    signing.register(settings)
+    if not signing.signing_ready(settings):
+        # A process without a key (Flower) sends plain JSON, which workers refuse: Flower's periodic
+        # "wake up and send events" broadcast and any task it would send have no effect.
+        app.conf.task_serializer = "json"
+    app.conf.worker_consumer = "workers.guard:GuardedConsumer"
     app.conf.beat_schedule = {
         "corral-sweep-tickets": {
             "task": task_name("sweep_tickets"),
             "schedule": settings.celery.sweep_interval_s,
+            "kwargs": {CALLER_KWARG: signing.identity(settings)},
             "options": {"queue": FLEET_QUEUE, "expires": settings.celery.sweep_interval_s * 2},
         },
         "corral-reconcile-fleet": {
             "task": task_name("reconcile_fleet"),
             "schedule": settings.celery.reconcile_interval_s,
+            "kwargs": {CALLER_KWARG: signing.identity(settings)},
             "options": {"queue": FLEET_QUEUE, "expires": settings.celery.reconcile_interval_s},
         },
     }

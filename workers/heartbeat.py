@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import bootsteps
 
-from corral.celeryconf import queue_for_host, task_name
+from corral.celeryconf import queue_for_host, task_kwargs, task_name
 from corral.contract import IsolationRuntime
 from corral.models import dump
 from corral.runtimes import build_runtime
@@ -53,7 +53,7 @@ class HostHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         parent.app.send_task(
             task_name("reconcile"),
             args=[{"dry_run": False}],
-            kwargs={"host": services.settings.host.id},
+            kwargs=task_kwargs(services.settings, services.settings.host.id),
             queue=queue_for_host(services.settings.host.id),
         )
 

@@ -29,7 +29,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker":
         # The host id must be settled before settings are first loaded anywhere in this process.
         os.environ["CORRAL_HOST__ID"] = args.host
+    from corral.settings import load_settings
+    from corral.signing import signing_ready
     from workers.app import create_app
+
+    security = load_settings().security
+    if not signing_ready(load_settings()) or not security.component_certs:
+        # A worker or beat signs what it publishes and a worker verifies what it runs: no keys, no start.
+        print(
+            "workers.main: security.key_file, security.cert_file and security.component_certs are required "
+            "(create them with `corral keys`, see README: Security)",
+            file=sys.stderr,
+        )
+        return 78  # EX_CONFIG: systemd's RestartPreventExitStatus can stop the restart loop
 
     app = create_app()
     if args.command == "worker":

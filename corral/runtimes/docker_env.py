@@ -110,7 +110,7 @@ def _remove_stale_probes(client: Any, older_than_s: float = 300.0) -> None:
             continue
         if age > older_than_s:
             with contextlib.suppress(docker.errors.APIError):
-                container.remove(force=True)
+                container.remove(force=True, v=True)
 
 
 def image_user_tables(client: Any, image_id: str) -> UserTables | None:
@@ -137,7 +137,7 @@ def image_user_tables(client: Any, image_id: str) -> UserTables | None:
     except _Unreadable:
         pass
     finally:
-        container.remove(force=True)
+        container.remove(force=True, v=True)
     with _TABLES_LOCK:
         if len(_TABLES) >= 256:
             _TABLES.clear()
@@ -321,5 +321,5 @@ class EnvironmentBuilder:
             return True
         if existing.status != "created":
             raise Conflict("the session's container was already started with other settings")
-        existing.remove(force=True)
+        existing.remove(force=True, v=True)
         return False

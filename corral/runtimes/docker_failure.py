@@ -38,6 +38,11 @@ DETERMINISTIC: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"error setting rlimit|setrlimit|invalid ulimit", "the kernel refused a resource limit (rlimits)"),
         (r"invalid volume specification|invalid mount config|invalid mode:", "a mount is invalid"),
         (r"mount path must be absolute|invalid mount path", "a mount destination is invalid"),
+        # runc, at start: the image's own tree refuses the destination (a read-only mount over /etc
+        # where Docker then mounts resolv.conf; a destination that resolves into /proc)
+        (r"cannot be mounted because it is inside /proc", "a mount destination resolves into /proc in the image"),
+        (r"error mounting .* to rootfs at .*: read-only file system", "a mount destination is on a read-only mount"),
+        (r"json: cannot unmarshal number", "a number is out of the engine's range (rlimits)"),
         (r"executable file not found|exec: \"[^\"]*\": stat [^:]*: no such file", "the command is not in the image"),
         (r"exec: \"[^\"]*\": permission denied", "the command is not executable in the image"),
         (r"chdir to cwd .* (no such file|not a directory)", "the working directory does not exist in the image"),

@@ -160,7 +160,7 @@ def remove_session(client: Any, host: HostSettings, host_id: str, environment_id
         containers, networks = [], []
     for container in containers:
         try:
-            container.remove(force=True)
+            container.remove(force=True, v=True)  # v: the anonymous volumes an image's VOLUME made
         except docker.errors.NotFound:
             pass
         except Exception as exc:

@@ -41,6 +41,25 @@ DETERMINISTIC = [
         'process: exec: "/nosuch": stat /nosuch: no such file or directory: unknown',
     ),
     (400, "Minimum memory limit allowed is 6MB"),
+    (
+        500,
+        "failed to create shim task: OCI runtime create failed: runc create failed: unable to start container "
+        'process: error during container init: error mounting "/var/lib/docker/containers/dd60/resolv.conf" to '
+        'rootfs at "/etc/resolv.conf": open /var/lib/docker/overlay2/64b9/merged/etc/resolv.conf: read-only file '
+        "system: unknown",
+    ),
+    (
+        500,
+        "failed to create shim task: OCI runtime create failed: runc create failed: unable to start container "
+        'process: error during container init: error mounting "/srv/private/state/mounts/330d/05bf" to rootfs at '
+        '"/p/sys": "/var/lib/docker/overlay2/26b2/merged/proc/sys" cannot be mounted because it is inside /proc: '
+        "unknown",
+    ),
+    (
+        500,
+        "json: cannot unmarshal number 18446744073709551616 into Go struct field Ulimit.HostConfig.Ulimits.Soft "
+        "of type int64",
+    ),
 ]
 TRANSIENT = [
     (500, "an error occurred while talking to the daemon: context deadline exceeded"),

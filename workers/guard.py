@@ -1,0 +1,82 @@
+"""The worker's gate: a task message that is not validly signed is dropped, counted and journaled.
+
+``GuardedConsumer`` (Celery's ``worker_consumer``) refuses, before any strategy or pool sees it:
+
+- a message of any content type other than ``corral-signed`` (JSON, pickle, raw ``application/data``,
+  which kombu would otherwise hand over undecoded);
+- a signed message whose signature does not verify or whose signer no trust store knows
+  (``corral.signing`` raises, kombu reports a decode error);
+- a client-signed message that is not a task, or an otherwise invalid task message.
+
+Each refusal acks the message (so it is never redelivered), adds one to the host's
+``corral:rejected:<host>`` counter (by reason) and appends a ``denial`` record to the host journal
+with the task name, the task id and the reason only: nothing of the refused payload is kept or logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from celery.worker.consumer import Consumer
+
+from corral.services import Services, state_services
+from corral.signing import CONTENT_TYPE, SignatureRejected
+
+log = logging.getLogger("corral.guard")
+
+_PRINTABLE = re.compile(r"[^A-Za-z0-9._:@-]")
+
+
+def _header(message: Any, name: str) -> str:
+    """A header value shortened to safe characters (they are the sender's words, not ours)."""
+    value = (getattr(message, "headers", None) or {}).get(name)
+    return _PRINTABLE.sub("?", str(value))[:100] if value is not None else ""
+
+
+def reason_of(exc: BaseException) -> str:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, SignatureRejected):
+            return seen.reason
+        inner = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+        seen = inner or seen.__cause__ or seen.__context__
+    return "invalid message"
+
+
+class GuardedConsumer(Consumer):  # type: ignore[misc]
+    _services: Services | None = None
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        handler = super().create_task_handler(*args, **kwargs)
+
+        def on_task_received(message: Any) -> Any:
+            if message.content_type != CONTENT_TYPE:
+                return self.refuse(message, "unsigned")
+            return handler(message)
+
+        return on_task_received
+
+    def on_decode_error(self, message: Any, exc: BaseException) -> None:
+        self.refuse(message, reason_of(exc))
+
+    def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
+        self.refuse(message, reason_of(exc))
+
+    def refuse(self, message: Any, reason: str) -> None:
+        task, task_id = _header(message, "task"), _header(message, "id")
+        log.warning("refused task message %s[%s]: %s", task or "?", task_id or "?", reason)
+        try:
+            if self._services is None:
+                self._services = state_services()
+            services = self._services
+            host = services.settings.host.id
+            services.store.count_rejection(host, reason)
+            services.journal.append_host(
+                host, "denial", {"op": task, "task_id": task_id, "rule": "signature", "reason": reason}
+            )
+        except Exception:  # the message is refused whether or not the record could be written
+            log.exception("could not record a refused message")
+        finally:
+            message.ack()
