@@ -8,7 +8,7 @@ its requirement against the runtime's capability report (``corral.matching``, fa
 step of the chain re-checks the environment (the check is pure and cheap, so a policy reloaded mid-chain
 applies at the next step), steps that carry the process spec check it too (user, timeout), and steps
 that use the resolved image check its digest. Teardown (cleanup, reclaim, signals) is never refused by
-policy: the policy narrows what may be created, not what may be removed. A denial is a
+policy rules: the policy narrows what may be created, not what may be removed. A denial is a
 ``PolicyDenial`` naming its rule, journaled as a ``denial`` record (op, rule, message; never a request
 body), with no intent because nothing was attempted.
 
@@ -17,6 +17,12 @@ and the argv/environment sizes with the rest of the environment and process chec
 live sandboxes at ``prepare_session`` (a count before any effect, then again atomically with the
 session's creation, ``Store.create_live_session``); a stdin write against the process's stdin total,
 which the session record keeps (``stdin_bytes``, the last write's cursor).
+
+Tenancy (``corral.tenancy``): every operation takes the verified ``Caller``. ``prepare_session`` records
+the caller's tenant and identity and applies its tenant's rules (re-checked by later steps under the
+owning tenant's rules). Every operation on an existing session, checked before any replay is answered,
+is for its tenant, operators and fleet components only; anyone else gets the answer a session that does
+not exist gets (``_hidden``), whatever the operation, and the attempt goes to the host's journal.
 
 Derived idempotency keys make each chain step happen once per environment; operations that may
 legitimately repeat (signals, stdin writes) are keyed by the delivery id (the Celery task id,
@@ -44,6 +50,7 @@ from corral.errors import (
     NotFound,
     PolicyDenial,
 )
+from corral.identity import Caller
 from corral.journal import Journal
 from corral.matching import match
 from corral.models import (
@@ -99,9 +106,24 @@ from corral.policy import (
 from corral.policy_source import PolicySource
 from corral.refs import new_ref, slug
 from corral.store import Store
+from corral.tenancy import (
+    DEFAULT_TENANT,
+    HIDDEN_RULE,
+    check_tenant,
+    check_tenant_process,
+    may_act,
+    owner_of,
+    resolve_caller,
+    tenant_rules,
+)
+from corral.tenancy import check_sandboxes as check_tenant_sandboxes
 
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger("corral.coordinator")
+
+LOCAL_CALLER = Caller("corral-local", DEFAULT_TENANT, operator=True)
+"""In-process callers (the reconciler, unit tests). Tasks always pass the verified caller instead."""
+_LIVE_STATES = {"preparing", "prepared", "running", "exited", "detached", "cleaning"}
 
 
 class Coordinator:
@@ -126,6 +148,11 @@ class Coordinator:
         """The host policy; without one, the documented defaults (``config/policy.toml``)."""
         self.effects = Effects(store, journal, host_id, self.clock, lease_ms=lease_ms, pending_wait_s=pending_wait_s)
 
+    def caller(self, identity: str | None) -> Caller:
+        """The verified identity as a caller of this host (``corral.tenancy``); ``PolicyDenial`` when
+        it belongs to no tenant. ``None`` (a message without a caller) is the anonymous identity."""
+        return resolve_caller(self.policy.current(), identity)
+
     # -- read-only -------------------------------------------------------------------------
 
     def runtime_ref(self) -> IsolationRuntimeRef:
@@ -136,7 +163,7 @@ class Coordinator:
 
     # -- the prepare-to-start chain ----------------------------------------------------------
 
-    def prepare_session(self, request: SessionPrepareRequest) -> IsolationSessionRef:
+    def prepare_session(self, request: SessionPrepareRequest, caller: Caller = LOCAL_CALLER) -> IsolationSessionRef:
         env = request.environment
         if request.host_ref is not None and request.host_ref != self.host_id:
             raise InvalidRequest(
@@ -144,10 +171,12 @@ class Coordinator:
                 context={"host": request.host_ref},
             )
         key = f"prepare_session:{env.environment_id}"
+        # Before the replay: an environment id is single-use, and another tenant's is not a replay.
+        self._claim_id(env.environment_id, caller)
         replayed = self.effects.recorded("prepare_session", env.environment_id, key, request, IsolationSessionRef)
         if replayed is not None:
             return replayed
-        self._admit("prepare_session", env.environment_id, lambda policy: self._admit_session(policy, env))
+        self._admit("prepare_session", env.environment_id, lambda policy: self._admit_session(policy, env, caller))
         existing = self.store.session(env.environment_id)
         if existing and existing.get("env_digest") != digest_of(env):
             raise Conflict(
@@ -174,6 +203,8 @@ class Coordinator:
                     "owner": env.spec.ownership.owner_run_id or "",
                     "environment": json.dumps(dump(env), sort_keys=True),
                     "env_digest": digest_of(env),
+                    "tenant": caller.tenant,
+                    "identity": caller.identity,
                 },
                 self.clock.now_ms(),
                 max_live=cap,
@@ -194,59 +225,73 @@ class Coordinator:
         self.store.set_step_result(env.environment_id, "prepare_session", dump(result), self.clock.now_ms())
         return result
 
-    def resolve_image(self, request: ImageResolveRequest) -> ImageResolution:
+    def resolve_image(self, request: ImageResolveRequest, caller: Caller = LOCAL_CALLER) -> ImageResolution:
         resolution = self._step(
             "resolve_image",
             request,
             self.runtime.resolve_image,
             ImageResolution,
             lambda r: f"image {r.image_ref} digest {r.digest}",
+            caller,
         )
         # Planning only, so the digest is judged once known (replays too); nothing runs it before
         # prepare_environment, which judges the recorded resolution again.
         self._admit_resolution("resolve_image", request.environment, resolution)
         return resolution
 
-    def prepare_rootfs(self, request: RootfsPrepareRequest) -> RootfsRef:
+    def prepare_rootfs(self, request: RootfsPrepareRequest, caller: Caller = LOCAL_CALLER) -> RootfsRef:
         return self._step(
             "prepare_rootfs",
             request,
             self.runtime.prepare_rootfs,
             RootfsRef,
             lambda r: f"rootfs {r.rootfs_ref} read_only={r.read_only}",
+            caller,
         )
 
-    def resolve_mounts(self, request: MountResolveRequest) -> MountPlan:
+    def resolve_mounts(self, request: MountResolveRequest, caller: Caller = LOCAL_CALLER) -> MountPlan:
         return self._step(
-            "resolve_mounts", request, self.runtime.resolve_mounts, MountPlan, lambda r: f"{len(r.mounts)} mount(s)"
+            "resolve_mounts",
+            request,
+            self.runtime.resolve_mounts,
+            MountPlan,
+            lambda r: f"{len(r.mounts)} mount(s)",
+            caller,
         )
 
-    def configure_network(self, request: NetworkPrepareRequest) -> NetworkNamespaceRef:
+    def configure_network(self, request: NetworkPrepareRequest, caller: Caller = LOCAL_CALLER) -> NetworkNamespaceRef:
         return self._step(
             "configure_network",
             request,
             self.runtime.configure_network,
             NetworkNamespaceRef,
             lambda r: f"network {r.network_ref} mode {r.mode}",
+            caller,
         )
 
-    def prepare_secrets(self, request: SecretPrepareRequest) -> SecretMaterializationPlan:
+    def prepare_secrets(
+        self, request: SecretPrepareRequest, caller: Caller = LOCAL_CALLER
+    ) -> SecretMaterializationPlan:
         return self._step(
             "prepare_secrets",
             request,
             self.runtime.prepare_secrets,
             SecretMaterializationPlan,
             lambda r: f"{len(r.secret_mount_refs)} secret mount(s), {len(r.env_secret_keys)} env secret(s)",
+            caller,
         )
 
-    def prepare_environment(self, request: EnvironmentPrepareRequest) -> PreparedEnvironmentRef:
+    def prepare_environment(
+        self, request: EnvironmentPrepareRequest, caller: Caller = LOCAL_CALLER
+    ) -> PreparedEnvironmentRef:
         env_id = request.environment.environment_id
+        owner = self._authorize("prepare_environment", env_id, caller)
         replayed = self.effects.recorded(
             "prepare_environment", env_id, f"prepare_environment:{env_id}", request, PreparedEnvironmentRef
         )
         if replayed is not None:
             return replayed
-        self._admit_process("prepare_environment", env_id, request.environment, request.process)
+        self._admit_process("prepare_environment", env_id, request.environment, request.process, owner)
         self._session_for(request.environment, "prepare_environment")
         earlier: dict[str, object] = {}
         for field, step, model in (
@@ -286,13 +331,14 @@ class Coordinator:
         )
         return result
 
-    def start_process(self, request: ProcessStartRequest) -> ProcessStartResult:
+    def start_process(self, request: ProcessStartRequest, caller: Caller = LOCAL_CALLER) -> ProcessStartResult:
         env_id = request.environment.environment_id
         key = f"start_process:{env_id}:{request.process.process_id}"
+        owner = self._authorize("start_process", env_id, caller)
         replayed = self.effects.recorded("start_process", env_id, key, request, ProcessStartResult)
         if replayed is not None:
             return replayed
-        self._admit_process("start_process", env_id, request.environment, request.process)
+        self._admit_process("start_process", env_id, request.environment, request.process, owner)
         record = self._session_for(request.environment, "start_process")
         recorded_image = self.store.step_result(env_id, "resolve_image")
         if recorded_image is not None:
@@ -337,8 +383,10 @@ class Coordinator:
 
     # -- process operations ----------------------------------------------------------------
 
-    def stream_io(self, request: ProcessIoRequest, delivery_id: str | None = None) -> ProcessIoFrame:
-        env_id, record = self._process_session(request.process_ref, "stream_io")
+    def stream_io(
+        self, request: ProcessIoRequest, delivery_id: str | None = None, caller: Caller = LOCAL_CALLER
+    ) -> ProcessIoFrame:
+        env_id, record = self._process_session(request.process_ref, "stream_io", caller)
         if request.stream is not IoStream.stdin:
             frame = self.runtime.stream_io(request)
             if frame.eof and record.get("state") == SessionState.running:
@@ -367,8 +415,10 @@ class Coordinator:
             self.store.update_session(env_id, {"stdin_bytes": str(frame.cursor)}, self.clock.now_ms())
         return frame
 
-    def signal_process(self, request: ProcessSignalRequest, delivery_id: str | None = None) -> ProcessSignalResult:
-        env_id, _ = self._process_session(request.process_ref, "signal_process")
+    def signal_process(
+        self, request: ProcessSignalRequest, delivery_id: str | None = None, caller: Caller = LOCAL_CALLER
+    ) -> ProcessSignalResult:
+        env_id, _ = self._process_session(request.process_ref, "signal_process", caller)
         key = f"signal_process:{request.process_ref}:{delivery_id or new_ref('delivery')}"
         return self.effects.run(
             "signal_process",
@@ -380,8 +430,8 @@ class Coordinator:
             lambda r: f"{r.signal} delivered={r.delivered}",
         )
 
-    def collect_stats(self, request: ProcessStatsRequest) -> ProcessStatsSnapshot:
-        env_id, record = self._process_session(request.process_ref, "collect_stats")
+    def collect_stats(self, request: ProcessStatsRequest, caller: Caller = LOCAL_CALLER) -> ProcessStatsSnapshot:
+        env_id, record = self._process_session(request.process_ref, "collect_stats", caller)
         snapshot = self.runtime.collect_stats(request)
         if snapshot.state is ProcessState.exited and record.get("state") == SessionState.running:
             self.store.transition(
@@ -398,9 +448,13 @@ class Coordinator:
 
     # -- teardown and hand-over ------------------------------------------------------------
 
-    def cleanup(self, request: CleanupRequest) -> CleanupResult:
+    def cleanup(self, request: CleanupRequest, caller: Caller = LOCAL_CALLER) -> CleanupResult:
         env_id = request.environment.environment_id
         record = self.store.session(env_id)
+        if not (may_act(caller, owner_of(record)) if record else caller.operator):
+            # Without a record only an operator cleans up (the record was lost; nothing of a tenant's
+            # can be proven): everyone else gets the answer of a session that never existed.
+            raise self._hidden("cleanup", caller, "session", env_id, env_id)
         if record:
             self._require_local(env_id, record)
         lifecycle.check("cleanup", record.get("state"))
@@ -429,9 +483,10 @@ class Coordinator:
             )
         return result
 
-    def detach(self, request: DetachTransferRequest) -> DetachTransferResult:
+    def detach(self, request: DetachTransferRequest, caller: Caller = LOCAL_CALLER) -> DetachTransferResult:
         env = request.environment
         key = f"detach:{env.environment_id}"
+        owner = self._authorize("detach", env.environment_id, caller)
         replayed = self.effects.recorded("detach", env.environment_id, key, request, DetachTransferResult)
         if replayed is not None:
             return replayed
@@ -447,7 +502,12 @@ class Coordinator:
             # The ticket is part of the effect: no host ack without a ticket, no ticket without an ack.
             self.store.put_ticket(
                 ack.ticket_ref,
-                {"environment_id": env.environment_id, "host": self.host_id, "host_ack_ref": ack.host_ack_ref},
+                {
+                    "environment_id": env.environment_id,
+                    "host": self.host_id,
+                    "host_ack_ref": ack.host_ack_ref,
+                    "tenant": owner.tenant,
+                },
                 ack.deadline_ms,
             )
             return ack
@@ -469,8 +529,9 @@ class Coordinator:
         )
         return result
 
-    def reclaim(self, request: ReclaimRequest) -> ReclaimResult:
+    def reclaim(self, request: ReclaimRequest, caller: Caller = LOCAL_CALLER) -> ReclaimResult:
         ticket = self.store.ticket(request.ticket_ref)
+        self._authorize_ticket(request, ticket, caller)
         if ticket:
             # The ticket names what it reclaims; a caller cannot point it at another environment.
             env_id = ticket["environment_id"]
@@ -522,13 +583,15 @@ class Coordinator:
         call: Callable[..., M],
         result_type: type[M],
         summary: Callable[[M], str],
+        caller: Caller,
     ) -> M:
         env_id = request.environment.environment_id
         key = f"{op}:{env_id}"
+        owner = self._authorize(op, env_id, caller)
         replayed = self.effects.recorded(op, env_id, key, request, result_type)
         if replayed is not None:
             return replayed
-        self._admit(op, env_id, lambda policy: check_environment(policy, request.environment))
+        self._admit(op, env_id, lambda policy: self._admit_environment(policy, owner, request.environment))
         self._session_for(request.environment, op)
         result = self.effects.run(op, env_id, key, request, lambda: call(request), result_type, summary)
         self.store.set_step_result(env_id, op, dump(result), self.clock.now_ms())
@@ -556,8 +619,12 @@ class Coordinator:
                 self._journal_denial(op, env_id, denial)
             raise
 
-    def _admit_session(self, policy: HostPolicy, env: ExecutionEnvironment) -> None:
+    def _admit_session(self, policy: HostPolicy, env: ExecutionEnvironment, caller: Caller) -> None:
         check_environment(policy, env)
+        check_tenant(policy, caller, env, self.host_id)
+        if tenant_rules(policy, caller).limits.max_sandboxes is not None and not self.store.session(env.environment_id):
+            # A count, not an atomic claim: concurrent prepares of one tenant may pass it together.
+            check_tenant_sandboxes(policy, caller, self._tenant_live(caller.tenant))
         report = self.runtime.capability_report()
         result = match(env.spec.requirement, report, policy.approvals)
         if not result.ok:
@@ -574,12 +641,21 @@ class Coordinator:
                 ",".join(result.approvals_used),
             )
 
-    def _admit_process(self, op: str, env_id: str, env: ExecutionEnvironment, process: IsolatedProcessSpec) -> None:
+    def _admit_process(
+        self, op: str, env_id: str, env: ExecutionEnvironment, process: IsolatedProcessSpec, owner: Caller
+    ) -> None:
         def check(policy: HostPolicy) -> None:
             check_environment(policy, env)
             check_process(policy, env, process)
+            check_tenant(policy, owner, env, self.host_id)
+            check_tenant_process(policy, owner, process)
 
         self._admit(op, env_id, check)
+
+    def _admit_environment(self, policy: HostPolicy, owner: Caller, env: ExecutionEnvironment) -> None:
+        """A later chain step re-checks the environment under the rules of the tenant that owns it."""
+        check_environment(policy, env)
+        check_tenant(policy, owner, env, self.host_id)
 
     def _admit_resolution(self, op: str, env: ExecutionEnvironment, resolution: ImageResolution) -> None:
         image = env.spec.image
@@ -634,11 +710,85 @@ class Coordinator:
         lifecycle.check(op, record.get("state"))
         return record
 
-    def _process_session(self, process_ref: str, op: str) -> tuple[str, dict[str, str]]:
+    def _process_session(self, process_ref: str, op: str, caller: Caller) -> tuple[str, dict[str, str]]:
         env_id = self.store.environment_of_process(process_ref)
         record = self.store.session(env_id) if env_id else {}
         if not env_id or not record:
+            if not caller.operator:
+                raise self._hidden(op, caller, "process", process_ref, None)
             raise NotFound(f"unknown process {process_ref}", context={"process_ref": process_ref})
+        if not may_act(caller, owner_of(record)):
+            raise self._hidden(op, caller, "process", process_ref, env_id)
         self._require_local(env_id, record)
         lifecycle.check(op, record.get("state"))
         return env_id, record
+
+    # -- tenancy: who may act on which session ---------------------------------------------------
+
+    def _hidden(self, op: str, caller: Caller, what: str, ref: str, env_id: str | None) -> PolicyDenial:
+        """The one answer for "no such session" and "another tenant's session", so a caller cannot tell
+        them apart. An attempt naming an environment is journaled in the host's journal (with the caller's
+        identity, for operators), never in the environment's own, which its tenant reads."""
+        if env_id is not None:
+            log.warning(
+                "denied %s of %s by %s (tenant %s): not its session",
+                op,
+                env_id,
+                caller.identity,
+                caller.tenant,
+            )
+            fields = {
+                "op": op,
+                "host": self.host_id,
+                "ts_ms": str(self.clock.now_ms()),
+                "rule": HIDDEN_RULE,
+                "identity": caller.identity,
+                "tenant": caller.tenant,
+                "environment_id": env_id,
+            }
+            try:
+                self.journal.append_host(self.host_id, "denial", fields)
+            except JournalFailure:
+                log.warning("could not journal the %s denial of %s", op, caller.identity)
+        return PolicyDenial(f"no {what} {ref} for this caller", context={"rule": HIDDEN_RULE, f"{what}_ref": ref})
+
+    def _authorize(self, op: str, env_id: str, caller: Caller) -> Caller:
+        """The owner of an existing session the caller may act on (before any replay is answered)."""
+        record = self.store.session(env_id)
+        if record and may_act(caller, owner_of(record)):
+            return Caller(record.get("identity", ""), owner_of(record))
+        if not record and caller.operator:  # the step's own lookup says what is missing
+            return Caller(caller.identity, caller.tenant or DEFAULT_TENANT)
+        raise self._hidden(op, caller, "session", env_id, env_id)
+
+    def _claim_id(self, env_id: str, caller: Caller) -> None:
+        """prepare_session: an environment id held by another tenant is refused (ids are one
+        namespace, so this says the id is taken, and nothing else)."""
+        record = self.store.session(env_id)
+        if record and not may_act(caller, owner_of(record)):
+            self._hidden("prepare_session", caller, "session", env_id, env_id)
+            raise PolicyDenial(
+                f"environment id {env_id} is not available", context={"rule": HIDDEN_RULE, "environment_id": env_id}
+            )
+
+    def _authorize_ticket(self, request: ReclaimRequest, ticket: dict[str, str], caller: Caller) -> None:
+        """Reclaim: the ticket's session (or, when that record expired, the ticket) names its tenant."""
+        env_id = ticket.get("environment_id") or request.environment_id
+        record = self.store.session(env_id) if env_id else {}
+        if record:
+            owner: str | None = owner_of(record)
+        elif ticket:
+            owner = ticket.get("tenant", DEFAULT_TENANT)
+        else:
+            owner = None
+        allowed = caller.operator if owner is None else may_act(caller, owner)
+        if not allowed:
+            raise self._hidden("reclaim", caller, "ticket", request.ticket_ref, env_id if owner is not None else None)
+
+    def _tenant_live(self, tenant: str) -> int:
+        """The tenant's sandboxes on this host that are not cleaned (nor given up: repair_needed)."""
+        return sum(
+            1
+            for s in self.store.list_sessions(10_000)
+            if s.get("host") == self.host_id and owner_of(s) == tenant and s.get("state") in _LIVE_STATES
+        )

@@ -174,7 +174,8 @@ class TenantLimits(Model):
     max_timeout_ms: int | None = Field(default=None, ge=1)
     max_process_count: int | None = Field(default=None, ge=1)
     max_sandboxes: int | None = Field(default=None, ge=0)
-    """Live sandboxes (sessions not cleaned) of this tenant on this host."""
+    """Sandboxes of this tenant alive on this host (any state but cleaned or repair_needed), counted at
+    ``prepare_session``; not atomic: concurrent prepares of one tenant may overshoot by a few."""
 
 
 class TenantRules(Model):

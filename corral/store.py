@@ -2,14 +2,15 @@
 
 Keys (all prefixed ``corral:``, all with a TTL as a backstop)::
 
-    session:<environment_id>   HASH  host, state, owner, environment/process JSON, step results
+    session:<environment_id>   HASH  host, state, owner, tenant + identity of its creator (``corral.tenancy``),
+                                     environment/process JSON, step results
     sessions                   ZSET  environment_id by creation time (for ``corral ps``)
     live:<host_id>             SET   environment_ids of the host's sessions not yet cleaned (the
                                      ``limits.max_sandboxes`` count; pruned as it is counted)
     process:<process_ref>      STR   environment_id
     idem:<key>                 HASH  digest, state (pending|done|failed), result, token, lease_until
     journal:<environment_id>   STREAM intent/result/recovery records (see ``corral.journal``)
-    ticket:<ticket_ref>        HASH  environment_id, host, deadline_ms, state
+    ticket:<ticket_ref>        HASH  environment_id, host, tenant, deadline_ms, state
     tickets:due                ZSET  ticket_ref by next action time (deadline, then re-send time)
     host:<host_id>             STR   JSON heartbeat: capability report, load; expires on silence
     hosts                      SET   every host ever seen (so a silent one shows as down)

@@ -37,6 +37,8 @@ ANONYMOUS = "anonymous"
 ANY_IDENTITY = "*"
 NO_TENANT = ""
 """The tenant of a fleet component: it owns no session and may create none."""
+HIDDEN_RULE = "tenants.sessions"
+"""The rule of the one answer for a session that does not exist or belongs to another tenant."""
 
 _IMPLICIT = TenantRules(identities=[ANY_IDENTITY])
 
@@ -144,3 +146,10 @@ def owner_of(record: dict[str, str]) -> str:
 def may_act(caller: Caller, owner: str) -> bool:
     """Whether the caller may see or act on a session owned by tenant ``owner``."""
     return caller.operator or (caller.tenant != NO_TENANT and caller.tenant == owner)
+
+
+def check_operator(policy: HostPolicy, caller: Caller) -> None:
+    """Fleet-wide operations (``corral reconcile``: its report lists every tenant's sessions) are for
+    operators and components; with no tenants defined there is no one else to hide anything from."""
+    if policy.tenants and not caller.operator:
+        deny(f"caller {caller.identity} is not an operator", "tenants.operator")

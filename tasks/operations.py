@@ -2,6 +2,7 @@
 
 Thin like web views: parse the request model, call the host's coordinator, dump the result. The
 ``host`` keyword names the host the task is meant for (the router reads it; the task checks it).
+The ``caller`` keyword is the verified identity the coordinator authorizes (tenants, ``corral.tenancy``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,15 @@ from typing import Any
 from celery import shared_task
 
 from corral import models as m
+from corral.identity import Caller
 from corral.services import coordinator
 from tasks.base import CorralTask
+
+
+def _as(identity: str | None) -> Caller:
+    """The verified caller (stamped by the worker from the message signature, ``corral.signing``) as
+    this host's policy maps it to a tenant (``corral.tenancy``); a message without one is anonymous."""
+    return coordinator().caller(identity)
 
 
 def _task(name: str) -> Callable[[Callable[..., dict[str, Any]]], Any]:
@@ -42,28 +50,36 @@ def capability_report(
 def prepare_session(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
-    return self.run_operation(host, lambda: coordinator().prepare_session(self.parse(m.SessionPrepareRequest, request)))
+    return self.run_operation(
+        host, lambda: coordinator().prepare_session(self.parse(m.SessionPrepareRequest, request), caller=_as(caller))
+    )
 
 
 @_task("resolve_image")
 def resolve_image(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
-    return self.run_operation(host, lambda: coordinator().resolve_image(self.parse(m.ImageResolveRequest, request)))
+    return self.run_operation(
+        host, lambda: coordinator().resolve_image(self.parse(m.ImageResolveRequest, request), caller=_as(caller))
+    )
 
 
 @_task("prepare_rootfs")
 def prepare_rootfs(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
-    return self.run_operation(host, lambda: coordinator().prepare_rootfs(self.parse(m.RootfsPrepareRequest, request)))
+    return self.run_operation(
+        host, lambda: coordinator().prepare_rootfs(self.parse(m.RootfsPrepareRequest, request), caller=_as(caller))
+    )
 
 
 @_task("resolve_mounts")
 def resolve_mounts(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
-    return self.run_operation(host, lambda: coordinator().resolve_mounts(self.parse(m.MountResolveRequest, request)))
+    return self.run_operation(
+        host, lambda: coordinator().resolve_mounts(self.parse(m.MountResolveRequest, request), caller=_as(caller))
+    )
 
 
 @_task("configure_network")
@@ -71,7 +87,7 @@ def configure_network(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
     return self.run_operation(
-        host, lambda: coordinator().configure_network(self.parse(m.NetworkPrepareRequest, request))
+        host, lambda: coordinator().configure_network(self.parse(m.NetworkPrepareRequest, request), caller=_as(caller))
     )
 
 
@@ -79,7 +95,9 @@ def configure_network(
 def prepare_secrets(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
-    return self.run_operation(host, lambda: coordinator().prepare_secrets(self.parse(m.SecretPrepareRequest, request)))
+    return self.run_operation(
+        host, lambda: coordinator().prepare_secrets(self.parse(m.SecretPrepareRequest, request), caller=_as(caller))
+    )
 
 
 @_task("prepare_environment")
@@ -87,7 +105,8 @@ def prepare_environment(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
     return self.run_operation(
-        host, lambda: coordinator().prepare_environment(self.parse(m.EnvironmentPrepareRequest, request))
+        host,
+        lambda: coordinator().prepare_environment(self.parse(m.EnvironmentPrepareRequest, request), caller=_as(caller)),
     )
 
 
@@ -95,13 +114,16 @@ def prepare_environment(
 def start_process(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
-    return self.run_operation(host, lambda: coordinator().start_process(self.parse(m.ProcessStartRequest, request)))
+    return self.run_operation(
+        host, lambda: coordinator().start_process(self.parse(m.ProcessStartRequest, request), caller=_as(caller))
+    )
 
 
 @_task("stream_io")
 def stream_io(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> dict[str, Any]:
     return self.run_operation(
-        host, lambda: coordinator().stream_io(self.parse(m.ProcessIoRequest, request), self.request.id)
+        host,
+        lambda: coordinator().stream_io(self.parse(m.ProcessIoRequest, request), self.request.id, caller=_as(caller)),
     )
 
 
@@ -110,7 +132,10 @@ def signal_process(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
     return self.run_operation(
-        host, lambda: coordinator().signal_process(self.parse(m.ProcessSignalRequest, request), self.request.id)
+        host,
+        lambda: coordinator().signal_process(
+            self.parse(m.ProcessSignalRequest, request), self.request.id, caller=_as(caller)
+        ),
     )
 
 
@@ -118,19 +143,27 @@ def signal_process(
 def collect_stats(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
-    return self.run_operation(host, lambda: coordinator().collect_stats(self.parse(m.ProcessStatsRequest, request)))
+    return self.run_operation(
+        host, lambda: coordinator().collect_stats(self.parse(m.ProcessStatsRequest, request), caller=_as(caller))
+    )
 
 
 @_task("cleanup")
 def cleanup(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> dict[str, Any]:
-    return self.run_operation(host, lambda: coordinator().cleanup(self.parse(m.CleanupRequest, request)))
+    return self.run_operation(
+        host, lambda: coordinator().cleanup(self.parse(m.CleanupRequest, request), caller=_as(caller))
+    )
 
 
 @_task("detach")
 def detach(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> dict[str, Any]:
-    return self.run_operation(host, lambda: coordinator().detach(self.parse(m.DetachTransferRequest, request)))
+    return self.run_operation(
+        host, lambda: coordinator().detach(self.parse(m.DetachTransferRequest, request), caller=_as(caller))
+    )
 
 
 @_task("reclaim")
 def reclaim(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> dict[str, Any]:
-    return self.run_operation(host, lambda: coordinator().reclaim(self.parse(m.ReclaimRequest, request)))
+    return self.run_operation(
+        host, lambda: coordinator().reclaim(self.parse(m.ReclaimRequest, request), caller=_as(caller))
+    )

@@ -11,6 +11,7 @@ from corral.celeryconf import FLEET_QUEUE, queue_for_host, task_kwargs, task_nam
 from corral.reconciler import Reconciler
 from corral.services import coordinator, state_services
 from corral.settings import load_settings
+from corral.tenancy import check_operator
 from tasks.base import CorralTask
 
 _register_host: Callable[[Callable[..., dict[str, Any]]], Any] = shared_task(
@@ -29,6 +30,7 @@ def reconcile(
     settings = load_settings()
 
     def run() -> Any:
+        check_operator(coordinator().policy.current(), coordinator().caller(caller))
         return Reconciler(
             coordinator(),
             grace_s=settings.host.reconcile_grace_s,

@@ -809,8 +809,12 @@ def test_cleanup_of_detached_session_closes_its_ticket(rig: Rig) -> None:
 
 
 def test_journal_records_never_contain_request_bodies(redis_url: str) -> None:
-    # the host policy must know the mount alias, or prepare_session denies the job before any effect
-    with make_rig(redis_url, policy=fixed(policy_with(mounts={"data": {"path": "/srv/data"}}))) as rig:
+    # the host policy must know the mount alias and grant the secret (a tenant rule), or prepare_session
+    # denies the job before any effect
+    policy = policy_with(
+        mounts={"data": {"path": "/srv/data"}}, tenants={"default": {"identities": ["*"], "secrets": ["token"]}}
+    )
+    with make_rig(redis_url, policy=fixed(policy)) as rig:
         j = job(argv=["echo", "ARGV-MARKER"], env={"PLAIN": "NOT-A-SECRET-MARKER"}, allow_detach=True,
                 mounts=["data:/data"], secrets=["token"])
         result = started(rig.run_chain(j))

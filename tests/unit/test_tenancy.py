@@ -12,6 +12,7 @@ from corral.policy import HostPolicy, PolicyError, parse_policy
 from corral.tenancy import (
     DEFAULT_TENANT,
     NO_TENANT,
+    check_operator,
     check_sandboxes,
     check_tenant,
     check_tenant_process,
@@ -143,3 +144,10 @@ def test_process_timeout_and_sandbox_count_limits() -> None:
     check_sandboxes(TENANTS, ALICE, 1)
     assert denied_rule(lambda: check_sandboxes(TENANTS, ALICE, 2)) == "tenants.acme.limits.max_sandboxes"
     check_sandboxes(TENANTS, CAROL, 10_000)
+
+
+def test_fleet_wide_operations_are_for_operators_once_tenants_exist() -> None:
+    check_operator(TENANTS, resolve_caller(TENANTS, "root-team"))
+    check_operator(TENANTS, resolve_caller(TENANTS, "corral-beat"))
+    assert denied_rule(lambda: check_operator(TENANTS, ALICE)) == "tenants.operator"
+    check_operator(HostPolicy(), resolve_caller(HostPolicy(), "x"))
