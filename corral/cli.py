@@ -220,8 +220,8 @@ def _run_attached(client: Any, job: JobSpec, host: str | None, as_json: bool) ->
 @json_option
 @handles_errors
 def ps(show_all: bool, as_json: bool) -> None:
-    """List sandboxes."""
-    sessions = [s for s in _client().sessions() if show_all or s.get("state") not in ("cleaned",)]
+    """List sandboxes (your tenant's; every tenant's for an operator)."""
+    sessions = [s for s in _client().view_sessions() if show_all or s.get("state") not in ("cleaned",)]
     rows = []
     for s in sessions:
         env = _json_field(s, "environment")
@@ -392,8 +392,8 @@ def reclaim(ticket: str, as_json: bool) -> None:
 @json_option
 @handles_errors
 def tickets(as_json: bool) -> None:
-    """List open detach tickets."""
-    rows = _client().tickets()
+    """List open detach tickets (your tenant's; every tenant's for an operator)."""
+    rows = _client().view_tickets()
     if as_json:
         emit_json(rows)
         return
@@ -421,7 +421,7 @@ def tickets(as_json: bool) -> None:
 def journal(sandbox: str, as_json: bool) -> None:
     """The intent/result journal of a sandbox."""
     client = _client()
-    records = client.journal(client.handle(sandbox).environment_id)
+    records = client.view_journal(client.handle(sandbox).environment_id)
     if as_json:
         emit_json([{"id": r.record_id, **r.fields} for r in records])
         return

@@ -2,7 +2,9 @@
 
 It never imports ``tasks`` or ``workers``: it sends ``corral.<operation>`` by name with a
 producer-only Celery app configured exactly like the workers (same router, same serializer).
-Read-only views (sessions, tickets, journal, hosts) come straight from the state database.
+Read-only views (sessions, tickets, journal, hosts) come straight from the state database, except
+the tenant views (``view_sessions``, ``view_tickets``, ``view_journal``: what ``corral ps``,
+``tickets`` and ``journal`` show), which a fleet worker answers for the verified caller.
 
     client = Client()
     outcome = client.run(JobSpec(image="corral/busybox:latest", argv=["echo", "hi"]))
@@ -23,7 +25,7 @@ from celery.result import AsyncResult
 from pydantic import BaseModel, ValidationError
 
 from corral import signing
-from corral.celeryconf import celery_config, queue_for_host, task_name
+from corral.celeryconf import FLEET_QUEUE, celery_config, queue_for_host, task_name
 from corral.errors import (
     AgentError,
     HostConfigurationNeeded,
@@ -423,6 +425,8 @@ class Client:
         return ExecutionEnvironment.model_validate_json(record["environment"])
 
     def sessions(self, limit: int = 200) -> list[dict[str, str]]:
+        """Every session, read straight from the state database (operators, tests); ``view_sessions``
+        is what a tenant's client uses."""
         return self.services.store.list_sessions(limit)
 
     def tickets(self) -> list[dict[str, str]]:
@@ -430,3 +434,24 @@ class Client:
 
     def journal(self, environment_id: str) -> list[JournalRecord]:
         return self.services.journal.read(environment_id)
+
+    # -- tenant views: answered by a fleet worker for the verified caller (``corral.views``) --------
+
+    def view_sessions(self, limit: int = 200) -> list[dict[str, str]]:
+        """The caller's tenant's sessions (all of them for an operator), newest first."""
+        return self._view("list_sessions", {"limit": limit})
+
+    def view_tickets(self) -> list[dict[str, str]]:
+        return self._view("list_tickets", {})
+
+    def view_journal(self, environment_id: str) -> list[JournalRecord]:
+        """A session's journal; another tenant's session is ``PolicyDenial`` like a missing one."""
+        rows = self._view("read_journal", {"environment_id": environment_id})
+        return [JournalRecord(row.pop("record_id", ""), row) for row in rows]
+
+    def _view(self, operation: str, payload: dict[str, Any]) -> list[dict[str, str]]:
+        result = self.app.send_task(
+            task_name(operation), args=[payload], kwargs={CALLER_KWARG: self.identity}, queue=FLEET_QUEUE
+        )
+        rows = self._get(result, operation).get("rows", [])
+        return [dict(row) for row in rows]

@@ -23,7 +23,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     # Celery logs every task's return value; ours can carry (redacted) process output, which
     # does not belong in worker logs. Results stay in the result backend and events.
     trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
-    app = Celery("corral", include=["tasks.operations", "tasks.sweeper", "tasks.reconcile"])
+    app = Celery("corral", include=["tasks.operations", "tasks.sweeper", "tasks.reconcile", "tasks.views"])
     app.conf.update(celery_config(settings))
     # Before the pool forks: children decode (and verify) task bodies with the same serializer.
     signing.register(settings)
