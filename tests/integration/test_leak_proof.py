@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from corral.redact import Redactor
-from tests.conftest import free_port
+from tests.conftest import TEST_CLIENT, free_port
 from tests.harness import REPO
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.worker]
@@ -79,7 +79,13 @@ def test_no_secret_value_or_encoding_lands_anywhere(
     file_secret = ("tok-" + secrets.token_hex(12)).encode()
     env_secret = ("key-" + secrets.token_hex(12)).encode()
     (Path(corral_env["CORRAL_HOST__SECRETS_DIR"]) / "token").write_bytes(file_secret)
-    worker = worker_factory(None, env={"CORRAL_SECRET_APIKEY": env_secret.decode()})
+    # Secrets are a tenant grant (corral.tenancy): the suite's client identity is granted these two.
+    policy = tmp_path / "policy" / "tenants.toml"
+    policy.parent.mkdir()
+    policy.write_text(f'[tenants.leak]\nidentities = ["{TEST_CLIENT}"]\nsecrets = ["token", "apikey"]\n')
+    worker = worker_factory(
+        None, env={"CORRAL_SECRET_APIKEY": env_secret.decode(), "CORRAL_HOST__POLICY_FILE": str(policy)}
+    )
     flower_port = free_port()
     flower_env = {**corral_env, "FLOWER_UNAUTHENTICATED_API": "true"}
     with subprocess.Popen(
