@@ -43,7 +43,7 @@ TEST_HOST_IDENTITY = "corral-host-test"
 """The component identity every test worker signs with."""
 
 
-def test_fleet() -> Any:
+def suite_fleet() -> Any:
     """The suite's credentials (``corral.credentials``), made once per session: Redis ACL users per
     role and signing identities. Every test Redis loads its ACL file and every test worker verifies
     signatures, so all integration tests run the production trust boundary. This process (tests
@@ -59,7 +59,7 @@ def test_fleet() -> Any:
 
 
 def admin_url(port: int) -> str:
-    fleet = test_fleet()
+    fleet = suite_fleet()
     return f"redis://admin:{fleet.password('admin')}@127.0.0.1:{port}"
 
 
@@ -80,7 +80,7 @@ def redis_server() -> Iterator[str]:
             "--bind",
             "127.0.0.1",
             "--aclfile",
-            str(test_fleet().acl_file),
+            str(suite_fleet().acl_file),
             "--save",
             "",
             "--appendonly",

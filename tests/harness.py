@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import TEST_CLIENT, TEST_HOST_IDENTITY, test_fleet
+from tests.conftest import TEST_CLIENT, TEST_HOST_IDENTITY, suite_fleet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,7 @@ def corral_env(redis_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
             "CORRAL_CELERY__TASK_TIMEOUT_S": "60",
             "CORRAL_CONFIG": str(REPO / "config" / "corral.toml"),
             "PYTHONUNBUFFERED": "1",
-            **test_fleet().role_env("client", TEST_CLIENT),
+            **suite_fleet().role_env("client", TEST_CLIENT),
         }
     )
     (tmp_path / "secrets").mkdir()
@@ -118,7 +118,7 @@ def worker_factory(
 
     def start(host_id: str | None = None, *extra: str, env: dict[str, str] | None = None) -> WorkerProc:
         host = host_id or f"it-{uuid.uuid4().hex[:8]}"
-        role = test_fleet().role_env("worker", TEST_HOST_IDENTITY)
+        role = suite_fleet().role_env("worker", TEST_HOST_IDENTITY)
         worker_env = {**corral_env, **role, **(env or {})}
         worker = WorkerProc(host, worker_env, tmp_path / f"worker-{host}.log", extra=list(extra))
         worker.start(worker.env["CORRAL_REDIS__URL"])

@@ -18,7 +18,7 @@ from corral.errors import NotFound, PolicyDenial
 from corral.job import JobSpec
 from corral.models import IoStream, ProcessStartRequest, ProcessStartResult, dump
 from corral.settings import Settings
-from tests.conftest import TEST_HOST_IDENTITY, test_fleet
+from tests.conftest import TEST_HOST_IDENTITY, suite_fleet
 from tests.harness import REPO, count_labeled, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.worker]
@@ -182,7 +182,7 @@ def test_host_worker_registers_all_sixteen_operations(worker_factory, corral_env
     worker = worker_factory()
     # Worker control commands are accepted only when signed by a fleet component (a client's are
     # refused, corral.signing): an operator runs `celery inspect` with a component key.
-    operator = {**corral_env, **test_fleet().role_env("admin", TEST_HOST_IDENTITY)}
+    operator = {**corral_env, **suite_fleet().role_env("admin", TEST_HOST_IDENTITY)}
     done = subprocess.run(
         [
             sys.executable,

@@ -1,0 +1,224 @@
+"""The broker as a trust boundary, attacked for real: a Redis connection without credentials is
+refused, each role is confined to its keys and commands, and a task message pushed straight into a
+host queue without a valid signature has no effect (counted, journaled) while a client-signed chain
+cannot run a later step as somebody else."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+
+from corral.celeryconf import queue_for_host
+from corral.client import Client
+from corral.job import JobSpec
+from corral.models import (
+    CleanupRequest,
+    CleanupResult,
+    ProcessSignal,
+    ProcessSignalRequest,
+    ProcessState,
+    SessionPrepareRequest,
+    dump,
+)
+from corral.settings import Settings
+from corral.signing import CONTENT_TYPE, MessageSigner, _identity_of_cert, build_signer, create_identity, load_key
+from tests.conftest import TEST_CLIENT, suite_fleet
+from tests.harness import count_labeled, wait_until
+
+pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.worker]
+
+
+@pytest.fixture
+def client(corral_env: dict[str, str]) -> Iterator[Client]:
+    c = Client(Settings(redis={"url": corral_env["CORRAL_REDIS__URL"]}, celery={"task_timeout_s": 60}))
+    yield c
+    c.close()
+
+
+def port_of(url: str) -> int:
+    return int(urlsplit(url).port or 6379)
+
+
+def role(port: int, name: str) -> redis.Redis:
+    return redis.Redis(port=port, username=name, password=suite_fleet().password(name), db=3)
+
+
+def test_redis_refuses_connections_without_credentials(redis_url: str) -> None:
+    port = port_of(redis_url)
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port).ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port, username="default", password="").ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port, username="client", password="guess").ping()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("SET", "corral:session:x", "1"),
+        ("HSET", "corral:session:x", "state", "cleaned"),
+        ("DEL", "corral:host:x"),
+        ("LRANGE", "corral.host.x", "0", "-1"),  # another job's queued messages
+        ("DEL", "corral.host.x"),
+        ("FLUSHALL",),
+        ("CONFIG", "GET", "*"),
+        ("KEYS", "*"),
+        ("ACL", "LIST"),
+    ],
+    ids=lambda c: " ".join(c[:2]),
+)
+def test_the_client_role_is_confined(redis_url: str, command: tuple[str, ...]) -> None:
+    port = port_of(redis_url)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        role(port, "client").execute_command(*command)
+
+
+def test_the_client_role_can_do_its_job(redis_url: str) -> None:
+    """What a client needs works: read state, push to a host queue (the worker decides what runs)."""
+    port = port_of(redis_url)
+    c = role(port, "client")
+    assert c.hgetall("corral:session:none") == {}
+    broker = redis.Redis(port=port, username="client", password=suite_fleet().password("client"), db=0)
+    assert broker.lpush("corral.host.nobody", b"x") == 1
+    redis.Redis.from_url(f"{redis_url}/0").delete("corral.host.nobody")
+
+
+@pytest.mark.parametrize("command", [("FLUSHALL",), ("CONFIG", "GET", "*"), ("KEYS", "*"), ("SAVE",), ("ACL", "LIST")])
+def test_workers_and_flower_cannot_run_dangerous_commands(redis_url: str, command: tuple[str, ...]) -> None:
+    port = port_of(redis_url)
+    for name in ("worker", "flower", "beat"):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            role(port, name).execute_command(*command)
+
+
+# -- forged messages -----------------------------------------------------------------------------
+
+
+def publish(
+    client: Client,
+    host: str,
+    name: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    encode: Callable[[Any], tuple[bytes, str, str]],
+) -> str:
+    """Push a protocol 2 task message straight into a host queue, encoded by ``encode``, with the
+    client's own Redis credentials (what any holder of client credentials can do)."""
+    task_id = str(uuid.uuid4())
+    message = client.app.amqp.as_task_v2(task_id, name, args=args, kwargs=kwargs)
+    body, content_type, encoding = encode(list(message.body))
+    with client.app.connection_for_write() as conn:
+        conn.Producer().publish(
+            body,
+            exchange="",
+            routing_key=queue_for_host(host),
+            headers=message.headers,
+            content_type=content_type,
+            content_encoding=encoding,
+            **message.properties,
+        )
+    return task_id
+
+
+def as_json(body: Any) -> tuple[bytes, str, str]:
+    return json.dumps(body).encode(), "application/json", "utf-8"
+
+
+def as_raw_data(body: Any) -> tuple[bytes, str, str]:
+    """kombu trusts ``application/data`` and hands it over undecoded; the worker's gate does not."""
+    return json.dumps(body).encode(), "application/data", "binary"
+
+
+def signed_by(signer: MessageSigner) -> Callable[[Any], tuple[bytes, str, str]]:
+    return lambda body: (signer.serialize(body), CONTENT_TYPE, "binary")
+
+
+def tampered(signer: MessageSigner) -> Callable[[Any], tuple[bytes, str, str]]:
+    def encode(body: Any) -> tuple[bytes, str, str]:
+        raw = signer.serialize(body)
+        return raw.replace(b'"grace_ms": 0', b'"grace_ms": 1'), CONTENT_TYPE, "binary"
+
+    return encode
+
+
+@pytest.fixture
+def rogue(tmp_path: Path) -> MessageSigner:
+    """A well-formed key pair no worker trusts."""
+    key, cert = create_identity(TEST_CLIENT, tmp_path / "rogue")  # even claiming a trusted name
+    return MessageSigner(load_key(str(key)), _identity_of_cert(str(cert))[1], {}, {})
+
+
+def test_unsigned_forged_and_tampered_messages_have_no_effect(
+    worker_factory, client: Client, busybox_image: str, docker_client, rogue: MessageSigner
+) -> None:
+    worker = worker_factory()
+    host = worker.host_id
+    handle = client.submit(JobSpec(image=busybox_image, argv=["sleep", "60"]), host=host)
+    client.wait(handle)
+    kill = dump(ProcessSignalRequest(process_ref=handle.process_ref, signal=ProcessSignal.kill, grace_ms=0))
+    kwargs = {"host": host, "caller": TEST_CLIENT}
+    mine = build_signer(client.settings)
+    new_env = JobSpec(image=busybox_image, argv=["true"]).environment()
+    prepare = dump(SessionPrepareRequest(environment=new_env, host_ref=host))
+    forged = {
+        publish(client, host, "corral.signal_process", [kill], kwargs, as_json): "unsigned",
+        publish(client, host, "corral.signal_process", [kill], kwargs, as_raw_data): "unsigned",
+        publish(client, host, "corral.signal_process", [kill], kwargs, signed_by(rogue)): "unknown signer",
+        publish(client, host, "corral.signal_process", [kill], kwargs, tampered(mine)): "bad signature",
+        publish(client, host, "corral.prepare_session", [prepare], kwargs, as_json): "unsigned",
+    }
+    store = client.services.store
+    assert wait_until(lambda: store.rejections(host).get("total") == len(forged), 30), (
+        store.rejections(host),
+        worker.log(),
+    )
+    assert store.rejections(host) == {"total": 5, "unsigned": 3, "unknown signer": 1, "bad signature": 1}
+    # No effect: the sandbox still runs, the forged session does not exist, nothing new was created.
+    assert client.stats(handle).state is ProcessState.running
+    assert store.session(new_env.environment_id) == {}
+    assert count_labeled(docker_client, host) == {"containers": 1, "networks": 0}
+    # Journaled with the task name, id and reason only: nothing of the refused payload.
+    records = [r for r in client.services.journal.read_host(host) if r.fields.get("rule") == "signature"]
+    assert {r.fields["task_id"]: r.fields["reason"] for r in records} == forged
+    for record in records:
+        assert set(record.fields) == {"kind", "op", "task_id", "rule", "reason"}
+        assert record.kind == "denial"
+        assert handle.process_ref not in json.dumps(record.fields)
+    # The same request, properly signed, does take effect (the forged ones were refused, not lost).
+    client.signal(handle, ProcessSignal.kill, grace_ms=0)
+    assert wait_until(lambda: client.stats(handle).state is ProcessState.exited, 30)
+    client.cleanup(handle)
+
+
+def test_a_client_cannot_run_a_later_chain_step_as_someone_else(
+    worker_factory, client: Client, busybox_image: str
+) -> None:
+    """Step 2 of a client-signed chain names another identity as its caller; the worker that publishes
+    step 2 (with its own key) carries the signer's identity instead, and that is what the task sees."""
+    worker = worker_factory()
+    host, queue = worker.host_id, queue_for_host(worker.host_id)
+    env = JobSpec(image=busybox_image, argv=["true"]).environment()
+    first = client.app.signature(
+        "corral.runtime_ref", kwargs={"host": host, "caller": TEST_CLIENT}, immutable=True
+    ).set(queue=queue)
+    second = client.app.signature(
+        "corral.prepare_session",
+        args=[dump(SessionPrepareRequest(environment=env, host_ref=host))],
+        kwargs={"host": host, "caller": "other-client"},
+        immutable=True,
+    ).set(queue=queue)
+    result = (first | second).apply_async()
+    result.get(timeout=60)
+    record = client.services.store.session(env.environment_id)
+    assert record["identity"] == TEST_CLIENT
+    client.call(
+        "cleanup", CleanupRequest(environment=env, cleanup_plan_ref=f"plan-{env.environment_id}"), host, CleanupResult
+    )
