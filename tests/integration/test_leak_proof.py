@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from corral.redact import Redactor
+from tests import conftest
 from tests.conftest import TEST_CLIENT, free_port
 from tests.harness import REPO
 
@@ -87,7 +88,8 @@ def test_no_secret_value_or_encoding_lands_anywhere(
         None, env={"CORRAL_SECRET_APIKEY": env_secret.decode(), "CORRAL_HOST__POLICY_FILE": str(policy)}
     )
     flower_port = free_port()
-    flower_env = {**corral_env, "FLOWER_UNAUTHENTICATED_API": "true"}
+    # Flower runs as its own Redis role (corral.credentials): it may subscribe to task events.
+    flower_env = {**corral_env, **conftest.suite_fleet().role_env("flower"), "FLOWER_UNAUTHENTICATED_API": "true"}
     with subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "workers.app", "flower", "--address=127.0.0.1", f"--port={flower_port}"],
         env=flower_env,

@@ -67,7 +67,7 @@ mounts = []
 
 
 def client_as(env: dict[str, str], identity: str) -> Client:
-    fleet = conftest.test_fleet()
+    fleet = conftest.suite_fleet()
     settings = Settings(
         redis={"url": env["CORRAL_REDIS__URL"]},
         celery={"task_timeout_s": 60},
@@ -268,7 +268,7 @@ def test_ps_tickets_and_journal_show_only_the_callers_tenant(rig, busybox_image,
     assert isinstance(denial, PolicyDenial) and denial.context["rule"] == "tenants.operator"
 
     # the CLI of the other tenant, as a user runs it
-    cli_env = {**corral_env, **conftest.test_fleet().role_env("client", ATTACKER)}
+    cli_env = {**corral_env, **conftest.suite_fleet().role_env("client", ATTACKER)}
     for args in (["ps", "--all", "--json"], ["tickets", "--json"]):
         done = subprocess.run(
             [sys.executable, "-m", "corral", *args],
