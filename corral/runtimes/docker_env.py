@@ -71,6 +71,7 @@ if TYPE_CHECKING:
 
 
 PROBE_LABEL = "corral.probe"
+PROBE_PREFIX = "corral-probe-"
 MAX_USER_FILE = 1 << 20
 _TABLES: dict[str, UserTables | None] = {}
 _TABLES_LOCK = threading.Lock()
@@ -100,9 +101,13 @@ def _read_archive_file(container: Any, path: str) -> bytes:
 
 
 def _remove_stale_probes(client: Any, older_than_s: float = 300.0) -> None:
-    """Probe containers left by a worker that died between create and remove (best effort)."""
+    """Probe containers left by a worker that died between create and remove (best effort). The
+    label alone is not proof: a container inherits its image's labels, so an image labelled
+    ``corral.probe`` would have its running sandboxes swept. Only the name corral gave is."""
     now = time.time()
     for container in client.containers.list(all=True, filters={"label": PROBE_LABEL}):
+        if not str(container.name).startswith(PROBE_PREFIX):
+            continue
         created = str(container.attrs.get("Created") or "")
         try:
             age = now - datetime.fromisoformat(created[:26].rstrip("Z") + "+00:00").timestamp()
@@ -124,7 +129,7 @@ def image_user_tables(client: Any, image_id: str) -> UserTables | None:
     container = client.containers.create(
         image_id,
         command=["/corral-probe-never-runs"],
-        name=f"corral-probe-{uuid.uuid4().hex[:12]}",
+        name=f"{PROBE_PREFIX}{uuid.uuid4().hex[:12]}",
         labels={PROBE_LABEL: "passwd"},
         network_mode="none",
         log_config={"type": "none"},

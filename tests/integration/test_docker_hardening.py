@@ -52,7 +52,7 @@ from corral.models import (
 from corral.policy import HostPolicy, UserRules
 from corral.refs import slug
 from corral.runtimes.docker import DockerRuntime
-from corral.runtimes.docker_env import PROBE_LABEL
+from corral.runtimes.docker_env import PROBE_LABEL, PROBE_PREFIX
 from corral.runtimes.docker_resources import container_name, session_paths
 from corral.settings import HostSettings
 from tests.harness import docker_runtime
@@ -515,7 +515,9 @@ def test_a_broken_plugin_does_not_touch_sessions_without_secrets(
 def test_stale_probe_containers_are_swept(docker_client: Any, busybox_image: str) -> None:
     from corral.runtimes.docker_env import _remove_stale_probes
 
-    left = docker_client.containers.create(busybox_image, command=["true"], labels={PROBE_LABEL: "passwd"})
+    left = docker_client.containers.create(
+        busybox_image, command=["true"], labels={PROBE_LABEL: "passwd"}, name=f"{PROBE_PREFIX}{uuid.uuid4().hex[:12]}"
+    )
     _remove_stale_probes(docker_client)
     assert docker_client.containers.get(left.id)  # young: maybe another worker's probe in flight
     _remove_stale_probes(docker_client, older_than_s=0)

@@ -89,6 +89,13 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     etc.mkdir()
     (etc / "passwd").write_text("root:x:0:0::/:/bin/sh\nnobody:x:0:0::/:/bin/sh\n")
     (etc / "group").write_text("root:x:0:\nnogroup:x:0:\n")
+    tree = root / "tree"  # a root for symlinks = "within_alias"
+    (tree / "v1").mkdir(parents=True)
+    (tree / "v1" / "version.txt").write_text("v1\n")
+    (tree / "cur").symlink_to("v1")
+    (tree / "out").symlink_to(canary)
+    (tree / "up").symlink_to("../host/secrets")
+    (tree / "to_state").symlink_to(root / "host" / "state")
     (root / "host" / "secrets").mkdir(parents=True)
     (root / "host" / "secrets" / "tok").write_text("s3cret-value\n")
     return root
@@ -123,8 +130,14 @@ def host(base: Path) -> Iterator[HostSettings]:
             "shm": "/dev/shm",
             "code": os.path.dirname(os.path.abspath(corral.__file__)),
             "venv": sys.prefix,
+            # symlinks = "within_alias": root tree/ (or the whole base for "wide")
+            "cur": str(base / "tree" / "cur"),
+            "out": str(base / "tree" / "out"),
+            "up": str(base / "tree" / "up"),
+            "wide": str(base / "tree" / "to_state"),
         },
         ["pool"],
+        {"cur": str(base / "tree"), "out": str(base / "tree"), "up": str(base / "tree"), "wide": str(base)},
     )
     yield settings
     shutil.rmtree(secrets_root, ignore_errors=True)
@@ -772,3 +785,131 @@ def test_cleanup_removes_the_anonymous_volumes_of_an_image(
     for name in left:  # do not leak them from the test either
         docker_client.volumes.get(name).remove(force=True)
     assert left == []
+
+
+# ------------------------------------------------------------------------------ within_alias roots
+
+
+@pytest.mark.parametrize("alias", ["out", "up", "wide"])
+def test_within_alias_never_leaves_its_root_nor_reaches_corrals_dirs(
+    runtime: DockerRuntime, host: HostSettings, busybox_image: str, alias: str
+) -> None:
+    """``out`` is an absolute symlink to the canary, ``up`` a relative one climbing to the secrets
+    dir, ``wide`` (root: the whole test tree, which holds corral's dirs) one to the state dir: all
+    refused, judged on the opened descriptor."""
+    env = with_mounts(busybox_image, mount(alias, "/x"))
+    with pytest.raises(PolicyDenial) as info:
+        runtime.resolve_mounts(MountResolveRequest(environment=env))
+    assert_clean(info.value, host)
+    exc = refused(runtime, env, proc_spec("ls", "/x"))
+    assert isinstance(exc, PolicyDenial), exc
+    cleanup(runtime, env)
+    assert pinned_mounts(host.state_dir) == []
+
+
+def test_within_alias_symlink_flipped_in_and_out_of_its_root_never_opens_outside(
+    runtime: DockerRuntime, host: HostSettings, base: Path
+) -> None:
+    """``tree/cur`` is atomically replaced (rename of a symlink) between ``v1`` and the canary
+    outside the root while the worker opens it hundreds of times: every open is ``v1`` or refused."""
+    tree = base / "tree"
+    forbidden = runtime.forbidden_sources()
+    stop = threading.Event()
+
+    def flipper() -> None:
+        while not stop.is_set():
+            for target in (str(base / "canary"), "v1"):
+                tmp = tree / "cur.tmp"
+                tmp.unlink(missing_ok=True)
+                tmp.symlink_to(target)
+                tmp.rename(tree / "cur")
+
+    v1 = os.stat(tree / "v1").st_ino
+    inodes: list[int] = []
+    thread = threading.Thread(target=flipper)
+    thread.start()
+    try:
+        for _ in range(400):
+            planned = resolve_mount(mount("cur"), host, FilesystemPolicy().symlink_policy)
+            try:
+                fd = pins.open_source(planned, forbidden)
+            except PolicyDenial:
+                continue
+            try:
+                inodes.append(os.fstat(fd).st_ino)
+            finally:
+                os.close(fd)
+    finally:
+        stop.set()
+        thread.join()
+        (tree / "cur.tmp").unlink(missing_ok=True)
+        (tree / "cur").unlink(missing_ok=True)
+        (tree / "cur").symlink_to("v1")
+    assert inodes and set(inodes) == {v1}
+
+
+# ------------------------------------------------------------------------------ secrets and mounts
+
+
+def test_a_secret_under_a_writable_mount_never_writes_its_value_to_the_alias(
+    runtime: DockerRuntime, host: HostSettings, busybox_image: str, base: Path
+) -> None:
+    """The secret's destination lies inside a writable alias: runc makes the mount point there (on
+    the host), but the value stays on the secrets tmpfs; the alias never holds it, during or after."""
+    env = make_env(
+        busybox_image,
+        filesystem=FilesystemPolicy(mounts=[mount("pool", "/w", MountMode.writable)]),
+        secrets=SecretPolicy(secret_mounts=[SecretMount(secret_ref="tok", mount_ref="s", destination="/w/tok")]),
+    )
+    try:
+        code, out = run_to_exit(runtime, env, "cat /w/tok; cp /w/tok /w/copy 2>/dev/null; echo x > /w/tok || true")
+        seen = (base / "pool" / "tok").read_bytes() if (base / "pool" / "tok").exists() else b""
+    finally:
+        cleanup(runtime, env)
+        for name in ("tok", "copy"):
+            (base / "pool" / name).unlink(missing_ok=True)
+    assert code == 0 and out.startswith(b"[REDACTED]"), out  # it was there (and redacted in the output)
+    assert b"s3cret" not in seen
+
+
+# ------------------------------------------------------------------------------ image labels
+
+
+def test_an_image_labelled_as_a_probe_does_not_get_sandboxes_swept(
+    runtime: DockerRuntime, image_factory: Callable[..., str], docker_client: Any, host: HostSettings
+) -> None:
+    """Containers inherit their image's labels. An image carrying ``corral.probe`` (the label of the
+    never-started passwd probe) must not make its running sandboxes look like stale probes: the
+    sweep that removes probes left by a dead worker spares them."""
+    from corral.runtimes.docker_env import _remove_stale_probes
+
+    image = image_factory({"etc/passwd": b"nobody:x:65534:65534::/:/bin/sh\n"}, "LABEL corral.probe=passwd")
+    env = make_env(image)
+    process = proc_spec("sh", "-c", "sleep 30")
+    prepare(runtime, env, process)
+    runtime.start_process(ProcessStartRequest(environment=env, process=process))
+    try:
+        _remove_stale_probes(docker_client, older_than_s=0)
+        assert count_labeled(docker_client, host.id, env.environment_id)["containers"] == 1
+    finally:
+        cleanup(runtime, env)
+
+
+# ------------------------------------------------------------------------------ argv
+
+
+def test_an_argument_past_the_kernels_per_argument_limit_fails_inside_once(
+    runtime: DockerRuntime, host: HostSettings, busybox_image: str
+) -> None:
+    """One 128 KiB argument passes the model and the host's argv cap (256 KiB) but execve refuses it
+    (MAX_ARG_STRLEN is 128 KiB with the NUL): the sandbox's init reports it as the exit status, once;
+    no engine error, nothing to retry."""
+    env = make_env(busybox_image)
+    process = proc_spec("echo", "a" * 131_072)
+    try:
+        prepare(runtime, env, process)
+        ref = runtime.start_process(ProcessStartRequest(environment=env, process=process)).process_ref
+        code = wait_exit(runtime, ref).exit_code
+    finally:
+        cleanup(runtime, env)
+    assert code not in (None, 0)
