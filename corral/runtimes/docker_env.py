@@ -86,10 +86,16 @@ def _read_archive_file(container: Any, path: str) -> bytes:
     """One regular file of a (never started) container; empty when absent (Docker then finds no
     entry either); ``_Unreadable`` when it is there but not a plain file of a sane size."""
     try:
-        chunks, _stat = container.get_archive(path)
+        chunks, info = container.get_archive(path)
     except docker.errors.NotFound:
         return b""
-    blob = b"".join(chunks)
+    if int(info.get("size") or 0) > MAX_USER_FILE:  # an image's file could be gigabytes: never pull it in
+        raise _Unreadable(path)
+    blob = bytearray()
+    for chunk in chunks:
+        blob += chunk
+        if len(blob) > MAX_USER_FILE + (64 << 10):  # the file plus tar headers and padding
+            raise _Unreadable(path)
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
         for member in tar.getmembers():
             if member.isfile() and member.size <= MAX_USER_FILE:

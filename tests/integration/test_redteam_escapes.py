@@ -913,3 +913,28 @@ def test_an_argument_past_the_kernels_per_argument_limit_fails_inside_once(
     finally:
         cleanup(runtime, env)
     assert code not in (None, 0)
+
+
+# ------------------------------------------------------------------------------ the passwd probe
+
+
+def test_a_huge_passwd_is_never_pulled_into_the_worker(
+    runtime: DockerRuntime, image_factory: Callable[..., str], docker_client: Any
+) -> None:
+    """An allowed image whose /etc/passwd is 32 MiB (it could be gigabytes: zeros compress): the
+    root worker reading it to resolve a user name must not hold it in memory (found: the whole
+    archive was joined before the 1 MiB check)."""
+    import tracemalloc
+
+    from corral.runtimes.docker_env import image_user_tables
+
+    image = image_factory({"etc/passwd": b"\n" * (32 << 20)})
+    image_id = docker_client.images.get(image).id
+    tracemalloc.start()
+    try:
+        tables = image_user_tables(docker_client, image_id)
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert tables is None  # unreadable: only a numeric UID:GID can be judged in this image
+    assert peak < 8 << 20, f"peak {peak >> 20} MiB"
