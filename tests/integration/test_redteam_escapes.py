@@ -938,3 +938,65 @@ def test_a_huge_passwd_is_never_pulled_into_the_worker(
         tracemalloc.stop()
     assert tables is None  # unreadable: only a numeric UID:GID can be judged in this image
     assert peak < 8 << 20, f"peak {peak >> 20} MiB"
+
+
+def _start_with_rlimit(
+    runtime: DockerRuntime, busybox_image: str, rlimit: tuple[str, int]
+) -> tuple[int | None, AgentError | None]:
+    env = make_env(busybox_image)
+    process = proc_spec("sh", "-c", "echo hi", rlimits=dict([rlimit]))
+    try:
+        prepare(runtime, env, process)
+        ref = runtime.start_process(ProcessStartRequest(environment=env, process=process)).process_ref
+        return wait_exit(runtime, ref).exit_code, None
+    except AgentError as exc:
+        return None, exc
+    finally:
+        cleanup(runtime, env)
+
+
+@pytest.mark.parametrize("rlimit", [("nproc", 0), ("fsize", 0), ("stack", 0), ("core", 0)])
+def test_an_rlimit_that_starves_the_sandbox_only_ends_the_sandbox(
+    runtime: DockerRuntime, busybox_image: str, rlimit: tuple[str, int]
+) -> None:
+    """Lowering these to 0 only hurts the sandbox: it starts and exits, once."""
+    code, exc = _start_with_rlimit(runtime, busybox_image, rlimit)
+    assert exc is None and code is not None, exc
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="red-team: no host floor on rlimits; nofile=0, cpu=0 or data=0 kill runc's init "
+    "('too many open files', 'cannot start a stopped process', seccomp 'cannot allocate memory'), "
+    "an IsolationFailure that is retried with a new container and shim each time",
+)
+@pytest.mark.parametrize("rlimit", [("nofile", 0), ("cpu", 0), ("data", 0)])
+def test_an_rlimit_that_kills_runcs_init_is_not_retryable(
+    runtime: DockerRuntime, busybox_image: str, host: HostSettings, rlimit: tuple[str, int]
+) -> None:
+    _code, exc = _start_with_rlimit(runtime, busybox_image, rlimit)
+    assert exc is None or not exc.retryable, exc
+    if exc is not None:
+        assert_clean(exc, host)
+
+
+def test_the_spool_cap_bounds_what_a_sandbox_writes_to_the_host_disk(
+    runtime: DockerRuntime, busybox_image: str, host: HostSettings
+) -> None:
+    """A sandbox writes 24 MiB to stdout and stderr against a 1 MiB spool cap: the host keeps at most
+    the cap of each stream on disk."""
+    from corral.models import IoPolicy, StreamIoPolicy
+
+    capped = StreamIoPolicy(max_bytes=1 << 20)
+    env = make_env(busybox_image, io_policy=IoPolicy(stdout=capped, stderr=capped))
+    process = proc_spec("sh", "-c", "yes abcdefgh | head -c 25165824; yes abcdefgh | head -c 25165824 >&2")
+    try:
+        prepare(runtime, env, process)
+        ref = runtime.start_process(ProcessStartRequest(environment=env, process=process)).process_ref
+        assert wait_exit(runtime, ref, timeout_s=60).exit_code == 0
+        spool = runtime.paths_of(env.environment_id).spool.root
+        sizes = {p.name: p.stat().st_size for p in spool.rglob("*") if p.is_file()}
+    finally:
+        cleanup(runtime, env)
+    assert sizes and max(sizes.values()) <= (1 << 20) + (64 << 10), sizes
+    assert sum(sizes.values()) <= 3 << 20, sizes
