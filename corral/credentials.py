@@ -73,6 +73,13 @@ def acl_rules(broker_db: int = 0) -> dict[str, str]:
     }
 
 
+DEFAULT_USER = "user default off resetpass ~* &* +@all"
+"""No connection can become ``default`` (off, no password: anonymous clients get ``NOAUTH``), yet it
+keeps every permission: Redis 7.0 replays an AOF's MULTI/EXEC blocks as the default user, and with
+``-@all`` it drops them (``NOPERM ... after processing the command 'exec'``), losing every Lua or
+transactional write on restart. Seen here with redis-server 7.0.15."""
+
+
 def acl_line(role: str, password: str) -> str:
     digest = hashlib.sha256(password.encode()).hexdigest()
     return f"user {role} on #{digest} {acl_rules()[role]}"
@@ -160,7 +167,7 @@ def init_fleet(root: Path, identities: list[str]) -> Fleet:
     for role in ROLES:
         if not fleet.password_file(role).exists():
             _write_private(fleet.password_file(role), secrets.token_urlsafe(32) + "\n")
-    acl = "user default off resetpass resetkeys resetchannels -@all\n"
+    acl = f"{DEFAULT_USER}\n"
     acl += "".join(f"{acl_line(role, fleet.password(role))}\n" for role in ROLES)
     _write_private(fleet.acl_file, acl)
     for name in identities:

@@ -21,7 +21,7 @@ from corral.client import Client
 from corral.errors import AgentError
 from corral.job import JobSpec
 from corral.settings import Settings
-from tests.conftest import free_port, missing
+from tests.conftest import admin_url, free_port, missing, suite_fleet
 from tests.harness import count_labeled
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.worker]
@@ -38,7 +38,7 @@ class AofRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
+        return admin_url(self.port)
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -60,6 +60,8 @@ class AofRedis:
                 "noeviction",
                 "--databases",
                 "16",
+                "--aclfile",  # the suite's ACL users, like every test Redis
+                str(suite_fleet().acl_file),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
