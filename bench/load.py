@@ -395,8 +395,7 @@ class LoadRun:
         self.stack = DevStack(f"{self.host}-dev")
         self.stack.start()
         self.worker_log = self.stack.log_dir / "load-worker.log"
-        env = dict(os.environ)
-        env["CORRAL_HOST__ID"] = self.host
+        env = self.stack.worker_env(self.host)  # the worker role and its own signing key
         argv = [sys.executable, "-m", "workers.main", "worker", "--host", self.host]
         argv += ["--concurrency", str(self.args.concurrency), "--no-fleet", "--loglevel", "WARNING"]
         with self.worker_log.open("ab") as log:

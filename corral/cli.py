@@ -525,14 +525,16 @@ def dev(host_id: str, demo: bool, flower_port: int | None, job: tuple[str, ...])
         f"{f', flower on 127.0.0.1:{flower_port}' if flower_port else ''}; logs in {stack.log_dir}"
     )
     stack.start()
-    console.print(f"stack up: CORRAL_REDIS__URL={stack.redis_url}")
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(stack.client_env().items()))
+    console.print(f"stack up (credentials in {stack.credentials_dir})", markup=False, highlight=False)
     try:
         if demo:
             sys.exit(_demo(host_id, job))
         console.print(
-            "in another shell:  export CORRAL_REDIS__URL="
-            + str(stack.redis_url)
-            + "  and  corral run corral/busybox:latest -- echo hello.  Ctrl-C stops the stack."
+            f"in another shell:\n  export {exports}\n  corral run corral/busybox:latest -- echo hello\n"
+            "Ctrl-C stops the stack.",
+            markup=False,
+            highlight=False,
         )
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):  # set explicitly: a background job ignores SIGINT

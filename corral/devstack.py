@@ -1,9 +1,16 @@
 """``corral dev``: a whole single-host stack in the foreground (like ``nomad agent -dev``).
 
 A local ``redis-server`` child (when no Redis URL is configured), one host worker for this
-machine's Docker with beat embedded, and optionally Flower on loopback. Children share one
-environment, so they agree on Redis; stopping the stack stops them all (worker first, by SIGTERM:
-its soft shutdown requeues anything running).
+machine's Docker with beat embedded, and optionally Flower on loopback. Stopping the stack stops
+them all (worker first, by SIGTERM: its soft shutdown requeues anything running).
+
+The local Redis is never open: on first start the stack creates its credentials under
+``<host.state_dir>/dev`` (``corral.credentials``: a Redis ACL user and password per role, signing
+keys for the worker and for the ``dev`` client, directories 0700, files 0600) and reuses them after.
+redis-server binds loopback with protected mode on and the default user off; each child gets its own
+role (the worker signs as ``corral-host-<host>``, Flower has the read-mostly ``flower`` user and no
+key) and this process acts as the ``dev`` client. ``client_env()`` is what another shell exports.
+With a configured Redis URL, children inherit this process's settings unchanged.
 """
 
 from __future__ import annotations
@@ -19,9 +26,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.credentials import Fleet, add_identity, env_lines, init_fleet
 from corral.errors import HostConfigurationNeeded
 from corral.services import state_services
 from corral.settings import load_settings
+
+DEV_CLIENT = "dev"
+"""The client identity of ``corral dev`` (and of a shell that sources its client env file)."""
+
+
+def component_identity(host_id: str) -> str:
+    return f"corral-host-{host_id}"
 
 
 def free_port() -> int:
@@ -62,7 +77,10 @@ class DevStack:
         self.concurrency = concurrency
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="corral-dev-"))
         self.children: list[Child] = []
-        self.redis_url = load_settings().redis.url
+        settings = load_settings()
+        self.redis_url = settings.redis.url
+        self.fleet: Fleet | None = None
+        self.credentials_dir = Path(settings.host.state_dir) / "dev"
 
     @property
     def worker_pid(self) -> int | None:
@@ -71,11 +89,16 @@ class DevStack:
 
     def start(self, timeout_s: float = 60.0) -> None:
         if not self.redis_url:
+            self.fleet = init_fleet(self.credentials_dir, [component_identity(self.host_id), DEV_CLIENT])
             self.redis_url = self._start_redis()
+            os.environ.update(self.fleet.role_env("client", DEV_CLIENT))
+            env_file = self.fleet.env_file("client")
+            env_file.write_text(env_lines(self.client_env()))
+            env_file.chmod(0o600)
         os.environ["CORRAL_REDIS__URL"] = self.redis_url
         os.environ["CORRAL_HOST__ID"] = self.host_id
         load_settings.cache_clear()
-        env = dict(os.environ)
+        env = self.worker_env(self.host_id)
         worker = [sys.executable, "-m", "workers.main", "worker", "--host", self.host_id, "--beat"]
         self._launch(Child("worker", [*worker, "--concurrency", str(self.concurrency)], env))
         if self.flower_port:
@@ -90,10 +113,38 @@ class DevStack:
                 "--address=127.0.0.1",
                 f"--port={self.flower_port}",
             ]
-            self._launch(Child("flower", flower, {**env, "FLOWER_UNAUTHENTICATED_API": "true"}))
+            flower += ["--enable_events=False"]  # workers run with -E; its JSON wake-up would be refused
+            flower_env = self._role_env("flower", None)
+            self._launch(Child("flower", flower, {**flower_env, "FLOWER_UNAUTHENTICATED_API": "true"}))
         self._wait_for_heartbeat(timeout_s)
 
+    def client_env(self) -> dict[str, str]:
+        """What a client in another shell exports to use this stack (paths only, no secret)."""
+        env = {"CORRAL_REDIS__URL": str(self.redis_url)}
+        if self.fleet is not None:
+            env.update(self.fleet.role_env("client", DEV_CLIENT))
+        return env
+
+    def worker_env(self, host_id: str) -> dict[str, str]:
+        """The environment of a worker for ``host_id`` on this stack (its own signing identity)."""
+        env = self._role_env("worker", component_identity(host_id))
+        env["CORRAL_HOST__ID"] = host_id
+        return env
+
+    def _role_env(self, role: str, identity: str | None) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.fleet is None:
+            return env
+        if identity is not None:
+            add_identity(self.fleet, identity)
+        for key in [
+            k for k in env if k.startswith(("CORRAL_SECURITY__", "CORRAL_REDIS__USERNAME", "CORRAL_REDIS__PASS"))
+        ]:
+            del env[key]
+        return {**env, **self.fleet.role_env(role, identity)}
+
     def _start_redis(self) -> str:
+        assert self.fleet is not None
         binary = shutil.which("redis-server")
         if binary is None:
             raise HostConfigurationNeeded("redis-server is not installed (apt-get install redis-server)")
@@ -114,6 +165,10 @@ class DevStack:
             "",
             "--maxmemory-policy",
             "noeviction",
+            "--protected-mode",
+            "yes",
+            "--aclfile",  # the default user is off: nothing connects without a role's password
+            str(self.fleet.acl_file),
         ]
         self._launch(Child("redis", argv, dict(os.environ), essential=True))
         if not _wait_port(port, 10):

@@ -6,11 +6,16 @@ cannot run a later step as somebody else."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from urllib.request import urlopen
 
 import pytest
 import redis
@@ -29,8 +34,8 @@ from corral.models import (
 )
 from corral.settings import Settings
 from corral.signing import CONTENT_TYPE, MessageSigner, _identity_of_cert, build_signer, create_identity, load_key
-from tests.conftest import TEST_CLIENT, suite_fleet
-from tests.harness import count_labeled, wait_until
+from tests.conftest import TEST_CLIENT, free_port, suite_fleet
+from tests.harness import REPO, count_labeled, remove_labeled, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.worker]
 
@@ -221,4 +226,62 @@ def test_a_client_cannot_run_a_later_chain_step_as_someone_else(
     assert record["identity"] == TEST_CLIENT
     client.call(
         "cleanup", CleanupRequest(environment=env, cleanup_plan_ref=f"plan-{env.environment_id}"), host, CleanupResult
+    )
+
+
+# -- corral dev ----------------------------------------------------------------------------------
+
+
+def test_corral_dev_never_runs_an_open_redis(
+    corral_env: dict[str, str], tmp_path: Path, docker_client, busybox_image: str
+) -> None:
+    """`corral dev` creates its credentials on first start (private files), its Redis refuses a
+    connection without them, a client with the printed settings runs a job, and Flower (read-mostly
+    user, no signing key) still shows the tasks."""
+    host = f"it-dev-{uuid.uuid4().hex[:6]}"
+    state = tmp_path / "devstate"
+    env = {k: v for k, v in corral_env.items() if not k.startswith(("CORRAL_REDIS__", "CORRAL_SECURITY__"))}
+    env["CORRAL_HOST__STATE_DIR"] = str(state)
+    flower_port = free_port()
+    argv = [sys.executable, "-m", "corral", "dev", "--host", host, "--flower-port", str(flower_port)]
+    log = tmp_path / "dev.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        env_file = state / "dev" / "env" / "client.env"
+        assert wait_until(lambda: env_file.exists() or proc.poll() is not None, 60)
+        assert proc.poll() is None, log.read_text()
+        client_env = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+        port = port_of(client_env["CORRAL_REDIS__URL"])
+        # Private credentials: directories 0700, secrets 0600; nothing in the env file is a secret.
+        assert (state / "dev").stat().st_mode & 0o777 == 0o700
+        for path in [*(state / "dev" / "redis").iterdir(), *(state / "dev" / "identities").glob("*.key"), env_file]:
+            assert path.stat().st_mode & 0o777 == 0o600, path
+        password = Path(client_env["CORRAL_REDIS__PASSWORD_FILE"]).read_text().strip()
+        assert password not in env_file.read_text()
+        # The attack: anybody on this machine connecting without credentials.
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port, username="default", password="").ping()
+        # What the printed settings are for: a client in another shell runs a job.
+        run_env = {**env, **client_env}
+        assert wait_until(lambda: corral_cli(run_env, "hosts", "--json").returncode == 0, 60)
+        done = corral_cli(run_env, "run", "--host", host, busybox_image, "--", "echo", "hello")
+        assert (done.returncode, done.stdout) == (0, b"hello\n"), done.stderr
+        tasks = json.loads(urlopen(f"http://127.0.0.1:{flower_port}/api/tasks", timeout=10).read())
+        assert any(t.get("name") == "corral.start_process" for t in tasks.values()), tasks
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        remove_labeled(docker_client, host)
+
+
+def corral_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args], env=env, cwd=REPO, capture_output=True, timeout=120, check=False
     )
