@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -488,6 +489,61 @@ def reconcile(host_id: str | None, dry_run: bool, as_json: bool) -> None:
                 for f in report.findings
             ],
         )
+
+
+@main.group()
+def keys() -> None:
+    """Fleet credentials: Redis ACL users per role and message-signing identities (README: Security)."""
+
+
+@keys.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--host", "hosts", multiple=True, help="A host id: its worker signs as corral-host-<id> (repeatable).")
+@click.option("--client", "clients", multiple=True, help="A client identity, e.g. a scheduler (repeatable).")
+@json_option
+@handles_errors
+def keys_init(directory: Path, hosts: tuple[str, ...], clients: tuple[str, ...], as_json: bool) -> None:
+    """Create (or complete) a credentials directory; nothing existing is replaced.
+
+    Writes redis/users.acl (load it with redis-server's aclfile), a password file per role, a key pair
+    per identity (beat always), the trust stores and env/<identity>.env for each process.
+    """
+    from corral.credentials import env_lines, init_fleet
+
+    names = [f"corral-host-{h}" for h in hosts] + ["corral-beat"] + list(clients)
+    fleet = init_fleet(directory, names)
+    roles = {f"corral-host-{h}": "worker" for h in hosts} | {"corral-beat": "beat"} | dict.fromkeys(clients, "client")
+    written = {}
+    for name, role in {**roles, "flower": "flower"}.items():
+        env_file = fleet.root / "env" / f"{name}.env"
+        env_file.write_text(env_lines(fleet.role_env(role, None if role == "flower" else name)))
+        env_file.chmod(0o600)
+        written[name] = str(env_file)
+    if as_json:
+        emit_json({"acl_file": str(fleet.acl_file), "env_files": written})
+        return
+    console.print(f"ACL file: {fleet.acl_file}  (redis.conf: aclfile {fleet.acl_file})", markup=False)
+    for name, path in written.items():
+        console.print(f"{name}: {path}", markup=False)
+    console.print(
+        "Add CORRAL_REDIS__URL to each env file; copy trust/ to every worker host and restart workers "
+        "after adding an identity (trust stores are read at start).",
+        markup=False,
+    )
+
+
+@keys.command("new")
+@click.argument("name")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=Path))
+@handles_errors
+def keys_new(name: str, directory: Path) -> None:
+    """A key pair for NAME in DIRECTORY (made by `corral keys init`), trusted as a fleet component
+    when NAME starts with corral-, else as a client (its caller identity on every host)."""
+    from corral.credentials import Fleet, add_identity
+
+    fleet = Fleet(directory)
+    trusted = add_identity(fleet, name)
+    console.print(f"key {fleet.key(name)}  certificate {fleet.cert(name)}  trusted in {trusted.parent}", markup=False)
 
 
 @main.command()

@@ -156,3 +156,23 @@ def test_credentials_are_private(fleet: Fleet) -> None:
     acl = fleet.acl_file.read_text()
     assert "user default off" in acl
     assert fleet.password("client") not in acl  # hashed only
+
+
+def test_corral_keys_init_and_new(tmp_path: Path) -> None:
+    """`corral keys` makes a directory a worker, beat, Flower and a client can each start from."""
+    from click.testing import CliRunner
+
+    from corral.cli import main
+
+    root = tmp_path / "fleet"
+    done = CliRunner().invoke(main, ["keys", "init", str(root), "--host", "edge-1", "--client", "airflow"])
+    assert done.exit_code == 0, done.output
+    assert CliRunner().invoke(main, ["keys", "new", "ci-bot", "--dir", str(root)]).exit_code == 0
+    env = dict(line.split("=", 1) for line in (root / "env" / "corral-host-edge-1.env").read_text().splitlines())
+    assert env["CORRAL_REDIS__USERNAME"] == "worker"
+    clients = load_trust(env["CORRAL_SECURITY__CLIENT_CERTS"], component=False)
+    components = load_trust(env["CORRAL_SECURITY__COMPONENT_CERTS"], component=True)
+    assert sorted(s.identity for s in clients.values()) == ["airflow", "ci-bot"]
+    assert sorted(s.identity for s in components.values()) == ["corral-beat", "corral-host-edge-1"]
+    flower = (root / "env" / "flower.env").read_text()
+    assert "KEY_FILE" not in flower and "CORRAL_REDIS__USERNAME=flower" in flower
