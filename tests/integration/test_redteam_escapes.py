@@ -23,6 +23,7 @@ import io
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import tarfile
 import threading
@@ -56,7 +57,7 @@ from corral.refs import slug
 from corral.runtimes import docker_mounts as pins
 from corral.runtimes.docker import DockerRuntime
 from corral.runtimes.docker_policy import resolve_mount
-from corral.settings import HostSettings
+from corral.settings import REPO_POLICY, HostSettings
 from tests.conftest import missing
 from tests.harness import docker_runtime, pinned_mounts, wait_until
 from tests.integration.test_docker_runtime import count_labeled, make_env, output, prepare, proc_spec, wait_exit
@@ -70,8 +71,14 @@ CANARY = "CANARY-" + uuid.uuid4().hex[:8]
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("redteam")
+    noexec = root / "noexec"  # a source the host mounted noexec, holding an executable
+    noexec.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "noexec,nosuid,nodev,size=8m", "tmpfs", str(noexec)], check=True)
+    busybox = shutil.which("busybox")
+    if busybox:
+        shutil.copy(busybox, noexec / "busybox")
     (root / "data").mkdir()
     (root / "data" / "hello.txt").write_text("hello\n")
     pool = root / "pool"  # writable alias "pool": the parent of aliases "b", "file", "fifo", "deep"
@@ -99,7 +106,10 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tree / "to_state").symlink_to(root / "host" / "state")
     (root / "host" / "secrets").mkdir(parents=True)
     (root / "host" / "secrets" / "tok").write_text("s3cret-value\n")
-    return root
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(noexec)], check=False)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +132,7 @@ def host(base: Path) -> Iterator[HostSettings]:
             "file": str(pool / "f.txt"),
             "fifo": str(pool / "fifo"),
             "passwd": str(base / "etc" / "passwd"),
+            "noexec": str(base / "noexec"),
             "etc": str(base / "etc"),
             # forbidden, however spelled
             "hostdir": str(base / "host"),
@@ -131,6 +142,7 @@ def host(base: Path) -> Iterator[HostSettings]:
             "shm": "/dev/shm",
             "code": os.path.dirname(os.path.abspath(corral.__file__)),
             "venv": sys.prefix,
+            "shipped_policy": str(REPO_POLICY.parent),  # the policy in force when host.policy_file is unset
             # symlinks = "within_alias": root tree/ (or the whole base for "wide")
             "cur": str(base / "tree" / "cur"),
             "out": str(base / "tree" / "out"),
@@ -368,10 +380,11 @@ def test_parents_of_corrals_dirs_are_refused_however_spelled(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="red-team: corral's own code and interpreter (the package dir, sys.prefix) are not forbidden "
-    "mount sources; a writable alias on them lets a sandbox rewrite what the root worker and shims run",
+    reason="red-team: corral's own code, interpreter and shipped policy (the package dir, sys.prefix, "
+    "config/ when host.policy_file is unset) are not forbidden mount sources; a writable alias on them "
+    "lets a sandbox rewrite what the root worker runs or the host policy it obeys",
 )
-@pytest.mark.parametrize("alias", ["code", "venv"])
+@pytest.mark.parametrize("alias", ["code", "venv", "shipped_policy"])
 def test_corrals_own_code_is_never_a_mount_source(runtime: DockerRuntime, busybox_image: str, alias: str) -> None:
     with pytest.raises(PolicyDenial):
         runtime.resolve_mounts(MountResolveRequest(environment=with_mounts(busybox_image, mount(alias, "/x"))))
@@ -403,6 +416,20 @@ def test_the_same_alias_twice_read_only_and_writable_keeps_each_mode(
     assert {"nosuid", "nodev"} <= set(options["/w"].split(",")), options
     assert not (base / "pool" / "t").exists()
     assert pinned_mounts(host.state_dir) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="red-team: a read-only mount executes what the host mounted noexec (runc's read-only bind "
+    "remount resets the pin's per-mount flags to ro alone)",
+)
+def test_a_noexec_source_stays_noexec_in_a_read_only_mount(runtime: DockerRuntime, busybox_image: str) -> None:
+    env = with_mounts(busybox_image, mount("noexec", "/r"))
+    try:
+        code, out = run_to_exit(runtime, env, "/r/busybox echo EXECUTED 2>/dev/null; true")
+    finally:
+        cleanup(runtime, env)
+    assert code == 0 and b"EXECUTED" not in out
 
 
 @pytest.mark.xfail(
@@ -439,6 +466,26 @@ def test_a_sandbox_cannot_read_the_host_path_of_its_mounts(
     assert code == 0
     text = out.decode()
     assert [p for p in (host.mounts["data"], host.secrets_root) if p in text] == []
+
+
+def test_a_read_only_alias_under_a_writable_one_stays_read_only(
+    runtime: DockerRuntime, host: HostSettings, busybox_image: str, base: Path
+) -> None:
+    """``pool`` writable at /w and ``b`` (pool/b) read-only at /w/b: the sandbox cannot write b's
+    files, nor move or remove b from under its mount through the writable parent."""
+    env = with_mounts(busybox_image, mount("pool", "/w", MountMode.writable), mount("b", "/w/b"))
+    script = (
+        "echo x > /w/b/new 2>/dev/null && echo WROTE; rm -f /w/b/real.txt 2>/dev/null; "
+        "mv /w/b /w/moved 2>/dev/null && echo MOVED; rm -rf /w/b 2>/dev/null; cat /w/b/real.txt"
+    )
+    try:
+        code, out = run_to_exit(runtime, env, script)
+    finally:
+        cleanup(runtime, env)
+    assert (code, out) == (0, b"real\n"), out
+    assert (base / "pool" / "b" / "real.txt").read_text() == "real\n"
+    assert not (base / "pool" / "moved").exists() and not (base / "pool" / "b" / "new").exists()
+    assert pinned_mounts(host.state_dir) == []
 
 
 def test_a_failed_create_leaves_no_pin_after_cleanup(
