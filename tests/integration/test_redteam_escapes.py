@@ -1101,3 +1101,47 @@ def test_eight_mib_in_a_field_no_cap_counts_is_not_kept_in_redis(
     with contextlib.suppress(AgentError):  # refused is a fix; either way nothing large may stay
         client.wait(handle)
     assert wait_until(lambda: _biggest_redis_keys(redis_url)[0][0] < 256 * 1024, 10), _biggest_redis_keys(redis_url)
+
+
+# ------------------------------------------------------------------------------ forbidden by identity
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="red-team: forbidden sources are judged by path only; a directory above the source of a bind "
+    "mount that provides a forbidden dir (Docker's data root or corral's secrets dir bind-mounted from "
+    "another disk, a common setup) is an allowed alias and exposes it",
+)
+def test_a_forbidden_dir_reached_through_the_source_of_its_bind_mount_is_refused(
+    docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    """The host's secrets dir is a bind mount of ``disk/secrets`` (as Docker's data root often is of a
+    directory on another disk); alias ``disk`` names the disk's top. The sandbox must not read the
+    secret through it."""
+    disk = tmp_path / "disk"
+    (disk / "secrets").mkdir(parents=True)
+    (disk / "secrets" / "tok").write_text("bound-secret\n")
+    secrets_dir = tmp_path / "etc-corral-secrets"
+    secrets_dir.mkdir()
+    subprocess.run(["mount", "--bind", str(disk / "secrets"), str(secrets_dir)], check=True)
+    secrets_root = Path(f"/dev/shm/corral-test-bind-{uuid.uuid4().hex[:8]}")
+    try:
+        host = HostSettings(
+            id=f"rt-{uuid.uuid4().hex[:12]}",
+            state_dir=str(tmp_path / "state"),
+            secrets_root=str(secrets_root),
+            secrets_dir=str(secrets_dir),
+        )
+        host.use_mount_aliases({"disk": str(disk)}, [])
+        with docker_runtime(docker_client, host, host.id) as rt:
+            env = with_mounts(busybox_image, mount("disk", "/disk"))
+            try:
+                code, out = run_to_exit(rt, env, "cat /disk/secrets/tok 2>/dev/null; true")
+            except PolicyDenial:
+                return  # refused: the fix
+            finally:
+                cleanup(rt, env)
+            assert code == 0 and b"bound-secret" not in out
+    finally:
+        subprocess.run(["umount", "-l", str(secrets_dir)], check=False)
+        shutil.rmtree(secrets_root, ignore_errors=True)
