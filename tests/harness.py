@@ -81,6 +81,13 @@ class WorkerProc:
             self.proc.wait(10)
 
 
+@pytest.fixture(autouse=True)
+def client_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Integration and fault tests: a ``Client`` built in this process is the suite's client role."""
+    for key, value in suite_fleet().role_env("client", TEST_CLIENT).items():
+        monkeypatch.setenv(key, value)
+
+
 @pytest.fixture
 def corral_env(redis_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
     """Environment for corral processes (workers, CLI, client) of one test."""

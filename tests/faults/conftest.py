@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import corral_env, worker_factory
+from tests.harness import client_role, corral_env, worker_factory
 
-__all__ = ["corral_env", "worker_factory"]
+__all__ = ["client_role", "corral_env", "worker_factory"]
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 _rows: list[tuple[str, str, str, float]] = []

@@ -1,3 +1,3 @@
-from tests.harness import corral_env, worker_factory
+from tests.harness import client_role, corral_env, worker_factory
 
-__all__ = ["corral_env", "worker_factory"]
+__all__ = ["client_role", "corral_env", "worker_factory"]

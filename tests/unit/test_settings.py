@@ -247,3 +247,17 @@ def test_redis_url_overrides_a_db_query_parameter() -> None:
 
     parsed = parse_url(Settings(redis={"url": "redis://h:6379/0?db=5"}).redis_url(3))
     assert parsed["db"] == 3
+
+
+def test_role_credentials_replace_url_credentials_and_are_quoted(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("p@ss:w/rd%\n")
+    s = Settings(redis={"url": "redis://admin:old@10.0.0.5:6380/7", "username": "client", "password_file": str(secret)})
+    assert s.redis_url(3) == "redis://client:p%40ss%3Aw%2Frd%25@10.0.0.5:6380/3"
+    assert s.redis_tls() is None
+    unix = Settings(redis={"url": "unix:///run/redis.sock", "username": "worker", "password": "x"})
+    assert unix.redis_url(2) == "unix://worker:x@/run/redis.sock?db=2"
+    import redis
+
+    parsed = redis.connection.parse_url(s.redis_url(3))
+    assert (parsed["username"], parsed["password"], parsed["db"]) == ("client", "p@ss:w/rd%", 3)
