@@ -52,6 +52,7 @@ from corral.models import (
     RedactedEnvVar,
     SecretMount,
     SecretPolicy,
+    SecretPrepareRequest,
 )
 from corral.refs import slug
 from corral.runtimes import docker_mounts as pins
@@ -1145,3 +1146,34 @@ def test_a_forbidden_dir_reached_through_the_source_of_its_bind_mount_is_refused
     finally:
         subprocess.run(["umount", "-l", str(secrets_dir)], check=False)
         shutil.rmtree(secrets_root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("destination", ["/./proc/tok", "//sys/tok", "/dev/shm/tok", "/tmp/tok", "//tmp/tok"])
+def test_secret_destinations_normalized_into_forbidden_places_write_nothing(
+    runtime: DockerRuntime, host: HostSettings, busybox_image: str, destination: str
+) -> None:
+    env = make_env(
+        busybox_image,
+        secrets=SecretPolicy(secret_mounts=[SecretMount(secret_ref="tok", mount_ref="s", destination=destination)]),
+    )
+    with pytest.raises(PolicyDenial) as info:
+        runtime.prepare_secrets(SecretPrepareRequest(environment=env))
+    assert_clean(info.value, host)
+    assert not runtime.paths_of(env.environment_id).secret_dir.exists()
+    cleanup(runtime, env)
+
+
+def test_a_mount_and_a_secret_on_one_destination_however_spelled_are_refused(
+    runtime: DockerRuntime, host: HostSettings, busybox_image: str, docker_client: Any
+) -> None:
+    """``/d/tok/`` and ``//d/./tok`` are ``/d/tok``: a mount there would hide the secret (or the
+    secret the mount); refused before any container."""
+    env = make_env(
+        busybox_image,
+        filesystem=FilesystemPolicy(mounts=[mount("file", "/d/tok/")]),
+        secrets=SecretPolicy(secret_mounts=[SecretMount(secret_ref="tok", mount_ref="s", destination="//d/./tok")]),
+    )
+    exc = refused(runtime, env, proc_spec("true"))
+    cleanup(runtime, env)
+    assert isinstance(exc, InvalidRequest) and not exc.retryable, exc
+    assert count_labeled(docker_client, host.id, env.environment_id)["containers"] == 0
