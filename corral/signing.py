@@ -25,9 +25,11 @@ bytes before it decodes any JSON. Then:
 A client certificate whose name starts with ``corral-`` is never loaded as a client, and a component
 store certificate without that prefix is ignored: the two stores cannot be confused.
 
-Only message bodies are signed (like Celery's ``auth`` serializer): the headers (task name, id, ETA,
-retries) are not. Results and events stay JSON; the Redis ACL decides who may write them
-(``corral.redis_acl``).
+Only message bodies are signed (like Celery's ``auth`` serializer), so the task name and id from the
+headers are copied into the signed body (``BIND_KEY`` in the embed, by a ``before_task_publish``
+handler) and the worker's guard refuses a message whose headers differ: a captured signed body cannot
+be replayed as another task. Other headers (ETA, expiry, retries) are not covered. Results and events
+stay JSON; the Redis ACL decides who may write them (``corral.credentials``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from celery.signals import before_task_publish
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -62,6 +65,20 @@ _FP = 32
 _SIG = 64
 _HEAD = len(MAGIC) + _FP + _SIG
 EMBED_KEYS = ("callbacks", "errbacks", "chain", "chord")
+BIND_KEY = "corral_bind"
+"""Embed key holding ``[task name, task id]`` as the publisher's headers said, inside the signature."""
+
+
+def bind_headers(sender: Any = None, body: Any = None, headers: Any = None, **_: Any) -> None:
+    """``before_task_publish``: copy the task name and id into the body that is about to be signed."""
+    if isinstance(body, list | tuple) and len(body) == 3 and isinstance(body[2], dict) and isinstance(headers, dict):
+        body[2][BIND_KEY] = [headers.get("task"), headers.get("id")]
+
+
+def bound_headers(body: Any) -> list[Any] | None:
+    embed = body[2] if isinstance(body, list | tuple) and len(body) == 3 else None
+    bound = embed.get(BIND_KEY) if isinstance(embed, dict) else None
+    return bound if isinstance(bound, list) else None
 
 
 class SignatureRejected(Exception):
@@ -238,6 +255,7 @@ def build_signer(settings: Settings) -> MessageSigner:
 def register(settings: Settings) -> MessageSigner:
     """Register (or replace) the ``corral-signed`` serializer for this process; kombu's registry is global."""
     signer = build_signer(settings)
+    before_task_publish.connect(bind_headers, weak=False, dispatch_uid="corral-bind-headers")
     registry.register(  # type: ignore[no-untyped-call]
         SERIALIZER, signer.serialize, signer.deserialize, content_type=CONTENT_TYPE, content_encoding="binary"
     )

@@ -6,7 +6,9 @@
   which kombu would otherwise hand over undecoded);
 - a signed message whose signature does not verify or whose signer no trust store knows
   (``corral.signing`` raises, kombu reports a decode error);
-- a client-signed message that is not a task, or an otherwise invalid task message.
+- a client-signed message that is not a task, or an otherwise invalid task message;
+- a message whose task name or id (headers, not signed) differ from the ones bound into the signed
+  body (``corral.signing.BIND_KEY``): a captured body replayed as another task.
 
 Each refusal acks the message (so it is never redelivered), adds one to the host's
 ``corral:rejected:<host>`` counter (by reason) and appends a ``denial`` record to the host journal
@@ -22,7 +24,7 @@ from typing import Any
 from celery.worker.consumer import Consumer
 
 from corral.services import Services, state_services
-from corral.signing import CONTENT_TYPE, SignatureRejected
+from corral.signing import CONTENT_TYPE, SignatureRejected, bound_headers
 
 log = logging.getLogger("corral.guard")
 
@@ -54,6 +56,13 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
         def on_task_received(message: Any) -> Any:
             if message.content_type != CONTENT_TYPE:
                 return self.refuse(message, "unsigned")
+            try:
+                body = message.decode()  # verified (and stamped) once; kombu caches it for the strategy
+            except Exception as exc:
+                return self.on_decode_error(message, exc)
+            headers = getattr(message, "headers", None) or {}
+            if bound_headers(body) != [headers.get("task"), headers.get("id")]:
+                return self.refuse(message, "headers do not match the signed body")
             return handler(message)
 
         return on_task_received

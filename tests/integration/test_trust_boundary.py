@@ -33,7 +33,15 @@ from corral.models import (
     dump,
 )
 from corral.settings import Settings
-from corral.signing import CONTENT_TYPE, MessageSigner, _identity_of_cert, build_signer, create_identity, load_key
+from corral.signing import (
+    BIND_KEY,
+    CONTENT_TYPE,
+    MessageSigner,
+    _identity_of_cert,
+    build_signer,
+    create_identity,
+    load_key,
+)
 from tests.conftest import TEST_CLIENT, free_port, suite_fleet
 from tests.harness import REPO, count_labeled, remove_labeled, wait_until
 
@@ -146,6 +154,17 @@ def signed_by(signer: MessageSigner) -> Callable[[Any], tuple[bytes, str, str]]:
     return lambda body: (signer.serialize(body), CONTENT_TYPE, "binary")
 
 
+def replayed_as(signer: MessageSigner, task: str) -> Callable[[Any], tuple[bytes, str, str]]:
+    """A validly signed body bound to another task name (a captured ``collect_stats``), published with
+    the header of ``signal_process``."""
+
+    def encode(body: Any) -> tuple[bytes, str, str]:
+        body[2][BIND_KEY] = [task, "some-other-id"]
+        return signer.serialize(body), CONTENT_TYPE, "binary"
+
+    return encode
+
+
 def tampered(signer: MessageSigner) -> Callable[[Any], tuple[bytes, str, str]]:
     def encode(body: Any) -> tuple[bytes, str, str]:
         raw = signer.serialize(body)
@@ -179,13 +198,22 @@ def test_unsigned_forged_and_tampered_messages_have_no_effect(
         publish(client, host, "corral.signal_process", [kill], kwargs, signed_by(rogue)): "unknown signer",
         publish(client, host, "corral.signal_process", [kill], kwargs, tampered(mine)): "bad signature",
         publish(client, host, "corral.prepare_session", [prepare], kwargs, as_json): "unsigned",
+        publish(client, host, "corral.signal_process", [kill], kwargs, replayed_as(mine, "corral.collect_stats")): (
+            "headers do not match the signed body"
+        ),
     }
     store = client.services.store
     assert wait_until(lambda: store.rejections(host).get("total") == len(forged), 30), (
         store.rejections(host),
         worker.log(),
     )
-    assert store.rejections(host) == {"total": 5, "unsigned": 3, "unknown signer": 1, "bad signature": 1}
+    assert store.rejections(host) == {
+        "total": 6,
+        "unsigned": 3,
+        "unknown signer": 1,
+        "bad signature": 1,
+        "headers do not match the signed body": 1,
+    }
     # No effect: the sandbox still runs, the forged session does not exist, nothing new was created.
     assert client.stats(handle).state is ProcessState.running
     assert store.session(new_env.environment_id) == {}
