@@ -113,6 +113,27 @@ class MountAlias(Model):
         return self
 
 
+DEFAULT_RLIMIT_BOUNDS: dict[str, tuple[int, int]] = {
+    "core": (0, 1 << 30),
+    "cpu": (1, 1 << 31),
+    "data": (256 << 20, 1 << 44),
+    "fsize": (0, 1 << 44),
+    "locks": (0, 1 << 20),
+    "memlock": (0, 64 << 10),
+    "msgqueue": (0, 800 << 10),
+    "nice": (0, 0),
+    "nofile": (64, 1 << 20),
+    "nproc": (0, 1 << 22),
+    "rss": (0, 1 << 44),
+    "rtprio": (0, 0),
+    "rttime": (0, 0),
+    "sigpending": (0, 1 << 20),
+    "stack": (0, 1 << 30),
+}
+"""Bounds that keep a sandbox within what an unprivileged default container gets (Docker's defaults:
+memlock 64 KiB, no real-time priority, no raised nice) and above what runc needs to start."""
+
+
 class LimitRules(Model):
     max_cpus: float = Field(default=16, gt=0)
     max_memory_mb: int = Field(default=65_536, ge=1)
@@ -131,6 +152,20 @@ class LimitRules(Model):
     At most 1 GiB: the Docker adapter's own backstop (``spool.STDIN_MAX_TOTAL``)."""
     max_sandboxes: int = Field(default=256, ge=0)
     """Sessions alive on this host at once (any state but cleaned, checked at ``prepare_session``)."""
+    rlimits: dict[str, tuple[int, int]] = Field(default_factory=lambda: dict(DEFAULT_RLIMIT_BOUNDS))
+    """rlimit name -> inclusive [floor, ceiling] a request's value must lie in; a name not listed is
+    denied. runc sets rlimits as root, so without a ceiling a request could raise ``rtprio`` (run
+    SCHED_FIFO past its cpus limit), ``nice`` or ``memlock``; without a floor ``nofile``/``cpu``/``data``
+    of 0 kill runc's own init, a failure that looks transient. Entries in the file override these
+    name by name."""
+
+    @field_validator("rlimits")
+    @classmethod
+    def _over_defaults(cls, value: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+        for name, (floor, ceiling) in value.items():
+            if not 0 <= floor <= ceiling:
+                raise ValueError(f"rlimits.{name}: need 0 <= floor <= ceiling")
+        return {**DEFAULT_RLIMIT_BOUNDS, **value}
 
 
 class NetworkRules(Model):
@@ -448,6 +483,21 @@ def check_process(policy: HostPolicy, env: ExecutionEnvironment, process: Isolat
     if process.timeout_ms is not None:
         _at_most(process.timeout_ms, policy.limits.max_timeout_ms, "timeout_ms", "limits.max_timeout_ms")
     check_process_size(policy, process)
+    check_rlimits(policy, process.rlimits)
+
+
+def check_rlimits(policy: HostPolicy, rlimits: Mapping[str, int]) -> None:
+    bounds = policy.limits.rlimits
+    for name, value in sorted(rlimits.items()):
+        if name not in bounds:
+            deny(f"rlimit {name} may not be set on this host", "limits.rlimits", rlimit=name)
+        floor, ceiling = bounds[name]
+        if not floor <= value <= ceiling:
+            deny(
+                f"rlimit {name}={value} is outside this host's bounds [{floor}, {ceiling}]",
+                "limits.rlimits",
+                rlimit=name,
+            )
 
 
 def _is_root(part: str) -> bool:

@@ -46,6 +46,7 @@ from corral.models import (
     SecretMaterializationPlan,
     SecretMountRef,
 )
+from corral.policy import check_rlimits
 from corral.refs import slug
 from corral.runtimes import docker_process as proc
 from corral.runtimes import docker_resources as res
@@ -236,6 +237,7 @@ class EnvironmentBuilder:
     def create(self, request: EnvironmentPrepareRequest) -> None:
         env, process = request.environment, request.process
         check_process(process)
+        check_rlimits(self.rt.policy(), process.rlimits)  # also the coordinator's; the adapter is the last gate
         plan = self._plan(request)
         secret_keys = sorted(plan.secret_env)
         kwargs = create_kwargs(plan)

@@ -13,6 +13,8 @@ import fnmatch
 import hashlib
 import json
 import os
+import sys
+import sysconfig
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +32,7 @@ from corral.models import (
     TerminalMode,
 )
 from corral.policy import UserRules, deny
-from corral.settings import HostSettings
+from corral.settings import REPO_CONFIG, SYSTEM_POLICY, HostSettings
 from corral.userspec import ExecUser, UserTables, exec_user, needs_tables
 
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
@@ -168,12 +170,28 @@ def forbidden_sources(host: HostSettings, docker_root: str | None = None) -> lis
     ]
     if host.policy_file:
         items.append((os.path.dirname(os.path.abspath(host.policy_file)), "the host policy"))
+    items += corral_install_paths()
     out: list[tuple[str, str]] = []
     for path, why in items:
         for form in (os.path.normpath(path), os.path.realpath(path)):
             if (form, why) not in out:
                 out.append((form, why))
     return out
+
+
+def corral_install_paths() -> list[tuple[str, str]]:
+    """What the root worker runs and obeys: its packages, the interpreter's environment and library
+    directories, and the configuration directories (the shipped policy is in force when
+    ``host.policy_file`` is unset). A writable alias on any of them would let a sandbox rewrite the
+    worker's code or the policy that judges it; a read-only one would show it."""
+    code_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the corral package
+    items = [(code_root, "corral's code")]
+    items += [(os.path.join(os.path.dirname(code_root), pkg), "corral's code") for pkg in ("tasks", "workers")]
+    paths = sysconfig.get_paths()
+    python = [sys.prefix] + [paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")]
+    items += [(path, "the worker's Python environment") for path in python]
+    items += [(str(config.parent), "corral's configuration") for config in (REPO_CONFIG, SYSTEM_POLICY)]
+    return [(path, why) for path, why in items if os.path.isabs(path)]
 
 
 def check_source(alias: str, real: str, forbidden: list[tuple[str, str]]) -> None:
