@@ -14,7 +14,10 @@ kubelet's for CVE-2017-1002101: never hand over a path that can change.
    walking the path again.
 2. The opened object must be a directory or a regular file, and its resolved path (the descriptor's
    ``/proc/self/fd/N`` link) must pass ``docker_policy.check_source``: no system directory, Docker or
-   containerd state, socket, corral directory, or anything above one.
+   containerd state, socket, corral directory, or anything above one. Paths alone miss aliasing by
+   bind mounts (a secrets dir that is a bind of ``/disk/secrets``; an alias on ``/disk`` holds it),
+   so ``check_identity`` also compares both by where they lie in their *filesystem*: the device and
+   the path below that filesystem's root, read from ``mountinfo`` (``fs_location``).
 3. ``pin`` bind-mounts ``/proc/self/fd/N`` (mount(2) with ``MS_BIND``, not recursive, so mounts
    below the alias are not exposed) onto ``<state_dir>/mounts/<session slug>/<pin name>`` (an empty
    file for a single-file alias), makes it private, and remounts it ``nosuid,nodev`` (plus ``ro``
@@ -176,6 +179,7 @@ def verify(fd: int, mount: ResolvedMount, forbidden: list[tuple[str, str]]) -> R
     if real.endswith(" (deleted)"):
         raise HostConfigurationNeeded("mount alias source was removed", context={"alias": alias})
     check_source(alias, real, forbidden)
+    check_identity(alias, real, forbidden)
     mode = os.fstat(fd).st_mode
     if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
         raise PolicyDenial(f"mount alias {alias!r} is neither a directory nor a regular file", context={"alias": alias})
@@ -239,6 +243,50 @@ def mount_points(under: str, mountinfo: str = MOUNTINFO) -> dict[str, str]:
     except FileNotFoundError:
         pass
     return found
+
+
+def _mount_table(mountinfo: str = MOUNTINFO) -> list[tuple[str, str, str]]:
+    """(mount point, device, root of the mount within its filesystem), in mountinfo order."""
+    table: list[tuple[str, str, str]] = []
+    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as handle:
+        for line in handle:
+            fields = line.split(" ")
+            if len(fields) > 4:
+                table.append((_unescape(fields[4]), fields[2], _unescape(fields[3])))
+    return table
+
+
+def fs_location(path: str, table: list[tuple[str, str, str]]) -> tuple[str, str] | None:
+    """Where ``path`` (resolved, absolute) lies in its filesystem: (device, path below the
+    filesystem's root). Two paths that reach the same directory through bind mounts get the same
+    answer. The deepest mount point above the path wins; among equals the last (it is on top)."""
+    best: tuple[str, str, str] | None = None
+    for point, device, root in table:
+        if within(path, point) and (best is None or len(point) >= len(best[0])):
+            best = (point, device, root)
+    if best is None:
+        return None
+    point, device, root = best
+    below = os.path.relpath(path, point)
+    return device, os.path.normpath(os.path.join(root, below)) if below != "." else root
+
+
+def check_identity(alias: str, real: str, forbidden: list[tuple[str, str]]) -> None:
+    """``check_source`` again, on filesystem locations instead of paths: a forbidden directory that
+    is a bind of a directory under the alias (or above it) is refused like its path would be."""
+    try:
+        table = _mount_table()
+    except OSError:
+        raise HostConfigurationNeeded("cannot read the mount table", context={"alias": alias}) from None
+    source = fs_location(real, table)
+    if source is None:
+        return
+    for path, why in forbidden:
+        if not os.path.exists(path):
+            continue
+        place = fs_location(os.path.realpath(path), table)
+        if place is not None and place[0] == source[0] and (within(place[1], source[1]) or within(source[1], place[1])):
+            raise PolicyDenial(f"mount alias would expose {why}", context={"alias": alias})
 
 
 def _pin_flags(fd: int, read_only: bool) -> int:

@@ -223,3 +223,22 @@ def test_the_capability_report_says_how_mounts_are_pinned_and_when_they_are_refu
     assert caps.NON_ROOT_MOUNTS in caps.weaker(host, None)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert caps.NON_ROOT_MOUNTS not in caps.weaker(host, None)
+
+
+def test_fs_location_sees_through_bind_mounts() -> None:
+    """Where a path lies in its filesystem: a bind of /disk/secrets at /etc/corral/secrets and the
+    directory /disk/secrets itself are one place; the deepest mount point wins, the last on top."""
+    from corral.runtimes.docker_mounts import fs_location
+
+    table = [
+        ("/", "8:1", "/"),
+        ("/etc/corral/secrets", "8:1", "/disk/secrets"),
+        ("/srv", "8:2", "/"),
+        ("/srv", "8:3", "/"),  # mounted over the first /srv
+    ]
+    assert fs_location("/etc/corral/secrets/tok", table) == ("8:1", "/disk/secrets/tok")
+    assert fs_location("/disk/secrets", table) == ("8:1", "/disk/secrets")
+    assert fs_location("/etc/corral/secrets", table) == ("8:1", "/disk/secrets")
+    assert fs_location("/srv/a", table) == ("8:3", "/a")
+    assert fs_location("/srvx", table) == ("8:1", "/srvx")
+    assert fs_location("/", table) == ("8:1", "/")
