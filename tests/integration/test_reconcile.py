@@ -16,6 +16,7 @@ import redis
 from corral.client import Client
 from corral.job import JobSpec
 from corral.settings import Settings
+from corral.store import Store
 from tests.harness import REPO, count_labeled
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.worker]
@@ -118,12 +119,13 @@ def test_leftovers_of_a_cleaned_session_and_a_stuck_chain_are_reclaimed(
 
 
 def test_a_running_session_whose_container_vanished_is_marked_lost(
-    worker_factory, client, docker_client, busybox_image
+    worker_factory, client, docker_client, busybox_image, corral_env
 ) -> None:
     worker = worker_factory(None, env=NO_GRACE)
     handle = started(client, worker.host_id, busybox_image)
     client.cleanup(handle)
-    client.services.store.update_session(handle.environment_id, {"state": "running", "started_ms": "1"}, 1)
+    # The state an interrupted cleanup could leave, written as the admin (the client's Redis user only reads).
+    Store(state_db(corral_env)).update_session(handle.environment_id, {"state": "running", "started_ms": "1"}, 1)
     report = client.reconcile(worker.host_id)
     assert [(f.environment_id, f.action.value) for f in report.findings] == [(handle.environment_id, "mark_lost")]
     record = client.services.store.session(handle.environment_id)
