@@ -343,7 +343,7 @@ def pin(
                 ) from None
     finally:
         os.close(fd)
-    return replace(checked, host_path=str(target))
+    return replace(checked, host_path=str(target), pinned=True)
 
 
 def pin_all(

@@ -91,7 +91,16 @@ class ResolvedMount:
     symlink_root: str | None = None
     """Where symlinks in ``host_path`` may lead (host policy ``symlinks = "within_alias"``); None: nowhere."""
 
+    pinned: bool = False
+    """``host_path`` is a pin (``docker_mounts.pin``) that already carries the mount's flags."""
+
     def bind(self) -> str:
+        # A pin is already ro (for a read-only mount), nosuid and nodev (and noexec like its source),
+        # and a bind clones those flags. Asking Docker for ``ro`` would make runc remount the bind
+        # read-only, and that remount resets the other flags (measured: a noexec source ran a binary).
+        # So a pin is handed over as ``rw``: the kernel keeps it as read-only as the pin.
+        if self.pinned:
+            return f"{self.host_path}:{self.destination}:rw"
         return f"{self.host_path}:{self.destination}:{'ro' if self.mode is MountMode.read_only else 'rw'}"
 
     def to_ref(self) -> MountRef:

@@ -413,11 +413,6 @@ def test_the_same_alias_twice_read_only_and_writable_keeps_each_mode(
     assert pinned_mounts(host.state_dir) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red-team: a read-only mount executes what the host mounted noexec (runc's read-only bind "
-    "remount resets the pin's per-mount flags to ro alone)",
-)
 def test_a_noexec_source_stays_noexec_in_a_read_only_mount(runtime: DockerRuntime, busybox_image: str) -> None:
     env = with_mounts(busybox_image, mount("noexec", "/r"))
     try:
@@ -427,11 +422,6 @@ def test_a_noexec_source_stays_noexec_in_a_read_only_mount(runtime: DockerRuntim
     assert code == 0 and b"EXECUTED" not in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red-team: a read-only mount is not nosuid,nodev inside the sandbox (runc's read-only bind "
-    "remount resets the pin's flags); no-new-privileges and the device cgroup still hold",
-)
 def test_a_read_only_mount_is_nosuid_and_nodev_inside(runtime: DockerRuntime, busybox_image: str) -> None:
     env = with_mounts(busybox_image, mount("data", "/r"))
     try:
