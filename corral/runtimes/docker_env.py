@@ -291,7 +291,13 @@ class EnvironmentBuilder:
             mounts=mounts,
             secret_binds=binds,
             secret_env=secret_env,
+            image_volumes=self._image_volumes(image),
         )
+
+    def _image_volumes(self, image_id: str) -> list[str]:
+        with proc.docker_errors("prepare_environment"):
+            config = self.rt.client.images.get(image_id).attrs.get("Config") or {}
+        return sorted(config.get("Volumes") or {})
 
     def _identity(self, image_id: str, process: IsolatedProcessSpec) -> ExecUser:
         """Who the process will run as in this image (the id ``resolve_image`` resolved on this host),

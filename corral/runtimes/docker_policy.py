@@ -310,6 +310,23 @@ class ContainerPlan:
     secret_binds: list[tuple[str, str]] = field(default_factory=list)
     """(host file, container destination), always read-only."""
     secret_env: dict[str, str] = field(default_factory=dict)
+    image_volumes: list[str] = field(default_factory=list)
+    """The image's ``VOLUME`` paths: each is covered by a tmpfs (``volume_tmpfs``)."""
+
+
+def volume_tmpfs(plan: ContainerPlan, taken: set[str]) -> dict[str, str]:
+    """A tmpfs over each ``VOLUME`` of the image. Without it Docker creates an anonymous volume on the
+    host disk: writable host storage that no scratch cap bounds and a read-only root does not cover.
+    The tmpfs is read-only with a read-only root (the image's files there are hidden, not shown in a
+    writable copy), else writable up to the scratch size and charged to the sandbox's memory. A path
+    that a mount or secret already covers, or the scratch, is left to that."""
+    mode = "ro" if plan.read_only else "rw"
+    out: dict[str, str] = {}
+    for path in plan.image_volumes:
+        path = os.path.normpath("/" + path.lstrip("/"))
+        if path != "/" and path not in taken and not within(path, SCRATCH):
+            out[path] = f"{mode},nosuid,nodev,size={plan.scratch_mb}m,mode=1777"
+    return out
 
 
 def create_kwargs(plan: ContainerPlan) -> dict[str, Any]:
@@ -330,7 +347,10 @@ def create_kwargs(plan: ContainerPlan) -> dict[str, Any]:
         "working_dir": proc.cwd,
         "environment": env,
         "read_only": plan.read_only,
-        "tmpfs": {SCRATCH: f"rw,nosuid,nodev,size={plan.scratch_mb}m,mode=1777"},
+        "tmpfs": {
+            SCRATCH: f"rw,nosuid,nodev,size={plan.scratch_mb}m,mode=1777",
+            **volume_tmpfs(plan, {m.destination for m in plan.mounts} | {dst for _src, dst in plan.secret_binds}),
+        },
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
         "privileged": False,

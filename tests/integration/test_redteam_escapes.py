@@ -781,11 +781,6 @@ def _volumes(docker_client: Any, env: ExecutionEnvironment, host: HostSettings) 
     return [m["Name"] for c in found for m in c.attrs.get("Mounts", []) if m.get("Type") == "volume"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red-team: an image's VOLUME gives a read-only-root sandbox a writable anonymous volume on "
-    "the host disk (/var/lib/docker/volumes), bounded by no scratch cap",
-)
 def test_an_image_volume_is_not_writable_host_storage(runtime: DockerRuntime, volume_image: str) -> None:
     env = make_env(volume_image)
     try:
@@ -806,7 +801,7 @@ def test_cleanup_removes_the_anonymous_volumes_of_an_image(
     code, _out = run_to_exit(runtime, env, "true", user="nobody")  # a name: the probe reads passwd
     assert code == 0
     volumes = _volumes(docker_client, env, host)
-    assert len(volumes) == 1
+    assert volumes == []  # the VOLUME is covered by a tmpfs, never an anonymous volume on the host disk
     cleanup(runtime, env)
     left = [v.name for v in docker_client.volumes.list(filters={"dangling": True}) if v.name not in dangling]
     for name in left:  # do not leak them from the test either

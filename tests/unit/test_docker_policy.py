@@ -267,3 +267,18 @@ def test_enforcer_escalation_request_and_output_limit() -> None:
 )
 def test_exit_reason(code: int | None, oom: bool, signaled: bool, reason: str) -> None:
     assert exit_reason(Enforcer(None, 1.0, "SIGTERM"), code, oom, signaled) == reason
+
+
+def test_image_volumes_are_covered_by_a_tmpfs_never_an_anonymous_volume() -> None:
+    """Read-only with a read-only root, writable (scratch-sized) with a writable one; a path a bind
+    covers, the scratch and ``/`` are left alone."""
+    volumes = ["/vol", "data/", "/tmp/x", "/", "/r"]
+    taken = plan(image_volumes=volumes, secret_binds=[("/host/secret", "/r")])
+    kwargs = create_kwargs(taken)
+    assert kwargs["tmpfs"] == {
+        "/tmp": "rw,nosuid,nodev,size=8m,mode=1777",
+        "/vol": "ro,nosuid,nodev,size=8m,mode=1777",
+        "/data": "ro,nosuid,nodev,size=8m,mode=1777",
+    }
+    writable = create_kwargs(plan(image_volumes=["/vol"], read_only=False))
+    assert writable["tmpfs"]["/vol"] == "rw,nosuid,nodev,size=8m,mode=1777"
