@@ -147,6 +147,9 @@ class LimitRules(Model):
     """Total argv size, counted like the kernel (each argument's UTF-8 bytes plus its NUL)."""
     max_env_bytes: int = Field(default=256 << 10, ge=0, le=MAX_REQUEST_BYTES // 4)
     """Total environment size (``NAME=value`` plus NUL per variable, plain variables only)."""
+    max_spec_bytes: int = Field(default=256 << 10, ge=1024, le=MAX_REQUEST_BYTES // 4)
+    """The environment's whole spec as JSON (mounts, secrets, network lists, labels...): every free-form
+    field a session record keeps for its lifetime, whether or not the runtime uses it."""
     max_stdin_bytes: int = Field(default=64 << 20, ge=0, le=1 << 30)
     """All stdin bytes written to one process over its life (every ``stream_io`` stdin write counts).
     At most 1 GiB: the Docker adapter's own backstop (``spool.STDIN_MAX_TOTAL``)."""
@@ -318,6 +321,8 @@ def deny(message: str, rule: str, **context: str) -> NoReturn:
 def check_environment(policy: HostPolicy, env: ExecutionEnvironment) -> None:
     """Everything about an environment the host policy rules on (the process is ``check_process``)."""
     spec = env.spec
+    spec_bytes = len(spec.model_dump_json().encode())
+    _bytes_at_most(spec_bytes, policy.limits.max_spec_bytes, "environment spec", "limits.max_spec_bytes")
     if spec.image is not None:
         check_image(policy, spec.image)
     check_limits(policy, spec.resources, spec.filesystem.scratch_mb)

@@ -18,7 +18,6 @@ volumes, and every error checked for this host's paths.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import shutil
@@ -1044,11 +1043,6 @@ def _biggest_redis_keys(redis_url: str) -> list[tuple[int, int, str]]:
 
 @pytest.mark.redis
 @pytest.mark.worker
-@pytest.mark.xfail(
-    strict=True,
-    reason="red-team: the argv/env caps miss other free-text fields; 8 MiB in network.hosts of a "
-    "'disabled' network (ignored, so accepted) is stored in the session record for state_ttl_s",
-)
 def test_eight_mib_in_a_field_no_cap_counts_is_not_kept_in_redis(
     worker_factory: Any, client: Any, busybox_image: str, redis_url: str
 ) -> None:
@@ -1066,7 +1060,7 @@ def test_eight_mib_in_a_field_no_cap_counts_is_not_kept_in_redis(
     worker = worker_factory()
     spec = Padded(image=busybox_image, argv=["true"], memory_mb=128, timeout_ms=60_000)
     handle = client.submit(spec, worker.host_id)
-    with contextlib.suppress(AgentError):  # refused is a fix; either way nothing large may stay
+    with pytest.raises(PolicyDenial, match="max_spec_bytes"):
         client.wait(handle)
     assert wait_until(lambda: _biggest_redis_keys(redis_url)[0][0] < 256 * 1024, 10), _biggest_redis_keys(redis_url)
 

@@ -112,6 +112,18 @@ def test_environment_over_the_host_maximum_is_denied() -> None:
     assert rule_of(check_process, small, env, process(["true"], {"ABCD": "12345"})) == "limits.max_env_bytes"
 
 
+def test_free_form_spec_fields_are_bounded_as_a_whole() -> None:
+    """8 MiB in a list the runtime ignores (a disabled network's hosts) would stay in the session
+    record for its lifetime: the whole spec is bounded, whatever field carries the bytes."""
+    from corral.models import NetworkMode, NetworkPolicy
+
+    env = job().environment()
+    padded = NetworkPolicy(mode=NetworkMode.disabled, hosts=["h" * 1024] * 300)
+    env = env.model_copy(update={"spec": env.spec.model_copy(update={"network": padded})})
+    assert rule_of(check_environment, HostPolicy(), env) == "limits.max_spec_bytes"
+    check_environment(policy_with(limits={"max_spec_bytes": 512 << 10}), env)
+
+
 def test_stdin_lets_exactly_the_cap_through() -> None:
     policy = policy_with(limits={"max_stdin_bytes": 10})
     check_stdin(policy, 6, 4)
