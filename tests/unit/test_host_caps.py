@@ -118,7 +118,7 @@ def test_free_form_spec_fields_are_bounded_as_a_whole() -> None:
     from corral.models import NetworkMode, NetworkPolicy
 
     env = job().environment()
-    padded = NetworkPolicy(mode=NetworkMode.disabled, hosts=["h" * 1024] * 300)
+    padded = NetworkPolicy(mode=NetworkMode.disabled, hosts=["h" * (40 << 10)] * 8)
     env = env.model_copy(update={"spec": env.spec.model_copy(update={"network": padded})})
     assert rule_of(check_environment, HostPolicy(), env) == "limits.max_spec_bytes"
     check_environment(policy_with(limits={"max_spec_bytes": 512 << 10}), env)
