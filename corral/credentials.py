@@ -61,7 +61,8 @@ def acl_rules(broker_db: int = 0) -> dict[str, str]:
         ),
         "beat": (
             f"resetchannels {_CONNECT} +@transaction ~corral:redbeat:* +@read +@write +@scripting -@dangerous "
-            f"({_QUEUES} +lpush +rpush +llen) ({_BINDINGS} +sadd +smembers) ({_EVENTS} +publish)"
+            f"({_QUEUES} +lpush +rpush +llen) ({_BINDINGS} +sadd +smembers) ({_EVENTS} +publish) "
+            "(&celery-task-meta-* +subscribe +unsubscribe)"  # Celery subscribes to each sent task's result
         ),
         "flower": (
             f"resetchannels {_CONNECT} +@transaction +script|exists +script|load {_QUEUES} +llen "

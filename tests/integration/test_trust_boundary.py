@@ -313,3 +313,33 @@ def corral_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[b
     return subprocess.run(
         [sys.executable, "-m", "corral", *args], env=env, cwd=REPO, capture_output=True, timeout=120, check=False
     )
+
+
+def test_a_standalone_beat_runs_sweeps_with_its_own_role(
+    worker_factory, corral_env: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    """`corral beat` as the beat user with the corral-beat key: its scheduled sweeps are accepted by a
+    worker (a fleet component's signature) and Redis denies it nothing it needs."""
+    admin = redis.Redis.from_url(f"{redis_url}/0", decode_responses=True)
+    admin.execute_command("ACL", "LOG", "RESET")
+    worker = worker_factory()
+    env = {**corral_env, **suite_fleet().role_env("beat", "corral-beat")}
+    env.pop("CORRAL_SECURITY__CLIENT_CERTS", None)
+    log = tmp_path / "beat.log"
+    with log.open("wb") as out:
+        beat = subprocess.Popen(
+            [sys.executable, "-m", "workers.main", "beat"],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        assert wait_until(lambda: worker.log().count("corral.sweep_tickets") >= 4, 60), log.read_text()[-3000:]
+    finally:
+        os.killpg(beat.pid, signal.SIGTERM)
+        beat.wait(30)
+    denied = [(e["reason"], e["object"]) for e in admin.acl_log(100) if e["username"] == "beat"]
+    assert denied == []
+    assert "refused task message" not in worker.log()
