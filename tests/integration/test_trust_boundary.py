@@ -181,8 +181,10 @@ def rogue(tmp_path: Path) -> MessageSigner:
 
 
 def test_unsigned_forged_and_tampered_messages_have_no_effect(
-    worker_factory, client: Client, busybox_image: str, docker_client, rogue: MessageSigner
+    worker_factory, client: Client, busybox_image: str, docker_client, rogue: MessageSigner, redis_url: str
 ) -> None:
+    admin = redis.Redis.from_url(f"{redis_url}/0", decode_responses=True)
+    admin.execute_command("ACL", "LOG", "RESET")
     worker = worker_factory()
     host = worker.host_id
     handle = client.submit(JobSpec(image=busybox_image, argv=["sleep", "60"]), host=host)
@@ -229,6 +231,8 @@ def test_unsigned_forged_and_tampered_messages_have_no_effect(
     client.signal(handle, ProcessSignal.kill, grace_ms=0)
     assert wait_until(lambda: client.stats(handle).state is ProcessState.exited, 30)
     client.cleanup(handle)
+    # The roles are tight, not broken: the client and the worker did all of the above without a denial.
+    assert [(e["username"], e["reason"], e["object"]) for e in admin.acl_log(100)] == []
 
 
 def test_a_client_cannot_run_a_later_chain_step_as_someone_else(
