@@ -58,6 +58,12 @@ def suite_fleet() -> Any:
     return _FLEET
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The suite's credentials go with the session (private keys and passwords in a temp dir)."""
+    if _FLEET is not None:
+        shutil.rmtree(_FLEET.root, ignore_errors=True)
+
+
 def admin_url(port: int) -> str:
     fleet = suite_fleet()
     return f"redis://admin:{fleet.password('admin')}@127.0.0.1:{port}"
