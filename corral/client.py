@@ -230,6 +230,7 @@ class Client:
 
     def submit(self, job: JobSpec, host: str | None = None) -> JobHandle:
         """Send the prepare-to-start chain; every signature pinned to the host's queue."""
+        self._kwargs("")  # no signing key: say so before placement
         target = self.pick_host(host, job.environment().spec.requirement)
         steps = job.requests(target)
         queue = queue_for_host(target)
