@@ -122,9 +122,10 @@ class Fleet:
     def role_env(self, role: str, identity: str | None = None) -> dict[str, str]:
         """The ``CORRAL_*`` variables a process of this role needs (paths, no secret values)."""
         env = {"CORRAL_REDIS__USERNAME": role, "CORRAL_REDIS__PASSWORD_FILE": str(self.password_file(role))}
-        if identity is not None:
-            env["CORRAL_SECURITY__KEY_FILE"] = str(self.key(identity))
-            env["CORRAL_SECURITY__CERT_FILE"] = str(self.cert(identity))
+        # Without an identity the key settings are set empty, so they override any inherited ones (a
+        # Flower started from a client's environment must not sign as that client).
+        env["CORRAL_SECURITY__KEY_FILE"] = str(self.key(identity)) if identity else ""
+        env["CORRAL_SECURITY__CERT_FILE"] = str(self.cert(identity)) if identity else ""
         if role in ("worker", "beat", "flower", "admin"):
             env["CORRAL_SECURITY__COMPONENT_CERTS"] = str(self.components)
         if role == "worker":

@@ -175,4 +175,4 @@ def test_corral_keys_init_and_new(tmp_path: Path) -> None:
     assert sorted(s.identity for s in clients.values()) == ["airflow", "ci-bot"]
     assert sorted(s.identity for s in components.values()) == ["corral-beat", "corral-host-edge-1"]
     flower = (root / "env" / "flower.env").read_text()
-    assert "KEY_FILE" not in flower and "CORRAL_REDIS__USERNAME=flower" in flower
+    assert "CORRAL_SECURITY__KEY_FILE=\n" in flower and "CORRAL_REDIS__USERNAME=flower" in flower
