@@ -226,7 +226,10 @@ def test_an_unknown_user_is_refused_once_without_host_paths(
 def test_an_rlimit_the_kernel_refuses_at_start_is_refused_once_and_leaves_nothing(
     worker_factory, client, docker_client, busybox_image, corral_env, tmp_path
 ) -> None:
-    worker = worker_factory()
+    # The policy's rlimit ceiling would deny this first; raise it so the engine is the one refusing.
+    path = tmp_path / "policy.toml"
+    path.write_text(f"version = 1\n[limits.rlimits]\nnofile = [64, {1 << 41}]\n")
+    worker = worker_factory(env={"CORRAL_HOST__POLICY_FILE": str(path)})
     spec = Custom(image=busybox_image, argv=["true"], rlimits=(("nofile", 1 << 40),))
     error = assert_refused_once(client, worker, spec, corral_env, tmp_path, docker_client)
     assert error.message.startswith("start_process: ")
