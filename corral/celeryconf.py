@@ -9,7 +9,10 @@ without an explicit queue lands on the right host, and a task with no host goes 
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from celery.app.amqp import AMQP
 
 from corral.identity import CALLER_KWARG
 from corral.settings import Settings
@@ -40,6 +43,37 @@ def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None
         return None
     host = (kwargs or {}).get("host") if isinstance(kwargs, dict) else None
     return {"queue": queue_for_host(host) if host else FLEET_QUEUE}
+
+
+SHOWN_KWARGS = ("host", CALLER_KWARG)
+"""Keyword arguments whose values task events show (where a task runs and for whom); no others."""
+
+
+def argument_summary(args: Any, kwargs: Any) -> tuple[str, str]:
+    """What worker logs, task events and Flower show of a task's arguments: their count and size, the
+    target host and the caller. Requests can be large and carry environment data (env values,
+    secret names, mounts), and events reach every subscriber of the event channels."""
+    try:
+        size = len(json.dumps([args, kwargs], default=str))
+    except (TypeError, ValueError):
+        size = 0
+    count = len(args) if isinstance(args, list | tuple) else 0
+    argsrepr = f"<{count} argument{'s' if count != 1 else ''} hidden, {size} bytes>"
+    kwargs = kwargs if isinstance(kwargs, dict) else {}
+    shown = {k: kwargs[k] for k in SHOWN_KWARGS if isinstance(kwargs.get(k), str)}
+    hidden = len(kwargs) - len(shown)
+    kwargsrepr = repr(shown) + (f" <{hidden} hidden>" if hidden else "")
+    return argsrepr, kwargsrepr
+
+
+class QuietAMQP(AMQP):  # type: ignore[misc]
+    """Task messages (and their task-sent events) carry ``argument_summary`` as ``argsrepr`` and
+    ``kwargsrepr``, never Celery's default repr of the values. Every app that sends tasks (client,
+    worker, beat) is built with it, so a chain's later steps and retries are summarized too."""
+
+    def as_task_v2(self, task_id: str, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        options["argsrepr"], options["kwargsrepr"] = argument_summary(args or (), kwargs or {})
+        return super().as_task_v2(task_id, name, args, kwargs, **options)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

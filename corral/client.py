@@ -25,7 +25,7 @@ from celery.result import AsyncResult
 from pydantic import BaseModel, ValidationError
 
 from corral import signing
-from corral.celeryconf import FLEET_QUEUE, celery_config, queue_for_host, task_name
+from corral.celeryconf import FLEET_QUEUE, QuietAMQP, celery_config, queue_for_host, task_name
 from corral.errors import (
     AgentError,
     HostConfigurationNeeded,
@@ -120,7 +120,7 @@ class Client:
     def __init__(self, settings: Settings | None = None, services: Services | None = None) -> None:
         self.settings = settings or load_settings()
         self.services = services or state_services(self.settings)
-        self.app = Celery("corral-client", set_as_current=False)
+        self.app = Celery("corral-client", set_as_current=False, amqp=QuietAMQP)
         self.app.conf.update(celery_config(self.settings))
         signing.register(self.settings)
         self.identity = signing.identity(self.settings)

@@ -12,7 +12,7 @@ from celery import Celery
 from celery.app import trace
 
 from corral import signing
-from corral.celeryconf import FLEET_QUEUE, celery_config, task_name
+from corral.celeryconf import FLEET_QUEUE, QuietAMQP, celery_config, task_name
 from corral.identity import CALLER_KWARG
 from corral.settings import Settings, load_settings
 from workers.heartbeat import HostHeartbeat
@@ -23,7 +23,9 @@ def create_app(settings: Settings | None = None) -> Celery:
     # Celery logs every task's return value; ours can carry (redacted) process output, which
     # does not belong in worker logs. Results stay in the result backend and events.
     trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
-    app = Celery("corral", include=["tasks.operations", "tasks.sweeper", "tasks.reconcile", "tasks.views"])
+    app = Celery(
+        "corral", include=["tasks.operations", "tasks.sweeper", "tasks.reconcile", "tasks.views", "tasks.placement"], amqp=QuietAMQP
+    )
     app.conf.update(celery_config(settings))
     # Before the pool forks: children decode (and verify) task bodies with the same serializer.
     signing.register(settings)

@@ -1,0 +1,32 @@
+"""What task messages say about their arguments outside the body (``corral.celeryconf.QuietAMQP``):
+worker logs, task events and Flower read ``argsrepr``/``kwargsrepr``, which name only the shape."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from corral.celeryconf import QuietAMQP, argument_summary
+
+SECRET = "hunter2-env-value"
+REQUEST = {"process": {"argv": ["echo"], "env": {"TOKEN": SECRET}}, "environment": {"environment_id": "e1"}}
+
+
+def test_summary_names_count_size_host_and_caller_only() -> None:
+    argsrepr, kwargsrepr = argument_summary([REQUEST], {"host": "h1", "caller": "alice", "extra": SECRET})
+    assert argsrepr.startswith("<1 argument hidden, ") and argsrepr.endswith(" bytes>")
+    assert kwargsrepr == "{'host': 'h1', 'caller': 'alice'} <1 hidden>"
+    assert SECRET not in argsrepr + kwargsrepr
+
+
+def test_task_message_headers_and_sent_event_never_carry_argument_values() -> None:
+    app = Celery("t", broker="memory://", set_as_current=False, amqp=QuietAMQP)
+    message = app.amqp.create_task_message(
+        "id-1", "corral.start_process", [REQUEST], {"host": "h1", "caller": "alice"}, create_sent_event=True
+    )
+    shown = [message.headers["argsrepr"], message.headers["kwargsrepr"]]
+    shown += [message.sent_event["args"], message.sent_event["kwargs"]]
+    assert all(SECRET not in text and "TOKEN" not in text for text in shown), shown
+    assert "'host': 'h1'" in message.sent_event["kwargs"]
+    # An explicit repr from the caller does not bypass it (a retry re-sends the request's reprs).
+    message = app.amqp.create_task_message("id-2", "corral.x", [REQUEST], {}, argsrepr=repr(REQUEST))
+    assert SECRET not in message.headers["argsrepr"]
