@@ -51,8 +51,9 @@ def handles_errors(func: F) -> F:
             print_error(exc, kwargs.get("as_json", False))
             sys.exit(CORRAL_ERROR_EXIT)
         except RuntimeError as exc:  # configuration problems (no Redis URL, ...)
+            line = " ".join(str(exc).split())  # one line, however Celery wrapped it
             print_error(
-                AgentError(str(exc), kind="host_configuration_needed", retry="host_configuration_needed"),
+                AgentError(line, kind="host_configuration_needed", retry="host_configuration_needed"),
                 kwargs.get("as_json", False),
             )
             sys.exit(CORRAL_ERROR_EXIT)

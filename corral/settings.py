@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from corral.errors import HostConfigurationNeeded
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "corral.toml"
 REPO_POLICY = REPO_CONFIG.with_name("policy.toml")
@@ -49,6 +51,13 @@ class RedisSettings(BaseModel):
     tls_verify: bool = True
     """``rediss://`` only: verify the server certificate (never turn off outside a test)."""
 
+    @field_validator("url")
+    @classmethod
+    def _one_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_redis_url(value)
+        return value
+
     def secret(self) -> str | None:
         if self.password_file:
             try:
@@ -69,6 +78,32 @@ class RedisSettings(BaseModel):
         if self.tls_key_file:
             options["ssl_keyfile"] = self.tls_key_file
         return options
+
+
+def check_redis_url(url: str) -> None:
+    """Refuse a Redis URL that redis-py would choke on later with a traceback. The messages never
+    repeat the URL: it may hold a password."""
+    if not url or any(c.isspace() for c in url):
+        raise ValueError("not a Redis URL: it is empty or contains white space")
+    if url.count("://") != 1:
+        raise ValueError(
+            f"not one Redis URL: it holds {url.count('://')} '://' separators (two URLs pasted together?)"
+        )
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("the scheme must be redis://, rediss:// or unix://")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("a unix:// URL needs the socket path (unix:///run/redis.sock)")
+        return
+    try:
+        parts.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        raise ValueError("the port is not a number from 1 to 65535 (redis://HOST:PORT)") from None
+    if not parts.hostname:
+        raise ValueError("no host name (redis://HOST:PORT)")
+    if parts.path not in ("", "/") and not parts.path.lstrip("/").isdigit():
+        raise ValueError("the path must be empty or a database number (redis://HOST:PORT/0)")
 
 
 class SecuritySettings(BaseModel):
@@ -250,7 +285,35 @@ def policy_path(settings: Settings) -> Path | None:
     return None
 
 
+def setting_name(loc: tuple[int | str, ...]) -> str:
+    """``redis.url (CORRAL_REDIS__URL)`` for a validation error's location."""
+    keys = [str(part) for part in loc if isinstance(part, str)]
+    dotted = ".".join(keys) or "<settings>"
+    return f"{dotted} (CORRAL_{'__'.join(k.upper() for k in keys)})" if keys else dotted
+
+
+def settings_error(exc: ValidationError) -> HostConfigurationNeeded:
+    """One readable line for invalid settings: each bad key and why, never the value it held
+    (a Redis URL or a password may be in it)."""
+    problems = []
+    for error in exc.errors()[:3]:
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"{setting_name(tuple(error['loc']))}: {message}")
+    more = f" (+{exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
+    return HostConfigurationNeeded(
+        "invalid setting " + "; ".join(problems) + more, context={"errors": str(exc.error_count())}
+    )
+
+
 @lru_cache(maxsize=1)
 def load_settings(**overrides: Any) -> Settings:
-    """Settings for this process, built once (``load_settings.cache_clear()`` in tests)."""
-    return Settings(**overrides)
+    """Settings for this process, built once (``load_settings.cache_clear()`` in tests). Bad settings
+    (environment, TOML file) raise ``HostConfigurationNeeded`` with one readable line."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise settings_error(exc) from None
+    except RuntimeError as exc:  # CORRAL_CONFIG naming a missing file
+        raise HostConfigurationNeeded(str(exc)) from None
+    except (ValueError, OSError) as exc:  # the TOML file itself: unreadable or not TOML
+        raise HostConfigurationNeeded(f"cannot read the settings file {config_path()}: {exc}") from None

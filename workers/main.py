@@ -11,6 +11,7 @@ import os
 import sys
 
 from corral.celeryconf import FLEET_QUEUE, queue_for_host
+from corral.errors import AgentError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     from corral.signing import signing_ready
     from workers.app import create_app
 
-    security = load_settings().security
+    try:
+        security = load_settings().security
+    except AgentError as exc:  # a bad setting: one line, not a traceback
+        print(f"workers.main: {exc.message}", file=sys.stderr)
+        return 78
     if not signing_ready(load_settings()) or not security.component_certs:
         # A worker or beat signs what it publishes and a worker verifies what it runs: no keys, no start.
         print(

@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from corral import settings as settings_mod
+from corral.errors import HostConfigurationNeeded
 from corral.settings import Settings, config_path, load_settings
 
 WriteToml = Callable[[str], Path]
@@ -261,3 +262,65 @@ def test_role_credentials_replace_url_credentials_and_are_quoted(tmp_path: Path)
 
     parsed = redis.connection.parse_url(s.redis_url(3))
     assert (parsed["username"], parsed["password"], parsed["db"]) == ("client", "p@ss:w/rd%", 3)
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("redis://127.0.0.1:6379redis://127.0.0.1:6380", "two URLs pasted together"),
+        ("redis://127.0.0.1:6379 redis://127.0.0.1:6380", "white space"),
+        ("http://127.0.0.1:6379", "scheme"),
+        ("redis://127.0.0.1:63x9", "port"),
+        ("redis://:6379", "host name"),
+        ("redis://h:6379/zero", "database number"),
+        ("unix://", "socket path"),
+    ],
+)
+def test_a_malformed_redis_url_is_one_clear_line(
+    write_toml: WriteToml, monkeypatch: pytest.MonkeyPatch, url: str, why: str
+) -> None:
+    write_toml("")
+    monkeypatch.setenv("CORRAL_REDIS__URL", url)
+    with pytest.raises(HostConfigurationNeeded) as raised:
+        load_settings()
+    message = raised.value.message
+    assert message.startswith("invalid setting redis.url (CORRAL_REDIS__URL): ")
+    assert why in message and "\n" not in message
+
+
+def test_a_bad_setting_never_echoes_its_value(write_toml: WriteToml, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_toml("")
+    monkeypatch.setenv("CORRAL_REDIS__URL", "redis://worker:hunter2@h:6379redis://x:1")
+    with pytest.raises(HostConfigurationNeeded) as raised:
+        load_settings()
+    assert "hunter2" not in str(raised.value) and "hunter2" not in repr(raised.value.context)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379", "rediss://u:p@h:6380/2?x=1", "unix:///run/redis.sock"])
+def test_good_redis_urls_pass(write_toml: WriteToml, monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    write_toml("")
+    monkeypatch.setenv("CORRAL_REDIS__URL", url)
+    assert load_settings().redis.url == url
+
+
+def test_an_unparsable_settings_file_is_one_line(write_toml: WriteToml) -> None:
+    path = write_toml("x = [\n")
+    with pytest.raises(HostConfigurationNeeded, match=f"cannot read the settings file {path}"):
+        load_settings()
+
+
+def test_the_cli_turns_a_bad_setting_into_one_line_and_exit_125(
+    write_toml: WriteToml, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from corral.cli import main
+
+    write_toml("")
+    monkeypatch.setenv("CORRAL_REDIS__URL", "redis://127.0.0.1:6379redis://127.0.0.1:6379")
+    result = CliRunner().invoke(main, ["ps"])
+    assert result.exit_code == 125
+    assert result.stderr.splitlines() == [
+        "corral: host_configuration_needed (host_configuration_needed): invalid setting redis.url "
+        "(CORRAL_REDIS__URL): not one Redis URL: it holds 2 '://' separators (two URLs pasted together?)"
+    ]
