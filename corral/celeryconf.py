@@ -71,9 +71,12 @@ class QuietAMQP(AMQP):  # type: ignore[misc]
     ``kwargsrepr``, never Celery's default repr of the values. Every app that sends tasks (client,
     worker, beat) is built with it, so a chain's later steps and retries are summarized too."""
 
-    def as_task_v2(self, task_id: str, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+    def as_task_v2(
+        self, task_id: str, name: str, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any
+    ) -> Any:
+        # send_task passes countdown ... chain positionally; the reprs come as keywords, if at all.
         options["argsrepr"], options["kwargsrepr"] = argument_summary(args or (), kwargs or {})
-        return super().as_task_v2(task_id, name, args, kwargs, **options)
+        return super().as_task_v2(task_id, name, args, kwargs, *rest, **options)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -20,8 +20,10 @@ def test_summary_names_count_size_host_and_caller_only() -> None:
 
 def test_task_message_headers_and_sent_event_never_carry_argument_values() -> None:
     app = Celery("t", broker="memory://", set_as_current=False, amqp=QuietAMQP)
+    # Positional up to ``create_sent_event``, as ``Celery.send_task`` calls it.
+    rest = (None, None, None, None, None, 0, None, None, None, None, None, None, True)
     message = app.amqp.create_task_message(
-        "id-1", "corral.start_process", [REQUEST], {"host": "h1", "caller": "alice"}, create_sent_event=True
+        "id-1", "corral.start_process", [REQUEST], {"host": "h1", "caller": "alice"}, *rest
     )
     shown = [message.headers["argsrepr"], message.headers["kwargsrepr"]]
     shown += [message.sent_event["args"], message.sent_event["kwargs"]]
@@ -30,3 +32,13 @@ def test_task_message_headers_and_sent_event_never_carry_argument_values() -> No
     # An explicit repr from the caller does not bypass it (a retry re-sends the request's reprs).
     message = app.amqp.create_task_message("id-2", "corral.x", [REQUEST], {}, argsrepr=repr(REQUEST))
     assert SECRET not in message.headers["argsrepr"]
+
+
+def test_a_task_sent_through_send_task_is_summarized() -> None:
+    app = Celery("t", broker="memory://", set_as_current=False, amqp=QuietAMQP)
+    app.conf.task_serializer = "json"
+    app.send_task("corral.start_process", args=[REQUEST], kwargs={"host": "h1"}, queue="q")
+    with app.connection_for_write() as conn:
+        message = conn.SimpleQueue("q").get(timeout=5)
+    assert SECRET not in message.headers["argsrepr"] + message.headers["kwargsrepr"]
+    assert message.payload[0] == [REQUEST]  # the body itself is untouched
