@@ -69,7 +69,14 @@ def main() -> None:
 @main.command(context_settings={"ignore_unknown_options": False})
 @click.argument("image")
 @click.argument("argv", nargs=-1)
-@click.option("--host", help="Run on this host (default: the least-loaded live host).")
+@click.option("--host", help="Run on this host (default: admission picks one; see --placement).")
+@click.option(
+    "--placement",
+    type=click.Choice(["spread", "binpack"]),
+    default="spread",
+    show_default=True,
+    help="spread: the least allocated host; binpack: the most allocated one that fits.",
+)
 @click.option("--cpus", type=float, default=1.0, show_default=True)
 @click.option("--memory", default="512m", show_default=True, help="Memory limit, e.g. 256m, 2g.")
 @click.option("--pids", type=int, default=64, show_default=True, help="Maximum number of processes.")
@@ -90,6 +97,7 @@ def run(
     image: str,
     argv: tuple[str, ...],
     host: str | None,
+    placement: str,
     cpus: float,
     memory: str,
     pids: int,
@@ -136,7 +144,7 @@ def run(
     job.environment(), job.process()  # validate before anything is sent
     client = _client()
     if detach:
-        handle = client.submit(job, host)
+        handle = client.submit(job, host, placement, _say_queued)
         try:
             client.wait(handle)
             ticket = client.detach(handle, parse_duration_ms(ttl))
@@ -148,7 +156,12 @@ def run(
         else:
             console.print(f"{handle.environment_id} detached on {handle.host}; ticket {ticket.ticket_ref}")
         return
-    sys.exit(_run_attached(client, job, host, as_json))
+    sys.exit(_run_attached(client, job, host, as_json, placement))
+
+
+def _say_queued(reason: str) -> None:
+    """A job that fits nowhere yet waits; say why on stderr (stdout is the job's)."""
+    print(f"corral: queued: {reason}", file=sys.stderr, flush=True)
 
 
 def write_output(stream: IoStream, data: bytes) -> None:
@@ -170,9 +183,9 @@ def _forward_stdin(client: Any, handle: Any, chunk: int = 1 << 20) -> None:
         client.write_stdin(handle, b"", close=True)
 
 
-def _run_attached(client: Any, job: JobSpec, host: str | None, as_json: bool) -> int:
+def _run_attached(client: Any, job: JobSpec, host: str | None, as_json: bool, placement: str = "spread") -> int:
     """Stream output live; Ctrl-C terminates (then kills after a grace) and still cleans up."""
-    handle = client.submit(job, host)
+    handle = client.submit(job, host, placement, _say_queued)
     captured: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
     interrupted: list[int] = []
 
@@ -447,20 +460,46 @@ def journal(sandbox: str, as_json: bool) -> None:
 @json_option
 @handles_errors
 def hosts(as_json: bool) -> None:
-    """Hosts of the fleet: up/down by heartbeat, health and runtime."""
-    statuses = _client().hosts()
+    """Hosts of the fleet: up/down by heartbeat, health, runtime, and capacity allocated/offered."""
+    client = _client()
+    statuses = client.hosts()
+    usage = {h.host_id: client.usage(h.host_id) for h in statuses}
     if as_json:
-        emit_json([{"host": h.host_id, "up": h.up, "healthy": h.healthy, "record": h.record} for h in statuses])
+        emit_json(
+            [
+                {
+                    "host": h.host_id,
+                    "up": h.up,
+                    "healthy": h.healthy,
+                    "record": h.record,
+                    "capacity": cap.as_dict() if (cap := usage[h.host_id][0]) else None,
+                    "allocated": usage[h.host_id][1].as_dict(),
+                }
+                for h in statuses
+            ]
+        )
         return
+
+    def in_use(host_id: str) -> tuple[str, str, str]:
+        cap, used = usage[host_id]
+        if cap is None:
+            return "", "", ""
+        return (
+            f"{used.slots}/{cap.slots}",
+            f"{used.cpus_m / 1000:g}/{cap.cpus_m / 1000:g}",
+            f"{used.mem_mb}/{cap.mem_mb} MB",
+        )
+
     table(
         "hosts",
-        ["HOST", "STATUS", "HEALTH", "RUNTIME", "HEARTBEAT"],
+        ["HOST", "STATUS", "HEALTH", "RUNTIME", "SLOTS", "CPUS", "MEMORY", "HEARTBEAT"],
         [
             (
                 h.host_id,
                 "up" if h.up else "down",
                 (h.record or {}).get("report", {}).get("health", {}).get("state", "") if h.up else "",
                 (h.record or {}).get("report", {}).get("adapter_kind", ""),
+                *in_use(h.host_id),
                 age((h.record or {}).get("heartbeat_ms")),
             )
             for h in statuses
@@ -551,9 +590,11 @@ def keys_new(name: str, directory: Path) -> None:
 @click.option("--host", required=True, help="This host's id; the worker consumes corral.host.<id>.")
 @click.option("--concurrency", type=int, default=4, show_default=True)
 @click.option("--beat", is_flag=True, help="Embed the beat scheduler (single-host stacks only).")
-def worker(host: str, concurrency: int, beat: bool) -> None:
+@click.option("--slots", type=int, default=None, help="Sandboxes admission places here at once (default: policy max).")
+def worker(host: str, concurrency: int, beat: bool, slots: int | None) -> None:
     """Run a host worker (consumes corral.host.HOST and corral.fleet)."""
     argv = [sys.executable, "-m", "workers.main", "worker", "--host", host, "--concurrency", str(concurrency)]
+    argv += ["--slots", str(slots)] if slots is not None else []
     os.execv(sys.executable, argv + (["--beat"] if beat else []))
 
 

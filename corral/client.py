@@ -22,32 +22,28 @@ from typing import Any, TypeVar
 from celery import Celery, chain
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from corral import signing
+from corral.admission import Admission, Capacity, Mode
 from corral.celeryconf import FLEET_QUEUE, QuietAMQP, celery_config, queue_for_host, task_name
 from corral.errors import (
     AgentError,
     HostConfigurationNeeded,
     InvalidRequest,
     NotFound,
-    PolicyDenial,
     TimeoutFailure,
 )
 from corral.identity import CALLER_KWARG
 from corral.job import JobSpec
 from corral.journal import JournalRecord
-from corral.matching import MatchResult, placement_match
 from corral.models import (
     CleanupRequest,
     CleanupResult,
     DetachTransferRequest,
     DetachTransferResult,
     ExecutionEnvironment,
-    HealthState,
     IoStream,
-    IsolationCapabilityReport,
-    IsolationRequirement,
     ProcessIoFrame,
     ProcessIoRequest,
     ProcessSignal,
@@ -61,6 +57,7 @@ from corral.models import (
     ReclaimResult,
     dump,
 )
+from corral.placement import HostStatus, PlaceRequest, PlaceResult, host_statuses
 from corral.reconciler import ReconcileReport
 from corral.refs import check_ref, process_ref_for, slug
 from corral.services import Services, state_services
@@ -81,14 +78,6 @@ def cleanup_plan_ref(environment_id: str) -> str:
     return f"plan-{slug(environment_id)}"
 
 
-@dataclass(frozen=True)
-class HostStatus:
-    host_id: str
-    up: bool
-    healthy: bool
-    record: dict[str, Any] | None
-
-
 @dataclass
 class JobHandle:
     environment_id: str
@@ -105,15 +94,6 @@ class JobOutcome:
     exit_code: int | None
     reason: str | None
     cleanup: str | None
-
-
-def _host_match(requirement: IsolationRequirement, status: HostStatus) -> MatchResult:
-    """Placement matching on a host's published report; an unreadable report is a gap, never a pass."""
-    try:
-        report = IsolationCapabilityReport.model_validate((status.record or {}).get("report"))
-    except ValidationError:
-        return MatchResult(("report:unreadable",), (), ("report:unreadable",), ("report:unreadable: no valid report",))
-    return placement_match(requirement, report)
 
 
 class Client:
@@ -133,50 +113,53 @@ class Client:
     # -- hosts and placement ---------------------------------------------------------------
 
     def hosts(self) -> list[HostStatus]:
-        out = []
-        for host_id in self.services.store.known_hosts():
-            record = self.services.store.host(host_id)
-            health = ((record or {}).get("report") or {}).get("health") or {}
-            healthy = isinstance(health, dict) and health.get("state") == HealthState.healthy
-            out.append(HostStatus(host_id, record is not None, healthy, record))
-        return out
+        return host_statuses(self.services.store)
 
-    def pick_host(self, requested: str | None = None, requirement: IsolationRequirement | None = None) -> str:
-        """The requested host if it is up and its published capability report matches the requirement
-        (else ``PolicyDenial`` naming the gaps); otherwise, among live hosts whose report matches, one
-        needing no approved gap before one that does, then the fewest sessions.
-
-        The client cannot see a host's approvals, so a gap the requirement's fallback lists counts as
-        possibly approved here (``corral.matching.placement_match``); the host decides for real, fail
-        closed, in ``prepare_session``."""
-        need = requirement or IsolationRequirement()
-        statuses = {h.host_id: h for h in self.hosts()}
-        if requested is not None:
-            status = statuses.get(requested)
-            if status is None:
-                raise NotFound(f"unknown host {requested}", context={"host": requested})
-            if not status.up:
-                raise NotFound(f"host {requested} is down (no heartbeat)", context={"host": requested})
-            result = _host_match(need, status)
-            if not result.ok:
-                raise PolicyDenial(
-                    f"host {requested} does not match the isolation requirement: {result.summary()}",
-                    context={"rule": "matching", "gaps": ",".join(result.denied), "host": requested},
-                )
-            return requested
-        matching = {h.host_id: _host_match(need, h) for h in statuses.values() if h.up}
-        live = [host for host, result in matching.items() if result.ok]
-        if not live:
-            seen = "; ".join(f"{host}: {', '.join(r.denied)}" for host, r in sorted(matching.items()))
-            raise NotFound(
-                "no live host matches the isolation requirement"
-                + (f" ({seen})" if seen else ": start one with `corral worker --host NAME` or `corral dev`")
+    def place(
+        self,
+        job: JobSpec,
+        host: str | None = None,
+        placement: Mode = "spread",
+        on_queued: Callable[[str], None] | None = None,
+        queue_timeout_s: float | None = None,
+        poll_s: float = 0.5,
+    ) -> str:
+        """Reserve room for ``job`` through a fleet worker (``corral.place``: filter, score and reserve in
+        one atomic Redis step) and return the host. While nothing fits, wait (``on_queued`` gets the
+        reason each time it changes); a job larger than every live host is ``InvalidRequest``."""
+        env = job.environment()
+        request = PlaceRequest(
+            environment_id=job.environment_id,
+            requirement=env.spec.requirement,
+            cpus=job.cpus,
+            memory_mb=job.memory_mb,
+            mode=placement,
+            host=host,
+        )
+        deadline = None if queue_timeout_s is None else time.monotonic() + queue_timeout_s
+        last = ""
+        while True:
+            result = self.app.send_task(
+                task_name("place"), args=[dump(request)], kwargs={CALLER_KWARG: self.identity}, queue=FLEET_QUEUE
             )
-        load = {h: 0 for h in live}
-        for session in self.services.store.list_sessions(limit=1000):
-            if session.get("host") in load and session.get("state") in ("preparing", "prepared", "running"):
-                load[session["host"]] += 1
-        return min(live, key=lambda h: (bool(matching[h].accepted), load[h], h))
+            answer = PlaceResult.model_validate(self._get(result, "place"))
+            if answer.status == "placed" and answer.host:
+                return answer.host
+            reason = answer.reason or "no host fits"
+            if answer.unplaceable:
+                raise InvalidRequest(f"job can never be placed: {reason}", context={"reason": reason[:200]})
+            if on_queued is not None and reason != last:
+                on_queued(reason)
+            last = reason
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutFailure(f"job still queued after {queue_timeout_s:.0f} s: {reason}")
+            time.sleep(poll_s)
+            poll_s = min(poll_s * 1.5, 5.0)
+
+    def usage(self, host_id: str) -> tuple[Capacity | None, Capacity]:
+        """A host's published capacity (None when down) and what admission has allocated on it."""
+        admission = Admission(self.services.store.r)
+        return admission.capacity(host_id), admission.used(host_id)
 
     # -- one operation ---------------------------------------------------------------------
 
@@ -228,10 +211,18 @@ class Client:
 
     # -- jobs ------------------------------------------------------------------------------
 
-    def submit(self, job: JobSpec, host: str | None = None) -> JobHandle:
-        """Send the prepare-to-start chain; every signature pinned to the host's queue."""
+    def submit(
+        self,
+        job: JobSpec,
+        host: str | None = None,
+        placement: Mode = "spread",
+        on_queued: Callable[[str], None] | None = None,
+        queue_timeout_s: float | None = None,
+    ) -> JobHandle:
+        """Reserve a host (``place``), then send the prepare-to-start chain, every signature pinned to
+        that host's queue. The reservation is a lease the host's ``prepare_session`` confirms."""
         self._kwargs("")  # no signing key: say so before placement
-        target = self.pick_host(host, job.environment().spec.requirement)
+        target = self.place(job, host, placement, on_queued, queue_timeout_s)
         steps = job.requests(target)
         queue = queue_for_host(target)
         signatures = [

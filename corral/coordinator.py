@@ -40,6 +40,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from corral import lifecycle
+from corral.admission import DEFAULT_LEASE_MS, Admission, Demand
 from corral.contract import IsolationRuntime
 from corral.effects import Clock, Effects, SystemClock, digest_of
 from corral.errors import (
@@ -138,6 +139,7 @@ class Coordinator:
         lease_ms: int = 120_000,
         pending_wait_s: float = 10.0,
         policy: PolicySource | None = None,
+        admission_lease_ms: int = DEFAULT_LEASE_MS,
     ) -> None:
         self.runtime = runtime
         self.store = store
@@ -147,6 +149,9 @@ class Coordinator:
         self.policy = policy or PolicySource.fixed(HostPolicy())
         """The host policy; without one, the documented defaults (``config/policy.toml``)."""
         self.effects = Effects(store, journal, host_id, self.clock, lease_ms=lease_ms, pending_wait_s=pending_wait_s)
+        self.admission = Admission(store.r, store.ttl_ms // 1000, admission_lease_ms)
+        """Fleet capacity accounting (``corral.admission``): a session confirms its reservation and its
+        cleanup releases it."""
 
     def caller(self, identity: str | None) -> Caller:
         """The verified identity as a caller of this host (``corral.tenancy``); ``PolicyDenial`` when
@@ -223,6 +228,8 @@ class Coordinator:
             lambda r: f"session {r.session_ref} on {r.host_ref}",
         )
         self.store.set_step_result(env.environment_id, "prepare_session", dump(result), self.clock.now_ms())
+        resources = env.spec.resources
+        self.admission.confirm(env.environment_id, self.host_id, Demand.of(resources.cpus, resources.memory_mb))
         return result
 
     def resolve_image(self, request: ImageResolveRequest, caller: Caller = LOCAL_CALLER) -> ImageResolution:
@@ -453,7 +460,10 @@ class Coordinator:
         record = self.store.session(env_id)
         if not (may_act(caller, owner_of(record)) if record else caller.operator):
             # Without a record only an operator cleans up (the record was lost; nothing of a tenant's
-            # can be proven): everyone else gets the answer of a session that never existed.
+            # can be proven): everyone else gets the answer of a session that never existed. A reservation
+            # no session confirmed (the chain failed before prepare_session created one) returns now.
+            if not record:
+                self.admission.release(env_id, only_leased=True)
             raise self._hidden("cleanup", caller, "session", env_id, env_id)
         if record:
             self._require_local(env_id, record)
@@ -476,6 +486,8 @@ class Coordinator:
         final = SessionState.cleaned if result.status is CleanupStatus.completed else SessionState.repair_needed
         if record:
             self.store.transition(env_id, (SessionState.cleaning,), {"state": final}, self.clock.now_ms())
+        if final is SessionState.cleaned or not record:
+            self.admission.release(env_id)
         ticket_ref = record.get("ticket_ref")
         if ticket_ref:
             self.store.close_ticket(
@@ -568,6 +580,8 @@ class Coordinator:
         not_cleaned = [state for state in SessionState if state is not SessionState.cleaned]
         final = SessionState.cleaned if done else SessionState.repair_needed
         self.store.transition(env_id, not_cleaned, {"state": final}, now)
+        if done:
+            self.admission.release(env_id)
         return result
 
     # -- the effect protocol ---------------------------------------------------------------

@@ -14,7 +14,9 @@ left on a host after crashes, lost messages or a flushed Redis::
 "Older than a creation grace" is measured without trusting resource timestamps: the first pass
 that sees an environment unowned records the time (``corral:reconcile:seen:<host>``), and only a
 later pass at least ``grace_s`` after that reclaims it. ``plan`` is pure; ``Reconciler.run``
-performs the plan through the coordinator, so every reclaim is journaled (intent, result).
+performs the plan through the coordinator, so every reclaim is journaled (intent, result). A pass
+that acts also returns to admission the capacity of allocations whose session is gone or cleaned
+(``corral.admission``).
 """
 
 from __future__ import annotations
@@ -200,6 +202,8 @@ class Reconciler:
         findings = plan(self.coordinator.host_id, observed, sessions, first_seen, now, self.grace_s, self.stale_after_s)
         if not dry_run:
             findings = [self._act(f, observed.get(f.environment_id), sessions.get(f.environment_id)) for f in findings]
+            # Capacity held for sessions that no longer exist (or were cleaned) goes back to admission.
+            self.coordinator.admission.release_stale(self.coordinator.host_id, now)
         return ReconcileReport(host_id=self.coordinator.host_id, dry_run=dry_run, findings=findings)
 
     def _first_seen(

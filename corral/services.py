@@ -55,5 +55,6 @@ def coordinator() -> Coordinator:
             services.journal,
             settings.host.id,
             policy=policy,
+            admission_lease_ms=int(settings.host.admission_lease_s * 1000),
         )
     return _coordinators[pid]

@@ -152,6 +152,16 @@ class HostSettings(BaseModel):
     """Tests only: let file secrets be written when ``secrets_root`` is not on a tmpfs (they could reach a disk)."""
     heartbeat_s: float = 5.0
     heartbeat_ttl_s: float = 20.0
+    slots: int | None = Field(default=None, ge=0)
+    """Sandboxes admission places here at once (``corral worker --slots N``); unset: the policy's
+    ``limits.max_sandboxes`` (which also caps this)."""
+    capacity_cpus: float | None = Field(default=None, ge=0)
+    """CPUs admission may allocate here (jobs' ``cpus`` summed); unset: ``os.cpu_count()``."""
+    capacity_memory_mb: int | None = Field(default=None, ge=0)
+    """Memory admission may allocate here (jobs' ``memory_mb`` summed); unset: MemTotal."""
+    admission_lease_s: float = Field(default=120.0, gt=0)
+    """How long a reservation this worker's placement makes waits for its session (the chain's
+    ``prepare_session``) before its capacity returns (a client that reserved and died)."""
     reconcile_grace_s: float = 60.0
     """An environment found unowned is reclaimed only once it stayed unowned this long."""
     reconcile_stale_after_s: float = 900.0

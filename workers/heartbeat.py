@@ -1,7 +1,8 @@
 """Worker bootstep: publish this host's capability report and a heartbeat to Redis.
 
 Runs a daemon thread in the worker's main process. The record expires after ``heartbeat_ttl_s``
-of silence, which is how ``corral hosts`` and placement learn that a host is down.
+of silence, which is how ``corral hosts`` and placement learn that a host is down. The host's
+capacity for admission (slots, CPUs, memory: ``corral.admission``) is published with it, expiring with it.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from typing import Any
 
 from celery import bootsteps
 
+from corral.admission import Admission, Capacity, host_capacity
 from corral.celeryconf import queue_for_host, task_kwargs, task_name
 from corral.contract import IsolationRuntime
+from corral.errors import AgentError
 from corral.models import dump
+from corral.policy_source import PolicySource
 from corral.runtimes import build_runtime
 from corral.services import Services, state_services
 
@@ -39,6 +43,7 @@ class HostHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._hostname = getattr(parent, "hostname", "")
+        self._policy: PolicySource | None = None
 
     def start(self, parent: Any) -> None:
         self._stop = threading.Event()
@@ -78,4 +83,19 @@ class HostHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
             "heartbeat_ms": int(time.time() * 1000),
             "report": dump(runtime.capability_report()),
         }
-        services.store.publish_host(settings.host.id, record, int(settings.host.heartbeat_ttl_s * 1000))
+        capacity = self._capacity(services)
+        record["capacity"] = capacity.as_dict()
+        ttl_ms = int(settings.host.heartbeat_ttl_s * 1000)
+        services.store.publish_host(settings.host.id, record, ttl_ms)
+        Admission(services.store.r, settings.state_ttl_s).publish_capacity(settings.host.id, capacity, ttl_ms)
+
+    def _capacity(self, services: Services) -> Capacity:
+        """Slots, CPUs and memory for admission (``corral.admission``); the policy's max_sandboxes caps slots."""
+        if self._policy is None:
+            self._policy = PolicySource.from_settings(services.settings)
+        host = services.settings.host
+        try:
+            max_sandboxes = self._policy.current().limits.max_sandboxes
+        except AgentError:  # an unusable policy file denies everything: offer nothing to admission
+            max_sandboxes = 0
+        return host_capacity(max_sandboxes, host.slots, host.capacity_cpus, host.capacity_memory_mb)

@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--beat", action="store_true", help="embed the beat scheduler (single-host stacks)")
     worker.add_argument("--no-fleet", action="store_true", help="do not consume the fleet queue")
     worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--slots", type=int, default=None, help="sandboxes admission places here at once")
     beat = sub.add_parser("beat")
     beat.add_argument("--loglevel", default="INFO")
     args = parser.parse_args(argv)
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker":
         # The host id must be settled before settings are first loaded anywhere in this process.
         os.environ["CORRAL_HOST__ID"] = args.host
+        if args.slots is not None:
+            os.environ["CORRAL_HOST__SLOTS"] = str(args.slots)
     from corral.settings import load_settings
     from corral.signing import signing_ready
     from workers.app import create_app

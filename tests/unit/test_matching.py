@@ -1,7 +1,7 @@
 """corral.matching: fail-closed capability matching (CONTRACT.md rule 4), as a table over the matrix:
 class strength, each capability, each trust field, health, and the approval scope of a fallback.
 
-Then placement: Client.pick_host skips hosts whose published report does not match, and a requested
+Then placement: placement.filter_hosts skips hosts whose published report does not match, and a requested
 host that does not match is a PolicyDenial naming the gaps (real Redis, no worker)."""
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from corral.models import (
     Capability,
     HealthState,
     IsolationClass,
+    IsolationRequirement,
     Level,
     Locality,
     Tenancy,
     TrustVector,
     dump,
 )
+from corral.placement import filter_hosts, host_statuses
 from corral.services import Services
 from corral.settings import Settings
 from corral.store import Store
@@ -314,7 +316,7 @@ def test_placement_never_assumes_an_unsupported_host_could_be_used() -> None:
     assert placement_match(need, report(health=HealthState.degraded)).ok
 
 
-# -- Client.pick_host --------------------------------------------------------------------------------
+# -- placement.filter_hosts (the capability half of placement) ----------------------------------------
 
 
 @pytest.fixture
@@ -327,30 +329,35 @@ def client(redis_url: str) -> Iterator[Client]:
     r.close()
 
 
+def pick(c: Client, need: IsolationRequirement | None = None, requested: str | None = None) -> str:
+    """The first candidate placement would hand to the admission script."""
+    return filter_hosts(host_statuses(c.services.store), need, requested).hosts[0]
+
+
 def _publish(c: Client, host: str, **report_kwargs: Any) -> None:
     c.services.store.publish_host(host, {"host_id": host, "report": dump(report(**report_kwargs))}, 60_000)
 
 
 @pytest.mark.redis
-def test_pick_host_skips_hosts_whose_report_does_not_match(client: Client) -> None:
+def test_filter_hosts_skips_hosts_whose_report_does_not_match(client: Client) -> None:
     _publish(client, "weak", classes=[C.host_process])
     _publish(client, "sick", health=HealthState.degraded)
     _publish(client, "good")
-    assert client.pick_host() == "good"
+    assert pick(client) == "good"
     client.services.store.r.delete("corral:host:good")
     with pytest.raises(NotFound, match="no live host matches") as info:
-        client.pick_host()
+        pick(client)
     assert "weak: class:container" in info.value.message and "sick: health:degraded" in info.value.message
 
 
 @pytest.mark.redis
-def test_pick_host_prefers_a_host_needing_no_approval(client: Client) -> None:
+def test_filter_hosts_prefers_a_host_needing_no_approval(client: Client) -> None:
     _publish(client, "a-weak", classes=[C.host_process])
     _publish(client, "b-good")
     fallback = requirement(allowed_gaps=["class:container"], policy_ref="dec-1")
-    assert client.pick_host(requirement=fallback) == "b-good"
+    assert pick(client, fallback) == "b-good"
     client.services.store.r.delete("corral:host:b-good")
-    assert client.pick_host(requirement=fallback) == "a-weak"
+    assert pick(client, fallback) == "a-weak"
 
 
 @pytest.mark.redis
@@ -358,11 +365,11 @@ def test_requested_host_that_does_not_match_is_a_policy_denial_naming_the_gaps(c
     _publish(client, "weak", classes=[C.host_process], capabilities=NO_AUDIT)
     need = requirement(capabilities=[Capability.audit_log])
     with pytest.raises(PolicyDenial) as info:
-        client.pick_host("weak", need)
+        pick(client, need, "weak")
     assert info.value.context["gaps"] == "class:container,capability:audit_log"
     assert info.value.context["rule"] == "matching"
     _publish(client, "fine")
-    assert client.pick_host("fine", need) == "fine"
+    assert pick(client, need, "fine") == "fine"
 
 
 @pytest.mark.redis
@@ -370,9 +377,9 @@ def test_requested_host_with_an_unreadable_report_is_denied(client: Client) -> N
     for host, bad in (("odd", {"nonsense": True}), ("odder", {"health": {"state": "healthy"}, "capabilities": 1})):
         client.services.store.publish_host(host, {"host_id": host, "report": bad}, 60_000)
         with pytest.raises(PolicyDenial, match="report:unreadable"):
-            client.pick_host(host)
+            pick(client, None, host)
     client.services.store.publish_host("none", {"host_id": "none"}, 60_000)
     with pytest.raises(PolicyDenial, match="report:unreadable"):
-        client.pick_host("none")
+        pick(client, None, "none")
     with pytest.raises(NotFound, match="none: report:unreadable"):
-        client.pick_host()
+        pick(client)
