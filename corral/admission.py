@@ -17,7 +17,8 @@ dispatcher keeps it pending.
 
 Capacity: each host publishes ``slots`` (``host.slots``, ``corral worker --slots N``, at most the
 policy's ``limits.max_sandboxes``), CPUs (``host.capacity_cpus`` or ``os.cpu_count()``) and memory
-(``host.capacity_memory_mb`` or MemTotal) with its heartbeat. A job's demand is one slot, its
+(``host.capacity_memory_mb`` or MemTotal) with its heartbeat. A job's ``cpus`` is a limit, so the
+detected CPU count is multiplied by ``host.cpu_overcommit`` (default 4; 1 makes limits reservations). A job's demand is one slot, its
 ``cpus`` and its ``memory_mb``. The host's own hard cap stays ``limits.max_sandboxes``.
 
 Keys (prefix ``corral:``; TTL backstops; see the head of ``admission.lua``): ``cap:<host>``,

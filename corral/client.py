@@ -222,7 +222,11 @@ class Client:
         """Reserve a host (``place``), then send the prepare-to-start chain, every signature pinned to
         that host's queue. The reservation is a lease the host's ``prepare_session`` confirms."""
         self._kwargs("")  # no signing key: say so before placement
-        target = self.place(job, host, placement, on_queued, queue_timeout_s)
+        return self.send_chain(job, self.place(job, host, placement, on_queued, queue_timeout_s))
+
+    def send_chain(self, job: JobSpec, target: str) -> JobHandle:
+        """Send the chain to ``target`` without a reservation (``submit`` reserves first). The host
+        still enforces its own cap (``limits.max_sandboxes``) and records what runs for admission."""
         steps = job.requests(target)
         queue = queue_for_host(target)
         signatures = [
@@ -257,10 +261,15 @@ class Client:
             list(zip([op for op, _ in steps], ids, strict=True)),
         )
 
-    def wait(self, handle: JobHandle, timeout: float | None = None) -> ProcessStartResult:
-        """Wait for each chain step in order; the first failure is raised as its ``AgentError``."""
+    def wait(
+        self, handle: JobHandle, timeout: float | None = None, on_step: Callable[[str], None] | None = None
+    ) -> ProcessStartResult:
+        """Wait for each chain step in order; the first failure is raised as its ``AgentError``.
+        ``on_step(operation)`` is called before waiting for each step (progress for a person)."""
         value: Any = None
         for operation, task_id in handle.step_ids:
+            if on_step is not None:
+                on_step(operation)
             value = self._get(AsyncResult(task_id, app=self.app), operation, timeout)
         return ProcessStartResult.model_validate(value)
 

@@ -156,7 +156,11 @@ class HostSettings(BaseModel):
     """Sandboxes admission places here at once (``corral worker --slots N``); unset: the policy's
     ``limits.max_sandboxes`` (which also caps this)."""
     capacity_cpus: float | None = Field(default=None, ge=0)
-    """CPUs admission may allocate here (jobs' ``cpus`` summed); unset: ``os.cpu_count()``."""
+    """CPUs admission may allocate here (jobs' ``cpus`` summed); unset: ``os.cpu_count()`` times
+    ``cpu_overcommit``."""
+    cpu_overcommit: float = Field(default=4.0, gt=0)
+    """A job's ``cpus`` is a limit (a CFS quota), not a guarantee, so by default admission lets the
+    limits add up to 4x the machine's CPUs; 1 makes every limit a reservation (Nomad's default)."""
     capacity_memory_mb: int | None = Field(default=None, ge=0)
     """Memory admission may allocate here (jobs' ``memory_mb`` summed); unset: MemTotal."""
     admission_lease_s: float = Field(default=120.0, gt=0)

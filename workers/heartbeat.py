@@ -98,4 +98,5 @@ class HostHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
             max_sandboxes = self._policy.current().limits.max_sandboxes
         except AgentError:  # an unusable policy file denies everything: offer nothing to admission
             max_sandboxes = 0
-        return host_capacity(max_sandboxes, host.slots, host.capacity_cpus, host.capacity_memory_mb)
+        cpus = host.capacity_cpus if host.capacity_cpus is not None else (os.cpu_count() or 1) * host.cpu_overcommit
+        return host_capacity(max_sandboxes, host.slots, cpus, host.capacity_memory_mb)

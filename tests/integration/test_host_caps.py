@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from corral.client import Client
-from corral.errors import AgentError, PolicyDenial, RetryClass
+from corral.errors import AgentError, PolicyDenial, RetryClass, TimeoutFailure
 from corral.job import JobSpec
 from corral.models import (
     ExecutionEnvironment,
@@ -143,7 +143,14 @@ def test_max_sandboxes_refuses_one_too_many_until_a_slot_is_free(
     handle = client.submit(first, worker.host_id)
     client.wait(handle)
     second = job(busybox_image, "true")
-    error = denied(client, second, worker.host_id)
+    # Admission keeps the job waiting (the host publishes one slot); the host's own cap is what a
+    # client that skips admission meets.
+    with pytest.raises(TimeoutFailure, match="1 host full"):
+        client.submit(second, worker.host_id, queue_timeout_s=1)
+    handle_2 = client.send_chain(second, worker.host_id)
+    with pytest.raises(PolicyDenial) as info:
+        client.wait(handle_2)
+    error = info.value
     assert error.context["rule"] == "limits.max_sandboxes"
     assert intents(client, second.environment_id, "prepare_session") == 0
     assert count_labeled(docker_client, worker.host_id)["containers"] == 1  # only the first one's
