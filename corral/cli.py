@@ -608,18 +608,26 @@ def beat() -> None:
 @click.option("--host", "host_id", default="dev", show_default=True)
 @click.option("--demo", is_flag=True, help="Run one sandboxed job through the whole chain, print it, stop.")
 @click.option("--flower-port", type=int, default=None, help="Also serve Flower on 127.0.0.1:PORT.")
+@click.option(
+    "--hosts",
+    "hosts",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    help="Host workers on this machine (HOST-1..HOST-N with N > 1): a fleet for placement tests.",
+)
 @click.argument("job", nargs=-1)
 @handles_errors
-def dev(host_id: str, demo: bool, flower_port: int | None, job: tuple[str, ...]) -> None:
-    """A single-host stack in the foreground: local Redis, this host's Docker, one worker with beat.
+def dev(host_id: str, demo: bool, flower_port: int | None, hosts: int, job: tuple[str, ...]) -> None:
+    """A stack in the foreground: local Redis, this machine's Docker, host workers (the first with beat).
 
     With --demo, run JOB (IMAGE CMD...; default: a busybox greeting) and print its output and journal.
     """
     from corral.devstack import DevStack
 
-    stack = DevStack(host_id, flower_port=flower_port)
+    stack = DevStack(host_id, flower_port=flower_port, hosts=hosts)
     console.print(
-        f"[bold]corral dev[/]: starting redis, worker {host_id} (+beat)"
+        f"[bold]corral dev[/]: starting redis, worker {', '.join(stack.host_ids)} (+beat)"
         f"{f', flower on 127.0.0.1:{flower_port}' if flower_port else ''}; logs in {stack.log_dir}"
     )
     stack.start()
@@ -627,7 +635,7 @@ def dev(host_id: str, demo: bool, flower_port: int | None, job: tuple[str, ...])
     console.print(f"stack up (credentials in {stack.credentials_dir})", markup=False, highlight=False)
     try:
         if demo:
-            sys.exit(_demo(host_id, job))
+            sys.exit(_demo(stack.host_ids[0] if hosts == 1 else None, job))
         console.print(
             f"in another shell:\n  export {exports}\n  corral run corral/busybox:latest -- echo hello\n"
             "Ctrl-C stops the stack.",
@@ -655,7 +663,7 @@ DEMO_JOB = (
 )
 
 
-def _demo(host_id: str, job: tuple[str, ...]) -> int:
+def _demo(host_id: str | None, job: tuple[str, ...]) -> int:
     from corral.client import Client
 
     image, *argv = job or DEMO_JOB

@@ -1,4 +1,5 @@
-"""``corral dev``: a whole single-host stack in the foreground (like ``nomad agent -dev``).
+"""``corral dev``: a whole stack in the foreground (like ``nomad agent -dev``); ``--hosts N`` makes it a
+fleet of N host workers on this machine's Docker (distinct host ids, state dirs, signing identities).
 
 A local ``redis-server`` child (when no Redis URL is configured), one host worker for this
 machine's Docker with beat embedded, and optionally Flower on loopback. Stopping the stack stops
@@ -29,7 +30,7 @@ from pathlib import Path
 from corral.credentials import Fleet, add_identity, env_lines, init_fleet
 from corral.errors import HostConfigurationNeeded
 from corral.services import state_services
-from corral.settings import load_settings
+from corral.settings import Settings, load_settings
 
 DEV_CLIENT = "dev"
 """The client identity of ``corral dev`` (and of a shell that sources its client env file)."""
@@ -70,9 +71,16 @@ class Child:
 
 class DevStack:
     def __init__(
-        self, host_id: str, flower_port: int | None = None, log_dir: Path | None = None, concurrency: int = 2
+        self,
+        host_id: str,
+        flower_port: int | None = None,
+        log_dir: Path | None = None,
+        concurrency: int = 2,
+        hosts: int = 1,
     ) -> None:
         self.host_id = host_id
+        self.host_ids = [host_id] if hosts <= 1 else [f"{host_id}-{i}" for i in range(1, hosts + 1)]
+        """One host worker each (the first embeds beat); ``--hosts 3``: ``dev-1``, ``dev-2``, ``dev-3``."""
         self.flower_port = flower_port
         self.concurrency = concurrency
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="corral-dev-"))
@@ -89,18 +97,20 @@ class DevStack:
 
     def start(self, timeout_s: float = 60.0) -> None:
         if not self.redis_url:
-            self.fleet = init_fleet(self.credentials_dir, [component_identity(self.host_id), DEV_CLIENT])
+            self.fleet = init_fleet(self.credentials_dir, [*map(component_identity, self.host_ids), DEV_CLIENT])
             self.redis_url = self._start_redis()
             os.environ.update(self.fleet.role_env("client", DEV_CLIENT))
             env_file = self.fleet.env_file("client")
             env_file.write_text(env_lines(self.client_env()))
             env_file.chmod(0o600)
         os.environ["CORRAL_REDIS__URL"] = self.redis_url
-        os.environ["CORRAL_HOST__ID"] = self.host_id
+        os.environ["CORRAL_HOST__ID"] = self.host_ids[0]
         load_settings.cache_clear()
-        env = self.worker_env(self.host_id)
-        worker = [sys.executable, "-m", "workers.main", "worker", "--host", self.host_id, "--beat"]
-        self._launch(Child("worker", [*worker, "--concurrency", str(self.concurrency)], env))
+        for index, host in enumerate(self.host_ids):
+            beat = ["--beat"] if index == 0 else []
+            worker = [sys.executable, "-m", "workers.main", "worker", "--host", host, *beat]
+            name = "worker" if index == 0 else f"worker-{host}"
+            self._launch(Child(name, [*worker, "--concurrency", str(self.concurrency)], self.worker_env(host)))
         if self.flower_port:
             # Loopback only, so the dev stack may serve Flower's API without auth (never do this on a network).
             flower = [
@@ -129,6 +139,14 @@ class DevStack:
         """The environment of a worker for ``host_id`` on this stack (its own signing identity)."""
         env = self._role_env("worker", component_identity(host_id))
         env["CORRAL_HOST__ID"] = host_id
+        if len(self.host_ids) > 1:
+            # Hosts on one machine: each its own spools, detach acks and secret dirs, so one host's
+            # reconciler never takes another's files for leftovers.
+            host = load_settings().host
+            env["CORRAL_HOST__STATE_DIR"] = str(Path(host.state_dir) / "hosts" / host_id)
+            env["CORRAL_HOST__SECRETS_ROOT"] = f"{host.secrets_root.rstrip('/')}-{host_id}"
+            if host_id != self.host_ids[0] and "metrics" in Settings.model_fields:
+                env["CORRAL_METRICS__PORT"] = str(free_port())  # one metrics endpoint per worker
         return env
 
     def _role_env(self, role: str, identity: str | None) -> dict[str, str]:
@@ -192,13 +210,13 @@ class DevStack:
         store = state_services().store
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if store.host(self.host_id):
+            if all(store.host(host) for host in self.host_ids):
                 return
             if not self.healthy():
                 break
             time.sleep(0.2)
         self.stop()
-        raise HostConfigurationNeeded(f"the host worker did not come up (logs in {self.log_dir})")
+        raise HostConfigurationNeeded(f"the host workers did not come up (logs in {self.log_dir})")
 
     def healthy(self) -> bool:
         return all(c.proc is not None and c.proc.poll() is None for c in self.children)
