@@ -633,6 +633,16 @@ def dev(host_id: str, demo: bool, flower_port: int | None, hosts: int, job: tupl
     stack.start()
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(stack.client_env().items()))
     console.print(f"stack up (credentials in {stack.credentials_dir})", markup=False, highlight=False)
+    if flower_port and stack.flower_auth:
+        user, _, password = stack.flower_auth.partition(":")
+        where = (
+            f"user {user}, password {password} (shown once; kept in {stack.credentials_dir / 'flower.auth'})"
+            if stack.flower_auth_created
+            else "basic auth from FLOWER_BASIC_AUTH"
+            if os.environ.get("FLOWER_BASIC_AUTH")
+            else f"basic auth: credentials in {stack.credentials_dir / 'flower.auth'}"
+        )
+        console.print(f"flower: http://127.0.0.1:{flower_port}/ ({where})", markup=False, highlight=False)
     try:
         if demo:
             sys.exit(_demo(stack.host_ids[0] if hosts == 1 else None, job))

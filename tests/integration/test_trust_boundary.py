@@ -5,6 +5,7 @@ cannot run a later step as somebody else."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-from urllib.request import urlopen
+from urllib.request import Request, urlopen
 
 import pytest
 import redis
@@ -301,7 +302,11 @@ def test_corral_dev_never_runs_an_open_redis(
         assert wait_until(lambda: corral_cli(run_env, "hosts", "--json").returncode == 0, 60)
         done = corral_cli(run_env, "run", "--host", host, busybox_image, "--", "echo", "hello")
         assert (done.returncode, done.stdout) == (0, b"hello\n"), done.stderr
-        tasks = json.loads(urlopen(f"http://127.0.0.1:{flower_port}/api/tasks", timeout=10).read())
+        # Flower answers its operator only (the basic auth `corral dev` generates; test_flower_browser.py).
+        flower_auth = base64.b64encode((state / "dev" / "flower.auth").read_text().strip().encode()).decode()
+        url = f"http://127.0.0.1:{flower_port}/api/tasks"
+        request = Request(url, headers={"Authorization": f"Basic {flower_auth}"})
+        tasks = json.loads(urlopen(request, timeout=10).read())
         assert any(t.get("name") == "corral.start_process" for t in tasks.values()), tasks
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
