@@ -39,7 +39,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from corral import lifecycle
+from corral import lifecycle, metrics
 from corral.admission import DEFAULT_LEASE_MS, Admission, Demand
 from corral.contract import IsolationRuntime
 from corral.effects import Clock, Effects, SystemClock, digest_of
@@ -373,6 +373,8 @@ class Coordinator:
             lambda r: f"process {r.process_ref} started",
         )
         now = self.clock.now_ms()
+        if record.get("created_ms"):  # replays returned above: one launch, observed once
+            metrics.observe_launch((now - int(record["created_ms"])) / 1000)
         self.store.bind_process(result.process_ref, env_id)
         timeout_ms = request.process.timeout_ms or request.environment.spec.resources.timeout_ms
         self.store.transition(
@@ -440,18 +442,23 @@ class Coordinator:
     def collect_stats(self, request: ProcessStatsRequest, caller: Caller = LOCAL_CALLER) -> ProcessStatsSnapshot:
         env_id, record = self._process_session(request.process_ref, "collect_stats", caller)
         snapshot = self.runtime.collect_stats(request)
-        if snapshot.state is ProcessState.exited and record.get("state") == SessionState.running:
-            self.store.transition(
-                env_id,
-                (SessionState.running,),
-                {
-                    "state": SessionState.exited,
-                    "exit_code": "" if snapshot.exit_code is None else str(snapshot.exit_code),
-                    "reason": snapshot.reason or "",
-                },
-                self.clock.now_ms(),
-            )
+        if snapshot.state is ProcessState.exited and record.get("state") in lifecycle.WITH_PROCESS:
+            self._record_exit(env_id, record, snapshot)
         return snapshot
+
+    def _record_exit(self, env_id: str, record: dict[str, str], snapshot: ProcessStatsSnapshot) -> None:
+        """Keep how the process ended in its session, once (a detached session stays detached under
+        its ticket, but ``corral ps`` then shows it exited, with its reason)."""
+        now = self.clock.now_ms()
+        ended = {
+            "exit_code": "" if snapshot.exit_code is None else str(snapshot.exit_code),
+            "reason": snapshot.reason or "",
+            "oom_killed": "1" if snapshot.oom_killed else "",
+        }
+        if not record.get("exited_ms") and self.store.record_exit(env_id, ended, now):
+            metrics.count_exit(ended["reason"])
+        if record.get("state") == SessionState.running:
+            self.store.transition(env_id, (SessionState.running,), {"state": SessionState.exited}, now)
 
     # -- teardown and hand-over ------------------------------------------------------------
 

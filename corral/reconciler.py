@@ -21,6 +21,7 @@ that acts also returns to admission the capacity of allocations whose session is
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -32,6 +33,8 @@ from corral.coordinator import Coordinator
 from corral.errors import AgentError, Unsupported
 from corral.models import CleanupRequest, ExecutionEnvironment, ProcessStatsRequest, ReclaimRequest, SessionState
 from corral.refs import new_ref
+
+log = logging.getLogger("corral.reconciler")
 
 SESSION_LABEL = "corral.session"
 OWNED = (SessionState.running, SessionState.exited, SessionState.detached)
@@ -178,6 +181,16 @@ def plan(
     return findings
 
 
+def exit_unrecorded(host_id: str, record: Mapping[str, str]) -> bool:
+    """A session of this host with a process whose end is not recorded yet. Pure."""
+    return (
+        record.get("host") == host_id
+        and bool(record.get("process_ref"))
+        and record.get("state") in OWNED
+        and not record.get("exited_ms")
+    )
+
+
 class Reconciler:
     def __init__(self, coordinator: Coordinator, *, grace_s: float = 60.0, stale_after_s: float = 900.0) -> None:
         self.coordinator = coordinator
@@ -205,6 +218,29 @@ class Reconciler:
             # Capacity held for sessions that no longer exist (or were cleaned) goes back to admission.
             self.coordinator.admission.release_stale(self.coordinator.host_id, now)
         return ReconcileReport(host_id=self.coordinator.host_id, dry_run=dry_run, findings=findings)
+
+    def record_exits(self) -> int:
+        """Record the end of every process of this host that stopped while nobody asked (a detached
+        one, an attached client that went away): one inventory of the runtime, then ``collect_stats``
+        for each stopped container whose session has no exit yet. The worker runs this every
+        heartbeat (``workers.observe``), so ``corral ps`` and the metrics show it within seconds."""
+        runtime = self.coordinator.runtime
+        if not hasattr(runtime, "list_labeled"):
+            return 0
+        observed = group_by_environment(cast(Inventory, runtime).list_labeled())
+        recorded = 0
+        for env_id, seen in sorted(observed.items()):
+            if seen.container_status not in ("exited", "dead"):
+                continue
+            record = self.coordinator.store.session(env_id)
+            if not exit_unrecorded(self.coordinator.host_id, record):
+                continue
+            try:
+                self.coordinator.collect_stats(ProcessStatsRequest(process_ref=record["process_ref"]))
+                recorded += 1
+            except AgentError as exc:  # one sandbox's trouble never stops the watch
+                log.warning("exit of %s not recorded: %s", env_id, exc)
+        return recorded
 
     def _first_seen(
         self, observed: Mapping[str, Observed], sessions: Mapping[str, Mapping[str, str]], now: int, dry_run: bool

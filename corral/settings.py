@@ -207,10 +207,25 @@ class CelerySettings(BaseModel):
     killed worker) and puts them back on their queue."""
     soft_shutdown_timeout_s: float = 10.0
     sweep_interval_s: float = 5.0
+    dispatch_interval_s: float = Field(default=1.0, gt=0)
+    """How often the batch dispatcher runs while batches are active (and beat's backstop period)."""
     reconcile_interval_s: float = 300.0
     """How often beat asks every live host to reconcile (each worker also does on start)."""
     task_timeout_s: float = 60.0
     """How long a client waits for one operation's result."""
+
+
+class MetricsSettings(BaseModel):
+    """The worker's Prometheus endpoint (``corral.metrics``), served by its main process."""
+
+    model_config = ConfigDict(extra="forbid")
+    port: int = Field(default=9808, ge=0, le=65535)
+    """TCP port of ``/metrics``; 0 turns the endpoint off. One worker per host: one port."""
+    bind: str = "127.0.0.1"
+    """Address to listen on: loopback unless a scraper elsewhere must reach it (then firewall it)."""
+    multiproc_dir: str | None = None
+    """Where the pool's processes keep their counters (prometheus_client multiprocess mode); wiped at
+    worker start. Unset: ``<host.state_dir>/metrics/<host.id>``."""
 
 
 class TestingSettings(BaseModel):
@@ -227,6 +242,7 @@ class Settings(BaseSettings):
     host: HostSettings = Field(default_factory=HostSettings)
     celery: CelerySettings = Field(default_factory=CelerySettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     testing: TestingSettings = Field(default_factory=TestingSettings)
     state_ttl_s: int = 7 * 24 * 3600
     """Backstop TTL on every state key."""

@@ -290,6 +290,23 @@ class Store:
         args: list[str | int] = [now_ms, self.ttl_ms, len(states), *states, *flat]
         return bool(self._transition(keys=[session_key(environment_id)], args=args))
 
+    def record_exit(self, environment_id: str, fields: Mapping[str, str], now_ms: int) -> bool:
+        """Record a process's end (``fields``: exit code, reason, OOM) with ``exited_ms``, once: True
+        for the one caller that recorded it; False when the session is gone or another did (WATCH)."""
+        key = session_key(environment_id)
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(key)  # type: ignore[no-untyped-call]
+                if not pipe.exists(key) or pipe.hexists(key, "exited_ms"):
+                    return False
+                pipe.multi()
+                pipe.hset(key, mapping=_hash({**fields, "exited_ms": str(now_ms), "updated_ms": str(now_ms)}))
+                pipe.pexpire(key, self.ttl_ms)
+                pipe.execute()
+            except redis.WatchError:
+                return False
+        return True
+
     def set_step_result(self, environment_id: str, step: str, result: Mapping[str, Any], now_ms: int) -> None:
         self.update_session(environment_id, {f"result:{step}": json.dumps(result, sort_keys=True)}, now_ms)
 

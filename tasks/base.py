@@ -11,13 +11,16 @@ of a chain carry in the same message are judged on size at its first step (``adm
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
 from celery import Task
+from celery.exceptions import Retry
 from pydantic import BaseModel, ValidationError
 
+from corral import metrics
 from corral.errors import AgentError, InvalidRequest, Retryable
 from corral.models import IsolatedProcessSpec, dump
 from corral.policy import MAX_REQUEST_BYTES
@@ -114,7 +117,23 @@ class CorralTask(Task):  # type: ignore[misc]
             )
 
     def run_operation(self, host: str | None, call: Callable[[], R]) -> dict[str, Any]:
-        """Run one contract operation and return its JSON-safe result, converting every failure."""
+        """Run one contract operation and return its JSON-safe result, converting every failure;
+        its outcome and duration go to the host's metrics (``corral.metrics``)."""
+        started = time.monotonic()
+        outcome, error = "ok", None
+        try:
+            return self._run_operation(host, call)
+        except Retry as exc:  # a transient failure, sent again with a backoff
+            outcome, error = "retry", exc.exc if isinstance(exc.exc, AgentError) else None
+            raise
+        except AgentError as exc:
+            outcome, error = "error", exc
+            raise
+        finally:
+            operation = str(self.name).removeprefix("corral.")
+            metrics.observe_operation(operation, time.monotonic() - started, outcome, error)
+
+    def _run_operation(self, host: str | None, call: Callable[[], R]) -> dict[str, Any]:
         try:
             self.check_host(host)
             self.admit_chained()

@@ -107,6 +107,7 @@ def corral_env(redis_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
             "CORRAL_HOST__HEARTBEAT_TTL_S": "4",
             "CORRAL_CELERY__SWEEP_INTERVAL_S": "1",
             "CORRAL_CELERY__TASK_TIMEOUT_S": "60",
+            "CORRAL_METRICS__PORT": "0",  # off unless a test asks (workers of one test share the machine)
             "CORRAL_CONFIG": str(REPO / "config" / "corral.toml"),
             "PYTHONUNBUFFERED": "1",
             **suite_fleet().role_env("client", TEST_CLIENT),

@@ -16,6 +16,7 @@ from corral.celeryconf import FLEET_QUEUE, QuietAMQP, celery_config, task_name
 from corral.identity import CALLER_KWARG
 from corral.settings import Settings, load_settings
 from workers.heartbeat import HostHeartbeat
+from workers.observe import HostObserver
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -24,7 +25,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     # does not belong in worker logs. Results stay in the result backend and events.
     trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
     app = Celery(
-        "corral", include=["tasks.operations", "tasks.sweeper", "tasks.reconcile", "tasks.views", "tasks.placement"], amqp=QuietAMQP
+        "corral", include=["tasks.operations", "tasks.sweeper", "tasks.reconcile", "tasks.views", "tasks.placement", "tasks.batch"], amqp=QuietAMQP
     )
     app.conf.update(celery_config(settings))
     # Before the pool forks: children decode (and verify) task bodies with the same serializer.
@@ -41,6 +42,12 @@ def create_app(settings: Settings | None = None) -> Celery:
             "kwargs": {CALLER_KWARG: signing.identity(settings)},
             "options": {"queue": FLEET_QUEUE, "expires": settings.celery.sweep_interval_s * 2},
         },
+        "corral-dispatch-batches": {
+            "task": task_name("dispatch"),
+            "schedule": settings.celery.dispatch_interval_s * 5,
+            "kwargs": {CALLER_KWARG: signing.identity(settings)},
+            "options": {"queue": FLEET_QUEUE, "expires": settings.celery.dispatch_interval_s * 5},
+        },
         "corral-reconcile-fleet": {
             "task": task_name("reconcile_fleet"),
             "schedule": settings.celery.reconcile_interval_s,
@@ -49,6 +56,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         },
     }
     app.steps["consumer"].add(HostHeartbeat)
+    app.steps["worker"].add(HostObserver)  # metrics endpoint and exit watch (workers.observe)
     return app
 
 
