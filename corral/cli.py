@@ -24,8 +24,9 @@ import click
 
 from corral.errors import AgentError, InvalidRequest
 from corral.job import JobSpec
+from corral.lifecycle import shown_state
 from corral.models import IoStream, ProcessSignal, dump
-from corral.render import age, console, emit_json, print_error, table
+from corral.render import Progress, age, console, emit_json, ending, errors, print_error, table
 from corral.units import parse_duration_ms, parse_env, parse_memory_mb
 
 CORRAL_ERROR_EXIT = 125
@@ -146,7 +147,7 @@ def run(
     if detach:
         handle = client.submit(job, host, placement, _say_queued)
         try:
-            client.wait(handle)
+            _wait_started(client, handle, as_json)
             ticket = client.detach(handle, parse_duration_ms(ttl))
         except BaseException:
             client.cleanup_quietly(handle)
@@ -162,6 +163,23 @@ def run(
 def _say_queued(reason: str) -> None:
     """A job that fits nowhere yet waits; say why on stderr (stdout is the job's)."""
     print(f"corral: queued: {reason}", file=sys.stderr, flush=True)
+
+
+def _wait_started(client: Any, handle: Any, as_json: bool) -> None:
+    """Wait for the chain to start the process; on a terminal, say which step it is at (stderr)."""
+    progress = Progress(enabled=not as_json)
+    try:
+        client.wait(handle, on_step=lambda op: progress.update(f"preparing on {handle.host}: {op.replace('_', ' ')}"))
+    finally:
+        progress.done()
+
+
+def _say_ending(stats: Any, job: JobSpec) -> None:
+    """A killed process is said so on stderr, not only by its exit code (137 says nothing)."""
+    reason = stats.reason.value if stats.reason is not None else None
+    line = ending(reason, bool(stats.oom_killed), job.memory_mb, job.timeout_ms)
+    if line is not None:
+        errors.print(line, markup=False, soft_wrap=True)
 
 
 def write_output(stream: IoStream, data: bytes) -> None:
@@ -206,13 +224,15 @@ def _run_attached(client: Any, job: JobSpec, host: str | None, as_json: bool, pl
     job_grace_ms = 5000
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        client.wait(handle)
+        _wait_started(client, handle, as_json)
         if job.stdin:
             threading.Thread(target=_forward_stdin, args=(client, handle), daemon=True).start()
         stats = client.follow(handle, on_output)
     finally:
         signal.signal(signal.SIGINT, previous)
         cleanup = client.cleanup_quietly(handle)
+    if not as_json:  # --json carries reason and oom_killed
+        _say_ending(stats, job)
     code = stats.exit_code if stats.exit_code is not None else CORRAL_ERROR_EXIT
     if as_json:
         emit_json(
@@ -245,10 +265,13 @@ def ps(show_all: bool, as_json: bool) -> None:
             {
                 "id": s["environment_id"],
                 "host": s.get("host"),
-                "state": s.get("state"),
+                "state": shown_state(s),  # a detached sandbox whose process ended: exited
+                "session_state": s.get("state"),
                 "image": image,
                 "created_ms": s.get("created_ms"),
                 "exit_code": s.get("exit_code"),
+                "reason": s.get("reason"),
+                "exited_ms": s.get("exited_ms"),
                 "ticket": s.get("ticket_ref"),
             }
         )
@@ -257,8 +280,11 @@ def ps(show_all: bool, as_json: bool) -> None:
         return
     table(
         "sandboxes",
-        ["ID", "HOST", "STATE", "IMAGE", "CREATED", "EXIT", "TICKET"],
-        [(r["id"], r["host"], r["state"], r["image"], age(r["created_ms"]), r["exit_code"], r["ticket"]) for r in rows],
+        ["ID", "HOST", "STATE", "IMAGE", "CREATED", "EXIT", "REASON", "TICKET"],
+        [
+            (r["id"], r["host"], r["state"], r["image"], age(r["created_ms"]), r["exit_code"], r["reason"], r["ticket"])
+            for r in rows
+        ],
     )
 
 

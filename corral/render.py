@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -50,3 +51,74 @@ def print_error(exc: AgentError, as_json: bool) -> None:
         emit_json({"error": exc.to_payload()})
     else:
         errors.print(error_line(exc), markup=False, soft_wrap=True)
+
+
+def size_mib(mb: int) -> str:
+    """``16 MiB``, ``2 GiB``: how a memory limit is said back to a person."""
+    return f"{mb // 1024} GiB" if mb >= 1024 and mb % 1024 == 0 else f"{mb} MiB"
+
+
+def duration(ms: int) -> str:
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms >= size and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms / 1000:g}s" if ms >= 1000 else f"{ms}ms"
+
+
+def ending(reason: str | None, oom_killed: bool, memory_mb: int, timeout_ms: int) -> str | None:
+    """The line a killed process deserves on stderr (an exit code of 137 alone says nothing), or None."""
+    if oom_killed or reason == "oom":
+        return f"corral: killed: out of memory (limit {size_mib(memory_mb)})"
+    if reason == "timeout":
+        return f"corral: killed: timeout (limit {duration(timeout_ms)})"
+    if reason == "lost":
+        return "corral: the process was lost (its host no longer has it)"
+    return None
+
+
+class Progress:
+    """One status line on stderr while a command waits (``corral run`` before the process starts),
+    rewritten in place and erased when done. Only on a terminal: piped or ``--json``, it says nothing."""
+
+    def __init__(self, enabled: bool, stream: Any = None, tick_s: float = 1.0) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and bool(getattr(self.stream, "isatty", lambda: False)())
+        self.started = time.monotonic()
+        self.tick_s = tick_s
+        self._text = ""
+        self._shown = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def update(self, text: str) -> None:
+        """Show ``text`` with the time waited so far (kept ticking by a thread until ``done``)."""
+        if not self.enabled:
+            return
+        self._text = text
+        self._draw()
+        if self._ticker is None:
+            self._ticker = threading.Thread(target=self._tick, name="corral-progress", daemon=True)
+            self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            self._draw()
+
+    def _draw(self) -> None:
+        with self._lock:
+            if self._stop.is_set():
+                return
+            waited = time.monotonic() - self.started
+            self.stream.write(f"\r\x1b[2Kcorral: {self._text} ({waited:.0f}s)")
+            self.stream.flush()
+            self._shown = True
+
+    def done(self) -> None:
+        """Erase the line; nothing is drawn after this."""
+        with self._lock:
+            self._stop.set()
+            if self._shown:
+                self.stream.write("\r\x1b[2K")
+                self.stream.flush()
+                self._shown = False
