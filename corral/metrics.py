@@ -15,9 +15,10 @@ Two kinds of numbers, and where each comes from:
 - **State** (read at scrape time by ``HostCollector`` in the main process, never counted): sandboxes
   of this host by state (``exited`` includes a detached sandbox whose process ended), the live count
   against the policy cap ``limits.max_sandboxes``, the CPUs and memory the live sandboxes were given
-  against the host's, the I/O shims (count, RSS and PSS read from ``/proc``), the depth of this host's
-  queues (LLEN on the broker; the worker's Redis role may read ``corral.*``) and messages the worker
-  refused (``workers.guard``). A number read at scrape cannot drift from the truth it reports.
+  against the host's, admission's published capacity and reservations (``corral.admission``), the I/O
+  shims (count, RSS and PSS read from ``/proc``), the depth of this host's queues (LLEN on the broker;
+  the worker's Redis role may read ``corral.*``) and messages the worker refused (``workers.guard``).
+  A number read at scrape cannot drift from the truth it reports.
 
 Flower's ``/metrics`` stays the place for task-level figures (per task name, per worker).
 
@@ -202,12 +203,16 @@ class HostCollector:
 
     STATES = ("preparing", "prepared", "running", "exited", "detached", "cleaning", "repair_needed")
 
-    def __init__(self, host_id: str, state_dir: str, store: Any, broker: Any, max_sandboxes: Any) -> None:
+    def __init__(
+        self, host_id: str, state_dir: str, store: Any, broker: Any, max_sandboxes: Any, admission: Any = None
+    ) -> None:
         self.host_id = host_id
         self.state_dir = state_dir
         self.store = store
         self.broker = broker
         self.max_sandboxes = max_sandboxes
+        self.admission = admission
+        """``corral.admission.Admission``: the capacity this host publishes and what placement reserved."""
 
     def describe(self) -> list[Any]:
         return []  # collected only on scrape: registering must not read Redis
@@ -262,6 +267,26 @@ class HostCollector:
         yield gauge("corral_allocated_memory_bytes", "Memory limits of the live sandboxes, summed.", value=memory)
         yield gauge("corral_host_cpus", "CPUs of this host.", value=os.cpu_count() or 0)
         yield gauge("corral_host_memory_bytes", "Memory of this host (MemTotal).", value=memory_total_bytes())
+        if self.admission is not None:
+            yield from self._admission(gauge)
+
+    def _admission(self, gauge: Any) -> Iterator[Any]:
+        published = gauge(
+            "corral_admission_capacity",
+            "What this host offers placement (published with its heartbeat; absent while it is down).",
+            labels=["resource"],
+        )
+        reserved = gauge(
+            "corral_admission_reserved", "What placement reserved here (leases and sessions).", labels=["resource"]
+        )
+        capacity = self.admission.capacity(self.host_id)
+        for family, numbers in ((published, capacity), (reserved, self.admission.used(self.host_id))):
+            if numbers is not None:
+                family.add_metric(["slots"], numbers.slots)
+                family.add_metric(["cpus"], numbers.cpus_m / 1000)
+                family.add_metric(["memory_bytes"], numbers.mem_mb * 1024 * 1024)
+        yield published
+        yield reserved
 
     def _queues(self, gauge: Any, counter: Any) -> Iterator[Any]:
         names = queue_names(self.host_id)

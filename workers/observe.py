@@ -64,13 +64,14 @@ class HostObserver(bootsteps.StartStopStep):  # type: ignore[misc]
         broker = redis.Redis.from_url(
             settings.redis_url(settings.redis.broker_db), decode_responses=True, **(settings.redis_tls() or {})
         )
-        policy = coordinator().policy
+        here = coordinator()
         collector = metrics.HostCollector(
             settings.host.id,
             settings.host.state_dir,
             services.store,
             broker,
-            lambda: policy.current().limits.max_sandboxes,
+            lambda: here.policy.current().limits.max_sandboxes,
+            here.admission,
         )
         try:
             self._server = metrics.serve(

@@ -96,6 +96,8 @@ def test_metrics_move_when_jobs_run(worker_factory, corral_env, busybox_image, r
     assert sample(after, "corral_allocated_cpus") == 0.5
     assert sample(after, "corral_allocated_memory_bytes") == 64 * 1024 * 1024
     assert sample(after, "corral_io_helpers") == 1
+    assert sample(after, "corral_admission_reserved", resource="slots") == 1
+    assert sample(after, "corral_admission_capacity", resource="slots") >= 1
     assert sample(after, "corral_io_helpers_rss_bytes") > 1024 * 1024
 
     # Queue depth: with the pool stopped the worker reserves one message (prefetch 1 x concurrency 1),

@@ -151,3 +151,19 @@ def test_operation_events_count_outcomes_latency_and_failures_by_kind_and_rule()
     finally:
         for collector in (events.operations, events.duration, events.failures):
             registry.unregister(collector)
+
+
+def test_admission_capacity_and_reservations(rig: Rig, broker: redis.Redis, tmp_path: Path) -> None:
+    from corral.admission import Capacity
+
+    admission = rig.coordinator.admission
+    admission.publish_capacity(HOST, Capacity(slots=4, cpus_m=8000, mem_mb=2048), 60_000)
+    started(rig.run_chain(job(cpus=1.5, memory_mb=256)))  # prepare_session confirms its allocation
+    registry = CollectorRegistry()
+    registry.register(metrics.HostCollector(HOST, str(tmp_path), rig.store, broker, lambda: 7, admission))
+    assert value(registry, "corral_admission_capacity", resource="slots") == 4
+    assert value(registry, "corral_admission_capacity", resource="cpus") == 8
+    assert value(registry, "corral_admission_capacity", resource="memory_bytes") == 2048 * 1024 * 1024
+    assert value(registry, "corral_admission_reserved", resource="slots") == 1
+    assert value(registry, "corral_admission_reserved", resource="cpus") == 1.5
+    assert value(registry, "corral_admission_reserved", resource="memory_bytes") == 256 * 1024 * 1024
