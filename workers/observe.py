@@ -41,13 +41,18 @@ class HostObserver(bootsteps.StartStopStep):  # type: ignore[misc]
         self._thread: threading.Thread | None = None
         settings = load_settings()
         self._directory = metrics.multiproc_dir(settings)
-        if settings.metrics.port:
-            metrics.prepare_multiprocess(self._directory)  # before the pool forks
+        self._enabled = bool(settings.metrics.port)
+        if self._enabled:
+            try:
+                metrics.prepare_multiprocess(self._directory)  # before the pool forks
+            except OSError as exc:  # no metrics, still a worker
+                log.warning("metrics off: cannot prepare %s: %s", self._directory, exc.strerror)
+                self._enabled = False
 
     def start(self, parent: Any) -> None:
         settings = load_settings()
         self._stop = threading.Event()
-        if settings.metrics.port and self._server is None:
+        if self._enabled and self._server is None:
             self._serve(settings)
         watch = Reconciler(coordinator())
         self._thread = threading.Thread(target=self._watch, args=(watch,), name="corral-exit-watch", daemon=True)
