@@ -55,6 +55,7 @@ class HostObserver(bootsteps.StartStopStep):  # type: ignore[misc]
         if self._enabled and self._server is None:
             self._serve(settings)
         watch = Reconciler(coordinator())
+        self._watch_once(watch)  # here first: whatever it imports is imported before any thread runs
         self._thread = threading.Thread(target=self._watch, args=(watch,), name="corral-exit-watch", daemon=True)
         self._thread.start()
 
@@ -78,6 +79,7 @@ class HostObserver(bootsteps.StartStopStep):  # type: ignore[misc]
             lambda: here.policy.current().limits.max_sandboxes,
             here.admission,
         )
+        list(collector.collect())  # the same, for what a scrape imports
         try:
             self._server = metrics.serve(
                 metrics.registry(collector, self._directory), settings.metrics.bind, settings.metrics.port
@@ -92,7 +94,11 @@ class HostObserver(bootsteps.StartStopStep):  # type: ignore[misc]
     def _watch(self, watch: Reconciler) -> None:
         interval = load_settings().host.heartbeat_s
         while not self._stop.wait(interval):
-            try:
-                watch.record_exits()
-            except Exception:
-                log.exception("exit watch failed")
+            self._watch_once(watch)
+
+    @staticmethod
+    def _watch_once(watch: Reconciler) -> None:
+        try:
+            watch.record_exits()
+        except Exception:
+            log.exception("exit watch failed")
