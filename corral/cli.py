@@ -716,3 +716,225 @@ def _demo(host_id: str | None, job: tuple[str, ...]) -> int:
         [(r.kind, r.fields.get("op"), r.fields.get("status", ""), r.fields.get("summary", "")) for r in records],
     )
     return int(outcome.exit_code or 0)
+
+
+# -- batches ---------------------------------------------------------------------------------------
+
+BATCH_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def parse_deadline_ms(text: str, now_ms: int) -> int:
+    """``2h`` (from now) or an ISO-8601 time (``2026-12-01T06:00:00Z``); a time in the past is refused."""
+    import datetime
+
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return now_ms + parse_duration_ms(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    deadline = int(moment.timestamp() * 1000)
+    if deadline <= now_ms:
+        raise InvalidRequest(f"the deadline {text} is in the past", context={"deadline": text[:40]})
+    return deadline
+
+
+@main.group()
+def batch() -> None:
+    """Many jobs at once: arrays, job files, retries, deadlines (held and dispatched by the fleet).
+
+    `corral batch wait` exits 0 when every job succeeded, 1 when some failed (or were cancelled),
+    2 when some could not be placed at all; any corral error exits 125."""
+
+
+@batch.command("submit", context_settings={"ignore_unknown_options": False})
+@click.argument("image", required=False)
+@click.argument("argv", nargs=-1)
+@click.option("--array", "array", help="N (indices 0..N-1), A-B, or A-B%T (at most T running at once).")
+@click.option("--file", "jobs_file", type=click.Path(dir_okay=False, path_type=Path), help="JSON lines, one job each.")
+@click.option("--throttle", type=int, default=None, help="At most this many jobs running at once.")
+@click.option("--retry", "retry", multiple=True, help="exit:CODE[,CODE] or reason:NAME (repeatable; first match wins).")
+@click.option("--max-attempts", type=int, default=1, show_default=True, help="Attempts per index, the first included.")
+@click.option("--deadline", help="For the whole batch: 2h (from now) or an ISO time; then the rest is cancelled.")
+@click.option("--idempotency-key", help="A resubmission with the same key returns the same batch.")
+@click.option("--placement", type=click.Choice(["spread", "binpack"]), default="spread", show_default=True)
+@click.option("--cpus", type=float, default=1.0, show_default=True)
+@click.option("--memory", default="512m", show_default=True)
+@click.option("--timeout", default="10m", show_default=True, help="Per job.")
+@click.option("--env", "env", multiple=True, help="NAME=VALUE (repeatable).")
+@click.option("--network", default="disabled", show_default=True)
+@click.option("--mount", "mounts", multiple=True)
+@json_option
+@handles_errors
+def batch_submit(
+    image: str | None,
+    argv: tuple[str, ...],
+    array: str | None,
+    jobs_file: Path | None,
+    throttle: int | None,
+    retry: tuple[str, ...],
+    max_attempts: int,
+    deadline: str | None,
+    idempotency_key: str | None,
+    placement: str,
+    cpus: float,
+    memory: str,
+    timeout: str,
+    env: tuple[str, ...],
+    network: str,
+    mounts: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Submit IMAGE -- ARGV as an --array, or the jobs of --file:  corral batch submit --array 30 IMAGE -- CMD"""
+    from corral.batch import parse_array, parse_jobs_file, parse_retry
+
+    # Everything is judged here first: a bad line, range, rule or deadline submits nothing.
+    jobs = None
+    if jobs_file is not None:
+        if image is not None or array is not None:
+            raise InvalidRequest("--file holds whole jobs: give no IMAGE and no --array with it")
+        try:
+            jobs = parse_jobs_file(jobs_file.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"cannot read {jobs_file}: {exc.__class__.__name__}") from None
+    elif image is None or not argv:
+        raise InvalidRequest("give IMAGE -- CMD ARGS (with --array) or --file jobs.jsonl")
+    if array is not None:
+        parse_array(array)
+    if throttle is not None and throttle < 1:
+        raise InvalidRequest("--throttle 0 would never run anything")
+    for rule in retry:
+        parse_retry(rule)
+    if max_attempts < 1:
+        raise InvalidRequest("--max-attempts must be at least 1")
+    now = int(time.time() * 1000)
+    deadline_ms = parse_deadline_ms(deadline, now) if deadline else None
+    job = None
+    if image is not None:
+        job = JobSpec(
+            image=image,
+            argv=list(argv),
+            cpus=cpus,
+            memory_mb=parse_memory_mb(memory),
+            timeout_ms=parse_duration_ms(timeout),
+            env=parse_env(env),
+            mounts=list(mounts),
+            network=network,
+        )
+        job.environment(), job.process()
+    handle = _client().submit_batch(
+        job,
+        array=array if array is not None else (None if jobs is not None else "1"),
+        jobs=jobs,
+        throttle=throttle,
+        retry=list(retry),
+        max_attempts=max_attempts,
+        deadline_ms=deadline_ms,
+        idempotency_key=idempotency_key,
+        placement="binpack" if placement == "binpack" else "spread",
+    )
+    if as_json:
+        emit_json({"batch_id": handle.batch_id, "created": handle.created})
+    else:
+        console.print(
+            f"{handle.batch_id}{'' if handle.created else ' (existing batch for this idempotency key)'}", markup=False
+        )
+
+
+def _show_batch(status: dict[str, Any], as_json: bool, with_jobs: bool) -> None:
+    if as_json:
+        emit_json(status)
+        return
+    meta = status["batch"]
+    counts = "  ".join(f"{state} {meta.get(state, 0)}" for state in BATCH_STATES)
+    console.print(f"{meta.get('id')}  {meta.get('state')}  {counts}", markup=False, highlight=False)
+    if meta.get("reason") and int(meta.get("queued") or 0):
+        console.print(f"queued: {meta['reason']}", markup=False, highlight=False)
+    if meta.get("noop"):
+        console.print(meta["noop"], markup=False, highlight=False)
+    if with_jobs:
+        jobs = status.get("jobs") or {}
+        table(
+            "jobs",
+            ["INDEX", "STATE", "ATTEMPT", "HOST", "EXIT", "REASON", "SECONDS"],
+            [
+                (
+                    index,
+                    rec.get("state"),
+                    rec.get("attempt"),
+                    rec.get("host") or "",
+                    "" if rec.get("exit_code") is None else rec.get("exit_code"),
+                    rec.get("reason") or "",
+                    _seconds(rec),
+                )
+                for index, rec in sorted(jobs.items(), key=lambda kv: int(kv[0]))
+            ],
+        )
+
+
+def _seconds(rec: dict[str, Any]) -> str:
+    if rec.get("ended_ms") and rec.get("started_ms"):
+        return f"{(rec['ended_ms'] - rec['started_ms']) / 1000:.1f}"
+    return ""
+
+
+@batch.command("status")
+@click.argument("batch_id")
+@click.option("--jobs", "with_jobs", is_flag=True, help="Also each job's outcome, host, timing and output tail.")
+@json_option
+@handles_errors
+def batch_status(batch_id: str, with_jobs: bool, as_json: bool) -> None:
+    """Counts by state (queued, running, succeeded, failed, cancelled) and why jobs wait."""
+    _show_batch(_client().batch(batch_id).status(jobs=with_jobs), as_json, with_jobs)
+
+
+@batch.command("wait")
+@click.argument("batch_id")
+@click.option("--timeout", default=None, help="Give up after this long (exit 125).")
+@json_option
+@handles_errors
+def batch_wait(batch_id: str, timeout: str | None, as_json: bool) -> None:
+    """Wait until the batch is over: exit 0 all succeeded, 1 some failed, 2 some could not be placed."""
+    from corral.batch import wait_exit_code
+
+    status = _client().batch(batch_id).wait(timeout=parse_duration_ms(timeout) / 1000 if timeout else None)
+    _show_batch(status, as_json, with_jobs=not as_json)
+    sys.exit(wait_exit_code(status["batch"]))
+
+
+@batch.command("cancel")
+@click.argument("batch_id")
+@json_option
+@handles_errors
+def batch_cancel(batch_id: str, as_json: bool) -> None:
+    """Cancel what is queued and terminate what runs (a finished batch: nothing to do, and it says so)."""
+    _show_batch(_client().batch(batch_id).cancel(), as_json, False)
+
+
+@batch.command("retry")
+@click.argument("batch_id")
+@click.option("--failed", is_flag=True, required=True, help="Queue every failed job again (fresh attempts).")
+@json_option
+@handles_errors
+def batch_retry(batch_id: str, failed: bool, as_json: bool) -> None:
+    """Queue the failed jobs of a batch again."""
+    _show_batch(_client().batch(batch_id).retry_failed(), as_json, False)
+
+
+@batch.command("ls")
+@json_option
+@handles_errors
+def batch_ls(as_json: bool) -> None:
+    """Your batches (every tenant's for an operator), newest first."""
+    rows = _client().batches()
+    if as_json:
+        emit_json(rows)
+        return
+    table(
+        "batches",
+        ["BATCH", "STATE", *[s.upper() for s in BATCH_STATES], "CREATED"],
+        [
+            (r.get("id"), r.get("state"), *[r.get(s, "0") for s in BATCH_STATES], age(int(r.get("created_ms") or 0)))
+            for r in rows
+        ],
+    )

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from corral import signing
 from corral.admission import Admission, Capacity, Mode
+from corral.batch import BatchRef, BatchSubmitRequest, JobTemplate, parse_array, parse_retry, template_of
 from corral.celeryconf import FLEET_QUEUE, QuietAMQP, celery_config, queue_for_host, task_name
 from corral.errors import (
     AgentError,
@@ -35,7 +36,7 @@ from corral.errors import (
     TimeoutFailure,
 )
 from corral.identity import CALLER_KWARG
-from corral.job import JobSpec
+from corral.job import JobSpec, _build
 from corral.journal import JournalRecord
 from corral.models import (
     CleanupRequest,
@@ -450,9 +451,90 @@ class Client:
         rows = self._view("read_journal", {"environment_id": environment_id})
         return [JournalRecord(row.pop("record_id", ""), row) for row in rows]
 
+    # -- batches: fleet tasks for the verified caller (``corral.batch``) ----------------------
+
+    def submit_batch(
+        self,
+        job: JobSpec | None = None,
+        *,
+        array: str | None = None,
+        jobs: list[JobTemplate] | None = None,
+        throttle: int | None = None,
+        retry: list[str] | tuple[str, ...] = (),
+        max_attempts: int = 1,
+        deadline_ms: int | None = None,
+        idempotency_key: str | None = None,
+        placement: Mode = "spread",
+    ) -> BatchHandle:
+        """Submit one job template with ``array`` (``"30"``, ``"0-99%10"``) or a list of ``jobs``; the
+        fleet holds and dispatches them. The same ``idempotency_key`` returns the same batch."""
+        request = _build(
+            lambda: BatchSubmitRequest(
+                template=template_of(job) if job is not None else None,
+                array=parse_array(array) if array is not None else None,
+                jobs=jobs,
+                throttle=throttle,
+                retry=[str(parse_retry(rule)) for rule in retry],
+                max_attempts=max_attempts,
+                deadline_ms=deadline_ms,
+                idempotency_key=idempotency_key,
+                placement=placement,
+            )
+        )
+        ref = BatchRef.model_validate(self._fleet("batch_submit", dump(request)))
+        return BatchHandle(self, ref.batch_id, ref.created)
+
+    def batch(self, batch_id: str) -> BatchHandle:
+        return BatchHandle(self, checked_ref(batch_id, "batch id"), False)
+
+    def batches(self) -> list[dict[str, str]]:
+        """The caller's batches (every tenant's for an operator), newest first."""
+        return [dict(row) for row in self._fleet("batch_control", {"batch_id": "", "action": "list"}).get("rows", [])]
+
+    def _fleet(self, operation: str, payload: dict[str, Any]) -> dict[str, Any]:
+        self._kwargs("")  # no signing key: say so first
+        result = self.app.send_task(
+            task_name(operation), args=[payload], kwargs={CALLER_KWARG: self.identity}, queue=FLEET_QUEUE
+        )
+        return dict(self._get(result, operation))
+
     def _view(self, operation: str, payload: dict[str, Any]) -> list[dict[str, str]]:
         result = self.app.send_task(
             task_name(operation), args=[payload], kwargs={CALLER_KWARG: self.identity}, queue=FLEET_QUEUE
         )
         rows = self._get(result, operation).get("rows", [])
         return [dict(row) for row in rows]
+
+
+@dataclass
+class BatchHandle:
+    """A submitted batch: ``status()``, ``wait()``, ``cancel()``, ``retry_failed()``."""
+
+    client: Client
+    batch_id: str
+    created: bool
+    """False when an idempotency key named a batch submitted before (nothing new was created)."""
+
+    def _control(self, action: str, jobs: bool = False) -> dict[str, Any]:
+        return self.client._fleet("batch_control", {"batch_id": self.batch_id, "action": action, "jobs": jobs})
+
+    def status(self, jobs: bool = False) -> dict[str, Any]:
+        """``{"batch": meta and counters, "jobs": {index: record}}`` (jobs only when asked)."""
+        return self._control("status", jobs)
+
+    def cancel(self) -> dict[str, Any]:
+        return self._control("cancel")
+
+    def retry_failed(self) -> dict[str, Any]:
+        return self._control("retry_failed")
+
+    def wait(self, timeout: float | None = None, poll_s: float = 1.0, jobs: bool = True) -> dict[str, Any]:
+        """Poll until the batch is over; its final status (``corral.batch.wait_exit_code`` reads it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if status["batch"].get("state") != "active" and int(status["batch"].get("running") or 0) == 0:
+                return self.status(jobs) if jobs else status
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutFailure(f"batch {self.batch_id} still running after {timeout:.0f} s")
+            time.sleep(poll_s)

@@ -155,6 +155,8 @@ class LimitRules(Model):
     At most 1 GiB: the Docker adapter's own backstop (``spool.STDIN_MAX_TOTAL``)."""
     max_sandboxes: int = Field(default=256, ge=0)
     """Sessions alive on this host at once (any state but cleaned, checked at ``prepare_session``)."""
+    max_batch_jobs: int = Field(default=100_000, ge=1, le=10_000_000)
+    """Jobs one batch may hold (``corral batch submit``), checked by the fleet worker that accepts it."""
     rlimits: dict[str, tuple[int, int]] = Field(default_factory=lambda: dict(DEFAULT_RLIMIT_BOUNDS))
     """rlimit name -> inclusive [floor, ceiling] a request's value must lie in; a name not listed is
     denied. runc sets rlimits as root, so without a ceiling a request could raise ``rtprio`` (run
