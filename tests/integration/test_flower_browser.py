@@ -15,7 +15,9 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.error import HTTPError
 from urllib.request import Request, urlopen
 
@@ -56,7 +58,7 @@ def status_without_auth(url: str, auth: str | None = None) -> int:
 
 
 @pytest.fixture
-def browser() -> Browser:  # type: ignore[misc]
+def browser() -> Iterator[Browser]:
     binary = chromium_binary()
     if binary is None:
         missing("chromium (apt-get install chromium)")
@@ -71,7 +73,7 @@ def browser() -> Browser:  # type: ignore[misc]
 
 
 def test_flower_shows_hosts_chains_and_typed_errors_only_to_an_authenticated_operator(
-    corral_env: dict[str, str], tmp_path: Path, docker_client, busybox_image: str, browser: Browser
+    corral_env: dict[str, str], tmp_path: Path, docker_client: Any, busybox_image: str, browser: Browser
 ) -> None:
     host, other = f"fl-{uuid.uuid4().hex[:6]}", f"fl-{uuid.uuid4().hex[:6]}"
     state = tmp_path / "devstate"
