@@ -42,3 +42,14 @@ def test_a_task_sent_through_send_task_is_summarized() -> None:
         message = conn.SimpleQueue("q").get(timeout=5)
     assert SECRET not in message.headers["argsrepr"] + message.headers["kwargsrepr"]
     assert message.payload[0] == [REQUEST]  # the body itself is untouched
+
+
+def test_the_shipped_flower_conf_shows_the_columns_corral_dev_shows() -> None:
+    from pathlib import Path
+
+    from corral.devstack import FLOWER_TASKS_COLUMNS
+
+    conf = Path(__file__).resolve().parents[2] / "config" / "flower.conf"
+    lines = [line for line in conf.read_text().splitlines() if line.startswith("FLOWER_TASKS_COLUMNS=")]
+    assert lines == [f"FLOWER_TASKS_COLUMNS={FLOWER_TASKS_COLUMNS}"]
+    assert "args" not in FLOWER_TASKS_COLUMNS.split(",")
