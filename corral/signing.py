@@ -17,7 +17,12 @@ bytes before it decodes any JSON. Then:
   the ``caller`` keyword argument is overwritten with the signer's identity in the message and in
   every signature embedded in it (callbacks, errbacks, chain, chord, recursively): a client cannot
   put another identity into a later chain step, which a worker publishes with its own key. Anything
-  else a client signs (a worker control command, say) is refused.
+  else a client signs (a worker control command, say) is refused, and so is whatever would carry a
+  signature past the stamp: a task that is not corral's (Celery's ``celery.chord``/``chord_unlock``
+  take signatures as *arguments* and have the worker publish them), an embedded signature type other
+  than chain/group/chord (``xmap``/``chunks`` call the task in-process), a chain item that is not a
+  signature (Celery turns a bare task name into one), and an embed key other than the stamped ones
+  (Celery merges every embed key into the task's request: ``kwargs`` there is what a retry re-sends).
 - anything else (another content type, an unknown signer, a bad signature, a malformed envelope) is
   refused: kombu raises ``DecodeError`` and the worker's guard (``workers.guard``) drops the message,
   counts it and journals it without running anything.
@@ -67,6 +72,10 @@ _HEAD = len(MAGIC) + _FP + _SIG
 EMBED_KEYS = ("callbacks", "errbacks", "chain", "chord")
 BIND_KEY = "corral_bind"
 """Embed key holding ``[task name, task id]`` as the publisher's headers said, inside the signature."""
+CLIENT_TASK_PREFIX = "corral."
+"""The only tasks a client may name, at the top of a message and in every signature it embeds."""
+CANVAS_TYPES = ("chain", "group", "chord")
+_CLIENT_EMBED = frozenset((*EMBED_KEYS, BIND_KEY))
 
 
 def bind_headers(sender: Any = None, body: Any = None, headers: Any = None, **_: Any) -> None:
@@ -147,18 +156,32 @@ def stamp(body: Any, identity: str) -> Any:
     if embed is not None:
         if not isinstance(embed, dict):
             raise SignatureRejected("client-signed message is not a task")
+        if not _CLIENT_EMBED.issuperset(embed):
+            raise SignatureRejected("client-signed message carries fields outside the task")
+        bound = bound_headers(body)
+        if bound is not None:  # without it the guard refuses the message anyway
+            _client_task(bound[0] if bound else None)
         for key in EMBED_KEYS:
             for signature in _signatures(embed.get(key)):
                 _stamp_signature(signature, identity)
     return [args, kwargs, embed]
 
 
+def _client_task(name: Any) -> None:
+    if not (isinstance(name, str) and name.startswith(CLIENT_TASK_PREFIX)):
+        raise SignatureRejected("client may send only corral tasks")
+
+
 def _signatures(value: Any) -> Iterator[dict[str, Any]]:
+    if value is None:
+        return
     if isinstance(value, dict):
         yield value
     elif isinstance(value, list | tuple):
         for item in value:
             yield from _signatures(item)
+    else:  # Celery makes a signature of a bare task name too, without any caller
+        raise SignatureRejected("client-signed message embeds something that is not a signature")
 
 
 def _stamp_signature(signature: dict[str, Any], identity: str) -> None:
@@ -167,11 +190,14 @@ def _stamp_signature(signature: dict[str, Any], identity: str) -> None:
         kwargs = signature["kwargs"] = {}
     kind = signature.get("subtask_type")
     if kind is None:
+        _client_task(signature.get("task"))
         kwargs[CALLER_KWARG] = identity
-    else:  # chain/group/chord: their kwargs hold the member signatures (tasks, header, body)
+    elif kind in CANVAS_TYPES:  # their kwargs hold the member signatures (tasks, header, body)
         for key in ("tasks", "header", "body"):
             for inner in _signatures(kwargs.get(key)):
                 _stamp_signature(inner, identity)
+    else:  # xmap, xstarmap, chunks: the worker calls the task in-process, past any stamp
+        raise SignatureRejected("client-signed message embeds an unsupported signature type")
     options = signature.get("options")
     if isinstance(options, dict):
         for key in ("link", "link_error", "chord", "chain"):

@@ -42,6 +42,8 @@ def reconcile(
 
 @_register_fleet
 def reconcile_fleet(self: CorralTask, *, host: str | None = None, caller: str | None = None) -> dict[str, Any]:
+    # Each reconcile it sends carries this worker's own identity (an operator): only an operator asks.
+    check_operator(coordinator().policy.current(), coordinator().caller(caller))
     store = state_services().store
     live = [h for h in store.known_hosts() if store.host(h)]
     for host_id in live:

@@ -8,7 +8,11 @@
   (``corral.signing`` raises, kombu reports a decode error);
 - a client-signed message that is not a task, or an otherwise invalid task message;
 - a message whose task name or id (headers, not signed) differ from the ones bound into the signed
-  body (``corral.signing.BIND_KEY``): a captured body replayed as another task.
+  body (``corral.signing.BIND_KEY``): a captured body replayed as another task;
+- a message whose headers carry request fields the signature does not cover (``UNCOVERED_HEADERS``);
+- a compressed message: kombu inflates a body whose ``compression`` header names a codec as soon as
+  the message is read, so a few hundred KiB of zlib became hundreds of MiB in this process before any
+  check. Nothing in corral compresses task messages; this process's codecs refuse to decompress.
 
 Each refusal acks the message (so it is never redelivered), adds one to the host's
 ``corral:rejected:<host>`` counter (by reason) and appends a ``denial`` record to the host journal
@@ -22,6 +26,7 @@ import re
 from typing import Any
 
 from celery.worker.consumer import Consumer
+from kombu import compression
 
 from corral.services import Services, state_services
 from corral.signing import CONTENT_TYPE, SignatureRejected, bound_headers
@@ -29,6 +34,22 @@ from corral.signing import CONTENT_TYPE, SignatureRejected, bound_headers
 log = logging.getLogger("corral.guard")
 
 _PRINTABLE = re.compile(r"[^A-Za-z0-9._:@-]")
+
+UNCOVERED_HEADERS = ("callbacks", "errbacks", "chain", "chord", "stamped_headers", "stamps")
+"""Celery builds a task's request from the headers, then the signed embed over them: a body without
+a ``chain`` key let a ``chain`` header stand, and the worker published it with its own key. Stamps
+name options a retry re-publishes. None of these belong in a header."""
+
+
+def _refuse_compressed(body: Any) -> bytes:
+    raise SignatureRejected("compressed message")
+
+
+def refuse_compressed_bodies() -> None:
+    """Replace every kombu codec's decoder in this process with a refusal (kombu's registry is global)."""
+    for content_type in compression.encoders():  # type: ignore[no-untyped-call]
+        encoder, _ = compression.get_encoder(content_type)  # type: ignore[no-untyped-call]
+        compression.register(encoder, _refuse_compressed, content_type)  # type: ignore[no-untyped-call]
 
 
 def _header(message: Any, name: str) -> str:
@@ -50,12 +71,18 @@ def reason_of(exc: BaseException) -> str:
 class GuardedConsumer(Consumer):  # type: ignore[misc]
     _services: Services | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        refuse_compressed_bodies()
+        super().__init__(*args, **kwargs)
+
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         handler = super().create_task_handler(*args, **kwargs)
 
         def on_task_received(message: Any) -> Any:
             if message.content_type != CONTENT_TYPE:
                 return self.refuse(message, "unsigned")
+            if any((getattr(message, "headers", None) or {}).get(name) for name in UNCOVERED_HEADERS):
+                return self.refuse(message, "headers carry request fields the signature does not cover")
             try:
                 body = message.decode()  # verified (and stamped) once; kombu caches it for the strategy
             except Exception as exc:
