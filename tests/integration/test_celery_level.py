@@ -3,10 +3,12 @@
 pytest-celery's plugin serves ``celery.contrib.pytest`` and its embedded worker
 (``celery.contrib.testing.worker.start_worker``, behind the pre-1.0 ``celery_worker`` fixture; 1.x
 names its container worker so): a real Celery ``WorkController`` (solo pool, in a thread of this
-process), here for corral's own app (``workers.app.create_app``: signed messages, the guard consumer, acks late,
-the host heartbeat) consuming its host queue (and the fleet queue) of the suite's Redis, with this machine's Docker. Its
-container mode (``celery_setup``) needs images pulled from a registry; the local images of
-``scripts/build-images`` could stand in for them (not done yet).
+process), here for corral's own app (``workers.app.create_app``: signed messages, the guard
+consumer, acks late, the host heartbeat) consuming its host queue (and the fleet queue) of the
+suite's Redis, with this machine's Docker. Its container mode (broker and worker containers from
+local images) is ``tests/integration/test_celery_containers.py``; here the worker is in-process so
+a test can reach into it (Celery's signals, a runtime that fails once) and kill another worker
+process of the host.
 
 What is exercised through real Celery components: routing to a host queue (nothing runs on another
 host's worker), a job's chain running in contract order, a retry of a retryable error (a new
