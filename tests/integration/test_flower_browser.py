@@ -1,4 +1,4 @@
-"""Flower as the operator sees it: `corral dev` with Flower, two host workers, a job that runs and one
+"""Flower as the operator sees it: `corral dev --hosts 2` with Flower, a job that runs and one
 that fails, read in headless Chromium (Debian's ``chromium``) over the DevTools protocol.
 
 The tasks page screenshot is written to ``docs/flower-tasks.png`` when ``CORRAL_UPDATE_DOCS=1``
@@ -23,11 +23,11 @@ from urllib.request import Request, urlopen
 
 import pytest
 
-from corral.credentials import Fleet, add_identity
-from corral.devstack import FLOWER_TASKS_COLUMNS, component_identity
+from corral.credentials import Fleet
+from corral.devstack import FLOWER_TASKS_COLUMNS
 from tests.browser import Browser, chromium_binary
 from tests.conftest import free_port, missing
-from tests.harness import REPO, WorkerProc, remove_labeled, wait_until
+from tests.harness import REPO, remove_labeled, wait_until
 
 COLUMN = {name: index for index, name in enumerate(FLOWER_TASKS_COLUMNS.split(","))}
 CHAIN = (
@@ -75,7 +75,8 @@ def browser() -> Iterator[Browser]:
 def test_flower_shows_hosts_chains_and_typed_errors_only_to_an_authenticated_operator(
     corral_env: dict[str, str], tmp_path: Path, docker_client: Any, busybox_image: str, browser: Browser
 ) -> None:
-    host, other = f"fl-{uuid.uuid4().hex[:6]}", f"fl-{uuid.uuid4().hex[:6]}"
+    name = f"fl-{uuid.uuid4().hex[:6]}"
+    host, other = f"{name}-1", f"{name}-2"  # `corral dev --hosts 2`
     state = tmp_path / "devstate"
     env = {k: v for k, v in corral_env.items() if not k.startswith(("CORRAL_REDIS__", "CORRAL_SECURITY__"))}
     env = {k: v for k, v in env.items() if not k.startswith("FLOWER_")}
@@ -85,14 +86,13 @@ def test_flower_shows_hosts_chains_and_typed_errors_only_to_an_authenticated_ope
     log = tmp_path / "dev.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "corral", "dev", "--host", host, "--flower-port", str(port)],
+            [sys.executable, "-m", "corral", "dev", "--host", name, "--hosts", "2", "--flower-port", str(port)],
             env=env,
             cwd=REPO,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    second: WorkerProc | None = None
     try:
         assert wait_until(lambda: b"Ctrl-C stops" in log.read_bytes() or proc.poll() is not None, 90), log.read_text()
         assert proc.poll() is None, log.read_text()
@@ -104,12 +104,6 @@ def test_flower_shows_hosts_chains_and_typed_errors_only_to_an_authenticated_ope
         fleet = Fleet(state / "dev")
         client_env = dict(line.split("=", 1) for line in fleet.env_file("client").read_text().splitlines())
         run_env = {**env, **client_env}
-
-        # A second host worker on the same stack, with its own component identity.
-        add_identity(fleet, component_identity(other))
-        worker_env = {**run_env, **fleet.role_env("worker", component_identity(other)), "CORRAL_HOST__ID": other}
-        second = WorkerProc(other, worker_env, tmp_path / "worker-2.log")
-        second.start(client_env["CORRAL_REDIS__URL"].replace("redis://", f"redis://admin:{fleet.password('admin')}@"))
 
         done = corral_cli(run_env, "run", "--host", host, busybox_image, "--", "echo", "hello")
         assert (done.returncode, done.stdout) == (0, b"hello\n"), done.stderr
@@ -169,8 +163,6 @@ def test_flower_shows_hosts_chains_and_typed_errors_only_to_an_authenticated_ope
             (REPO / "docs").mkdir(exist_ok=True)
             shutil.copyfile(shot, REPO / "docs" / "flower-tasks.png")
     finally:
-        if second is not None:
-            second.stop()
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(60)
