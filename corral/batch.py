@@ -52,6 +52,22 @@ REASONS = ("exit", "timeout", "oom", "signal", "lost", "host_lost", "start_faile
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
+DISPATCH_LOCK = f"{PREFIX}dispatch:lock"
+"""Held by the one dispatcher running (with a short expiry: a killed worker does not stall batches)."""
+DISPATCH_NEXT = f"{PREFIX}dispatch:next"
+"""Set while a dispatcher wake-up is on its way (one at a time, fleet-wide)."""
+
+
+def reap_request_key(host_id: str) -> str:
+    """Set while a reap request is on its way to that host (one at a time)."""
+    return f"{PREFIX}reap:{host_id}"
+
+
+def reaping_key(host_id: str) -> str:
+    """Held by the one reaper running on that host."""
+    return f"{PREFIX}reaping:{host_id}"
+
+
 def batch_key(batch_id: str) -> str:
     return f"{PREFIX}batch:{batch_id}"
 

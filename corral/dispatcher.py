@@ -49,6 +49,8 @@ from corral.store import Store
 log = logging.getLogger("corral.dispatcher")
 
 Outcome = Literal["succeeded", "failed", "cancelled", "retry"]
+HOST_LOST_ATTEMPTS = 3
+"""Attempts an index gets when its hosts are lost under it, whatever its own budget (at least)."""
 START_GRACE_MS = 300_000
 """An attempt whose session never appeared this long after its chain was sent is ``lost``."""
 
@@ -66,6 +68,8 @@ def decide(batch: Batch, exit_code: int | None, reason: str, attempt: int, now_m
     deadline = batch.deadline_ms
     if deadline is not None and now_ms >= deadline:
         return "failed"
+    if reason == "host_lost" and attempt < max(batch.max_attempts, HOST_LOST_ATTEMPTS):
+        return "retry"  # not the job's fault: retried on another host without a rule
     return "retry" if should_retry(batch.rules, exit_code, reason, attempt, batch.max_attempts) else "failed"
 
 
@@ -123,12 +127,16 @@ class Dispatcher:
         return self._dispatch(batch, len(running), now)
 
     def _host_lost(self, batch: Batch, env_id: str, index: int, host: str, record: dict[str, Any], now: int) -> None:
-        """The host's heartbeat expired with the attempt on it: it counts as ``host_lost`` (retryable)."""
+        """The host's heartbeat expired with the attempt on it: it counts as ``host_lost`` (retried on
+        another host). Its session is marked ``repair_needed``, so when the host comes back its
+        reconciler reclaims whatever still runs there instead of keeping it as owned."""
         attempt = int(record.get("attempt", 1))
         outcome = decide(batch, None, "host_lost", attempt, now)
-        self.batches.finish(
-            batch, index, env_id, host, outcome, ended_record(record, None, "host_lost", outcome, now), now
-        )
+        done = ended_record(record, None, "host_lost", outcome, now)
+        if self.batches.finish(batch, index, env_id, host, outcome, done, now) == -1:
+            return
+        live = ("preparing", "prepared", "running", "exited", "detached", "cleaning")
+        self.store.transition(env_id, live, {"state": "repair_needed", "lost": "host_lost"}, now)
         self.admission.release(env_id)
 
     def _dispatch(self, batch: Batch, running: int, now: int) -> int:

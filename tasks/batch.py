@@ -16,7 +16,16 @@ from typing import Any
 
 from celery import chain, current_app, shared_task
 
-from corral.batch import BatchControl, BatchRef, BatchStore, BatchSubmitRequest
+from corral.batch import (
+    DISPATCH_LOCK,
+    DISPATCH_NEXT,
+    BatchControl,
+    BatchRef,
+    BatchStore,
+    BatchSubmitRequest,
+    reap_request_key,
+    reaping_key,
+)
 from corral.celeryconf import FLEET_QUEUE, queue_for_host, task_kwargs, task_name
 from corral.client import cleanup_plan_ref
 from corral.dispatcher import Dispatcher, Reaper
@@ -29,9 +38,6 @@ from corral.settings import load_settings
 from corral.tenancy import HIDDEN_RULE
 from corral.views import Rows
 from tasks.base import CorralTask
-
-DISPATCH_LOCK = "corral:dispatch:lock"
-DISPATCH_NEXT = "corral:dispatch:next"
 
 
 def _fleet(name: str) -> Callable[[Callable[..., dict[str, Any]]], Any]:
@@ -70,7 +76,7 @@ def _send_chain(job: JobSpec, host: str, caller: str) -> None:
 
 def _send_reap(host: str) -> None:
     r = coordinator().store.r
-    if r.set(f"corral:reap:{host}", "1", nx=True, px=2000):  # one reap request in flight per host
+    if r.set(reap_request_key(host), "1", nx=True, px=2000):  # one reap request in flight per host
         current_app.send_task(
             task_name("batch_reap"), kwargs=task_kwargs(load_settings(), host), queue=queue_for_host(host)
         )
@@ -152,7 +158,7 @@ def dispatch(self: CorralTask, *, host: str | None = None, caller: str | None = 
     r = c.store.r
     token = secrets.token_hex(8)
     interval = load_settings().celery.dispatch_interval_s
-    if not r.set(DISPATCH_LOCK, token, nx=True, px=60_000):
+    if not r.set(DISPATCH_LOCK, token, nx=True, px=30_000):
         return {"skipped": "another dispatcher runs"}
     try:
         return Dispatcher(c.store, _batches(), c.admission, c.clock, _send_chain, _send_reap).tick()
@@ -177,11 +183,11 @@ def batch_reap(self: CorralTask, *, host: str | None = None, caller: str | None 
     if not operator.operator:
         raise PolicyDenial("batch_reap is for fleet components", context={"rule": "operator"})
     r = c.store.r
-    r.delete(f"corral:reap:{c.host_id}")  # an exit seen from now on gets another reap request
+    r.delete(reap_request_key(c.host_id))  # an exit seen from now on gets another reap request
     # One reaper per host at a time: two would both see a process exit, and one would find the
     # other's cleanup half done.
     token = secrets.token_hex(8)
-    lock = f"corral:reaping:{c.host_id}"
+    lock = reaping_key(c.host_id)
     if not r.set(lock, token, nx=True, px=120_000):
         return {"skipped": "another reaper runs on this host"}
     try:

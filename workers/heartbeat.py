@@ -16,7 +16,8 @@ from typing import Any
 from celery import bootsteps
 
 from corral.admission import Admission, Capacity, host_capacity
-from corral.celeryconf import queue_for_host, task_kwargs, task_name
+from corral.batch import ACTIVE_KEY, DISPATCH_NEXT, reap_request_key, run_key
+from corral.celeryconf import FLEET_QUEUE, queue_for_host, task_kwargs, task_name
 from corral.contract import IsolationRuntime
 from corral.errors import AgentError
 from corral.models import dump
@@ -44,12 +45,14 @@ class HostHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         self._thread: threading.Thread | None = None
         self._hostname = getattr(parent, "hostname", "")
         self._policy: PolicySource | None = None
+        self._app: Any = None
 
     def start(self, parent: Any) -> None:
         self._stop = threading.Event()
         services = state_services()
         runtime = build_runtime(services.settings)
         self._publish(services, runtime, int(time.time() * 1000))
+        self._app = parent.app
         self._thread = threading.Thread(
             target=self._loop, args=(services, runtime), name="corral-heartbeat", daemon=True
         )
@@ -72,6 +75,23 @@ class HostHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
                 self._publish(services, runtime, started)
             except Exception:
                 log.exception("heartbeat failed")
+            try:
+                self._nudge(services)
+            except Exception:
+                log.exception("batch nudge failed")
+
+    def _nudge(self, services: Services) -> None:
+        """Batches never hang on one lost message (a wake-up held by a worker that was killed): while
+        batches are active, any worker's heartbeat wakes the dispatcher (at most once per dispatch
+        interval, fleet-wide), and a host running batch attempts asks its own reaper to look."""
+        r = services.store.r
+        settings = services.settings
+        every_ms = int(settings.celery.dispatch_interval_s * 1000)
+        if r.scard(ACTIVE_KEY) and r.set(DISPATCH_NEXT, "1", nx=True, px=every_ms):
+            self._app.send_task(task_name("dispatch"), kwargs=task_kwargs(settings, ""), queue=FLEET_QUEUE)
+        host = settings.host.id
+        if r.hlen(run_key(host)) and r.set(reap_request_key(host), "1", nx=True, px=2000):
+            self._app.send_task(task_name("batch_reap"), kwargs=task_kwargs(settings, host), queue=queue_for_host(host))
 
     def _publish(self, services: Services, runtime: IsolationRuntime, started: int) -> None:
         settings = services.settings

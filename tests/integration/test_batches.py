@@ -4,6 +4,7 @@ the batch is submitted by the test's client identity and dispatched by the fleet
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -17,7 +18,7 @@ from corral.batch import wait_exit_code
 from corral.client import Client
 from corral.job import JobSpec
 from corral.settings import Settings
-from tests.harness import REPO, count_labeled
+from tests.harness import REPO, count_labeled, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.worker]
 
@@ -62,9 +63,7 @@ def test_retry_rules_act_as_written(worker_factory, client, busybox_image) -> No
     worker_factory("bat-retry")
     # Index 0 exits 3 on its first attempt only (retried by exit:3); index 1 always exits 4 (no rule:
     # fails at once); index 2 always exits 3 (retried until its own budget of 3 attempts is spent).
-    script = (
-        'case "$CORRAL_ARRAY_INDEX:$CORRAL_ATTEMPT" in 0:1) exit 3;; 0:*) exit 0;; 1:*) exit 4;; *) exit 3;; esac'
-    )
+    script = 'case "$CORRAL_ARRAY_INDEX:$CORRAL_ATTEMPT" in 0:1) exit 3;; 0:*) exit 0;; 1:*) exit 4;; *) exit 3;; esac'
     handle = client.submit_batch(job(busybox_image, script), array="3", retry=["exit:3"], max_attempts=3)
     status = handle.wait(timeout=300)
     jobs = {int(i): rec for i, rec in status["jobs"].items()}
@@ -129,3 +128,25 @@ def test_the_cli_batch_verbs(worker_factory, corral_env, busybox_image, tmp_path
         refused = cli("submit", *args, busybox_image, "--", "true")
         assert refused.returncode == 125, (args, refused.stdout, refused.stderr)
     assert [b["id"] for b in json.loads(cli("ls", "--json").stdout)] == [batch_id]
+
+
+def test_killing_a_host_worker_mid_batch_moves_its_jobs(worker_factory, client, busybox_image) -> None:
+    doomed, survivor = worker_factory("bat-doomed", "--slots", "2"), worker_factory("bat-survivor", "--slots", "2")
+    handle = client.submit_batch(job(busybox_image, 'sleep 6; echo "done $CORRAL_ARRAY_INDEX"'), array="4")
+
+    def running_on_doomed() -> bool:
+        jobs = handle.status(jobs=True)["jobs"]
+        on = [r for r in jobs.values() if r.get("host") == doomed.host_id and r.get("state") == "running"]
+        return len(on) == 2
+
+    assert wait_until(running_on_doomed, 60)
+    doomed.stop(signal.SIGKILL)  # the whole worker, at once: no soft shutdown, no goodbye
+    status = handle.wait(timeout=240)
+    jobs = status["jobs"]
+    assert status["batch"]["succeeded"] == "4", json.dumps(jobs)
+    moved = [r for r in jobs.values() if r["history"][0]["reason"] == "host_lost"]
+    assert len(moved) == 2
+    for rec in moved:
+        assert rec["history"][0]["host"] == doomed.host_id
+        assert (rec["host"], rec["attempt"], rec["exit_code"]) == (survivor.host_id, 2, 0)
+    assert sorted(r["stdout_tail"] for r in jobs.values()) == [f"done {i}\n" for i in range(4)]
