@@ -13,7 +13,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PATH=/opt/corral/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+    PATH=/opt/corral/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 WORKDIR /src
 # Only wheelhouse/.gitignore unless scripts/build-images filled it.
@@ -23,12 +23,12 @@ COPY corral ./corral
 COPY tasks ./tasks
 COPY workers ./workers
 COPY config ./config
-# A venv: Debian's system Python refuses pip installs (PEP 668).
-RUN python3 -m venv /opt/corral \
+# A venv at the prefix the systemd units use: Debian's system Python refuses pip installs (PEP 668).
+RUN python3 -m venv /opt/corral/venv \
     && if [ -n "$PIP_OFFLINE" ]; then \
-         /opt/corral/bin/pip install --no-index --find-links /wheels . ; \
+         /opt/corral/venv/bin/pip install --no-index --find-links /wheels . ; \
        else \
-         /opt/corral/bin/pip install . ; \
+         /opt/corral/venv/bin/pip install . ; \
        fi \
     && rm -rf /wheels \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin corral
