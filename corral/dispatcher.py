@@ -144,6 +144,8 @@ class Dispatcher:
         if batch.throttle is not None:
             budget = min(budget, batch.throttle - running)
         sent = 0
+        waiting = ""
+        """Why the next pending job could not be placed (``corral batch status`` shows it)."""
         for index in self.batches.pending(batch.batch_id, max(budget, 0)):
             previous = self.batches.job(batch.batch_id, index) or {}
             attempt = int(previous.get("attempt", 0)) + 1
@@ -170,7 +172,7 @@ class Dispatcher:
                     failed = ended_record(record, None, "unplaceable", "failed", now, why=decision.reason)
                     self.batches.unplaceable(batch, index, failed, now)
                     continue
-                self.batches.set_reason(batch.batch_id, decision.reason)
+                waiting = decision.reason
                 break
             record = {
                 **previous,
@@ -188,8 +190,8 @@ class Dispatcher:
                 continue
             self.send_chain(job, decision.host, batch.caller)
             sent += 1
-        if sent:
-            self.batches.set_reason(batch.batch_id, "")
+        if waiting != batch.raw.get("reason", ""):
+            self.batches.set_reason(batch.batch_id, waiting)
         return sent
 
 
