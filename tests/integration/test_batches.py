@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,3 +151,23 @@ def test_killing_a_host_worker_mid_batch_moves_its_jobs(worker_factory, client, 
         assert rec["history"][0]["host"] == doomed.host_id
         assert (rec["host"], rec["attempt"], rec["exit_code"]) == (survivor.host_id, 2, 0)
     assert sorted(r["stdout_tail"] for r in jobs.values()) == [f"done {i}\n" for i in range(4)]
+
+
+@pytest.mark.parametrize("how", ["cancel", "deadline"])
+def test_cancel_and_deadline_stop_queued_jobs_and_terminate_running_ones(
+    worker_factory, client, docker_client, busybox_image, how
+) -> None:
+    worker = worker_factory(f"bat-{how}", "--slots", "2")
+    deadline = int(time.time() * 1000) + 8000 if how == "deadline" else None
+    handle = client.submit_batch(job(busybox_image, "sleep 60"), array="5", deadline_ms=deadline)
+    assert wait_until(lambda: handle.status()["batch"]["running"] == "2", 60)
+    if how == "cancel":
+        handle.cancel()
+    status = handle.wait(timeout=90)  # long before the jobs' own 60 s
+    meta = status["batch"]
+    assert (meta["state"], meta["cancelled"], meta["succeeded"]) == ("cancelled", "5", "0")
+    assert meta["cancel_reason"] == ("deadline" if how == "deadline" else "cancelled by tester")
+    terminated = [r for r in status["jobs"].values() if r.get("host")]
+    assert len(terminated) == 2 and all(r["reason"] == "signal" for r in terminated)
+    assert count_labeled(docker_client, worker.host_id)["containers"] == 0
+    assert wait_exit_code(meta) == 1
