@@ -181,6 +181,7 @@ def test_compose_stack_runs_a_job_offline_and_leaves_nothing(
         )
         assert mounted.returncode != 0
         assert "cannot pin the mount source" in mounted.stderr, mounted.stdout + mounted.stderr
+        assert "host_configuration_needed" in mounted.stderr
 
         # Flower saw the job's tasks run on this host's worker.
         done = re.compile(
