@@ -17,7 +17,9 @@ Redis roles (``acl_rules``), least privilege within what Redis ACLs can express:
   (a worker may embed beat), every channel; no ``@admin`` or ``@dangerous`` command (``FLUSHALL``,
   ``CONFIG``, ``KEYS``, ``DEBUG``, ...).
 - ``client`` (schedulers, the CLI): push to host and fleet queues, declare bindings, publish task
-  events, read and forget its results; read-only on the state keys (``corral ps``/``journal``).
+  events, read and forget its results; read-only on the state keys (``corral ps``/``journal``). No
+  ``SCAN`` or ``RANDOMKEY``: result keys are named by random task ids, and a client that could list
+  them read other tenants' output frames while their jobs streamed (nothing in corral lists keys).
 - ``beat``: its redbeat keys, and push to the fleet queue.
 - ``flower``: subscribe to events, read queue lengths and bindings; it has no signing key, so it
   cannot send tasks or control commands that a worker would accept.
@@ -54,7 +56,7 @@ def acl_rules(broker_db: int = 0) -> dict[str, str]:
             f"{_BINDINGS} {_RESULTS} &* +@all -@admin -@dangerous +info"
         ),
         "client": (
-            f"resetchannels {_CONNECT} +@transaction %R~corral:* +@read -@dangerous "
+            f"resetchannels {_CONNECT} +@transaction %R~corral:* +@read -@dangerous -scan -randomkey "
             f"({_QUEUES} +lpush +rpush +llen) ({_BINDINGS} +sadd +smembers) "
             f"({_RESULTS} &celery-task-meta-* &celery-taskset-meta-* +get +mget +del +subscribe +unsubscribe) "
             f"({_EVENTS} +publish)"

@@ -382,11 +382,20 @@ def read_any(spy: redis.Redis, key: bytes) -> bytes:
     return repr(readers[kind](key)).encode() if kind in readers else b""
 
 
-def test_nothing_of_another_tenants_output_stays_where_the_client_role_reads(rig: Rig, busybox_image: str) -> None:
-    """The client role may SCAN and read every result and state key; after acme's job nothing of its
-    output is left in either (results are forgotten once read, frames are not kept in state). A spy
-    polling results while a job streams could still catch one in between (not performed here)."""
+def test_the_client_role_cannot_list_keys_to_read_another_tenants_output(rig: Rig, busybox_image: str) -> None:
+    """While acme's job streams, each output frame sits in a Celery result (``celery-task-meta-<task
+    id>``) until acme's client reads and forgets it. With SCAN, a spy with the client password polled
+    the result db and read acme's output (9 frames caught in one run). The client role may not list
+    keys (SCAN, RANDOMKEY, KEYS), and task ids are random: the spy learns nothing. Afterwards, even
+    knowing every key name (listed here as the admin), nothing of the output is left where the client
+    role may read."""
     marker = b"acme-private-output-42"  # only in the output: the argv (in the session record) says $((6*7))
+    forms = (marker, base64.b64encode(marker)[:24])
+    dbs = (rig.globex.settings.redis.result_db, rig.globex.settings.redis.state_db)
+    spy = rig.redis_as("client", dbs[0])
+    for listing in (lambda: spy.scan(0, count=1000), spy.randomkey, lambda: spy.keys("*")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            listing()
     out: list[bytes] = []
     as_(rig.acme).run(
         JobSpec(image=busybox_image, argv=["sh", "-c", "echo acme-private-output-$((6*7))"]),
@@ -394,13 +403,12 @@ def test_nothing_of_another_tenants_output_stays_where_the_client_role_reads(rig
         on_output=lambda stream, data: out.append(data),
     )
     assert marker in b"".join(out)
-    forms = (marker, base64.b64encode(marker)[:24])
     found = []
-    for db in (rig.globex.settings.redis.result_db, rig.globex.settings.redis.state_db):
-        spy = rig.redis_as("client", db)
-        for key in spy.scan_iter(count=1000):
+    for db in dbs:
+        reader = rig.redis_as("client", db)
+        for key in rig.redis_as("admin", db).scan_iter(count=1000):
             try:
-                value = read_any(spy, key)
+                value = read_any(reader, key)
             except redis.exceptions.NoPermissionError:
                 continue
             if value and any(form in value for form in forms):
