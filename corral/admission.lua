@@ -2,20 +2,32 @@
 -- One script (loaded by corral/admission.py), one operation per call, named by ARGV[1].
 --
 -- Keys (prefix P = ARGV[2], every one with a TTL backstop):
---   P..'cap:'..host    HASH slots, cpus_m, mem_mb     the host's capacity, written with its heartbeat;
---                                                     expires on silence (no key = host down)
---   P..'used:'..host   HASH slots, cpus_m, mem_mb     the sum of the host's allocations
---   P..'alloc:'..host  SET  environment ids           the host's allocations (for the reconciler)
+--   P..'capacity'      HASH host -> 'slots,cpus_m,mem_mb,expires_ms'  written with each heartbeat; a
+--                                  record past its expiry is a host that went silent (down)
+--   P..'used'          HASH host -> 'slots,cpus_m,mem_mb'             the sum of the host's allocations
+--   P..'alloc:'..host  SET  environment ids                           the host's allocations (reconciler)
 --   P..'allocs'        HASH env id -> 'host,cpus_m,mem_mb'
---   P..'leases'        ZSET env id by lease expiry    reservations no session has confirmed yet
+--   P..'leases'        ZSET env id by lease expiry                    reservations no session confirmed yet
 --
+-- A decision reads every candidate's capacity and usage with two HMGETs (not two calls per host),
+-- so its cost grows with the candidates' count in Lua, not in Redis round trips.
 -- The reserve call first returns the capacity of expired leases (a client that reserved and died),
 -- a bounded number per call, so the sweep costs O(expired).
 
 local op, P = ARGV[1], ARGV[2]
-local ALLOCS, LEASES = P .. 'allocs', P .. 'leases'
+local ALLOCS, LEASES, CAPS, USED = P .. 'allocs', P .. 'leases', P .. 'capacity', P .. 'used'
 
-local function num(v) return tonumber(v) or 0 end
+local function triple(v)
+  if not v then return 0, 0, 0 end
+  local a, b, c = string.match(v, '^(%-?%d+),(%-?%d+),(%-?%d+)')
+  return tonumber(a) or 0, tonumber(b) or 0, tonumber(c) or 0
+end
+
+local function add_used(host, slots, cpus, mem, ttl)
+  local s, c, m = triple(redis.call('HGET', USED, host))
+  redis.call('HSET', USED, host, (s + slots) .. ',' .. (c + cpus) .. ',' .. (m + mem))
+  if ttl then redis.call('PEXPIRE', USED, ttl) end
+end
 
 local function release(env)
   local rec = redis.call('HGET', ALLOCS, env)
@@ -25,10 +37,7 @@ local function release(env)
   redis.call('HDEL', ALLOCS, env)
   if host then
     redis.call('SREM', P .. 'alloc:' .. host, env)
-    local used = P .. 'used:' .. host
-    redis.call('HINCRBY', used, 'slots', -1)
-    redis.call('HINCRBY', used, 'cpus_m', -tonumber(cpus))
-    redis.call('HINCRBY', used, 'mem_mb', -tonumber(mem))
+    add_used(host, -1, -tonumber(cpus), -tonumber(mem), nil)
   end
   return 1
 end
@@ -38,11 +47,7 @@ local function allocate(env, host, cpus, mem, ttl)
   redis.call('PEXPIRE', ALLOCS, ttl)
   redis.call('SADD', P .. 'alloc:' .. host, env)
   redis.call('PEXPIRE', P .. 'alloc:' .. host, ttl)
-  local used = P .. 'used:' .. host
-  redis.call('HINCRBY', used, 'slots', 1)
-  redis.call('HINCRBY', used, 'cpus_m', cpus)
-  redis.call('HINCRBY', used, 'mem_mb', mem)
-  redis.call('PEXPIRE', used, ttl)
+  add_used(host, 1, cpus, mem, ttl)
 end
 
 local function expire_leases(now)
@@ -63,15 +68,19 @@ if op == 'reserve' then
   end
   local down, full, cpu_short, mem_short, too_small = 0, 0, 0, 0, 0
   local best, best_score = nil, nil
+  local hosts = {}
+  for i = 1, n do hosts[i] = ARGV[10 + i] end
+  local caps = n > 0 and redis.call('HMGET', CAPS, unpack(hosts)) or {}
+  local useds = n > 0 and redis.call('HMGET', USED, unpack(hosts)) or {}
   for i = 1, n do
-    local host = ARGV[10 + i]
-    local cap = redis.call('HMGET', P .. 'cap:' .. host, 'slots', 'cpus_m', 'mem_mb')
-    if not cap[1] then
+    local host, cap = hosts[i], caps[i]
+    local cs, cc, cm, expires
+    if cap then cs, cc, cm, expires = string.match(cap, '^(%d+),(%d+),(%d+),(%d+)$') end
+    if not expires or tonumber(expires) < now then
       down = down + 1
     else
-      local cs, cc, cm = num(cap[1]), num(cap[2]), num(cap[3])
-      local u = redis.call('HMGET', P .. 'used:' .. host, 'slots', 'cpus_m', 'mem_mb')
-      local us, uc, um = num(u[1]), num(u[2]), num(u[3])
+      cs, cc, cm = tonumber(cs), tonumber(cc), tonumber(cm)
+      local us, uc, um = triple(useds[i])
       if cpus > cc or mem > cm or cs < 1 then
         too_small = too_small + 1
       elseif us + 1 > cs then

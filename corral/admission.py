@@ -18,17 +18,19 @@ dispatcher keeps it pending.
 Capacity: each host publishes ``slots`` (``host.slots``, ``corral worker --slots N``, at most the
 policy's ``limits.max_sandboxes``), CPUs (``host.capacity_cpus`` or ``os.cpu_count()``) and memory
 (``host.capacity_memory_mb`` or MemTotal) with its heartbeat. A job's ``cpus`` is a limit, so the
-detected CPU count is multiplied by ``host.cpu_overcommit`` (default 4; 1 makes limits reservations). A job's demand is one slot, its
-``cpus`` and its ``memory_mb``. The host's own hard cap stays ``limits.max_sandboxes``.
+detected CPU count is multiplied by ``host.cpu_overcommit`` (default 4; 1 makes limits reservations).
+A job's demand is one slot, its ``cpus`` and its ``memory_mb``. The host's own hard cap stays ``limits.max_sandboxes``.
 
-Keys (prefix ``corral:``; TTL backstops; see the head of ``admission.lua``): ``cap:<host>``,
-``used:<host>``, ``alloc:<host>``, ``allocs``, ``leases``. Only fleet workers write them: the client
+Keys (prefix ``corral:``; TTL backstops; see the head of ``admission.lua``): ``capacity`` and ``used``
+(one hash each, a field per host: a decision reads all candidates in two calls), ``alloc:<host>``,
+``allocs``, ``leases``. Only fleet workers write them: the client
 Redis role is read-only on ``corral:*``, so a client asks a fleet worker to place (``corral.place``).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
@@ -44,12 +46,8 @@ DEFAULT_LEASE_MS = 120_000
 """How long a reservation waits for its session (the chain's ``prepare_session``) before it returns."""
 
 
-def cap_key(host_id: str) -> str:
-    return f"{PREFIX}cap:{host_id}"
-
-
-def used_key(host_id: str) -> str:
-    return f"{PREFIX}used:{host_id}"
+CAPACITY_KEY = f"{PREFIX}capacity"
+USED_KEY = f"{PREFIX}used"
 
 
 def alloc_key(host_id: str) -> str:
@@ -150,22 +148,28 @@ class Admission:
 
     # -- hosts -----------------------------------------------------------------------------
 
-    def publish_capacity(self, host_id: str, capacity: Capacity, ttl_ms: int) -> None:
-        """Written with the heartbeat, expiring with it: no key, no placement on that host."""
+    def publish_capacity(self, host_id: str, capacity: Capacity, ttl_ms: int, now_ms: int | None = None) -> None:
+        """Written with the heartbeat, expiring with it: past ``ttl_ms`` of silence, no placement there."""
+        expires = (now_ms if now_ms is not None else int(time.time() * 1000)) + ttl_ms
         pipe = self.r.pipeline()
-        pipe.hset(cap_key(host_id), mapping={k: str(v) for k, v in capacity.as_dict().items()})
-        pipe.pexpire(cap_key(host_id), ttl_ms)
+        pipe.hset(CAPACITY_KEY, host_id, f"{capacity.slots},{capacity.cpus_m},{capacity.mem_mb},{expires}")
+        pipe.pexpire(CAPACITY_KEY, self.ttl_ms)
         pipe.execute()
 
-    def capacity(self, host_id: str) -> Capacity | None:
-        raw = cast(dict[str, str], self.r.hgetall(cap_key(host_id)))
+    def capacity(self, host_id: str, now_ms: int | None = None) -> Capacity | None:
+        """The host's published capacity, None once its heartbeat stopped."""
+        raw = cast(str | None, self.r.hget(CAPACITY_KEY, host_id))
         if not raw:
             return None
-        return Capacity(int(raw.get("slots", 0)), int(raw.get("cpus_m", 0)), int(raw.get("mem_mb", 0)))
+        slots, cpus, mem, expires = (int(x) for x in raw.split(","))
+        if expires < (now_ms if now_ms is not None else int(time.time() * 1000)):
+            return None
+        return Capacity(slots, cpus, mem)
 
     def used(self, host_id: str) -> Capacity:
-        raw = cast(dict[str, str], self.r.hgetall(used_key(host_id)))
-        return Capacity(int(raw.get("slots", 0)), int(raw.get("cpus_m", 0)), int(raw.get("mem_mb", 0)))
+        raw = cast(str | None, self.r.hget(USED_KEY, host_id))
+        slots, cpus, mem = (int(x) for x in raw.split(",")) if raw else (0, 0, 0)
+        return Capacity(slots, cpus, mem)
 
     def allocation_host(self, environment_id: str) -> str | None:
         rec = cast(str | None, self.r.hget(ALLOCS_KEY, environment_id))

@@ -380,6 +380,8 @@ class BatchStore:
         return cast(list[str], self.r.zrevrange(BATCHES_KEY, 0, limit - 1))
 
     def pending(self, batch_id: str, count: int) -> list[int]:
+        if count <= 0:  # ZRANGE 0 -1 would be everything: a full throttle must read nothing
+            return []
         return [int(i) for i in cast(list[str], self.r.zrange(f"{batch_key(batch_id)}:pending", 0, count - 1))]
 
     def running(self, batch_id: str) -> dict[str, int]:

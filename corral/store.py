@@ -16,7 +16,7 @@ Keys (all prefixed ``corral:``, all with a TTL as a backstop)::
     hosts                      SET   every host ever seen (so a silent one shows as down)
     rejected:<host_id>         HASH  refused messages by reason (``workers.guard``), and ``total``
     hostjournal:<host_id>      STREAM host-level journal records (a refused message: kind ``denial``)
-    cap:/used:/alloc:<host_id>, allocs, leases   admission state (``corral.admission``, ``admission.lua``)
+    capacity, used, alloc:<host_id>, allocs, leases   admission state (``corral.admission``, ``admission.lua``)
 
 Multi-key transitions are Lua scripts run atomically by Redis. Time is always a parameter.
 """

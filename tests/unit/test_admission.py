@@ -40,7 +40,7 @@ def adm(client: redis.Redis) -> Admission:
 def hosts(adm: Admission, n: int, slots: int = 4, cpus: float = 4, mem: int = 8192, prefix: str = "h") -> list[str]:
     names = [f"{prefix}{i}" for i in range(n)]
     for name in names:
-        adm.publish_capacity(name, Capacity(slots, round(cpus * 1000), mem), 60_000)
+        adm.publish_capacity(name, Capacity(slots, round(cpus * 1000), mem), 3_600_000)
     return names
 
 
@@ -128,7 +128,7 @@ def test_confirm_without_a_reservation_records_what_runs(adm: Admission) -> None
 
 def test_a_host_that_stopped_heartbeating_gets_nothing(adm: Admission, client: redis.Redis) -> None:
     names = hosts(adm, 2)
-    client.delete("corral:cap:h0")
+    client.hdel("corral:capacity", "h0")
     assert {placed(adm.reserve(f"e{i}", ONE, names, NOW)) for i in range(3)} == {"h1"}
 
 
@@ -198,3 +198,11 @@ def test_prepare_session_confirms_and_cleanup_releases(redis_url: str) -> None:
         assert not adm.leased(j.environment_id) and adm.used(HOST) == Capacity(1, 500, 256)
         rig.coordinator.cleanup(CleanupRequest(environment=j.environment(), cleanup_plan_ref="p"))
         assert adm.used(HOST) == Capacity(0, 0, 0) and adm.allocation_host(j.environment_id) is None
+
+
+def test_a_capacity_record_past_its_expiry_is_a_host_down(adm: Admission) -> None:
+    adm.publish_capacity("h0", Capacity(4, 4000, 4096), ttl_ms=1_000, now_ms=NOW)
+    assert adm.capacity("h0", now_ms=NOW + 999) == Capacity(4, 4000, 4096)
+    assert adm.capacity("h0", now_ms=NOW + 1_001) is None
+    assert placed(adm.reserve("e", ONE, ["h0"], NOW + 999)) == "h0"
+    assert adm.reserve("f", ONE, ["h0"], NOW + 1_001) == Queued("1 host down")

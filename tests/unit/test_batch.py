@@ -248,7 +248,8 @@ def test_a_tick_sends_chains_only_for_reservations_within_the_throttle(client: r
     tick()
     assert len(sent) == 4 and set(reaped) == {"h0", "h1"}  # nothing freed; the hosts are asked to reap
     # A host stops heartbeating: its attempts end as host_lost and go back to pending.
-    client.delete("corral:host:h1", "corral:cap:h1")
+    client.delete("corral:host:h1")
+    client.hdel("corral:capacity", "h1")
     tick()
     lost = [rec for b in (throttled, big) for rec in batches.jobs(b).values() if rec.get("reason") == "host_lost"]
     assert len(lost) == 2 and all(rec["state"] == "queued" for rec in lost)
