@@ -389,6 +389,9 @@ class LoadRun:
         os.environ.pop("CORRAL_REDIS__URL", None)  # a private redis-server child
         os.environ["CORRAL_HOST__STATE_DIR"] = self.state_dir
         os.environ["CORRAL_HOST__SECRETS_ROOT"] = self.secrets_root
+        # Admission would hold the waves to this machine's CPUs x cpu_overcommit; the load run measures
+        # 200 sandboxes at once on one host, so it offers admission enough CPUs for them.
+        os.environ["CORRAL_HOST__CAPACITY_CPUS"] = "1000"
         load_settings.cache_clear()
         # DevStack starts its own worker with a fixed concurrency of 2 (and beat), under another host id;
         # the load goes to a worker of our own, with --concurrency, against the stack's redis.
