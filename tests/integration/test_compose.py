@@ -10,12 +10,14 @@ and debootstrap (scripts/setup-host installs both); missing, they skip locally a
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -145,7 +147,12 @@ def test_compose_stack_runs_a_job_offline_and_leaves_nothing(
         # The client credentials the stack's init service made, copied out of its volume.
         client_dir = tmp / "client"
         client_dir.mkdir(mode=0o700)
-        files = ["redis/client.password", "identities/compose-client.key", "identities/compose-client.pem"]
+        files = [
+            "redis/client.password",
+            "identities/compose-client.key",
+            "identities/compose-client.pem",
+            "flower.auth",
+        ]
         tar = subprocess.run(
             [*compose, "run", "--rm", "--no-deps", "-T", "--entrypoint", "tar", "credentials",
              "-C", "/fleet", "-c", *files],
@@ -182,6 +189,18 @@ def test_compose_stack_runs_a_job_offline_and_leaves_nothing(
         assert mounted.returncode != 0
         assert "cannot pin the mount source" in mounted.stderr, mounted.stdout + mounted.stderr
         assert "host_configuration_needed" in mounted.stderr
+
+        # Flower's UI and API need the generated basic-auth credentials (its /metrics does not).
+        flower = f"http://127.0.0.1:{env['CORRAL_FLOWER_PORT']}"
+        user, _, password = (client_dir / "flower.auth").read_text().strip().partition(":")
+        for path in ("/workers", "/tasks", "/api/workers"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(flower + path, timeout=10)
+            assert refused.value.code == 401, path
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        authed = urllib.request.Request(flower + "/workers", headers={"Authorization": f"Basic {token}"})
+        with urllib.request.urlopen(authed, timeout=10) as resp:
+            assert resp.status == 200
 
         # Flower saw the job's tasks run on this host's worker.
         done = re.compile(
