@@ -120,6 +120,17 @@ elseif op == 'confirm' then
   allocate(env, host, tonumber(ARGV[6]), tonumber(ARGV[7]), ttl)
   return 0
 
+elseif op == 'exited' then
+  -- The process ended: its CPUs and memory are free, its slot stays taken until cleanup (a stopped
+  -- sandbox still counts against the host's sandboxes). ARGV: op, P, env
+  local rec = redis.call('HGET', ALLOCS, ARGV[3])
+  if not rec then return 0 end
+  local host, cpus, mem = string.match(rec, '^(.*),(%-?%d+),(%-?%d+)$')
+  if not host or (tonumber(cpus) == 0 and tonumber(mem) == 0) then return 0 end
+  add_used(host, 0, -tonumber(cpus), -tonumber(mem), nil)
+  redis.call('HSET', ALLOCS, ARGV[3], host .. ',0,0')
+  return 1
+
 elseif op == 'release' then
   -- ARGV: op, P, env, only_leased ('1': release only a reservation no session confirmed)
   local env = ARGV[3]

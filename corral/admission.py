@@ -9,10 +9,11 @@ allocation. Concurrent clients cannot pick the same last slot: Redis runs one sc
 
 A reservation is a *lease* until the host's ``prepare_session`` confirms it (``Coordinator``): a client
 that reserved and died never sends its chain, the lease expires and its capacity comes back (returned
-by the next reservation). A confirmed allocation is released by ``cleanup`` and ``reclaim`` when the
-session is cleaned, and by the reconciler for allocations whose session no longer exists. A job that
-fits nowhere is not an error: it gets a ``Queued`` answer with a reason a person can read
-(``no host has 2 free CPUs; 3 hosts full``), and the caller waits (``corral run``) or the batch
+by the next reservation). When the process exits (seen by ``collect_stats``) its CPUs and memory come
+back and its slot stays taken until cleanup. A confirmed allocation is released by ``cleanup`` and
+``reclaim`` when the session is cleaned, and by the reconciler for allocations whose session no longer
+exists. A job that fits nowhere is not an error: it gets a ``Queued`` answer with a reason a person can
+read (``no host has 2 free CPUs; 3 hosts full``), and the caller waits (``corral run``) or the batch
 dispatcher keeps it pending.
 
 Capacity: each host publishes ``slots`` (``host.slots``, ``corral worker --slots N``, at most the
@@ -222,6 +223,10 @@ class Admission:
             "confirm", PREFIX, self.ttl_ms, environment_id, host_id, demand.cpus_m, demand.mem_mb,
         ]  # fmt: skip
         return bool(self._script(keys=[ALLOCS_KEY, LEASES_KEY], args=args))
+
+    def exited(self, environment_id: str) -> bool:
+        """The process ended: give its CPUs and memory back, keep its slot until cleanup (idempotent)."""
+        return bool(self._script(keys=[ALLOCS_KEY, LEASES_KEY], args=["exited", PREFIX, environment_id]))
 
     def release(self, environment_id: str, only_leased: bool = False) -> bool:
         """Return the allocation's capacity (idempotent). ``only_leased``: only if no session confirmed it."""

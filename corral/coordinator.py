@@ -457,6 +457,7 @@ class Coordinator:
         }
         if not record.get("exited_ms") and self.store.record_exit(env_id, ended, now):
             metrics.count_exit(ended["reason"])
+        self.admission.exited(env_id)  # its CPUs and memory are free now; the slot until cleanup
         if record.get("state") == SessionState.running:
             self.store.transition(env_id, (SessionState.running,), {"state": SessionState.exited}, now)
 

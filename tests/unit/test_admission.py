@@ -15,7 +15,8 @@ import pytest
 import redis
 
 from corral.admission import Admission, Capacity, Demand, Placed, Queued, host_capacity, queued_reason
-from corral.models import CleanupRequest
+from corral.models import CleanupRequest, ProcessState, ProcessStatsRequest
+from corral.refs import process_ref_for
 from corral.store import session_key
 from tests.unit.helpers import HOST, ManualClock, client_for, job, make_rig
 
@@ -206,3 +207,28 @@ def test_a_capacity_record_past_its_expiry_is_a_host_down(adm: Admission) -> Non
     assert adm.capacity("h0", now_ms=NOW + 1_001) is None
     assert placed(adm.reserve("e", ONE, ["h0"], NOW + 999)) == "h0"
     assert adm.reserve("f", ONE, ["h0"], NOW + 1_001) == Queued("1 host down")
+
+
+def test_an_exited_process_frees_its_cpus_and_memory_but_keeps_its_slot(adm: Admission) -> None:
+    names = hosts(adm, 1, slots=2, cpus=1)
+    placed(adm.reserve("done", ONE, names, NOW))
+    adm.confirm("done", "h0", ONE)
+    assert isinstance(adm.reserve("next", ONE, names, NOW), Queued)  # the CPU is taken
+    assert adm.exited("done") and not adm.exited("done")  # once
+    assert adm.used("h0") == Capacity(1, 0, 0)
+    assert placed(adm.reserve("next", ONE, names, NOW)) == "h0"
+    assert adm.reserve("third", Demand.of(0.1, 1), names, NOW) == Queued("1 host full")  # slots: 2 of 2
+    assert adm.release("done") and adm.used("h0") == Capacity(1, 1000, 512)  # only the slot went back
+
+
+def test_collect_stats_of_an_exited_process_frees_its_cpus(redis_url: str) -> None:
+    with make_rig(redis_url) as rig:
+        adm = rig.coordinator.admission
+        adm.publish_capacity(HOST, Capacity(4, 4000, 8192), 3_600_000)
+        j = job(cpus=0.5, memory_mb=256)
+        rig.run_chain(j)
+        assert adm.used(HOST) == Capacity(1, 500, 256)
+        # The fake runtime's process has exited already; collect_stats is where the host learns it.
+        stats = rig.coordinator.collect_stats(ProcessStatsRequest(process_ref=process_ref_for(j.environment_id)))
+        assert stats.state is ProcessState.exited
+        assert adm.used(HOST) == Capacity(1, 0, 0)
