@@ -218,6 +218,8 @@ class DevStack:
             "",
             "--maxmemory-policy",
             "noeviction",
+            "--proto-max-bulk-len",  # as config/redis.conf: no message a worker must decode is over 32 MiB
+            "32mb",
             "--protected-mode",
             "yes",
             "--aclfile",  # the default user is off: nothing connects without a role's password

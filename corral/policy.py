@@ -147,9 +147,10 @@ class LimitRules(Model):
     """Total argv size, counted like the kernel (each argument's UTF-8 bytes plus its NUL)."""
     max_env_bytes: int = Field(default=256 << 10, ge=0, le=MAX_REQUEST_BYTES // 4)
     """Total environment size (``NAME=value`` plus NUL per variable, plain variables only)."""
-    max_spec_bytes: int = Field(default=256 << 10, ge=1024, le=MAX_REQUEST_BYTES // 4)
+    max_spec_bytes: int = Field(default=256 << 10, ge=1024, le=1 << 20)
     """The environment's whole spec as JSON (mounts, secrets, network lists, labels...): every free-form
-    field a session record keeps for its lifetime, whether or not the runtime uses it."""
+    field a session record keeps for its lifetime, whether or not the runtime uses it. At most 1 MiB:
+    a chain's first message carries the spec once per step, and Redis takes no value over 32 MiB."""
     max_stdin_bytes: int = Field(default=64 << 20, ge=0, le=1 << 30)
     """All stdin bytes written to one process over its life (every ``stream_io`` stdin write counts).
     At most 1 GiB: the Docker adapter's own backstop (``spool.STDIN_MAX_TOTAL``)."""

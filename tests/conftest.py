@@ -95,6 +95,8 @@ def redis_server() -> Iterator[str]:
             workdir,
             "--maxmemory-policy",
             "noeviction",
+            "--proto-max-bulk-len",  # as config/redis.conf and corral dev
+            "32mb",
             "--databases",
             "64",
         ],

@@ -58,6 +58,8 @@ class AofRedis:
                 "",
                 "--maxmemory-policy",
                 "noeviction",
+                "--proto-max-bulk-len",
+                "32mb",
                 "--databases",
                 "16",
                 "--aclfile",  # the suite's ACL users, like every test Redis
