@@ -53,10 +53,9 @@ def test_corral_dev_hosts_3_is_a_fleet_that_admission_spreads_over(
         up = {h["host"]: h for h in json.loads(listed.stdout) if h["up"]}
         assert sorted(up) == hosts
         assert all(h["capacity"]["slots"] > 0 for h in up.values())
-        # Each host its own identity and state dir.
+        # Each host its own identity.
         identities = {p.stem for p in (state / "dev" / "identities").glob("corral-host-*.pem")}
         assert {f"corral-host-{h}" for h in hosts} <= identities
-        assert all((state / "hosts" / h).is_dir() for h in hosts)
         # Three jobs at once from three shells: admission spreads them, one per host.
         runs = [
             subprocess.Popen(
@@ -74,6 +73,7 @@ def test_corral_dev_hosts_3_is_a_fleet_that_admission_spreads_over(
             assert run.returncode == 0, stderr
             outcomes.append(json.loads(stdout))
         assert sorted(o["host"] for o in outcomes) == hosts
+        assert all((state / "hosts" / h).is_dir() for h in hosts)  # each ran its job in its own state dir
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
