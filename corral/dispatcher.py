@@ -42,7 +42,7 @@ from corral.models import (
     ProcessState,
     ProcessStatsRequest,
 )
-from corral.placement import place
+from corral.placement import host_statuses, place
 from corral.refs import process_ref_for
 from corral.store import Store
 
@@ -103,7 +103,10 @@ class Dispatcher:
             if batch is None:
                 self.batches.r.srem("corral:batches:active", batch_id)
                 continue
-            sent += self.step(batch)
+            try:
+                sent += self.step(batch)
+            except AgentError as exc:  # one batch's trouble never stops the others
+                log.warning("dispatching batch %s: %s", batch_id, exc)
         return {"sent": sent}
 
     def step(self, batch: Batch) -> int:
@@ -144,6 +147,7 @@ class Dispatcher:
         if batch.throttle is not None:
             budget = min(budget, batch.throttle - running)
         sent = 0
+        statuses = host_statuses(self.store)
         waiting = ""
         """Why the next pending job could not be placed (``corral batch status`` shows it)."""
         for index in self.batches.pending(batch.batch_id, max(budget, 0)):
@@ -157,15 +161,20 @@ class Dispatcher:
                 "CORRAL_ATTEMPT": str(attempt),
             }
             job = template.job(env_id, extra)
-            decision = place(
-                self.store,
-                self.admission,
-                env_id,
-                job.environment().spec.requirement,
-                Demand.of(job.cpus, job.memory_mb),
-                now,
-                batch.placement,
-            )
+            try:
+                decision = place(
+                    self.store,
+                    self.admission,
+                    env_id,
+                    job.environment().spec.requirement,
+                    Demand.of(job.cpus, job.memory_mb),
+                    now,
+                    batch.placement,
+                    statuses=statuses,
+                )
+            except AgentError as exc:  # no live host matches its requirement (or none is up): it waits
+                waiting = exc.message
+                break
             if not isinstance(decision, Placed):
                 if decision.unplaceable:
                     record = {**previous, "index": index, "attempt": attempt, "host": None}

@@ -100,9 +100,12 @@ def place(
     mode: Mode = "spread",
     requested: str | None = None,
     lease_ms: int | None = None,
+    statuses: list[HostStatus] | None = None,
 ) -> Placed | Queued:
-    """Filter, then score and reserve in one atomic step; ``Queued`` (with its reason) when nothing fits."""
-    found = filter_hosts(host_statuses(store), requirement, requested)
+    """Filter, then score and reserve in one atomic step; ``Queued`` (with its reason) when nothing fits.
+    ``statuses``: the hosts' heartbeat records already read (the dispatcher reads them once per pass;
+    liveness is re-checked inside the atomic step anyway)."""
+    found = filter_hosts(statuses if statuses is not None else host_statuses(store), requirement, requested)
     return admission.reserve(
         environment_id, demand, found.hosts, now_ms, mode, unmatched=len(found.unmatched), lease_ms=lease_ms
     )

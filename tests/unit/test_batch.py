@@ -268,3 +268,18 @@ def test_a_job_larger_than_every_host_fails_as_unplaceable(client: redis.Redis) 
     assert sent == [] and batch is not None
     assert (batch.state, batch.count("unplaceable"), wait_exit_code(batch.raw)) == ("finished", 2, 2)
     assert "too small" in batches.jobs(bid)[0]["why"]
+
+
+@pytest.mark.redis
+def test_with_no_live_host_a_batch_waits_with_the_reason_and_others_still_go(client: redis.Redis) -> None:
+    store, admission, batches = Store(client), Admission(client), BatchStore(client)
+    sent: list[Any] = []
+    tick = Dispatcher(store, batches, admission, ManualClock(NOW), lambda *a: sent.append(a), lambda h: None).tick
+    bid = submit(batches)
+    tick()
+    batch = batches.batch(bid)
+    assert sent == [] and batch is not None and batch.state == "active"
+    assert "no live host" in batch.raw["reason"]
+    publish(store, admission, "h0", slots=4)
+    tick()
+    assert len(sent) == 3
