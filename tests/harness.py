@@ -152,7 +152,8 @@ def remove_labeled(docker_client, host_id: str) -> None:  # type: ignore[no-unty
 def count_labeled(docker_client, host_id: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
     label = f"corral.host={host_id}"
     return {
-        "containers": len(docker_client.containers.list(all=True, filters={"label": label})),
+        # sparse: no inspect per container, which races a removal (NotFound) while a reconcile runs
+        "containers": len(docker_client.containers.list(all=True, sparse=True, filters={"label": label})),
         "networks": len(docker_client.networks.list(filters={"label": label})),
     }
 
