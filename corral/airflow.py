@@ -1,0 +1,348 @@
+"""Airflow 3: run corral jobs from a DAG (``pip install 'corral[airflow]'``).
+
+``CorralOperator`` is named and shaped like Airflow's ``DockerOperator``, but the container runs on
+corral's fleet: the task submits a batch (one job, or an ``array``) through the Python client, signed
+with the client identity of the Airflow worker's environment (``CORRAL_*`` variables or
+``CORRAL_CONFIG``, as for the CLI), and::
+
+    CorralOperator(task_id="count", image="corral/busybox:latest", command=["sh", "-c", "echo 42"])
+
+- streams each job's output into the Airflow task log (lines; stderr lines prefixed ``stderr:``,
+  array jobs prefixed ``[index]``); output the spool no longer holds comes from the batch's tail;
+- succeeds when every job exits 0, else raises ``AirflowException`` (Airflow's retries apply);
+- returns the last stdout line for XCom (a list, one per index, for an array), or with
+  ``xcom_output="name"`` the value of the last stdout line ``name=VALUE``;
+- ``on_kill`` (a killed or timed-out task) cancels the batch: queued jobs never start, running ones
+  are terminated;
+- submits with an idempotency key derived from dag id, run id, task id and map index, so a **retry of
+  the Airflow task reuses its batch** instead of starting a second one: a batch still running is
+  followed, a succeeded one is returned as it is, a failed one has its failed jobs re-run in place
+  (``retry_failed``); only a batch that ``on_kill`` cancelled is submitted again, under the key with
+  ``:try<N>`` appended;
+- ``deferrable=True`` submits, then frees the worker slot: ``CorralBatchTrigger`` waits in the
+  triggerer (asyncio Redis reads of the batch's counters, read-only for the client role) and the
+  task resumes in ``execute_complete`` to log the jobs' output tails and decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import shlex
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from corral.batch import batch_key, parse_array
+from corral.client import BatchHandle, Client
+from corral.errors import AgentError
+from corral.job import JobSpec
+from corral.models import IoStream
+from corral.refs import process_ref_for
+from corral.settings import load_settings
+
+try:
+    from airflow.sdk import BaseOperator, Context
+    from airflow.sdk.exceptions import AirflowException
+    from airflow.triggers.base import BaseTrigger, TriggerEvent
+except ImportError as exc:  # the module is only useful inside Airflow
+    raise ImportError("corral.airflow needs Apache Airflow 3: pip install 'corral[airflow]'") from exc
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def idempotency_key(dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
+    """The same for every try of one task instance (Airflow's retries), different for any other."""
+    key = f"airflow:{dag_id}:{run_id}:{task_id}:{map_index}"
+    return key if len(key) <= 200 else "airflow:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def missing_part(seen: str, tail: str) -> str:
+    """What of ``tail`` (the end of a job's whole output) ``seen`` (its streamed start) lacks."""
+    if seen.endswith(tail):
+        return ""
+    for k in range(min(len(seen), len(tail) - 1), 0, -1):
+        if seen.endswith(tail[:k]):
+            return tail[k:]
+    return tail
+
+
+def last_line(text: str, name: str | None) -> str | None:
+    lines = [line for line in text.splitlines() if line.strip()]
+    if name is None:
+        return lines[-1] if lines else None
+    prefix = f"{name}="
+    values = [line[len(prefix) :] for line in lines if line.startswith(prefix)]
+    return values[-1] if values else None
+
+
+class CorralBatchTrigger(BaseTrigger):
+    """Fires once the batch is over (no job queued or running), with its counters as the event."""
+
+    def __init__(self, batch_id: str, poll_interval: float = 2.0) -> None:
+        super().__init__()
+        self.batch_id = batch_id
+        self.poll_interval = poll_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{type(self).__module__}.{type(self).__qualname__}", {
+            "batch_id": self.batch_id,
+            "poll_interval": self.poll_interval,
+        }
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        settings = load_settings()
+        r = aioredis.Redis.from_url(
+            settings.redis_url(settings.redis.state_db), decode_responses=True, **(settings.redis_tls() or {})
+        )
+        fields = ("state", "running", "queued", "succeeded", "failed", "cancelled", "unplaceable", "total")
+        try:
+            while True:
+                values = await r.hmget(batch_key(self.batch_id), list(fields))
+                meta = dict(zip(fields, values, strict=True))
+                if meta["state"] is None:
+                    yield TriggerEvent({"batch_id": self.batch_id, "state": "missing"})
+                    return
+                if meta["state"] != "active" and int(meta["running"] or 0) == 0:
+                    yield TriggerEvent({"batch_id": self.batch_id, **meta})
+                    return
+                await asyncio.sleep(self.poll_interval)
+        finally:
+            await r.aclose()
+
+
+class CorralOperator(BaseOperator):
+    """Run ``command`` in ``image`` on the corral fleet (one job, or ``array`` jobs); see the module doc."""
+
+    template_fields: Sequence[str] = ("image", "command", "env", "array", "idempotency_key")
+    ui_color = "#e8d8b0"
+
+    def __init__(
+        self,
+        *,
+        image: str,
+        command: list[str] | str,
+        array: int | str | None = None,
+        env: dict[str, str] | None = None,
+        cpus: float = 1.0,
+        memory_mb: int = 512,
+        job_timeout_s: float = 600,
+        network: str = "disabled",
+        mounts: list[str] | None = None,
+        secrets: list[str] | None = None,
+        user: str | None = None,
+        workdir: str = "/",
+        retry: list[str] | None = None,
+        max_attempts: int = 1,
+        throttle: int | None = None,
+        xcom_output: str | None = None,
+        idempotency_key: str | None = None,
+        deferrable: bool = False,
+        poll_interval: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.image = image
+        self.command = command
+        self.array = array
+        self.env = env or {}
+        self.cpus = cpus
+        self.memory_mb = memory_mb
+        self.job_timeout_s = job_timeout_s
+        self.network = network
+        self.mounts = mounts or []
+        self.secrets = secrets or []
+        self.user = user
+        self.workdir = workdir
+        self.retry_rules = retry or []
+        self.max_attempts = max_attempts
+        self.throttle = throttle
+        self.xcom_output = xcom_output
+        self.idempotency_key = idempotency_key
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self._handle: BatchHandle | None = None
+
+    # -- submission -----------------------------------------------------------------------------
+
+    def _job(self) -> JobSpec:
+        argv = shlex.split(self.command) if isinstance(self.command, str) else list(self.command)
+        return JobSpec(
+            image=self.image,
+            argv=argv,
+            env=self.env,
+            cpus=self.cpus,
+            memory_mb=self.memory_mb,
+            timeout_ms=int(self.job_timeout_s * 1000),
+            network=self.network,
+            mounts=self.mounts,
+            secrets=self.secrets,
+            user=self.user,
+            workdir=self.workdir,
+        )
+
+    def _array(self) -> str:
+        return "1" if self.array is None else str(self.array)
+
+    def _submit(self, client: Client, context: Context) -> BatchHandle:
+        ti = context["ti"]
+        key = self.idempotency_key or idempotency_key(
+            ti.dag_id, ti.run_id, ti.task_id, -1 if ti.map_index is None else ti.map_index
+        )
+        parse_array(self._array())  # a bad range is refused before anything is sent
+
+        def submit(k: str) -> BatchHandle:
+            return client.submit_batch(
+                self._job(),
+                array=self._array(),
+                throttle=self.throttle,
+                retry=self.retry_rules,
+                max_attempts=self.max_attempts,
+                idempotency_key=k,
+            )
+
+        handle = submit(key)
+        if handle.created:
+            self.log.info("corral: submitted batch %s (key %s)", handle.batch_id, key)
+            return handle
+        meta = handle.status()["batch"]
+        state = meta.get("state")
+        self.log.info("corral: try %s reuses batch %s of key %s (%s)", ti.try_number, handle.batch_id, key, state)
+        if state == "cancelled":  # on_kill stopped it: this try runs the work again
+            handle = submit(f"{key}:try{ti.try_number}")
+            self.log.info("corral: batch was cancelled; submitted batch %s", handle.batch_id)
+        elif state == "finished" and int(meta.get("failed") or 0):
+            queued = handle.retry_failed()["batch"].get("queued")
+            self.log.info("corral: re-running the failed jobs of batch %s (%s queued)", handle.batch_id, queued)
+        return handle
+
+    def _client(self) -> Client:
+        return Client()
+
+    # -- Airflow's entry points -------------------------------------------------------------------
+
+    def execute(self, context: Context) -> Any:
+        client = self._client()
+        try:
+            self._handle = handle = self._submit(client, context)
+            if self.deferrable:
+                self.defer(
+                    trigger=CorralBatchTrigger(handle.batch_id, self.poll_interval), method_name="execute_complete"
+                )
+            status = self._follow(client, handle)
+            return self._result(handle.batch_id, status)
+        finally:
+            client.close()
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        """Resumed after ``CorralBatchTrigger`` fired: log each job's output tail, then decide."""
+        client = self._client()
+        try:
+            status = client.batch(event["batch_id"]).status(jobs=True)
+            for index, rec in sorted(status["jobs"].items(), key=lambda kv: int(kv[0])):
+                self._log_text(self._label(int(index)), IoStream.stdout, rec.get("stdout_tail") or "")
+                self._log_text(self._label(int(index)), IoStream.stderr, rec.get("stderr_tail") or "")
+            return self._result(event["batch_id"], status)
+        finally:
+            client.close()
+
+    def on_kill(self) -> None:
+        if self._handle is not None:
+            self.log.info("corral: task killed; cancelling batch %s", self._handle.batch_id)
+            self._handle.cancel()
+
+    # -- output and outcome -----------------------------------------------------------------------
+
+    def _label(self, index: int) -> str:
+        return "" if self.array is None else f"[{index}] "
+
+    def _log_text(self, label: str, stream: IoStream, text: str) -> None:
+        prefix = label + ("stderr: " if stream is IoStream.stderr else "")
+        for line in text.splitlines():
+            self.log.info("%s%s", prefix, line)
+
+    def _follow(self, client: Client, handle: BatchHandle) -> dict[str, Any]:
+        """Poll the batch; stream running jobs' output from their host's spool (best effort: the
+        sandbox is cleaned up as soon as the job ends, and its tail fills in what was missed)."""
+        # Keyed by attempt (environment id and start time: a re-run of failed jobs may reuse an id).
+        cursors: dict[tuple[str, IoStream], int] = {}
+        seen: dict[tuple[str, IoStream], str] = {}
+        partial: dict[tuple[str, IoStream], str] = {}
+        done: set[str] = set()
+        while True:
+            status = handle.status(jobs=True)
+            over = status["batch"].get("state") != "active" and int(status["batch"].get("running") or 0) == 0
+            for index_text, rec in sorted(status["jobs"].items(), key=lambda kv: int(kv[0])):
+                env_id, host = rec.get("environment_id"), rec.get("host")
+                attempt = f"{env_id}@{rec.get('started_ms')}"
+                if not env_id or not host or attempt in done:
+                    continue
+                label = self._label(int(index_text))
+                for stream in (IoStream.stdout, IoStream.stderr):
+                    key = (attempt, stream)
+                    text = self._read(client, host, env_id, key, cursors)
+                    seen[key] = (seen.get(key, "") + text)[-65536:]
+                    lines = (partial.get(key, "") + text).split("\n")
+                    partial[key] = lines.pop()
+                    for line in lines:
+                        self.log.info("%s%s%s", label, "stderr: " if stream is IoStream.stderr else "", line)
+                if rec.get("state") in TERMINAL or (rec.get("state") == "queued" and rec.get("ended_ms")):
+                    done.add(attempt)
+                    for stream, tail_field in ((IoStream.stdout, "stdout_tail"), (IoStream.stderr, "stderr_tail")):
+                        key = (attempt, stream)
+                        rest = partial.pop(key, "") + missing_part(seen.get(key, ""), rec.get(tail_field) or "")
+                        self._log_text(label, stream, rest)
+                    self.log.info(
+                        "corral: %sattempt %s on %s ended: exit %s (%s)%s",
+                        label, rec.get("attempt"), host, rec.get("exit_code"), rec.get("reason"),
+                        ", retried" if rec.get("state") == "queued" else "",
+                    )  # fmt: skip
+            if over:
+                return handle.status(jobs=True)
+            self._sleep()
+
+    def _read(
+        self,
+        client: Client,
+        host: str,
+        env_id: str,
+        key: tuple[str, IoStream],
+        cursors: dict[tuple[str, IoStream], int],
+    ) -> str:
+        stream = key[1]
+        out = b""
+        try:
+            for _ in range(64):
+                frame = client.read_frame(host, process_ref_for(env_id), stream, cursors.get(key, 0))
+                cursors[key] = frame.cursor
+                if frame.content_b64:
+                    out += base64.b64decode(frame.content_b64)
+                if frame.eof or frame.byte_count == 0:
+                    break
+        except AgentError:
+            pass  # not started yet, or already cleaned up: the batch's tail covers it
+        return out.decode("utf-8", errors="replace")
+
+    def _sleep(self) -> None:
+        time.sleep(self.poll_interval)
+
+    def _result(self, batch_id: str, status: dict[str, Any]) -> Any:
+        meta, jobs = status["batch"], status["jobs"]
+        bad = {int(i): r for i, r in jobs.items() if r.get("state") != "succeeded"}
+        if bad or meta.get("state") != "finished":
+            first = bad[min(bad)] if bad else {}
+            raise AirflowException(
+                f"corral batch {batch_id}: {len(bad)} of {meta.get('total')} jobs did not succeed "
+                f"(state {meta.get('state')}; first: index {min(bad) if bad else '-'} {first.get('state')}, "
+                f"exit {first.get('exit_code')}, reason {first.get('reason')})"
+            )
+        values = []
+        for index in sorted(int(i) for i in jobs):
+            value = last_line(jobs[str(index)].get("stdout_tail") or "", self.xcom_output)
+            if value is None and self.xcom_output is not None:
+                raise AirflowException(f"corral batch {batch_id}: job {index} printed no line {self.xcom_output}=...")
+            values.append(value)
+        return values if self.array is not None else values[0]

@@ -1,0 +1,62 @@
+"""The pure parts of ``corral.airflow``: the idempotency key of a task instance, the XCom value of an
+output, and what of a job's tail the live stream missed (the DAG runs are in tests/integration)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from tests.conftest import IN_CI
+
+if importlib.util.find_spec("airflow") is None:  # skip locally, fail under CI (tests/conftest.py)
+    if IN_CI:
+        pytest.fail("apache-airflow (the [airflow] extra) is required under CI=true", pytrace=False)
+    pytest.skip("apache-airflow not installed", allow_module_level=True)
+
+from corral.airflow import CorralBatchTrigger, idempotency_key, last_line, missing_part
+
+
+def test_idempotency_key_is_one_per_task_instance_and_bounded() -> None:
+    key = idempotency_key("etl", "manual__2026-11-30T13:00:00+00:00", "load", -1)
+    assert key == "airflow:etl:manual__2026-11-30T13:00:00+00:00:load:-1"
+    assert key == idempotency_key("etl", "manual__2026-11-30T13:00:00+00:00", "load", -1)
+    assert key != idempotency_key("etl", "manual__2026-11-30T13:00:00+00:00", "load", 0)
+    long = idempotency_key("d" * 250, "r", "t", -1)
+    assert len(long) <= 200 and long == idempotency_key("d" * 250, "r", "t", -1)
+    assert long != idempotency_key("d" * 249, "r", "t", -1)
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "value"),
+    [
+        ("a\nb\n", None, "b"),
+        ("a\nb\n\n  \n", None, "b"),
+        ("", None, None),
+        ("rows=1\nx\nrows=2\ny\n", "rows", "2"),
+        ("rowsx=1\n", "rows", None),
+        ("rows=\n", "rows", ""),
+    ],
+)
+def test_last_line_and_named_output(text: str, name: str | None, value: str | None) -> None:
+    assert last_line(text, name) == value
+
+
+@pytest.mark.parametrize(
+    ("seen", "tail", "rest"),
+    [
+        ("abc\ndef\n", "def\n", ""),  # streamed everything
+        ("abc\n", "abc\ndef\n", "def\n"),  # the stream stopped early: the tail has the rest
+        ("", "xyz\n", "xyz\n"),  # nothing streamed
+        ("0123456789", "6789AB", "AB"),  # the tail is the end of a longer output
+        ("abc", "", ""),
+    ],
+)
+def test_missing_part(seen: str, tail: str, rest: str) -> None:
+    assert missing_part(seen, tail) == rest
+
+
+def test_the_trigger_serializes_to_what_rebuilds_it() -> None:
+    path, kwargs = CorralBatchTrigger("bat-0123456789ab", 0.5).serialize()
+    assert path == "corral.airflow.CorralBatchTrigger"
+    assert CorralBatchTrigger(**kwargs).serialize() == (path, kwargs)
