@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import click
 
-from corral.errors import AgentError, InvalidRequest
+from corral.errors import AgentError, InvalidRequest, PolicyDenial
 from corral.job import JobSpec
 from corral.lifecycle import shown_state
 from corral.models import IoStream, ProcessSignal, dump
@@ -188,13 +188,32 @@ def write_output(stream: IoStream, data: bytes) -> None:
     target.flush()
 
 
+def _stdin_room(denial: PolicyDenial) -> int:
+    """Bytes the host would still take under its stdin cap, read from a ``limits.max_stdin_bytes`` denial."""
+    context = denial.context
+    if context.get("rule") != "limits.max_stdin_bytes":
+        return 0
+    try:
+        return max(0, int(context["limit"]) - int(context["written"]))
+    except (KeyError, ValueError):
+        return 0
+
+
 def _forward_stdin(client: Any, handle: Any, chunk: int = 1 << 20) -> None:
     """Copy our stdin to the sandbox in bounded writes, then close its stdin."""
     source = sys.stdin.buffer
     read = getattr(source, "read1", source.read)  # read1: forward what is there, don't wait for a full chunk
     try:
         while data := read(chunk):
-            client.write_stdin(handle, data)
+            try:
+                client.write_stdin(handle, data)
+            except PolicyDenial as exc:
+                # The host refuses a whole write that would pass its stdin cap: send what still fits
+                # (the cap is exact, whatever the chunking), then report the refusal.
+                room = _stdin_room(exc)
+                if room:
+                    client.write_stdin(handle, data[:room])
+                raise
     except AgentError as exc:  # the process ended, or the host's stdin cap was reached
         print_error(exc, False)
     with contextlib.suppress(AgentError):  # close it either way, so a reader sees EOF instead of hanging
@@ -897,7 +916,17 @@ def batch_wait(batch_id: str, timeout: str | None, as_json: bool) -> None:
     """Wait until the batch is over: exit 0 all succeeded, 1 some failed, 2 some could not be placed."""
     from corral.batch import wait_exit_code
 
-    status = _client().batch(batch_id).wait(timeout=parse_duration_ms(timeout) / 1000 if timeout else None)
+    progress = Progress(enabled=not as_json)
+
+    def show(meta: dict[str, Any]) -> None:
+        counts = ", ".join(f"{meta.get(state, 0)} {state}" for state in BATCH_STATES)
+        progress.update(f"batch {batch_id}: {counts}")
+
+    try:
+        limit_s = parse_duration_ms(timeout) / 1000 if timeout else None
+        status = _client().batch(batch_id).wait(timeout=limit_s, on_status=show)
+    finally:
+        progress.done()
     _show_batch(status, as_json, with_jobs=not as_json)
     sys.exit(wait_exit_code(status["batch"]))
 

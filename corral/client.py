@@ -528,11 +528,20 @@ class BatchHandle:
     def retry_failed(self) -> dict[str, Any]:
         return self._control("retry_failed")
 
-    def wait(self, timeout: float | None = None, poll_s: float = 1.0, jobs: bool = True) -> dict[str, Any]:
-        """Poll until the batch is over; its final status (``corral.batch.wait_exit_code`` reads it)."""
+    def wait(
+        self,
+        timeout: float | None = None,
+        poll_s: float = 1.0,
+        jobs: bool = True,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the batch is over; its final status (``corral.batch.wait_exit_code`` reads it).
+        ``on_status(batch)`` sees the batch record at each poll (progress for a person)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             status = self.status()
+            if on_status is not None:
+                on_status(status["batch"])
             if status["batch"].get("state") != "active" and int(status["batch"].get("running") or 0) == 0:
                 return self.status(jobs) if jobs else status
             if deadline is not None and time.monotonic() > deadline:

@@ -24,9 +24,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     # Celery logs every task's return value; ours can carry (redacted) process output, which
     # does not belong in worker logs. Results stay in the result backend and events.
     trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
-    app = Celery(
-        "corral", include=["tasks.operations", "tasks.sweeper", "tasks.reconcile", "tasks.views", "tasks.placement", "tasks.batch"], amqp=QuietAMQP
-    )
+    tasks = ["operations", "sweeper", "reconcile", "views", "placement", "batch"]
+    app = Celery("corral", include=[f"tasks.{name}" for name in tasks], amqp=QuietAMQP)
     app.conf.update(celery_config(settings))
     # Before the pool forks: children decode (and verify) task bodies with the same serializer.
     signing.register(settings)

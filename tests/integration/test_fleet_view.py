@@ -188,3 +188,37 @@ def test_progress_shows_on_a_terminal_only(worker_factory, corral_env, busybox_i
     assert proc.returncode == 0 and out == b"hi\n"
     assert f"corral: preparing on {worker.host_id}: ".encode() in seen
     assert seen.endswith(b"\r\x1b[2K")  # the line is erased before the job's own output
+
+
+def test_batch_wait_shows_progress_on_a_terminal_only(worker_factory, corral_env, busybox_image) -> None:
+    worker_factory()
+    submitted = corral(corral_env, "batch", "submit", "--json", "--array", "2", busybox_image, "--", "sleep", "1")
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = json.loads(submitted.stdout)["batch_id"]
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [*CORRAL, "batch", "wait", batch_id], env=corral_env, cwd=REPO, stdout=subprocess.PIPE, stderr=follower
+    )
+    os.close(follower)
+    seen = b""
+    while True:
+        ready, _, _ = select.select([leader], [], [], 90)
+        if not ready:
+            break
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    out, _ = proc.communicate(timeout=90)
+    os.close(leader)
+    assert proc.returncode == 0, out
+    assert f"batch {batch_id}: ".encode() in seen and b" succeeded" in seen
+    assert seen.endswith(b"\r\x1b[2K")  # erased before the summary on stdout
+    assert b"succeeded 2" in out
+
+    piped = corral(corral_env, "batch", "wait", batch_id)  # over already: piped, nothing on stderr
+    assert piped.returncode == 0 and piped.stderr == b""
