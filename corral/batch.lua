@@ -105,7 +105,8 @@ elseif op == 'cancel' then
   if state ~= 'active' then return {state or 'missing'} end
   local n = redis.call('ZCARD', PENDING)
   redis.call('DEL', PENDING)
-  redis.call('HINCRBY', P, 'queued', -n)
+  -- 0 - n, not -n: Lua's -0 reaches Redis as '-0', which HINCRBY refuses (every job running).
+  redis.call('HINCRBY', P, 'queued', 0 - n)
   redis.call('HINCRBY', P, 'cancelled', n)
   redis.call('HSET', P, 'state', 'cancelled', 'cancel_reason', ARGV[3])
   settle(tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6])

@@ -197,6 +197,18 @@ def test_cancel_empties_pending_and_a_finished_batch_says_so(batches: BatchStore
     assert batches.cancel(over, "again", NOW) == ["cancelled"]  # already over: a no-op naming its state
 
 
+@pytest.mark.redis
+def test_cancel_with_every_job_running(batches: BatchStore) -> None:
+    """Nothing pending (Airflow's on_kill of a one-job batch): Lua's -0 once made HINCRBY fail."""
+    bid = submit(batches, array=ArraySpec(first=0, last=0))
+    batches.start(bid, 0, attempt_env_id(bid, 0, 1), "h0", {})
+    batch = batches.batch(bid)
+    assert batch is not None
+    assert batches.cancel(batch, "test", NOW) == ["cancelled", "0"]
+    batch = batches.batch(bid)
+    assert batch is not None and batch.state == "cancelled" and batch.count("queued") == 0
+
+
 # -- decisions and the dispatcher ------------------------------------------------------------------
 
 
