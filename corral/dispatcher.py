@@ -134,7 +134,7 @@ class Dispatcher:
         another host). Its session is marked ``repair_needed``, so when the host comes back its
         reconciler reclaims whatever still runs there instead of keeping it as owned."""
         attempt = int(record.get("attempt", 1))
-        outcome = decide(batch, None, "host_lost", attempt, now)
+        outcome = decide(batch, None, "host_lost", attempt - int(record.get("budget_from") or 0), now)
         done = ended_record(record, None, "host_lost", outcome, now)
         if self.batches.finish(batch, index, env_id, host, outcome, done, now) == -1:
             return
@@ -292,7 +292,7 @@ class Reaper:
         now: int,
         tails: dict[str, str] | None = None,
     ) -> int:
-        outcome = decide(batch, exit_code, reason, attempt, now)
+        outcome = decide(batch, exit_code, reason, attempt - int(record.get("budget_from") or 0), now)
         extra = {"stdout_tail": tails["stdout"], "stderr_tail": tails["stderr"]} if tails else {}
         done = ended_record(record, exit_code, reason, outcome, now, **extra)
         finished = self.batches.finish(batch, index, env_id, self.coordinator.host_id, outcome, done, now)

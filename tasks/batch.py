@@ -140,7 +140,12 @@ def batch_control(
             wake_dispatcher()  # terminates what runs, through the hosts' reapers
         elif req.action == "retry_failed":
             failed = {i: rec for i, rec in store.jobs(batch.batch_id).items() if rec.get("state") == "failed"}
-            fresh = {i: {**rec, "state": "queued", "attempt": 0, "retried": True} for i, rec in failed.items()}
+            # Attempts keep counting (each runs in a new sandbox id; a reused id met its cleaned session
+            # and failed to start), with a fresh budget counted from here (``budget_from``).
+            fresh = {
+                i: {**rec, "state": "queued", "retried": True, "budget_from": int(rec.get("attempt") or 0)}
+                for i, rec in failed.items()
+            }
             if batch.deadline_ms is not None and now >= batch.deadline_ms and fresh:
                 raise PolicyDenial("the batch's deadline has passed: its failed jobs cannot be retried")
             if store.requeue(batch, fresh):
