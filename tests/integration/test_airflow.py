@@ -1,0 +1,216 @@
+"""Airflow 3 runs real DAGs with ``CorralOperator`` against a real corral stack: a host worker on this
+machine's Docker, the suite's Redis with ACL users, messages signed by the test's client identity.
+
+Each DAG runs as Airflow's own ``dag.test()`` (tasks, XCom, retries and deferral through Airflow's
+real task runner and its in-line triggerer) on SQLite after ``airflow db migrate``, in a subprocess
+with the client role's environment: what a scheduler's worker would have."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.client import Client
+from corral.settings import Settings
+from tests.conftest import missing
+from tests.harness import REPO
+
+pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.worker, pytest.mark.timeout(400)]
+
+AIRFLOW_BIN = Path(sys.executable).with_name("airflow")
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A fresh Airflow home (SQLite metadata database, migrated) for this module's DAGs."""
+    try:
+        import airflow  # noqa: F401
+    except ImportError:
+        missing("apache-airflow (the [airflow] extra)")
+    home = tmp_path_factory.mktemp("airflow")
+    (home / "dags").mkdir()
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    }
+    run = subprocess.run(
+        [str(AIRFLOW_BIN), "db", "migrate"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return env
+
+
+@pytest.fixture
+def client(corral_env: dict[str, str]) -> Iterator[Client]:
+    c = Client(Settings(redis={"url": corral_env["CORRAL_REDIS__URL"]}, celery={"task_timeout_s": 60}))
+    yield c
+    c.close()
+
+
+HEADER = """
+import json
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, task
+
+from corral.airflow import CorralOperator
+
+IMAGE = {image!r}
+JOB = dict(image=IMAGE, cpus=0.25, memory_mb=32, poll_interval=0.5)
+
+
+@task
+def seen(name, value):
+    print("XCOM_SEEN", name, json.dumps(value))
+"""
+
+FOOTER = """
+if __name__ == "__main__":
+    run = dag.test()
+    tasks = {{ti.task_id: [str(ti.state), ti.try_number] for ti in run.get_task_instances()}}
+    print("RESULT " + json.dumps({{"state": str(run.state), "tasks": tasks}}))
+"""
+
+
+def run_dag(home: dict[str, str], env: dict[str, str], name: str, body: str, image: str) -> tuple[dict[str, Any], str]:
+    """Write ``body`` (a ``with DAG(...) as dag:`` block) as a DAG file and ``dag.test()`` it."""
+    path = Path(home["AIRFLOW__CORE__DAGS_FOLDER"]) / f"{name}.py"
+    path.write_text(HEADER.format(image=image) + textwrap.dedent(body) + FOOTER.format())
+    proc = subprocess.run(
+        [sys.executable, str(path)],
+        env={**env, **home},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=360,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    results = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and results, out[-6000:]
+    return json.loads(results[-1][len("RESULT ") :]), out
+
+
+def xcoms(out: str) -> dict[str, Any]:
+    rows = [line.split(" ", 2) for line in out.splitlines() if line.startswith("XCOM_SEEN ")]
+    return {name: json.loads(value) for _, name, value in rows}
+
+
+def operator_lines(out: str) -> list[str]:
+    """The task-log messages CorralOperator wrote (Airflow's console log: ``... [info] MSG [logger]``)."""
+    lines = []
+    for line in out.splitlines():
+        if "CorralOperator]" in line and "[info" in line:
+            lines.append(line.split("] ", 1)[1].rsplit(" [airflow.task", 1)[0].strip())
+    return lines
+
+
+def test_a_dag_runs_to_success_with_output_in_the_task_log_and_xcom(
+    worker_factory, corral_env, airflow_home, client, busybox_image
+) -> None:
+    worker_factory("af-ok", "--slots", "4")
+    body = """
+    with DAG("corral_ok", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        one = CorralOperator(
+            task_id="one",
+            command=["sh", "-c", "echo first-line; echo oops >&2; echo rows=42; echo last-line"],
+            **JOB,
+        )
+        named = CorralOperator(task_id="named", command="sh -c 'echo rows=7; echo after'", xcom_output="rows", **JOB)
+        many = CorralOperator(task_id="many", command=["sh", "-c", "echo idx-$CORRAL_ARRAY_INDEX"], array=3, **JOB)
+        one >> named >> many
+        seen("one", one.output)
+        seen("named", named.output)
+        seen("many", many.output)
+    """
+    result, out = run_dag(airflow_home, corral_env, "corral_ok", body, busybox_image)
+    assert result["state"] == "success", out[-6000:]
+    assert xcoms(out) == {"one": "last-line", "named": "7", "many": ["idx-0", "idx-1", "idx-2"]}
+    logged = operator_lines(out)
+    for line in ("first-line", "stderr: oops", "rows=42", "last-line", "[0] idx-0", "[2] idx-2"):
+        assert line in logged, (line, logged)
+    # Three tasks, three batches, each keyed by its task instance; every job ran once.
+    batches = client.batches()
+    assert len(batches) == 3
+    assert all(b["idempotency_key"].startswith("airflow:corral_ok:manual__") for b in batches)
+    assert sorted(b["total"] for b in batches) == ["1", "1", "3"]
+
+
+def test_a_non_zero_exit_fails_the_task_and_its_retry_reuses_the_batch(
+    worker_factory, corral_env, airflow_home, client, busybox_image
+) -> None:
+    worker_factory("af-fail")
+    body = """
+    with DAG("corral_fail", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        CorralOperator(
+            task_id="fails",
+            command=["sh", "-c", "echo attempt-$CORRAL_ATTEMPT; exit 3"],
+            retries=1,
+            retry_delay=timedelta(seconds=0),
+            **JOB,
+        )
+    """
+    result, out = run_dag(airflow_home, corral_env, "corral_fail", body, busybox_image)
+    assert result["state"] == "failed", out[-6000:]
+    assert result["tasks"]["fails"] == ["failed", 2]  # Airflow tried twice
+    assert "AirflowException: corral batch" in out and "exit 3" in out
+    # One batch for both tries: the retry found it by its key and re-ran the failed job in it.
+    batches = client.batches()
+    assert len(batches) == 1, batches
+    batch_id = batches[0]["id"]
+    assert f"try 2 reuses batch {batch_id}" in out
+    job = client.batch(batch_id).status(jobs=True)["jobs"]["0"]
+    # The re-run is the job's attempt 2, in a new sandbox, with the batch's budget fresh for it.
+    assert [(h["attempt"], h["exit_code"]) for h in job["history"]] == [(1, 3), (2, 3)], json.dumps(job)
+    logged = operator_lines(out)
+    assert "attempt-1" in logged and "attempt-2" in logged, logged
+
+
+def test_deferrable_mode_waits_in_the_triggerer_and_succeeds(
+    worker_factory, corral_env, airflow_home, client, busybox_image
+) -> None:
+    worker_factory("af-defer")
+    body = """
+    with DAG("corral_defer", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        later = CorralOperator(
+            task_id="later", command=["sh", "-c", "sleep 2; echo deferred-out"], deferrable=True, **JOB
+        )
+        seen("later", later.output)
+    """
+    result, out = run_dag(airflow_home, corral_env, "corral_defer", body, busybox_image)
+    assert result["state"] == "success", out[-6000:]
+    assert "running trigger in line" in out  # the task deferred to CorralBatchTrigger
+    assert xcoms(out) == {"later": "deferred-out"}
+    assert "deferred-out" in operator_lines(out)  # execute_complete logged the job's output
+    (batch,) = client.batches()
+    assert (batch["state"], batch["succeeded"]) == ("finished", "1")
+
+
+def test_a_timed_out_task_cancels_its_batch(worker_factory, corral_env, airflow_home, client, busybox_image) -> None:
+    worker_factory("af-kill")
+    body = """
+    with DAG("corral_kill", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        CorralOperator(task_id="slow", command=["sleep", "120"], execution_timeout=timedelta(seconds=8), **JOB)
+    """
+    result, out = run_dag(airflow_home, corral_env, "corral_kill", body, busybox_image)
+    assert result["state"] == "failed", out[-6000:]
+    (batch,) = client.batches()
+    assert f"corral: task killed; cancelling batch {batch['id']}" in operator_lines(out), out[-8000:]
+    status = client.batch(batch["id"]).wait(timeout=60)
+    assert (status["batch"]["state"], status["batch"]["cancelled"]) == ("cancelled", "1")
+    assert status["jobs"]["0"]["reason"] == "signal"  # terminated long before its 120 s
