@@ -7,12 +7,14 @@ A missing service skips the tests that need it on a developer machine and FAILS 
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,18 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TEST_IMAGE = os.environ.get("CORRAL_TEST_IMAGE", "corral/busybox:latest")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_sockets_per_module() -> Iterator[None]:
+    """Collect a module's garbage when it ends. A library socket left to the garbage collector (kombu's
+    or redis-py's after a connection the test made Redis reset) would otherwise raise its
+    ResourceWarning in whichever test happens to run next in this process, often another file's
+    under ``--dist loadfile``."""
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 def missing(what: str) -> None:
