@@ -133,7 +133,8 @@ def test_a_dag_runs_to_success_with_output_in_the_task_log_and_xcom(
         )
         named = CorralOperator(task_id="named", command="sh -c 'echo rows=7; echo after'", xcom_output="rows", **JOB)
         many = CorralOperator(task_id="many", command=["sh", "-c", "echo idx-$CORRAL_ARRAY_INDEX"], array=3, **JOB)
-        one >> named >> many
+        keyed = CorralOperator(task_id="keyed", command=["true"], idempotency_key="k-{{ ti.try_number }}", **JOB)
+        one >> named >> many >> keyed
         seen("one", one.output)
         seen("named", named.output)
         seen("many", many.output)
@@ -144,11 +145,12 @@ def test_a_dag_runs_to_success_with_output_in_the_task_log_and_xcom(
     logged = operator_lines(out)
     for line in ("first-line", "stderr: oops", "rows=42", "last-line", "[0] idx-0", "[2] idx-2"):
         assert line in logged, (line, logged)
-    # Three tasks, three batches, each keyed by its task instance; every job ran once.
-    batches = client.batches()
-    assert len(batches) == 3
-    assert all(b["idempotency_key"].startswith("airflow:corral_ok:manual__") for b in batches)
-    assert sorted(b["total"] for b in batches) == ["1", "1", "3"]
+    # A batch per task, keyed by its task instance (or by the templated key); every job ran once.
+    batches = {b["idempotency_key"]: b for b in client.batches()}
+    assert len(batches) == 4 and "k-1" in batches
+    assert sum(key.startswith("airflow:corral_ok:manual__") for key in batches) == 3
+    assert sorted(b["total"] for b in batches.values()) == ["1", "1", "1", "3"]
+    assert all(b["state"] == "finished" and b["succeeded"] == b["total"] for b in batches.values())
 
 
 def test_a_non_zero_exit_fails_the_task_and_its_retry_reuses_the_batch(

@@ -3,6 +3,7 @@ output, and what of a job's tail the live stream missed (the DAG runs are in tes
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 
 import pytest
@@ -60,3 +61,37 @@ def test_the_trigger_serializes_to_what_rebuilds_it() -> None:
     path, kwargs = CorralBatchTrigger("bat-0123456789ab", 0.5).serialize()
     assert path == "corral.airflow.CorralBatchTrigger"
     assert CorralBatchTrigger(**kwargs).serialize() == (path, kwargs)
+
+
+@pytest.mark.redis
+def test_the_trigger_fires_once_the_batch_is_over(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trigger's own loop against a real Redis: it waits while a job runs, fires when none is left."""
+    import redis
+
+    monkeypatch.setenv("CORRAL_REDIS__URL", redis_url)
+    r = redis.Redis.from_url(f"{redis_url}/3", decode_responses=True)
+    key = "corral:batch:bat-0123456789ab"
+    r.hset(key, mapping={"state": "active", "running": "1", "total": "1", "succeeded": "0"})
+
+    async def first_event() -> dict[str, object]:
+        events = CorralBatchTrigger("bat-0123456789ab", 0.05).run()
+        waiting = asyncio.ensure_future(events.__anext__())
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # still running: no event
+        r.hset(key, mapping={"state": "finished", "running": "0", "succeeded": "1"})
+        event = await asyncio.wait_for(waiting, 10)
+        await events.aclose()
+        return dict(event.payload)
+
+    payload = asyncio.run(first_event())
+    assert (payload["batch_id"], payload["state"], payload["succeeded"]) == ("bat-0123456789ab", "finished", "1")
+    r.delete(key)
+
+    async def gone() -> object:
+        events = CorralBatchTrigger("bat-0123456789ab", 0.05).run()
+        event = await events.__anext__()
+        await events.aclose()
+        return event.payload
+
+    assert asyncio.run(gone()) == {"batch_id": "bat-0123456789ab", "state": "missing"}
+    r.close()
