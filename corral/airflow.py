@@ -52,6 +52,11 @@ except ImportError as exc:  # the module is only useful inside Airflow
     raise ImportError("corral.airflow needs Apache Airflow 3: pip install 'corral[airflow]'") from exc
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+LIVE_JOBS = 16
+"""Batches up to this size (``live_jobs=``) stream each running job's output live; a larger one logs each job's output
+tail when it ends and reads the jobs only when the counters move (a frame read per job and poll, or
+every job's record each second, would load the fleet for a log)."""
+COUNTERS = ("state", "queued", "running", "succeeded", "failed", "cancelled", "unplaceable")
 
 
 def idempotency_key(dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
@@ -142,6 +147,7 @@ class CorralOperator(BaseOperator):
         idempotency_key: str | None = None,
         deferrable: bool = False,
         poll_interval: float = 1.0,
+        live_jobs: int = LIVE_JOBS,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -164,6 +170,7 @@ class CorralOperator(BaseOperator):
         self.idempotency_key = idempotency_key
         self.deferrable = deferrable
         self.poll_interval = poll_interval
+        self.live_jobs = live_jobs
         self._handle: BatchHandle | None = None
 
     # -- submission -----------------------------------------------------------------------------
@@ -272,9 +279,18 @@ class CorralOperator(BaseOperator):
         seen: dict[tuple[str, IoStream], str] = {}
         partial: dict[tuple[str, IoStream], str] = {}
         done: set[str] = set()
+        live, counters = True, None
         while True:
+            if not live:
+                meta = handle.status()["batch"]
+                if tuple(meta.get(k) for k in COUNTERS) == counters:
+                    self._sleep()
+                    continue
             status = handle.status(jobs=True)
-            over = status["batch"].get("state") != "active" and int(status["batch"].get("running") or 0) == 0
+            meta = status["batch"]
+            live = int(meta.get("total") or 0) <= self.live_jobs
+            counters = tuple(meta.get(k) for k in COUNTERS)
+            over = meta.get("state") != "active" and int(meta.get("running") or 0) == 0
             for index_text, rec in sorted(status["jobs"].items(), key=lambda kv: int(kv[0])):
                 env_id, host = rec.get("environment_id"), rec.get("host")
                 attempt = f"{env_id}@{rec.get('started_ms')}"
@@ -283,7 +299,7 @@ class CorralOperator(BaseOperator):
                 label = self._label(int(index_text))
                 for stream in (IoStream.stdout, IoStream.stderr):
                     key = (attempt, stream)
-                    text = self._read(client, host, env_id, key, cursors)
+                    text = self._read(client, host, env_id, key, cursors) if live else ""
                     seen[key] = (seen.get(key, "") + text)[-65536:]
                     lines = (partial.get(key, "") + text).split("\n")
                     partial[key] = lines.pop()

@@ -132,7 +132,9 @@ def test_a_dag_runs_to_success_with_output_in_the_task_log_and_xcom(
             **JOB,
         )
         named = CorralOperator(task_id="named", command="sh -c 'echo rows=7; echo after'", xcom_output="rows", **JOB)
-        many = CorralOperator(task_id="many", command=["sh", "-c", "echo idx-$CORRAL_ARRAY_INDEX"], array=3, **JOB)
+        many = CorralOperator(  # not streamed live (live_jobs): each job's tail is logged when it ends
+            task_id="many", command=["sh", "-c", "echo idx-$CORRAL_ARRAY_INDEX"], array=3, live_jobs=2, **JOB
+        )
         keyed = CorralOperator(task_id="keyed", command=["true"], idempotency_key="k-{{ ti.try_number }}", **JOB)
         one >> named >> many >> keyed
         seen("one", one.output)
