@@ -171,3 +171,19 @@ def test_cancel_and_deadline_stop_queued_jobs_and_terminate_running_ones(
     assert len(terminated) == 2 and all(r["reason"] == "signal" for r in terminated)
     assert count_labeled(docker_client, worker.host_id)["containers"] == 0
     assert wait_exit_code(meta) == 1
+
+
+def test_retry_failed_reruns_only_the_failed_jobs_in_new_sandboxes(worker_factory, client, busybox_image) -> None:
+    worker_factory("bat-rerun")
+    script = 'echo "i=$CORRAL_ARRAY_INDEX a=$CORRAL_ATTEMPT"; [ "$CORRAL_ARRAY_INDEX:$CORRAL_ATTEMPT" != 1:1 ]'
+    handle = client.submit_batch(job(busybox_image, script), array="2")
+    first = handle.wait(timeout=120)["batch"]
+    assert (first["succeeded"], first["failed"]) == ("1", "1")
+    handle.retry_failed()
+    status = handle.wait(timeout=120)
+    meta, jobs = status["batch"], status["jobs"]
+    assert (meta["state"], meta["succeeded"], meta["failed"]) == ("finished", "2", "0"), json.dumps(jobs)
+    # Attempt 2 of index 1 ran in a sandbox of its own (reusing attempt 1's id once made it start_failed).
+    assert (jobs["1"]["stdout_tail"], jobs["1"]["environment_id"]) == ("i=1 a=2\n", f"{handle.batch_id}.1.a2")
+    assert [h["exit_code"] for h in jobs["1"]["history"]] == [1, 0]
+    assert (jobs["0"]["attempt"], jobs["0"]["stdout_tail"]) == (1, "i=0 a=1\n")  # not run again
