@@ -21,7 +21,8 @@ with the client identity of the Airflow worker's environment (``CORRAL_*`` varia
   ``:try<N>`` appended;
 - ``deferrable=True`` submits, then frees the worker slot: ``CorralBatchTrigger`` waits in the
   triggerer (asyncio Redis reads of the batch's counters, read-only for the client role) and the
-  task resumes in ``execute_complete`` to log the jobs' output tails and decide.
+  task resumes in ``execute_complete`` to log the jobs' output tails and decide; a user killing the
+  deferred task cancels the batch (the trigger's ``on_kill``; not a triggerer restart).
 """
 
 from __future__ import annotations
@@ -117,6 +118,18 @@ class CorralBatchTrigger(BaseTrigger):
                 await asyncio.sleep(self.poll_interval)
         finally:
             await r.aclose()
+
+    async def on_kill(self) -> None:
+        """A user killed the deferred task (mark failed, clear): cancel its batch, as ``on_kill`` does."""
+        await asyncio.to_thread(cancel_batch, self.batch_id)
+
+
+def cancel_batch(batch_id: str) -> None:
+    client = Client()
+    try:
+        client.batch(batch_id).cancel()
+    finally:
+        client.close()
 
 
 class CorralOperator(BaseOperator):

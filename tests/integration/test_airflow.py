@@ -218,3 +218,24 @@ def test_a_timed_out_task_cancels_its_batch(worker_factory, corral_env, airflow_
     status = client.batch(batch["id"]).wait(timeout=60)
     assert (status["batch"]["state"], status["batch"]["cancelled"]) == ("cancelled", "1")
     assert status["jobs"]["0"]["reason"] == "signal"  # it had started (20 s): terminated long before its 120 s
+
+
+def test_killing_a_deferred_task_cancels_its_batch(
+    worker_factory, corral_env, client, busybox_image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What Airflow's triggerer calls when a user marks a deferred task failed: the trigger's on_kill."""
+    import asyncio
+
+    from corral.airflow import CorralBatchTrigger
+    from corral.job import JobSpec
+    from tests.harness import wait_until
+
+    worker_factory("af-defer-kill")
+    monkeypatch.setenv("CORRAL_REDIS__URL", corral_env["CORRAL_REDIS__URL"])
+    spec = JobSpec(image=busybox_image, argv=["sleep", "120"], cpus=0.25, memory_mb=32)
+    handle = client.submit_batch(spec, array="1")
+    assert wait_until(lambda: handle.status()["batch"]["running"] == "1", 60)
+    asyncio.run(CorralBatchTrigger(handle.batch_id).on_kill())
+    status = handle.wait(timeout=60)
+    assert (status["batch"]["state"], status["batch"]["cancelled"]) == ("cancelled", "1")
+    assert status["jobs"]["0"]["reason"] == "signal"
