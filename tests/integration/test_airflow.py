@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from corral.client import Client
-from corral.settings import Settings
+from corral.settings import Settings, load_settings
 from tests.conftest import missing
 from tests.harness import REPO
 
@@ -221,7 +221,7 @@ def test_a_timed_out_task_cancels_its_batch(worker_factory, corral_env, airflow_
 
 
 def test_killing_a_deferred_task_cancels_its_batch(
-    worker_factory, corral_env, client, busybox_image, monkeypatch: pytest.MonkeyPatch
+    worker_factory, corral_env, client, busybox_image, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     """What Airflow's triggerer calls when a user marks a deferred task failed: the trigger's on_kill."""
     import asyncio
@@ -232,6 +232,8 @@ def test_killing_a_deferred_task_cancels_its_batch(
 
     worker_factory("af-defer-kill")
     monkeypatch.setenv("CORRAL_REDIS__URL", corral_env["CORRAL_REDIS__URL"])
+    load_settings.cache_clear()  # the trigger reads settings built once per process: rebuild them here
+    request.addfinalizer(load_settings.cache_clear)
     spec = JobSpec(image=busybox_image, argv=["sleep", "120"], cpus=0.25, memory_mb=32)
     handle = client.submit_batch(spec, array="1")
     assert wait_until(lambda: handle.status()["batch"]["running"] == "1", 60)

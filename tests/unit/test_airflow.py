@@ -8,6 +8,7 @@ import importlib.util
 
 import pytest
 
+from corral.settings import load_settings
 from tests.conftest import IN_CI
 
 if importlib.util.find_spec("airflow") is None:  # skip locally, fail under CI (tests/conftest.py)
@@ -64,11 +65,15 @@ def test_the_trigger_serializes_to_what_rebuilds_it() -> None:
 
 
 @pytest.mark.redis
-def test_the_trigger_fires_once_the_batch_is_over(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_trigger_fires_once_the_batch_is_over(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     """The trigger's own loop against a real Redis: it waits while a job runs, fires when none is left."""
     import redis
 
     monkeypatch.setenv("CORRAL_REDIS__URL", redis_url)
+    load_settings.cache_clear()  # settings are built once per process: another test may have built them
+    request.addfinalizer(load_settings.cache_clear)
     r = redis.Redis.from_url(f"{redis_url}/3", decode_responses=True)
     key = "corral:batch:bat-0123456789ab"
     r.hset(key, mapping={"state": "active", "running": "1", "total": "1", "succeeded": "0"})
