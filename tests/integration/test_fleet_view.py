@@ -162,18 +162,14 @@ def test_a_process_killed_for_memory_says_so_on_stderr(worker_factory, corral_en
     assert b"killed" not in as_json.stderr  # --json carries it; stderr stays quiet
 
 
-def test_progress_shows_on_a_terminal_only(worker_factory, corral_env, busybox_image) -> None:
-    worker = worker_factory()
-    argv = ["run", "--host", worker.host_id, busybox_image, "--", "echo", "hi"]
-    piped = corral(corral_env, *argv)
-    assert piped.returncode == 0 and piped.stderr == b"" and piped.stdout == b"hi\n"
-
+def corral_on_terminal(env: dict[str, str], *args: str, timeout: float = 90) -> tuple[int, bytes, bytes]:
+    """Run ``corral ARGS`` with stderr on a pseudo-terminal: (exit code, stdout, what the terminal saw)."""
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([*CORRAL, *argv], env=corral_env, cwd=REPO, stdout=subprocess.PIPE, stderr=follower)
+    proc = subprocess.Popen([*CORRAL, *args], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=follower)
     os.close(follower)
     seen = b""
     while True:
-        ready, _, _ = select.select([leader], [], [], 60)
+        ready, _, _ = select.select([leader], [], [], timeout)
         if not ready:
             break
         try:
@@ -183,9 +179,19 @@ def test_progress_shows_on_a_terminal_only(worker_factory, corral_env, busybox_i
         if not chunk:
             break
         seen += chunk
-    out, _ = proc.communicate(timeout=60)
+    out, _ = proc.communicate(timeout=timeout)
     os.close(leader)
-    assert proc.returncode == 0 and out == b"hi\n"
+    return proc.returncode, out, seen
+
+
+def test_progress_shows_on_a_terminal_only(worker_factory, corral_env, busybox_image) -> None:
+    worker = worker_factory()
+    argv = ["run", "--host", worker.host_id, busybox_image, "--", "echo", "hi"]
+    piped = corral(corral_env, *argv)
+    assert piped.returncode == 0 and piped.stderr == b"" and piped.stdout == b"hi\n"
+
+    code, out, seen = corral_on_terminal(corral_env, *argv)
+    assert code == 0 and out == b"hi\n"
     assert f"corral: preparing on {worker.host_id}: ".encode() in seen
     assert seen.endswith(b"\r\x1b[2K")  # the line is erased before the job's own output
 
@@ -196,26 +202,8 @@ def test_batch_wait_shows_progress_on_a_terminal_only(worker_factory, corral_env
     assert submitted.returncode == 0, submitted.stderr
     batch_id = json.loads(submitted.stdout)["batch_id"]
 
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [*CORRAL, "batch", "wait", batch_id], env=corral_env, cwd=REPO, stdout=subprocess.PIPE, stderr=follower
-    )
-    os.close(follower)
-    seen = b""
-    while True:
-        ready, _, _ = select.select([leader], [], [], 90)
-        if not ready:
-            break
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-    out, _ = proc.communicate(timeout=90)
-    os.close(leader)
-    assert proc.returncode == 0, out
+    code, out, seen = corral_on_terminal(corral_env, "batch", "wait", batch_id)
+    assert code == 0, out
     assert f"batch {batch_id}: ".encode() in seen and b" succeeded" in seen
     assert seen.endswith(b"\r\x1b[2K")  # erased before the summary on stdout
     assert b"succeeded 2" in out
