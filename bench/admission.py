@@ -37,8 +37,8 @@ import redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from corral.admission import ALLOCS_KEY, Admission, Capacity, Demand, Placed  # noqa: E402
-from corral.batch import ArraySpec, BatchStore, BatchSubmitRequest, JobTemplate  # noqa: E402
+from corral.fleet.admission import ALLOCS_KEY, Admission, Capacity, Demand, Placed  # noqa: E402
+from corral.fleet.batch import ArraySpec, BatchStore, BatchSubmitRequest, JobTemplate  # noqa: E402
 
 
 def start_redis() -> tuple[subprocess.Popen[bytes], int, str]:

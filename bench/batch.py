@@ -28,9 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from corral.client import Client  # noqa: E402
-from corral.devstack import DevStack  # noqa: E402
-from corral.job import JobSpec  # noqa: E402
+from corral.client.client import Client  # noqa: E402
+from corral.client.devstack import DevStack  # noqa: E402
+from corral.fleet.job import JobSpec  # noqa: E402
 from corral.settings import load_settings  # noqa: E402
 
 IMAGE = "corral/busybox:latest"

@@ -51,20 +51,20 @@ from typing import Any
 import docker
 import docker.errors
 
-from corral.client import Client, JobHandle
-from corral.devstack import DevStack
-from corral.errors import AgentError
-from corral.job import JobSpec
-from corral.models import CleanupStatus, IoStream, ProcessState
-from corral.refs import slug
-from corral.runtimes import cgroup
-from corral.services import state_services
+from corral.client.client import Client, JobHandle
+from corral.client.devstack import DevStack
+from corral.contract.errors import AgentError
+from corral.contract.models import CleanupStatus, IoStream, ProcessState
+from corral.contract.refs import slug
+from corral.fleet.job import JobSpec
+from corral.io import cgroup
 from corral.settings import load_settings
+from corral.state.services import state_services
 
 REPO = Path(__file__).resolve().parent.parent
 
 IMAGE = "corral/busybox:latest"
-SHIM_MODULE = "corral.runtimes.shim"
+SHIM_MODULE = "corral.io.shim"
 RAW_LABEL = "corral.load.raw"
 EXPECTED_STDOUT = b"start\n"
 

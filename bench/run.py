@@ -27,10 +27,10 @@ from pathlib import Path
 
 import docker
 
-from corral.client import Client
-from corral.devstack import DevStack
-from corral.job import JobSpec
-from corral.models import IoStream
+from corral.client.client import Client
+from corral.client.devstack import DevStack
+from corral.contract.models import IoStream
+from corral.fleet.job import JobSpec
 from corral.settings import load_settings
 
 IMAGE = "corral/busybox:latest"

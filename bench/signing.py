@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/signing.py [--runs 300]
 
-Starts a private redis-server (loopback, the ACL users of ``corral.credentials``) and two Celery
+Starts a private redis-server (loopback, the ACL users of ``corral.trust.credentials``) and two Celery
 workers of a one-task app (``bench.noop``, which returns its argument): one configured like corral
 before signing (JSON), one like corral now (``corral-signed`` + the guard consumer). Then it measures,
 for a realistic request body (the ``start_process`` request of a job, ~1.7 KB of JSON):
@@ -35,13 +35,13 @@ from kombu.serialization import dumps, loads
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from corral import signing  # noqa: E402
 from corral.celeryconf import celery_config  # noqa: E402
-from corral.credentials import init_fleet  # noqa: E402
-from corral.devstack import free_port  # noqa: E402
-from corral.job import JobSpec  # noqa: E402
-from corral.models import dump  # noqa: E402
+from corral.client.devstack import free_port  # noqa: E402
+from corral.contract.models import dump  # noqa: E402
+from corral.fleet.job import JobSpec  # noqa: E402
 from corral.settings import Settings  # noqa: E402
+from corral.trust import signing  # noqa: E402
+from corral.trust.credentials import init_fleet  # noqa: E402
 
 CLIENT, WORKER = "bench-client", "corral-host-bench"
 

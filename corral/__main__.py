@@ -1,3 +1,3 @@
-from corral.cli import main
+from corral.client.cli import main
 
 main()

@@ -37,12 +37,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from corral.batch import batch_key, parse_array
-from corral.client import BatchHandle, Client
-from corral.errors import AgentError
-from corral.job import JobSpec
-from corral.models import IoStream
-from corral.refs import process_ref_for
+from corral.client.client import BatchHandle, Client
+from corral.contract.errors import AgentError
+from corral.contract.models import IoStream
+from corral.contract.refs import process_ref_for
+from corral.fleet.batch import batch_key, parse_array
+from corral.fleet.job import JobSpec
 from corral.settings import load_settings
 
 try:

@@ -5,26 +5,62 @@ Routing must be identical everywhere: the worker that finishes chain step N publ
 target host as the ``host`` keyword argument; ``route_task`` reads it, so even a signature sent
 without an explicit queue lands on the right host, and a task with no host goes to the fleet queue
 (never to Celery's default queue, which nobody consumes).
+
+A host has two queues (two *lanes*): ``corral.host.<id>`` for lifecycle work (the chain, signals,
+cleanup, stdin writes: effects, journaled, served by the worker's prefork pool) and
+``corral.host.<id>.reads`` for the cheap reads of ``READS`` (stats, output frames, the runtime's
+accessors), served by a threads pool of its own (``workers.reads``), so a read never waits behind
+slow lifecycle tasks. ``queue_for`` picks the lane from the task name and its request alone, so
+every worker and client routes a task identically. A ``stream_io`` that writes stdin stays in the
+lifecycle lane: it is an effect (idempotency lease held by a pool process), and a sandbox's writes
+keep one queue.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from celery.app.amqp import AMQP
 
-from corral.identity import CALLER_KWARG
+from corral.contract.models import IoStream
+from corral.contract.operations import READS
 from corral.settings import Settings
-from corral.signing import CONTENT_TYPE, SERIALIZER, identity
+from corral.trust.identity import CALLER_KWARG
+from corral.trust.signing import CONTENT_TYPE, SERIALIZER, identity
 
 FLEET_QUEUE = "corral.fleet"
 HOST_QUEUE_PREFIX = "corral.host."
 TASK_PREFIX = "corral."
+READS_SUFFIX = ".reads"
+
+Lane = Literal["lifecycle", "reads"]
+READ_TASKS = frozenset(f"{TASK_PREFIX}{op.value}" for op in READS)
+_READ_STREAMS = frozenset({IoStream.stdout.value, IoStream.stderr.value})
 
 
-def queue_for_host(host_id: str) -> str:
-    return f"{HOST_QUEUE_PREFIX}{host_id}"
+def queue_for_host(host_id: str, lane: Lane = "lifecycle") -> str:
+    """The one place a host queue's name is formatted: ``corral.host.<id>`` (lifecycle) or
+    ``corral.host.<id>.reads`` (cheap reads)."""
+    return f"{HOST_QUEUE_PREFIX}{host_id}{READS_SUFFIX if lane == 'reads' else ''}"
+
+
+def lane_of(name: str, args: Any) -> Lane:
+    """The lane of task ``name`` with positional ``args``: a read of ``READS`` goes to the reads lane,
+    except a ``stream_io`` whose request is not a read of stdout or stderr (a stdin write, or a
+    request too malformed to tell: it fails validation in the lifecycle lane like any other)."""
+    if name not in READ_TASKS:
+        return "lifecycle"
+    if name == f"{TASK_PREFIX}stream_io":
+        request = args[0] if isinstance(args, list | tuple) and args else None
+        if not isinstance(request, dict) or request.get("stream") not in _READ_STREAMS:
+            return "lifecycle"
+    return "reads"
+
+
+def queue_for(name: str, args: Any, host: str) -> str:
+    """The host queue of task ``name`` with positional ``args`` (its lane, ``lane_of``)."""
+    return queue_for_host(host, lane_of(name, args))
 
 
 def task_name(operation: str) -> str:
@@ -42,7 +78,7 @@ def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None
     if not str(name).startswith(TASK_PREFIX):
         return None
     host = (kwargs or {}).get("host") if isinstance(kwargs, dict) else None
-    return {"queue": queue_for_host(host) if host else FLEET_QUEUE}
+    return {"queue": queue_for(str(name), args, host) if host else FLEET_QUEUE}
 
 
 SHOWN_KWARGS = ("host", CALLER_KWARG)
@@ -97,7 +133,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": visibility},
         "broker_connection_retry_on_startup": True,
-        # Task (and worker control) messages are signed (corral.signing); a worker accepts nothing else.
+        # Task (and worker control) messages are signed (corral.trust.signing); a worker accepts nothing else.
         # Results and events stay JSON: the Redis ACL decides who may write them.
         "task_serializer": SERIALIZER,
         "accept_content": [CONTENT_TYPE],

@@ -6,7 +6,7 @@ else the packaged ``config/corral.toml``. Nested keys use ``__`` in the environm
 
 What a request may ask for (images, mount aliases, limits, network, detach, users, fallback
 approvals) is not a setting but the host policy, a separate file named by ``host.policy_file``
-(``corral.policy``, reloaded while running by ``corral.policy_source``).
+(``corral.sandbox.policy``, reloaded while running by ``corral.host.policy_source``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from corral.errors import HostConfigurationNeeded
+from corral.contract.errors import HostConfigurationNeeded
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "corral.toml"
 REPO_POLICY = REPO_CONFIG.with_name("policy.toml")
@@ -86,9 +86,7 @@ def check_redis_url(url: str) -> None:
     if not url or any(c.isspace() for c in url):
         raise ValueError("not a Redis URL: it is empty or contains white space")
     if url.count("://") != 1:
-        raise ValueError(
-            f"not one Redis URL: it holds {url.count('://')} '://' separators (two URLs pasted together?)"
-        )
+        raise ValueError(f"not one Redis URL: it holds {url.count('://')} '://' separators (two URLs pasted together?)")
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ValueError("the scheme must be redis://, rediss:// or unix://")
@@ -107,7 +105,7 @@ def check_redis_url(url: str) -> None:
 
 
 class SecuritySettings(BaseModel):
-    """Message signing (``corral.signing``). Every process has its own key pair; the certificate's
+    """Message signing (``corral.trust.signing``). Every process has its own key pair; the certificate's
     common name is its identity. Workers verify with two trust stores: client certificates (their
     caller is the signer) and fleet component certificates (``corral-*``: workers, beat)."""
 
@@ -144,9 +142,12 @@ class HostSettings(BaseModel):
     secrets_dir: str = "/etc/corral/secrets"
     """Host secret provider: one file per secret name."""
     secret_providers: list[str] = Field(
-        default_factory=lambda: ["corral.secrets:DirectoryProvider", "corral.secrets:EnvironmentProvider"]
+        default_factory=lambda: [
+            "corral.sandbox.secrets:DirectoryProvider",
+            "corral.sandbox.secrets:EnvironmentProvider",
+        ]
     )
-    """Secret providers asked in order, by import path ``package.module:Attribute`` (``corral.secrets``);
+    """Secret providers asked in order, by import path ``package.module:Attribute`` (``corral.sandbox.secrets``);
     plug-ins are imported on the worker only."""
     allow_secrets_off_tmpfs: bool = False
     """Tests only: let file secrets be written when ``secrets_root`` is not on a tmpfs (they could reach a disk)."""
@@ -216,7 +217,7 @@ class CelerySettings(BaseModel):
 
 
 class MetricsSettings(BaseModel):
-    """The worker's Prometheus endpoint (``corral.metrics``), served by its main process."""
+    """The worker's Prometheus endpoint (``corral.host.metrics``), served by its main process."""
 
     model_config = ConfigDict(extra="forbid")
     port: int = Field(default=9808, ge=0, le=65535)
@@ -231,7 +232,7 @@ class MetricsSettings(BaseModel):
 class TestingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     faults: str = ""
-    """Comma-separated crash-matrix fault points (``corral.faults``); never set in production."""
+    """Comma-separated crash-matrix fault points (``corral.host.faults``); never set in production."""
     fault_dir: str | None = None
 
 

@@ -20,11 +20,11 @@ from celery import Task
 from celery.exceptions import Retry
 from pydantic import BaseModel, ValidationError
 
-from corral import metrics
-from corral.errors import AgentError, InvalidRequest, Retryable
-from corral.models import IsolatedProcessSpec, dump
-from corral.policy import MAX_REQUEST_BYTES
-from corral.services import coordinator
+from corral.contract.errors import AgentError, InvalidRequest, Retryable
+from corral.contract.models import IsolatedProcessSpec, dump
+from corral.host import metrics
+from corral.host.services import coordinator
+from corral.sandbox.policy import MAX_REQUEST_BYTES
 from corral.settings import load_settings
 
 log = logging.getLogger("corral.tasks")
@@ -118,7 +118,7 @@ class CorralTask(Task):  # type: ignore[misc]
 
     def run_operation(self, host: str | None, call: Callable[[], R]) -> dict[str, Any]:
         """Run one contract operation and return its JSON-safe result, converting every failure;
-        its outcome and duration go to the host's metrics (``corral.metrics``)."""
+        its outcome and duration go to the host's metrics (``corral.host.metrics``)."""
         started = time.monotonic()
         outcome, error = "ok", None
         try:

@@ -16,7 +16,12 @@ from typing import Any
 
 from celery import chain, current_app, shared_task
 
-from corral.batch import (
+from corral.celeryconf import FLEET_QUEUE, queue_for_host, task_kwargs, task_name
+from corral.contract.errors import NotFound, PolicyDenial
+from corral.contract.models import CleanupRequest, Model, dump
+from corral.contract.operations import Operation
+from corral.contract.refs import cleanup_plan_ref
+from corral.fleet.batch import (
     DISPATCH_LOCK,
     DISPATCH_NEXT,
     BatchControl,
@@ -26,17 +31,13 @@ from corral.batch import (
     reap_request_key,
     reaping_key,
 )
-from corral.celeryconf import FLEET_QUEUE, queue_for_host, task_kwargs, task_name
-from corral.client import cleanup_plan_ref
-from corral.dispatcher import Dispatcher, Reaper
-from corral.errors import NotFound, PolicyDenial
-from corral.identity import CALLER_KWARG, Caller
-from corral.job import JobSpec
-from corral.models import CleanupRequest, Model, dump
-from corral.services import coordinator
+from corral.fleet.job import JobSpec
+from corral.host.dispatcher import Dispatcher, Reaper
+from corral.host.services import coordinator
+from corral.host.tenancy import HIDDEN_RULE
+from corral.host.views import Rows
 from corral.settings import load_settings
-from corral.tenancy import HIDDEN_RULE
-from corral.views import Rows
+from corral.trust.identity import CALLER_KWARG, Caller
 from tasks.base import CorralTask
 
 
@@ -68,7 +69,7 @@ def _send_chain(job: JobSpec, host: str, caller: str) -> None:
         for op, req in job.requests(host)
     ]
     cleanup = CleanupRequest(environment=job.environment(), cleanup_plan_ref=cleanup_plan_ref(job.environment_id))
-    on_error = current_app.signature(task_name("cleanup"), args=[dump(cleanup)], kwargs=kwargs, immutable=True)
+    on_error = current_app.signature(task_name(Operation.cleanup), args=[dump(cleanup)], kwargs=kwargs, immutable=True)
     workflow = chain(*steps)
     workflow.link_error(on_error.set(queue=queue))
     workflow.apply_async()

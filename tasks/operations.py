@@ -2,7 +2,7 @@
 
 Thin like web views: parse the request model, call the host's coordinator, dump the result. The
 ``host`` keyword names the host the task is meant for (the router reads it; the task checks it).
-The ``caller`` keyword is the verified identity the coordinator authorizes (tenants, ``corral.tenancy``).
+The ``caller`` keyword is the verified identity the coordinator authorizes (tenants, ``corral.host.tenancy``).
 """
 
 from __future__ import annotations
@@ -12,15 +12,16 @@ from typing import Any
 
 from celery import shared_task
 
-from corral import models as m
-from corral.identity import Caller
-from corral.services import coordinator
+from corral.contract import models as m
+from corral.contract.operations import Operation
+from corral.host.services import coordinator
+from corral.trust.identity import Caller
 from tasks.base import CorralTask
 
 
 def _as(identity: str | None) -> Caller:
-    """The verified caller (stamped by the worker from the message signature, ``corral.signing``) as
-    this host's policy maps it to a tenant (``corral.tenancy``); a message without one is anonymous."""
+    """The verified caller (stamped by the worker from the message signature, ``corral.trust.signing``) as
+    this host's policy maps it to a tenant (``corral.host.tenancy``); a message without one is anonymous."""
     return coordinator().caller(identity)
 
 
@@ -32,21 +33,21 @@ def _task(name: str) -> Callable[[Callable[..., dict[str, Any]]], Any]:
     return decorator
 
 
-@_task("runtime_ref")
+@_task(Operation.runtime_ref)
 def runtime_ref(
     self: CorralTask, request: Any = None, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
     return self.run_operation(host, lambda: coordinator().runtime_ref())
 
 
-@_task("capability_report")
+@_task(Operation.capability_report)
 def capability_report(
     self: CorralTask, request: Any = None, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
     return self.run_operation(host, lambda: coordinator().capability_report())
 
 
-@_task("prepare_session")
+@_task(Operation.prepare_session)
 def prepare_session(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
@@ -55,7 +56,7 @@ def prepare_session(
     )
 
 
-@_task("resolve_image")
+@_task(Operation.resolve_image)
 def resolve_image(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
@@ -64,7 +65,7 @@ def resolve_image(
     )
 
 
-@_task("prepare_rootfs")
+@_task(Operation.prepare_rootfs)
 def prepare_rootfs(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
@@ -73,7 +74,7 @@ def prepare_rootfs(
     )
 
 
-@_task("resolve_mounts")
+@_task(Operation.resolve_mounts)
 def resolve_mounts(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
@@ -82,7 +83,7 @@ def resolve_mounts(
     )
 
 
-@_task("configure_network")
+@_task(Operation.configure_network)
 def configure_network(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
@@ -91,7 +92,7 @@ def configure_network(
     )
 
 
-@_task("prepare_secrets")
+@_task(Operation.prepare_secrets)
 def prepare_secrets(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
@@ -100,7 +101,7 @@ def prepare_secrets(
     )
 
 
-@_task("prepare_environment")
+@_task(Operation.prepare_environment)
 def prepare_environment(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
@@ -110,7 +111,7 @@ def prepare_environment(
     )
 
 
-@_task("start_process")
+@_task(Operation.start_process)
 def start_process(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
@@ -119,7 +120,7 @@ def start_process(
     )
 
 
-@_task("stream_io")
+@_task(Operation.stream_io)
 def stream_io(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> dict[str, Any]:
     return self.run_operation(
         host,
@@ -127,7 +128,7 @@ def stream_io(self: CorralTask, request: Any, *, host: str | None = None, caller
     )
 
 
-@_task("signal_process")
+@_task(Operation.signal_process)
 def signal_process(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
@@ -139,7 +140,7 @@ def signal_process(
     )
 
 
-@_task("collect_stats")
+@_task(Operation.collect_stats)
 def collect_stats(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
 ) -> dict[str, Any]:
@@ -148,21 +149,21 @@ def collect_stats(
     )
 
 
-@_task("cleanup")
+@_task(Operation.cleanup)
 def cleanup(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> dict[str, Any]:
     return self.run_operation(
         host, lambda: coordinator().cleanup(self.parse(m.CleanupRequest, request), caller=_as(caller))
     )
 
 
-@_task("detach")
+@_task(Operation.detach)
 def detach(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> dict[str, Any]:
     return self.run_operation(
         host, lambda: coordinator().detach(self.parse(m.DetachTransferRequest, request), caller=_as(caller))
     )
 
 
-@_task("reclaim")
+@_task(Operation.reclaim)
 def reclaim(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> dict[str, Any]:
     return self.run_operation(
         host, lambda: coordinator().reclaim(self.parse(m.ReclaimRequest, request), caller=_as(caller))

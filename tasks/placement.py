@@ -2,7 +2,7 @@
 
 A client's Redis role may not write admission state, so it asks a fleet worker: the worker resolves
 the caller to a tenant (an identity no tenant knows is refused), filters the live hosts on their
-capability reports and reserves in one Lua call (``corral.placement``). The answer is the host (the
+capability reports and reserves in one Lua call (``corral.fleet.placement``). The answer is the host (the
 client then sends the chain there, within the reservation's lease) or ``queued`` with its reason.
 """
 
@@ -14,10 +14,10 @@ from typing import Any
 
 from celery import shared_task
 
-from corral.admission import Admission, Demand
 from corral.celeryconf import FLEET_QUEUE
-from corral.placement import PlaceRequest, PlaceResult, place
-from corral.services import coordinator
+from corral.fleet.admission import Admission, Demand
+from corral.fleet.placement import PlaceRequest, PlaceResult, place
+from corral.host.services import coordinator
 from tasks.base import CorralTask
 
 _register: Callable[[Callable[..., dict[str, Any]]], Any] = shared_task(

@@ -8,10 +8,11 @@ from typing import Any
 from celery import current_app, shared_task
 
 from corral.celeryconf import FLEET_QUEUE, queue_for_host, task_kwargs, task_name
-from corral.reconciler import Reconciler
-from corral.services import coordinator, state_services
+from corral.host.reconciler import Reconciler
+from corral.host.services import coordinator
+from corral.host.tenancy import check_operator
 from corral.settings import load_settings
-from corral.tenancy import check_operator
+from corral.state.services import state_services
 from tasks.base import CorralTask
 
 _register_host: Callable[[Callable[..., dict[str, Any]]], Any] = shared_task(

@@ -8,17 +8,18 @@ from typing import Any
 from celery import current_app, shared_task
 
 from corral.celeryconf import FLEET_QUEUE, queue_for_host, task_kwargs, task_name
-from corral.effects import SystemClock
-from corral.models import ReclaimRequest, dump
-from corral.services import state_services
+from corral.contract.models import ReclaimRequest, dump
+from corral.contract.operations import Operation
+from corral.host.effects import SystemClock
+from corral.host.sweeper import sweep
 from corral.settings import load_settings
-from corral.sweeper import sweep
+from corral.state.services import state_services
 from tasks.base import CorralTask
 
 
 def _send_reclaim(host: str, request: ReclaimRequest) -> None:
     current_app.send_task(
-        task_name("reclaim"),
+        task_name(Operation.reclaim),
         args=[dump(request)],
         kwargs=task_kwargs(load_settings(), host),
         queue=queue_for_host(host),

@@ -1,5 +1,5 @@
 """Fleet tasks behind ``corral ps``, ``corral tickets`` and ``corral journal``: the state store's
-read-only views filtered for the verified caller's tenant (``corral.views``). Any worker serving the
+read-only views filtered for the verified caller's tenant (``corral.host.views``). Any worker serving the
 fleet queue answers, with its host policy's tenant table (keep it the same on every host)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from typing import Any
 
 from celery import shared_task
 
-from corral import views
 from corral.celeryconf import FLEET_QUEUE
-from corral.services import coordinator
+from corral.host import views
+from corral.host.services import coordinator
 from tasks.base import CorralTask
 
 

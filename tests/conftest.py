@@ -58,14 +58,14 @@ TEST_HOST_IDENTITY = "corral-host-test"
 
 
 def suite_fleet() -> Any:
-    """The suite's credentials (``corral.credentials``), made once per session: Redis ACL users per
+    """The suite's credentials (``corral.trust.credentials``), made once per session: Redis ACL users per
     role and signing identities. Every test Redis loads its ACL file and every test worker verifies
     signatures, so all integration tests run the production trust boundary. In integration and fault
     tests this process (a ``Client`` built by a test) acts as the client role with the ``tester``
     identity (``tests.harness.client_role``)."""
     global _FLEET
     if _FLEET is None:
-        from corral.credentials import init_fleet
+        from corral.trust.credentials import init_fleet
 
         root = Path(tempfile.mkdtemp(prefix="corral-fleet-"))
         _FLEET = init_fleet(root, [TEST_HOST_IDENTITY, "corral-beat", TEST_CLIENT, "other-client"])

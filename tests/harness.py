@@ -163,7 +163,7 @@ NOTHING = {"containers": 0, "networks": 0, "secret_dirs": 0, "spools": 0, "pinne
 
 def pinned_mounts(state_dir: str) -> list[str]:
     """Mount points under a state dir's pin directory, read from /proc/self/mountinfo."""
-    from corral.runtimes.docker_mounts import mount_points
+    from corral.runtimes.docker.mounts import mount_points
 
     return sorted(mount_points(str(Path(state_dir) / "mounts")))
 
@@ -207,7 +207,7 @@ def kill_shims(state_dir: str) -> None:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"corral.runtimes.shim" in cmdline and state_dir.encode() in cmdline:
+        if b"corral.io.shim" in cmdline and state_dir.encode() in cmdline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry.name), signal.SIGKILL)
 
@@ -215,7 +215,7 @@ def kill_shims(state_dir: str) -> None:
 @contextlib.contextmanager
 def docker_runtime(docker_client, host, host_id: str) -> Iterator[Any]:  # type: ignore[no-untyped-def]
     """A DockerRuntime for one test; afterwards its shims, containers and networks are gone."""
-    from corral.runtimes.docker import DockerRuntime
+    from corral.runtimes.docker.runtime import DockerRuntime
 
     try:
         yield DockerRuntime(host_id, host, docker_client)

@@ -11,10 +11,10 @@ from typing import Any
 from celery import Celery
 from celery.app import trace
 
-from corral import signing
 from corral.celeryconf import FLEET_QUEUE, QuietAMQP, celery_config, task_name
-from corral.identity import CALLER_KWARG
 from corral.settings import Settings, load_settings
+from corral.trust import signing
+from corral.trust.identity import CALLER_KWARG
 from workers.heartbeat import HostHeartbeat
 from workers.observe import HostObserver
 

@@ -5,10 +5,10 @@
 - a message of any content type other than ``corral-signed`` (JSON, pickle, raw ``application/data``,
   which kombu would otherwise hand over undecoded);
 - a signed message whose signature does not verify or whose signer no trust store knows
-  (``corral.signing`` raises, kombu reports a decode error);
+  (``corral.trust.signing`` raises, kombu reports a decode error);
 - a client-signed message that is not a task, or an otherwise invalid task message;
 - a message whose task name or id (headers, not signed) differ from the ones bound into the signed
-  body (``corral.signing.BIND_KEY``): a captured body replayed as another task;
+  body (``corral.trust.signing.BIND_KEY``): a captured body replayed as another task;
 - a message whose headers carry request fields the signature does not cover (``UNCOVERED_HEADERS``);
 - a compressed message: kombu inflates a body whose ``compression`` header names a codec as soon as
   the message is read, so a few hundred KiB of zlib became hundreds of MiB in this process before any
@@ -28,8 +28,8 @@ from typing import Any
 from celery.worker.consumer import Consumer
 from kombu import compression
 
-from corral.services import Services, state_services
-from corral.signing import CONTENT_TYPE, SignatureRejected, bound_headers
+from corral.state.services import Services, state_services
+from corral.trust.signing import CONTENT_TYPE, SignatureRejected, bound_headers
 
 log = logging.getLogger("corral.guard")
 

@@ -2,7 +2,7 @@
 
 Runs a daemon thread in the worker's main process. The record expires after ``heartbeat_ttl_s``
 of silence, which is how ``corral hosts`` and placement learn that a host is down. The host's
-capacity for admission (slots, CPUs, memory: ``corral.admission``) is published with it, expiring with it.
+capacity for admission (slots, CPUs, memory: ``corral.fleet.admission``) is published with it, expiring with it.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from typing import Any
 
 from celery import bootsteps
 
-from corral.admission import Admission, Capacity, host_capacity
-from corral.batch import ACTIVE_KEY, DISPATCH_NEXT, reap_request_key, run_key
 from corral.celeryconf import FLEET_QUEUE, queue_for_host, task_kwargs, task_name
-from corral.contract import IsolationRuntime
-from corral.errors import AgentError
-from corral.models import dump
-from corral.policy_source import PolicySource
+from corral.contract.errors import AgentError
+from corral.contract.models import dump
+from corral.contract.runtime import IsolationRuntime
+from corral.fleet.admission import Admission, Capacity, host_capacity
+from corral.fleet.batch import ACTIVE_KEY, DISPATCH_NEXT, reap_request_key, run_key
+from corral.host.policy_source import PolicySource
 from corral.runtimes import build_runtime
-from corral.services import Services, state_services
+from corral.state.services import Services, state_services
 
 log = logging.getLogger("corral.heartbeat")
 
@@ -110,7 +110,7 @@ class HostHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         Admission(services.store.r, settings.state_ttl_s).publish_capacity(settings.host.id, capacity, ttl_ms)
 
     def _capacity(self, services: Services) -> Capacity:
-        """Slots, CPUs and memory for admission (``corral.admission``); the policy's max_sandboxes caps slots."""
+        """Slots, CPUs and memory for admission (``corral.fleet.admission``); the policy's max_sandboxes caps slots."""
         if self._policy is None:
             self._policy = PolicySource.from_settings(services.settings)
         host = services.settings.host

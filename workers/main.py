@@ -11,7 +11,7 @@ import os
 import sys
 
 from corral.celeryconf import FLEET_QUEUE, queue_for_host
-from corral.errors import AgentError
+from corral.contract.errors import AgentError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.slots is not None:
             os.environ["CORRAL_HOST__SLOTS"] = str(args.slots)
     from corral.settings import load_settings
-    from corral.signing import signing_ready
+    from corral.trust.signing import signing_ready
     from workers.app import create_app
 
     try:

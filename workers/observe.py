@@ -1,6 +1,6 @@
 """Worker bootstep: this host's Prometheus endpoint and its exit watch, in the worker's main process.
 
-- Metrics (``corral.metrics``): the step is built when the worker is set up, before the pool forks,
+- Metrics (``corral.host.metrics``): the step is built when the worker is set up, before the pool forks,
   and puts the process in prometheus_client's multiprocess mode there, so the pool's children (the
   tasks) count into files this process sums at scrape. It serves ``/metrics`` on ``metrics.bind``
   (loopback by default) and ``metrics.port`` (0: off) once the pool runs; a port already taken is
@@ -22,10 +22,11 @@ from typing import Any
 import redis
 from celery import bootsteps
 
-from corral import metrics
-from corral.reconciler import Reconciler
-from corral.services import coordinator, state_services
+from corral.host import metrics
+from corral.host.reconciler import Reconciler
+from corral.host.services import coordinator
 from corral.settings import load_settings
+from corral.state.services import state_services
 
 log = logging.getLogger("corral.observe")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from corral.contract import IsolationRuntime
-from corral.errors import HostConfigurationNeeded
-from corral.policy import HostPolicy
+from corral.contract.errors import HostConfigurationNeeded
+from corral.contract.runtime import IsolationRuntime
+from corral.sandbox.policy import HostPolicy
 from corral.settings import Settings
 
 
@@ -16,7 +16,7 @@ def build_runtime(settings: Settings, policy: Callable[[], HostPolicy] = HostPol
     user in the image) judges it by the same policy."""
     kind = settings.host.runtime
     if kind == "docker":
-        from corral.runtimes.docker import DockerRuntime
+        from corral.runtimes.docker.runtime import DockerRuntime
 
         docker_runtime: IsolationRuntime = DockerRuntime(settings.host.id, settings.host, policy=policy)
         return docker_runtime

@@ -12,8 +12,8 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
-from corral.errors import InvalidRequest, NotFound, PolicyDenial
-from corral.models import (
+from corral.contract.errors import InvalidRequest, NotFound, PolicyDenial
+from corral.contract.models import (
     Capability,
     CleanupRequest,
     CleanupResult,
@@ -58,7 +58,8 @@ from corral.models import (
     TerminationReason,
     TrustVector,
 )
-from corral.refs import process_ref_for, slug
+from corral.contract.operations import Operation
+from corral.contract.refs import process_ref_for, slug
 
 KNOWN_IMAGES = {"corral/busybox:latest": "sha256:" + "0" * 64}
 
@@ -87,7 +88,7 @@ class FakeRuntime:
         self.fail_next: dict[str, Exception] = {}
         """Operation name -> exception to raise once (for failure-path tests)."""
 
-    def _maybe_fail(self, op: str) -> None:
+    def _maybe_fail(self, op: Operation) -> None:
         exc = self.fail_next.pop(op, None)
         if exc is not None:
             raise exc
@@ -110,15 +111,15 @@ class FakeRuntime:
         )
 
     def prepare_session(self, request: SessionPrepareRequest) -> IsolationSessionRef:
-        self._maybe_fail("prepare_session")
+        self._maybe_fail(Operation.prepare_session)
         env_id = request.environment.environment_id
         if env_id not in self.sessions:
-            self.effects["prepare_session"] += 1
+            self.effects[Operation.prepare_session] += 1
             self.sessions.add(env_id)
         return IsolationSessionRef(session_ref=f"sess-{slug(env_id)}", environment_id=env_id, host_ref=self.host_id)
 
     def resolve_image(self, request: ImageResolveRequest) -> ImageResolution:
-        self._maybe_fail("resolve_image")
+        self._maybe_fail(Operation.resolve_image)
         image = request.environment.spec.image
         if image is None:
             raise InvalidRequest("the environment names no image")
@@ -127,7 +128,7 @@ class FakeRuntime:
         return ImageResolution(image_ref=image.image_ref, digest=KNOWN_IMAGES[image.image_ref])
 
     def prepare_rootfs(self, request: RootfsPrepareRequest) -> RootfsRef:
-        self._maybe_fail("prepare_rootfs")
+        self._maybe_fail(Operation.prepare_rootfs)
         fs = request.environment.spec.filesystem
         return RootfsRef(
             rootfs_ref=f"rootfs-{slug(request.environment.environment_id)}",
@@ -136,7 +137,7 @@ class FakeRuntime:
         )
 
     def resolve_mounts(self, request: MountResolveRequest) -> MountPlan:
-        self._maybe_fail("resolve_mounts")
+        self._maybe_fail(Operation.resolve_mounts)
         mounts = request.environment.spec.filesystem.mounts
         for m in mounts:
             if m.source_alias != "data":
@@ -151,14 +152,14 @@ class FakeRuntime:
         )
 
     def configure_network(self, request: NetworkPrepareRequest) -> NetworkNamespaceRef:
-        self._maybe_fail("configure_network")
+        self._maybe_fail(Operation.configure_network)
         return NetworkNamespaceRef(
             network_ref=f"net-none-{slug(request.environment.environment_id)}",
             mode=request.environment.spec.network.mode,
         )
 
     def prepare_secrets(self, request: SecretPrepareRequest) -> SecretMaterializationPlan:
-        self._maybe_fail("prepare_secrets")
+        self._maybe_fail(Operation.prepare_secrets)
         policy = request.environment.spec.secrets
         return SecretMaterializationPlan(
             secret_mount_refs=[
@@ -169,7 +170,7 @@ class FakeRuntime:
         )
 
     def prepare_environment(self, request: EnvironmentPrepareRequest) -> PreparedEnvironmentRef:
-        self._maybe_fail("prepare_environment")
+        self._maybe_fail(Operation.prepare_environment)
         env_id = request.environment.environment_id
         if env_id not in self.containers:
             self.effects["create_container"] += 1
@@ -177,11 +178,11 @@ class FakeRuntime:
         return PreparedEnvironmentRef(prepared_ref=f"env-{slug(env_id)}", environment_id=env_id)
 
     def start_process(self, request: ProcessStartRequest) -> ProcessStartResult:
-        self._maybe_fail("start_process")
+        self._maybe_fail(Operation.start_process)
         env_id = request.environment.environment_id
         ref = process_ref_for(env_id)
         if self.containers.get(env_id) == "created":
-            self.effects["start_process"] += 1
+            self.effects[Operation.start_process] += 1
             self.containers[env_id] = "exited"
             proc = FakeProcess(env_id, exit_code=0, reason=TerminationReason.exit)
             proc.stdout += self.output.get(request.process.argv[0], b"")
@@ -244,7 +245,7 @@ class FakeRuntime:
         )
 
     def cleanup(self, request: CleanupRequest) -> CleanupResult:
-        self._maybe_fail("cleanup")
+        self._maybe_fail(Operation.cleanup)
         env_id = request.environment.environment_id
         removed = self.containers.pop(env_id, None) is not None
         self.sessions.discard(env_id)
@@ -262,7 +263,7 @@ class FakeRuntime:
             raise PolicyDenial("detach not allowed")
         if request.ticket_ref is None:
             raise InvalidRequest("detach needs a ticket ref")
-        self.effects["detach"] += 1
+        self.effects[Operation.detach] += 1
         self.tickets[request.ticket_ref] = request.environment.environment_id
         return DetachTransferResult(
             host_ack_ref=f"ack-{slug(request.ticket_ref)}", ticket_ref=request.ticket_ref, deadline_ms=request.ttl_ms
@@ -272,7 +273,7 @@ class FakeRuntime:
         env_id = self.tickets.pop(request.ticket_ref, None) or request.environment_id
         if env_id is None:
             raise NotFound(f"unknown ticket {request.ticket_ref}")
-        self.effects["reclaim"] += 1
+        self.effects[Operation.reclaim] += 1
         self.containers.pop(env_id, None)
         self.processes.pop(process_ref_for(env_id), None)
         return ReclaimResult(ticket_ref=request.ticket_ref, status=CleanupStatus.completed)

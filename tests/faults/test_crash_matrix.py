@@ -2,7 +2,7 @@
 worker serves that host again, in a definite state — running with exactly one container, or
 cleaned up — never two containers and never a leaked container, network, secret dir or spool.
 
-Faults are injected by the test-only seam ``corral.faults`` (``CORRAL_TESTING__FAULTS``): the pool
+Faults are injected by the test-only seam ``corral.host.faults`` (``CORRAL_TESTING__FAULTS``): the pool
 process running the task (or, with ``!worker``, the whole worker) kills itself at the named point,
 once. Everything else is real: Celery worker processes, Redis, the Docker engine.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.client import Client
-from corral.job import JobSpec
+from corral.client.client import Client
+from corral.fleet.job import JobSpec
 from corral.settings import Settings
 from tests.harness import NOTHING, leftovers
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.client import Client
-from corral.job import JobSpec
+from corral.client.client import Client
+from corral.fleet.job import JobSpec
 from corral.settings import Settings
 from tests.harness import count_labeled, wait_until
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from corral.client import Client
-from corral.errors import AgentError
-from corral.job import JobSpec
+from corral.client.client import Client
+from corral.contract.errors import AgentError
+from corral.fleet.job import JobSpec
 from corral.settings import Settings
 from tests.conftest import admin_url, free_port, missing, suite_fleet
 from tests.harness import count_labeled

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from corral.admission import Admission
-from corral.client import Client, JobHandle
-from corral.errors import AgentError, InvalidRequest, TimeoutFailure
-from corral.job import JobSpec
+from corral.client.client import Client, JobHandle
+from corral.contract.errors import AgentError, InvalidRequest, TimeoutFailure
+from corral.fleet.admission import Admission
+from corral.fleet.job import JobSpec
 from corral.settings import Settings
 from tests.harness import count_labeled
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from corral.client import Client
+from corral.client.client import Client
 from corral.settings import Settings, load_settings
 from tests.conftest import missing
 from tests.harness import REPO
@@ -227,7 +227,7 @@ def test_killing_a_deferred_task_cancels_its_batch(
     import asyncio
 
     from corral.airflow import CorralBatchTrigger
-    from corral.job import JobSpec
+    from corral.fleet.job import JobSpec
     from tests.harness import wait_until
 
     worker_factory("af-defer-kill")

@@ -1,5 +1,5 @@
 """Batches with real parts: several host workers on this machine's Docker, real Redis, signed messages;
-the batch is submitted by the test's client identity and dispatched by the fleet (``corral.dispatcher``)."""
+the batch is submitted by the test's client identity and dispatched by the fleet (``corral.host.dispatcher``)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from corral.batch import wait_exit_code
-from corral.client import Client
-from corral.job import JobSpec
+from corral.client.client import Client
+from corral.fleet.batch import wait_exit_code
+from corral.fleet.job import JobSpec
 from corral.settings import Settings
 from tests.harness import REPO, count_labeled, wait_until
 

@@ -33,8 +33,8 @@ from pytest_celery.vendors.worker.container import CeleryWorkerContainer  # type
 from pytest_docker_tools import container, fxtr  # type: ignore[import-untyped]
 
 from corral.celeryconf import FLEET_QUEUE, queue_for_host
-from corral.client import Client
-from corral.job import JobSpec
+from corral.client.client import Client
+from corral.fleet.job import JobSpec
 from corral.settings import Settings
 from tests.conftest import TEST_CLIENT, TEST_HOST_IDENTITY, missing, suite_fleet
 from tests.harness import kill_shims, remove_labeled, wait_until

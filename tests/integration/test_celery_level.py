@@ -34,11 +34,11 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from celery.signals import task_prerun, task_retry
 
-from corral import services
 from corral.celeryconf import FLEET_QUEUE, queue_for_host
-from corral.client import Client
-from corral.errors import IsolationFailure
-from corral.job import JobSpec
+from corral.client.client import Client
+from corral.contract.errors import IsolationFailure
+from corral.fleet.job import JobSpec
+from corral.host import services
 from corral.settings import load_settings
 from tests.conftest import TEST_CLIENT, TEST_HOST_IDENTITY, TEST_IMAGE, suite_fleet
 from tests.harness import kill_shims, remove_labeled, unpin_all, wait_until

@@ -74,7 +74,7 @@ def test_run_json_reports_outcome(worker_factory, corral_env, busybox_image) -> 
 
 def test_run_secret_is_mounted_and_never_printed_by_corral(worker_factory, corral_env, busybox_image, tmp_path) -> None:
     (Path(corral_env["CORRAL_HOST__SECRETS_DIR"]) / "token").write_text("s3cr3t-value")
-    policy = tmp_path / "policy" / "tenants.toml"  # secrets are a tenant grant (corral.tenancy)
+    policy = tmp_path / "policy" / "tenants.toml"  # secrets are a tenant grant (corral.host.tenancy)
     policy.parent.mkdir()
     policy.write_text('[tenants.default]\nidentities = ["*"]\nsecrets = ["token"]\n')
     worker = worker_factory(None, env={"CORRAL_HOST__POLICY_FILE": str(policy)})

@@ -83,9 +83,7 @@ def built_images(docker_client: object, busybox_image: str) -> dict[str, str]:
         missing("docker-compose")
     if shutil.which("debootstrap") is None:
         missing("debootstrap")
-    out = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "build-images")], capture_output=True, text=True, timeout=600
-    )
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "build-images")], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     images = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
     assert images["CORRAL_REDIS_IMAGE"] != "redis:7" and images["CORRAL_IMAGE"]
@@ -154,9 +152,24 @@ def test_compose_stack_runs_a_job_offline_and_leaves_nothing(
             "flower.auth",
         ]
         tar = subprocess.run(
-            [*compose, "run", "--rm", "--no-deps", "-T", "--entrypoint", "tar", "credentials",
-             "-C", "/fleet", "-c", *files],
-            env=env, cwd=ROOT, capture_output=True, timeout=120,
+            [
+                *compose,
+                "run",
+                "--rm",
+                "--no-deps",
+                "-T",
+                "--entrypoint",
+                "tar",
+                "credentials",
+                "-C",
+                "/fleet",
+                "-c",
+                *files,
+            ],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            timeout=120,
         )
         assert tar.returncode == 0, tar.stderr[-2000:]
         subprocess.run(["tar", "-x", "-C", str(client_dir)], input=tar.stdout, check=True)
@@ -170,9 +183,21 @@ def test_compose_stack_runs_a_job_offline_and_leaves_nothing(
             "CORRAL_SECURITY__CERT_FILE": str(client_dir / files[2]),
         }
         job = subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "corral"), "run", "--host", host_id, "corral/busybox:latest", "--",
-             "sh", "-c", "echo hello through compose; id -u; touch /x 2>&1 || true"],
-            env=client_env, capture_output=True, text=True, timeout=120,
+            [
+                str(ROOT / ".venv" / "bin" / "corral"),
+                "run",
+                "--host",
+                host_id,
+                "corral/busybox:latest",
+                "--",
+                "sh",
+                "-c",
+                "echo hello through compose; id -u; touch /x 2>&1 || true",
+            ],
+            env=client_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert job.returncode == 0, job.stdout + job.stderr
         lines = job.stdout.splitlines()
@@ -182,9 +207,22 @@ def test_compose_stack_runs_a_job_offline_and_leaves_nothing(
 
         # A mount alias is refused, typed and in one line: the containerized worker cannot pin it.
         mounted = subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "corral"), "run", "--host", host_id, "--mount", "data:/data",
-             "corral/busybox:latest", "--", "ls", "/data"],
-            env=client_env, capture_output=True, text=True, timeout=120,
+            [
+                str(ROOT / ".venv" / "bin" / "corral"),
+                "run",
+                "--host",
+                host_id,
+                "--mount",
+                "data:/data",
+                "corral/busybox:latest",
+                "--",
+                "ls",
+                "/data",
+            ],
+            env=client_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert mounted.returncode != 0
         assert "cannot pin the mount source" in mounted.stderr, mounted.stdout + mounted.stderr

@@ -27,8 +27,8 @@ from typing import Any
 import docker.errors
 import pytest
 
-from corral.errors import HostConfigurationNeeded, NotFound
-from corral.models import (
+from corral.contract.errors import HostConfigurationNeeded, NotFound
+from corral.contract.models import (
     CleanupRequest,
     CleanupStatus,
     DetachPolicy,
@@ -50,11 +50,11 @@ from corral.models import (
     SecretPrepareRequest,
     SessionPrepareRequest,
 )
-from corral.policy import HostPolicy, UserRules
-from corral.refs import slug
-from corral.runtimes.docker import DockerRuntime
-from corral.runtimes.docker_env import PROBE_LABEL, PROBE_PREFIX
-from corral.runtimes.docker_resources import container_name, session_paths
+from corral.contract.refs import slug
+from corral.runtimes.docker.environment import PROBE_LABEL, PROBE_PREFIX
+from corral.runtimes.docker.resources import container_name, session_paths
+from corral.runtimes.docker.runtime import DockerRuntime
+from corral.sandbox.policy import HostPolicy, UserRules
 from corral.settings import HostSettings
 from tests.harness import docker_runtime
 from tests.integration.test_docker_runtime import make_env, output, prepare, proc_spec, sh, wait_exit
@@ -110,8 +110,8 @@ def host(tmp_path: Path, host_id: str) -> Iterator[HostSettings]:
         secrets_root=str(secrets_root),
         secrets_dir=str(secrets_dir),
         secret_providers=[
-            "corral.secrets:DirectoryProvider",
-            "corral.secrets:EnvironmentProvider",
+            "corral.sandbox.secrets:DirectoryProvider",
+            "corral.sandbox.secrets:EnvironmentProvider",
             f"{__name__}:PluginProvider",
         ],
     )
@@ -302,7 +302,9 @@ def test_capability_report_lists_the_hardening(runtime: DockerRuntime) -> None:
 def test_capability_report_degraded_by_a_broken_plugin(
     docker_client: Any, host: HostSettings, host_id: str, busybox_image: str
 ) -> None:
-    broken = host.model_copy(update={"secret_providers": ["corral.secrets:DirectoryProvider", "no.such.module:X"]})
+    broken = host.model_copy(
+        update={"secret_providers": ["corral.sandbox.secrets:DirectoryProvider", "no.such.module:X"]}
+    )
     rt = DockerRuntime(host_id, broken, docker_client)
     report = rt.capability_report()
     assert report.health.state is HealthState.degraded
@@ -514,7 +516,7 @@ def test_a_broken_plugin_does_not_touch_sessions_without_secrets(
 
 
 def test_stale_probe_containers_are_swept(docker_client: Any, busybox_image: str) -> None:
-    from corral.runtimes.docker_env import _remove_stale_probes
+    from corral.runtimes.docker.environment import _remove_stale_probes
 
     left = docker_client.containers.create(
         busybox_image, command=["true"], labels={PROBE_LABEL: "passwd"}, name=f"{PROBE_PREFIX}{uuid.uuid4().hex[:12]}"

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from corral.errors import InvalidRequest, NotFound, PolicyDenial, Unsupported
-from corral.models import (
+from corral.contract.errors import InvalidRequest, NotFound, PolicyDenial, Unsupported
+from corral.contract.models import (
     CaptureMode,
     CleanupRequest,
     CleanupStatus,
@@ -69,9 +69,9 @@ from corral.models import (
     StreamIoPolicy,
     TerminationReason,
 )
-from corral.refs import process_ref_for, slug
-from corral.runtimes.docker import DockerRuntime
-from corral.runtimes.docker_resources import network_name, session_paths
+from corral.contract.refs import process_ref_for, slug
+from corral.runtimes.docker.resources import network_name, session_paths
+from corral.runtimes.docker.runtime import DockerRuntime
 from corral.settings import HostSettings
 from tests.harness import docker_runtime
 
@@ -487,7 +487,7 @@ def _cmdline_has(proc_dir: Path, needle: bytes) -> bool:
         cmdline = (proc_dir / "cmdline").read_bytes()
     except OSError:
         return False
-    return b"corral.runtimes.shim" in cmdline and needle in cmdline
+    return b"corral.io.shim" in cmdline and needle in cmdline
 
 
 def test_start_process_without_environment_is_not_found(runtime: DockerRuntime, busybox_image: str) -> None:

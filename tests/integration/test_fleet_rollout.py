@@ -70,12 +70,41 @@ def test_readme_rollout_on_a_systemd_host(fleet_host_image: str) -> None:
     host_id = f"rollout-{uuid.uuid4().hex[:6]}"
     name = f"corral-test-{host_id}"
     boot = subprocess.run(
-        ["docker", "run", "-d", "--name", name, "--hostname", host_id, "--user", "root",
-         "--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
-         "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp", *_cgroup_args(), "-e", "container=docker",
-         "-v", "/var/run/docker.sock:/var/run/docker.sock", "--label", "corral.test=rollout",
-         fleet_host_image, "/sbin/init"],
-        capture_output=True, text=True, timeout=60,
+        [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--hostname",
+            host_id,
+            "--user",
+            "root",
+            "--cap-add",
+            "SYS_ADMIN",
+            "--security-opt",
+            "seccomp=unconfined",
+            "--security-opt",
+            "apparmor=unconfined",
+            "--tmpfs",
+            "/run",
+            "--tmpfs",
+            "/run/lock",
+            "--tmpfs",
+            "/tmp",
+            *_cgroup_args(),
+            "-e",
+            "container=docker",
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+            "--label",
+            "corral.test=rollout",
+            fleet_host_image,
+            "/sbin/init",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if boot.returncode != 0:
         missing(f"a systemd container ({boot.stderr.strip()[-300:]})")
@@ -83,7 +112,9 @@ def test_readme_rollout_on_a_systemd_host(fleet_host_image: str) -> None:
     def sh(script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["docker", "exec", "-w", "/src", name, "bash", "-c", script],
-            capture_output=True, text=True, timeout=timeout,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     try:
@@ -110,7 +141,7 @@ def test_readme_rollout_on_a_systemd_host(fleet_host_image: str) -> None:
 
         # Each unit runs as the user the roll-out gave it.
         users = sh(
-            "for u in " + " ".join(units[:3]) + "; do ps -o user= -p \"$(systemctl show -p MainPID --value $u)\"; done"
+            "for u in " + " ".join(units[:3]) + '; do ps -o user= -p "$(systemctl show -p MainPID --value $u)"; done'
         )
         assert users.stdout.split() == ["root", "corral-beat", "corral-flower"], users.stdout + users.stderr
 
@@ -125,7 +156,7 @@ def test_readme_rollout_on_a_systemd_host(fleet_host_image: str) -> None:
 
         def flower_sees_worker() -> bool:
             metrics = sh(
-                "python3 -c \"import urllib.request; "
+                'python3 -c "import urllib.request; '
                 "print(urllib.request.urlopen('http://127.0.0.1:5555/metrics').read().decode())\""
             ).stdout
             return f'flower_worker_online{{worker="corral@{host_id}"}} 1.0' in metrics
@@ -137,9 +168,9 @@ def test_readme_rollout_on_a_systemd_host(fleet_host_image: str) -> None:
             assert check(), f"{check.__name__}: " + sh("journalctl --no-pager -n 80 -u 'corral-*'").stdout[-4000:]
         # Flower's API asks for the operator password the roll-out wrote.
         api = sh(
-            "python3 -c \"import urllib.request, urllib.error\n"
+            'python3 -c "import urllib.request, urllib.error\n'
             "try:\n urllib.request.urlopen('http://127.0.0.1:5555/api/workers')\n"
-            "except urllib.error.HTTPError as e:\n print(e.code)\""
+            'except urllib.error.HTTPError as e:\n print(e.code)"'
         )
         assert api.stdout.strip() == "401"
     finally:

@@ -1,5 +1,5 @@
 """What an operator and a user see of the fleet, with a real worker, Redis and Docker: the worker's
-Prometheus endpoint moving while jobs run (``corral.metrics``, ``workers.observe``), ``corral ps`` for a
+Prometheus endpoint moving while jobs run (``corral.host.metrics``, ``workers.observe``), ``corral ps`` for a
 detached sandbox whose process timed out, the line a process killed for memory leaves on stderr, and
 the progress shown on a terminal only."""
 
@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from corral.client import Client
-from corral.errors import AgentError
-from corral.models import ProcessStatsRequest
+from corral.client.client import Client
+from corral.contract.errors import AgentError
+from corral.contract.models import ProcessStatsRequest
 from corral.settings import Settings
 from tests.conftest import free_port
 from tests.harness import REPO, wait_until

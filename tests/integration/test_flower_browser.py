@@ -23,8 +23,8 @@ from urllib.request import Request, urlopen
 
 import pytest
 
-from corral.credentials import Fleet
-from corral.devstack import FLOWER_TASKS_COLUMNS
+from corral.client.devstack import FLOWER_TASKS_COLUMNS
+from corral.trust.credentials import Fleet
 from tests.browser import Browser, chromium_binary
 from tests.conftest import free_port, missing
 from tests.harness import REPO, remove_labeled, wait_until

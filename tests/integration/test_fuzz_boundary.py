@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from corral.client import Client
-from corral.contract import OPERATIONS
-from corral.errors import AgentError, RetryClass
-from corral.job import JobSpec
-from corral.models import dump
+from corral.client.client import Client
+from corral.contract.errors import AgentError, RetryClass
+from corral.contract.models import dump
+from corral.contract.runtime import OPERATIONS
+from corral.fleet.job import JobSpec
 from corral.settings import Settings
 from tests.harness import count_labeled
 

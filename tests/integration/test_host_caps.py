@@ -17,10 +17,9 @@ from typing import Any
 import pytest
 import redis
 
-from corral.client import Client
-from corral.errors import AgentError, PolicyDenial, RetryClass, TimeoutFailure
-from corral.job import JobSpec
-from corral.models import (
+from corral.client.client import Client
+from corral.contract.errors import AgentError, PolicyDenial, RetryClass, TimeoutFailure
+from corral.contract.models import (
     ExecutionEnvironment,
     IoPolicy,
     IoStream,
@@ -29,6 +28,7 @@ from corral.models import (
     MountPolicy,
     StreamIoPolicy,
 )
+from corral.fleet.job import JobSpec
 from corral.settings import Settings
 from tests.harness import NOTHING, count_labeled, leftovers, wait_until
 
@@ -246,7 +246,7 @@ def test_an_rlimit_the_kernel_refuses_at_start_is_refused_once_and_leaves_nothin
     shims = [
         p
         for p in Path("/proc").iterdir()
-        if p.name.isdigit() and b"corral.runtimes.shim" in _cmdline(p) and state in _cmdline(p)
+        if p.name.isdigit() and b"corral.io.shim" in _cmdline(p) and state in _cmdline(p)
     ]
     assert shims == []
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from corral.redact import Redactor
+from corral.sandbox.redact import Redactor
 from tests import conftest
 from tests.conftest import TEST_CLIENT, free_port
 from tests.harness import REPO
@@ -80,7 +80,7 @@ def test_no_secret_value_or_encoding_lands_anywhere(
     file_secret = ("tok-" + secrets.token_hex(12)).encode()
     env_secret = ("key-" + secrets.token_hex(12)).encode()
     (Path(corral_env["CORRAL_HOST__SECRETS_DIR"]) / "token").write_bytes(file_secret)
-    # Secrets are a tenant grant (corral.tenancy): the suite's client identity is granted these two.
+    # Secrets are a tenant grant (corral.host.tenancy): the suite's client identity is granted these two.
     policy = tmp_path / "policy" / "tenants.toml"
     policy.parent.mkdir()
     policy.write_text(f'[tenants.leak]\nidentities = ["{TEST_CLIENT}"]\nsecrets = ["token", "apikey"]\n')
@@ -88,7 +88,7 @@ def test_no_secret_value_or_encoding_lands_anywhere(
         None, env={"CORRAL_SECRET_APIKEY": env_secret.decode(), "CORRAL_HOST__POLICY_FILE": str(policy)}
     )
     flower_port = free_port()
-    # Flower runs as its own Redis role (corral.credentials): it may subscribe to task events.
+    # Flower runs as its own Redis role (corral.trust.credentials): it may subscribe to task events.
     flower_env = {**corral_env, **conftest.suite_fleet().role_env("flower"), "FLOWER_UNAUTHENTICATED_API": "true"}
     with subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "workers.app", "flower", "--address=127.0.0.1", f"--port={flower_port}"],

@@ -22,10 +22,9 @@ from typing import Any
 
 import pytest
 
-from corral.client import Client
-from corral.errors import AgentError, HostConfigurationNeeded, PolicyDenial
-from corral.job import JobSpec
-from corral.models import (
+from corral.client.client import Client
+from corral.contract.errors import AgentError, HostConfigurationNeeded, PolicyDenial
+from corral.contract.models import (
     CleanupRequest,
     EnvironmentPrepareRequest,
     ExecutionEnvironment,
@@ -36,7 +35,8 @@ from corral.models import (
     ProcessStartRequest,
     SymlinkPolicy,
 )
-from corral.runtimes.docker import DockerRuntime
+from corral.fleet.job import JobSpec
+from corral.runtimes.docker.runtime import DockerRuntime
 from corral.settings import HostSettings, Settings
 from tests.harness import NOTHING, docker_runtime, leftovers, pinned_mounts, wait_until
 from tests.integration.test_docker_runtime import count_labeled, make_env, output, prepare, proc_spec, wait_exit

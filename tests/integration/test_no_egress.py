@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from corral.models import NetworkMode, NetworkPolicy
-from corral.refs import slug
-from corral.runtimes.docker import DockerRuntime
-from corral.runtimes.docker_resources import container_name
+from corral.contract.models import NetworkMode, NetworkPolicy
+from corral.contract.refs import slug
+from corral.runtimes.docker.resources import container_name
+from corral.runtimes.docker.runtime import DockerRuntime
 from corral.settings import HostSettings
 from tests.harness import docker_runtime
 from tests.integration.test_docker_runtime import count_labeled, make_env, output, sh, wait_exit

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from corral.client import Client
-from corral.contract import CHAIN_OPERATIONS, OPERATIONS
-from corral.errors import NotFound, PolicyDenial
-from corral.job import JobSpec
-from corral.models import IoStream, ProcessStartRequest, ProcessStartResult, dump
+from corral.client.client import Client
+from corral.contract.errors import NotFound, PolicyDenial
+from corral.contract.models import IoStream, ProcessStartRequest, ProcessStartResult, dump
+from corral.contract.runtime import CHAIN_OPERATIONS, OPERATIONS
+from corral.fleet.job import JobSpec
 from corral.settings import Settings
 from tests.conftest import TEST_HOST_IDENTITY, suite_fleet
 from tests.harness import REPO, count_labeled, wait_until
@@ -90,8 +90,9 @@ def test_policy_denial_stops_the_chain_before_any_effect(worker_factory, client,
     with pytest.raises(PolicyDenial) as info:
         client.wait(handle)
     assert info.value.context["rule"] == "mounts.aliases"
+
     # link_error still sends cleanup; with no session it is refused like a cleanup of anyone else's
-    # sandbox (corral.tenancy: only an operator cleans up without a record), noted in the host's journal
+    # sandbox (corral.host.tenancy: only an operator cleans up without a record), noted in the host's journal
     def refused_cleanup() -> bool:
         return any(
             r.fields.get("op") == "cleanup" and r.fields.get("environment_id") == bad.environment_id
@@ -181,7 +182,7 @@ def test_ten_megabytes_of_output_through_frames_is_byte_exact(worker_factory, cl
 def test_host_worker_registers_all_sixteen_operations(worker_factory, corral_env) -> None:
     worker = worker_factory()
     # Worker control commands are accepted only when signed by a fleet component (a client's are
-    # refused, corral.signing): an operator runs `celery inspect` with a component key.
+    # refused, corral.trust.signing): an operator runs `celery inspect` with a component key.
     operator = {**corral_env, **suite_fleet().role_env("admin", TEST_HOST_IDENTITY)}
     done = subprocess.run(
         [
@@ -212,7 +213,7 @@ def test_host_worker_registers_all_sixteen_operations(worker_factory, corral_env
 
 
 def test_capability_report_and_runtime_ref_answer_through_the_queue(worker_factory, client) -> None:
-    from corral.models import IsolationCapabilityReport, IsolationRuntimeRef
+    from corral.contract.models import IsolationCapabilityReport, IsolationRuntimeRef
 
     worker = worker_factory()
     report = client.call("capability_report", None, worker.host_id, IsolationCapabilityReport)

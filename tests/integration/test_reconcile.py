@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import redis
 
-from corral.client import Client
-from corral.job import JobSpec
+from corral.client.client import Client
+from corral.fleet.job import JobSpec
 from corral.settings import Settings
-from corral.store import Store
+from corral.state.store import Store
 from tests.harness import REPO, count_labeled
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.worker]

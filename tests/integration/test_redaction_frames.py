@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from corral.models import (
+from corral.contract.models import (
     CaptureMode,
     EnvironmentPrepareRequest,
     EnvironmentSpec,
@@ -44,10 +44,10 @@ from corral.models import (
     SessionPrepareRequest,
     StreamIoPolicy,
 )
-from corral.redact import MARKER, Redactor
-from corral.refs import slug
-from corral.runtimes.docker import DockerRuntime
-from corral.runtimes.docker_resources import session_paths
+from corral.contract.refs import slug
+from corral.runtimes.docker.resources import session_paths
+from corral.runtimes.docker.runtime import DockerRuntime
+from corral.sandbox.redact import MARKER, Redactor
 from corral.settings import HostSettings
 from tests.harness import docker_runtime
 

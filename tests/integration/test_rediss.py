@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from corral.client import Client
-from corral.job import JobSpec
+from corral.client.client import Client
+from corral.fleet.job import JobSpec
 from corral.settings import Settings
 from tests.conftest import TEST_HOST_IDENTITY, free_port, missing, suite_fleet
 from tests.harness import REPO, remove_labeled

@@ -35,8 +35,8 @@ import pytest
 from pydantic import ValidationError
 
 import corral
-from corral.errors import AgentError, InvalidRequest, PolicyDenial, Unsupported
-from corral.models import (
+from corral.contract.errors import AgentError, InvalidRequest, PolicyDenial, Unsupported
+from corral.contract.models import (
     CleanupRequest,
     ExecutionEnvironment,
     FilesystemPolicy,
@@ -53,10 +53,10 @@ from corral.models import (
     SecretPolicy,
     SecretPrepareRequest,
 )
-from corral.refs import slug
-from corral.runtimes import docker_mounts as pins
-from corral.runtimes.docker import DockerRuntime
-from corral.runtimes.docker_policy import resolve_mount
+from corral.contract.refs import slug
+from corral.runtimes.docker import mounts as pins
+from corral.runtimes.docker.policy import resolve_mount
+from corral.runtimes.docker.runtime import DockerRuntime
 from corral.settings import REPO_POLICY, HostSettings
 from tests.conftest import missing
 from tests.harness import docker_runtime, pinned_mounts, wait_until
@@ -902,7 +902,7 @@ def test_an_image_labelled_as_a_probe_does_not_get_sandboxes_swept(
     """Containers inherit their image's labels. An image carrying ``corral.probe`` (the label of the
     never-started passwd probe) must not make its running sandboxes look like stale probes: the
     sweep that removes probes left by a dead worker spares them."""
-    from corral.runtimes.docker_env import _remove_stale_probes
+    from corral.runtimes.docker.environment import _remove_stale_probes
 
     image = image_factory({"etc/passwd": b"nobody:x:65534:65534::/:/bin/sh\n"}, "LABEL corral.probe=passwd")
     env = make_env(image)
@@ -947,7 +947,7 @@ def test_a_huge_passwd_is_never_pulled_into_the_worker(
     archive was joined before the 1 MiB check)."""
     import tracemalloc
 
-    from corral.runtimes.docker_env import image_user_tables
+    from corral.runtimes.docker.environment import image_user_tables
 
     image = image_factory({"etc/passwd": b"\n" * (32 << 20)})
     image_id = docker_client.images.get(image).id
@@ -1000,7 +1000,7 @@ def test_the_spool_cap_bounds_what_a_sandbox_writes_to_the_host_disk(
 ) -> None:
     """A sandbox writes 24 MiB to stdout and stderr against a 1 MiB spool cap: the host keeps at most
     the cap of each stream on disk."""
-    from corral.models import IoPolicy, StreamIoPolicy
+    from corral.contract.models import IoPolicy, StreamIoPolicy
 
     capped = StreamIoPolicy(max_bytes=1 << 20)
     env = make_env(busybox_image, io_policy=IoPolicy(stdout=capped, stderr=capped))
@@ -1022,7 +1022,7 @@ def test_the_spool_cap_bounds_what_a_sandbox_writes_to_the_host_disk(
 
 @pytest.fixture
 def client(corral_env: dict[str, str]) -> Iterator[Any]:
-    from corral.client import Client
+    from corral.client.client import Client
     from corral.settings import Settings
 
     c = Client(Settings(redis={"url": corral_env["CORRAL_REDIS__URL"]}, celery={"task_timeout_s": 60}))
@@ -1048,7 +1048,7 @@ def test_megabytes_in_a_field_no_cap_counts_are_not_kept_in_redis(
 ) -> None:
     from dataclasses import dataclass
 
-    from corral.job import JobSpec
+    from corral.fleet.job import JobSpec
 
     @dataclass(frozen=True)
     class Padded(JobSpec):

@@ -31,14 +31,15 @@ from celery import chain, chord, group
 from celery.canvas import xmap as celery_xmap
 from celery.result import AsyncResult
 
-from corral import signing
 from corral.celeryconf import FLEET_QUEUE, queue_for_host
-from corral.client import Client, JobHandle
-from corral.errors import InvalidRequest, PolicyDenial
-from corral.identity import Caller
-from corral.job import JobSpec
-from corral.models import ProcessSignal, ProcessSignalRequest, ProcessState, dump
-from corral.signing import (
+from corral.client.client import Client, JobHandle
+from corral.contract.errors import InvalidRequest, PolicyDenial
+from corral.contract.models import ProcessSignal, ProcessSignalRequest, ProcessState, dump
+from corral.fleet.job import JobSpec
+from corral.host.tenancy import resolve_caller
+from corral.trust import signing
+from corral.trust.identity import Caller
+from corral.trust.signing import (
     BIND_KEY,
     CONTENT_TYPE,
     MAGIC,
@@ -49,7 +50,6 @@ from corral.signing import (
     load_trust,
     stamp,
 )
-from corral.tenancy import resolve_caller
 from tests import conftest
 from tests.conftest import TEST_CLIENT
 from tests.harness import wait_until

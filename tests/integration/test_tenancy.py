@@ -20,11 +20,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from corral import signing
-from corral.client import Client, JobHandle, cleanup_plan_ref
-from corral.errors import AgentError, PolicyDenial
-from corral.job import JobSpec
-from corral.models import (
+from corral.client.client import Client, JobHandle, cleanup_plan_ref
+from corral.contract.errors import AgentError, PolicyDenial
+from corral.contract.models import (
     CleanupRequest,
     CleanupResult,
     DetachTransferRequest,
@@ -43,7 +41,9 @@ from corral.models import (
     ReclaimResult,
     SessionPrepareRequest,
 )
+from corral.fleet.job import JobSpec
 from corral.settings import Settings
+from corral.trust import signing
 from tests import conftest
 from tests.conftest import TEST_CLIENT
 from tests.harness import REPO, count_labeled, wait_until
@@ -96,7 +96,7 @@ def rig(worker_factory, corral_env, tmp_path: Path) -> Iterator[tuple[Any, Clien
 
 def as_(client: Client) -> Client:
     """Sign as this client from now on: kombu's serializer registry is per process, so two clients in
-    one process sign with whichever registered last (``corral.signing.register``)."""
+    one process sign with whichever registered last (``corral.trust.signing.register``)."""
     signing.register(client.settings)
     return client
 

@@ -22,9 +22,8 @@ import pytest
 import redis
 
 from corral.celeryconf import queue_for_host
-from corral.client import Client
-from corral.job import JobSpec
-from corral.models import (
+from corral.client.client import Client
+from corral.contract.models import (
     CleanupRequest,
     CleanupResult,
     ProcessSignal,
@@ -33,8 +32,9 @@ from corral.models import (
     SessionPrepareRequest,
     dump,
 )
+from corral.fleet.job import JobSpec
 from corral.settings import Settings
-from corral.signing import (
+from corral.trust.signing import (
     BIND_KEY,
     CONTENT_TYPE,
     MessageSigner,

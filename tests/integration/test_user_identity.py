@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from corral.errors import InvalidRequest, PolicyDenial
-from corral.models import ExecutionEnvironment, ProcessStartRequest
-from corral.policy import HostPolicy, UserRules
-from corral.runtimes.docker import DockerRuntime
+from corral.contract.errors import InvalidRequest, PolicyDenial
+from corral.contract.models import ExecutionEnvironment, ProcessStartRequest
+from corral.runtimes.docker.runtime import DockerRuntime
+from corral.sandbox.policy import HostPolicy, UserRules
 from corral.settings import HostSettings
 from tests.conftest import missing
 from tests.harness import docker_runtime, leftovers

@@ -14,11 +14,8 @@ from typing import Any, cast
 import redis
 from pydantic import BaseModel
 
-from corral.coordinator import Coordinator
-from corral.errors import JournalFailure
-from corral.job import JobSpec
-from corral.journal import Journal, JournalRecord
-from corral.models import (
+from corral.contract.errors import JournalFailure
+from corral.contract.models import (
     EnvironmentPrepareRequest,
     ExecutionEnvironment,
     IsolatedProcessSpec,
@@ -26,8 +23,11 @@ from corral.models import (
     ProcessStartRequest,
     ProcessStartResult,
 )
+from corral.fleet.job import JobSpec
+from corral.host.coordinator import Coordinator
 from corral.runtimes.fake import FakeRuntime
-from corral.store import Store
+from corral.state.journal import Journal, JournalRecord
+from corral.state.store import Store
 from tests.unit.policy_helpers import claims_container
 
 STATE_DB = 3
@@ -36,8 +36,14 @@ OTHER_HOST = "host-b"
 IMAGE = "corral/busybox:latest"
 
 CHAIN_OPS = [
-    "prepare_session", "resolve_image", "prepare_rootfs", "resolve_mounts", "configure_network",
-    "prepare_secrets", "prepare_environment", "start_process",
+    "prepare_session",
+    "resolve_image",
+    "prepare_rootfs",
+    "resolve_mounts",
+    "configure_network",
+    "prepare_secrets",
+    "prepare_environment",
+    "start_process",
 ]
 
 
@@ -61,9 +67,20 @@ class CountingRuntime(FakeRuntime):
     coordinator did not call the adapter at all)."""
 
     _COUNTED = (
-        "prepare_session", "resolve_image", "prepare_rootfs", "resolve_mounts", "configure_network",
-        "prepare_secrets", "prepare_environment", "start_process", "stream_io", "signal_process",
-        "collect_stats", "cleanup", "detach", "reclaim",
+        "prepare_session",
+        "resolve_image",
+        "prepare_rootfs",
+        "resolve_mounts",
+        "configure_network",
+        "prepare_secrets",
+        "prepare_environment",
+        "start_process",
+        "stream_io",
+        "signal_process",
+        "collect_stats",
+        "cleanup",
+        "detach",
+        "reclaim",
     )
 
     def __init__(self, host_id: str = HOST, output: dict[str, bytes] | None = None) -> None:
@@ -149,8 +166,9 @@ class Rig:
 
 
 @contextmanager
-def make_rig(redis_url: str, *, journal: Journal | None = None, runtime: CountingRuntime | None = None,
-             **kwargs: Any) -> Iterator[Rig]:
+def make_rig(
+    redis_url: str, *, journal: Journal | None = None, runtime: CountingRuntime | None = None, **kwargs: Any
+) -> Iterator[Rig]:
     client = client_for(redis_url)
     clock = ManualClock()
     store = Store(client)

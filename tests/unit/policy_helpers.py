@@ -7,9 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from corral.job import JobSpec
-from corral.matching import Approval, ApprovalKind
-from corral.models import (
+from corral.contract.matching import Approval, ApprovalKind
+from corral.contract.models import (
     Capability,
     Health,
     HealthState,
@@ -22,8 +21,9 @@ from corral.models import (
     Tenancy,
     TrustVector,
 )
-from corral.policy import HostPolicy
-from corral.policy_source import PolicySource
+from corral.fleet.job import JobSpec
+from corral.host.policy_source import PolicySource
+from corral.sandbox.policy import HostPolicy
 
 STRONG_TRUST = TrustVector(
     locality=Locality.local,

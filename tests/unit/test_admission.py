@@ -1,4 +1,4 @@
-"""corral.admission: the Lua admission script against a real Redis (db 3), with fake host records.
+"""corral.fleet.admission: the Lua admission script against a real Redis (db 3), with fake host records.
 
 Filter (down, full, CPU, memory, too small), score (spread, binpack), the atomic reservation under
 concurrent callers, leases that return a dead client's capacity, confirmation by the session,
@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from corral.admission import Admission, Capacity, Demand, Placed, Queued, host_capacity, queued_reason
-from corral.models import CleanupRequest, ProcessState, ProcessStatsRequest
-from corral.refs import process_ref_for
-from corral.store import session_key
+from corral.contract.models import CleanupRequest, ProcessState, ProcessStatsRequest
+from corral.contract.refs import process_ref_for
+from corral.fleet.admission import Admission, Capacity, Demand, Placed, Queued, host_capacity, queued_reason
+from corral.state.store import session_key
 from tests.unit.helpers import HOST, ManualClock, client_for, job, make_rig
 
 pytestmark = pytest.mark.redis

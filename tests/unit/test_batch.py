@@ -1,4 +1,4 @@
-"""corral.batch and corral.dispatcher without Celery: parsing and bad input, retry decisions, the batch
+"""corral.fleet.batch and corral.host.dispatcher without Celery: parsing and bad input, retry decisions, the batch
 Lua transitions against a real Redis (db 3), and a dispatcher tick over fake host records with the
 chain sender replaced by a recorder."""
 
@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 import redis
 
-from corral.admission import Admission, Capacity
-from corral.batch import (
+from corral.contract.errors import InvalidRequest
+from corral.contract.models import dump
+from corral.fleet.admission import Admission, Capacity
+from corral.fleet.batch import (
     ArraySpec,
     BatchStore,
     BatchSubmitRequest,
@@ -26,11 +28,9 @@ from corral.batch import (
     should_retry,
     wait_exit_code,
 )
-from corral.dispatcher import Dispatcher, decide, ended_record
-from corral.errors import InvalidRequest
-from corral.job import JobSpec
-from corral.models import dump
-from corral.store import Store
+from corral.fleet.job import JobSpec
+from corral.host.dispatcher import Dispatcher, decide, ended_record
+from corral.state.store import Store
 from tests.unit.helpers import IMAGE, ManualClock, client_for
 from tests.unit.policy_helpers import report
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.runtimes.cgroup import CgroupCounters, OomListener, is_unified, oom_kills, read_counters
+from corral.io.cgroup import CgroupCounters, OomListener, is_unified, oom_kills, read_counters
 
 CID = "ab" * 32
 

@@ -1,4 +1,4 @@
-"""corral.coordinator: the effect protocol (intent before effect, idempotency, replay, conflict, leases,
+"""corral.host.coordinator: the effect protocol (intent before effect, idempotency, replay, conflict, leases,
 recovery markers), the session state machine as the coordinator enforces it, detach and reclaim.
 
 FakeRuntime (wrapped to count every adapter call) + a real Redis; no Celery, no Docker."""
@@ -12,9 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from corral import store as keys
-from corral.effects import digest_of
-from corral.errors import (
+from corral.contract.errors import (
     AgentError,
     Conflict,
     InProgress,
@@ -26,8 +24,7 @@ from corral.errors import (
     NotRetryable,
     PolicyDenial,
 )
-from corral.job import JobSpec
-from corral.models import (
+from corral.contract.models import (
     CleanupRequest,
     CleanupResult,
     CleanupStatus,
@@ -46,7 +43,10 @@ from corral.models import (
     SessionState,
     dump,
 )
-from corral.refs import process_ref_for
+from corral.contract.refs import process_ref_for
+from corral.fleet.job import JobSpec
+from corral.host.effects import digest_of
+from corral.state import store as keys
 from tests.unit.helpers import (
     CHAIN_OPS,
     HOST,
@@ -200,8 +200,11 @@ def test_prepare_session_replay_calls_the_adapter_once(rig: Rig) -> None:
     second = rig.coordinator.prepare_session(request)
     assert first == second
     assert rig.runtime.calls["prepare_session"] == 1
-    assert rig.kinds(j.environment_id) == [("intent", "prepare_session"), ("result", "prepare_session"),
-                                           ("replay", "prepare_session")]
+    assert rig.kinds(j.environment_id) == [
+        ("intent", "prepare_session"),
+        ("result", "prepare_session"),
+        ("replay", "prepare_session"),
+    ]
 
 
 def test_prepare_step_replay_calls_the_adapter_once(rig: Rig) -> None:
@@ -282,8 +285,7 @@ def test_reclaim_replay_calls_the_adapter_once(redis_url: str) -> None:
         assert first == second
         assert rig.runtime.effects["reclaim"] == 1
         assert rig.runtime.calls["reclaim"] == 1
-        assert rig.kinds(j.environment_id)[-3:] == [("intent", "reclaim"), ("result", "reclaim"),
-                                                    ("replay", "reclaim")]
+        assert rig.kinds(j.environment_id)[-3:] == [("intent", "reclaim"), ("result", "reclaim"), ("replay", "reclaim")]
 
 
 def test_signal_process_same_delivery_is_replayed_new_delivery_runs(rig: Rig) -> None:
@@ -432,7 +434,11 @@ def test_retryable_failure_is_forgotten_and_the_next_call_runs(rig: Rig) -> None
     assert rig.store.idem_get(key) == {}
     failed = rig.records(j.environment_id)[-1]
     assert (failed.kind, failed.fields["status"], failed.fields["error_kind"], failed.fields["retry"]) == (
-        "result", "failed", "isolation_failure", "retryable")
+        "result",
+        "failed",
+        "isolation_failure",
+        "retryable",
+    )
 
     result = rig.coordinator.start_process(start_request(j))
     assert rig.runtime.calls["start_process"] == 2
@@ -658,8 +664,9 @@ def test_stream_io_and_collect_stats_for_unknown_process_are_not_found(rig: Rig)
     with pytest.raises(NotFound):
         rig.coordinator.collect_stats(ProcessStatsRequest(process_ref="proc-0000000000000000"))
     with pytest.raises(NotFound):
-        rig.coordinator.signal_process(ProcessSignalRequest(process_ref="proc-0000000000000000",
-                                                            signal=ProcessSignal.kill))
+        rig.coordinator.signal_process(
+            ProcessSignalRequest(process_ref="proc-0000000000000000", signal=ProcessSignal.kill)
+        )
     assert sum(rig.runtime.calls.values()) == 0
 
 
@@ -692,12 +699,14 @@ def test_stream_io_stdout_eof_marks_session_exited(redis_url: str) -> None:
     with make_rig(redis_url) as rig:
         rig.runtime.output["echo"] = b"hello\n"
         j, result = _started_rig(rig)
-        frame = rig.coordinator.stream_io(ProcessIoRequest(process_ref=result.process_ref, stream=IoStream.stdout,
-                                                           max_bytes=3))
+        frame = rig.coordinator.stream_io(
+            ProcessIoRequest(process_ref=result.process_ref, stream=IoStream.stdout, max_bytes=3)
+        )
         assert not frame.eof and frame.cursor == 3
         assert rig.store.session(j.environment_id)["state"] == SessionState.running
-        frame = rig.coordinator.stream_io(ProcessIoRequest(process_ref=result.process_ref, stream=IoStream.stdout,
-                                                           cursor=frame.cursor))
+        frame = rig.coordinator.stream_io(
+            ProcessIoRequest(process_ref=result.process_ref, stream=IoStream.stdout, cursor=frame.cursor)
+        )
         assert frame.eof and frame.cursor == 6
         assert rig.store.session(j.environment_id)["state"] == SessionState.exited
         assert rig.kinds(j.environment_id)[-1] == ("result", "start_process")
@@ -815,8 +824,13 @@ def test_journal_records_never_contain_request_bodies(redis_url: str) -> None:
         mounts={"data": {"path": "/srv/data"}}, tenants={"default": {"identities": ["*"], "secrets": ["token"]}}
     )
     with make_rig(redis_url, policy=fixed(policy)) as rig:
-        j = job(argv=["echo", "ARGV-MARKER"], env={"PLAIN": "NOT-A-SECRET-MARKER"}, allow_detach=True,
-                mounts=["data:/data"], secrets=["token"])
+        j = job(
+            argv=["echo", "ARGV-MARKER"],
+            env={"PLAIN": "NOT-A-SECRET-MARKER"},
+            allow_detach=True,
+            mounts=["data:/data"],
+            secrets=["token"],
+        )
         result = started(rig.run_chain(j))
         rig.coordinator.start_process(start_request(j))  # a replay record
         rig.coordinator.collect_stats(ProcessStatsRequest(process_ref=result.process_ref))

@@ -1,4 +1,4 @@
-"""corral.coordinator with tenants: sessions record their owner, another tenant's session answers exactly
+"""corral.host.coordinator with tenants: sessions record their owner, another tenant's session answers exactly
 like a session that does not exist (and is touched by nothing), an environment id is single-use across
 tenants, per-tenant rules are enforced at admission, operators and components act on any session.
 
@@ -11,10 +11,8 @@ from collections.abc import Iterator
 import pytest
 from pydantic import BaseModel
 
-from corral.errors import AgentError, PolicyDenial
-from corral.identity import Caller
-from corral.job import JobSpec
-from corral.models import (
+from corral.contract.errors import AgentError, PolicyDenial
+from corral.contract.models import (
     CleanupRequest,
     DetachTransferRequest,
     IoStream,
@@ -26,6 +24,8 @@ from corral.models import (
     ReclaimRequest,
     SessionState,
 )
+from corral.fleet.job import JobSpec
+from corral.trust.identity import Caller
 from tests.unit.helpers import HOST, Rig, job, make_rig, request_of
 from tests.unit.policy_helpers import fixed, policy_with
 

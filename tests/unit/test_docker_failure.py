@@ -1,4 +1,4 @@
-"""corral.runtimes.docker_failure: Docker's failures classified by retry class (texts recorded from
+"""corral.runtimes.docker.failure: Docker's failures classified by retry class (texts recorded from
 Docker 20.10 on this machine) and no host path of this host in any error that leaves the adapter."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import docker.errors
 import pytest
 import requests
 
-from corral.errors import (
+from corral.contract.errors import (
     AgentError,
     Conflict,
     HostConfigurationNeeded,
@@ -19,8 +19,8 @@ from corral.errors import (
     NotFound,
     RetryClass,
 )
-from corral.runtimes import docker_process as proc
-from corral.runtimes.docker_failure import HostPaths, engine_failure
+from corral.runtimes.docker import process as proc
+from corral.runtimes.docker.failure import HostPaths, engine_failure
 from corral.settings import HostSettings
 
 # (status, what Docker 20.10 answered) for requests that fail the same way every time

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from corral.errors import HostConfigurationNeeded, PolicyDenial
-from corral.models import IsolatedProcessSpec, ResourceLimits
-from corral.runtimes.docker_capabilities import engine_problems, hardening, security_options, weaker
-from corral.runtimes.docker_env import check_secrets_root, write_secret_file
-from corral.runtimes.docker_policy import (
+from corral.contract.errors import HostConfigurationNeeded, PolicyDenial
+from corral.contract.models import IsolatedProcessSpec, ResourceLimits
+from corral.runtimes.docker.capabilities import engine_problems, hardening, security_options, weaker
+from corral.runtimes.docker.environment import check_secrets_root, write_secret_file
+from corral.runtimes.docker.policy import (
     DEFAULT_USER,
     ContainerPlan,
     UserTables,

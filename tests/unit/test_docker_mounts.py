@@ -1,4 +1,4 @@
-"""The pinned mount source (``corral.runtimes.docker_mounts``) on the real filesystem, no Docker.
+"""The pinned mount source (``corral.runtimes.docker.mounts``) on the real filesystem, no Docker.
 
 Opening and checking need no privilege; pinning makes real bind mounts and so needs root (skipped
 otherwise). The attacks through real containers are in ``tests/integration/test_mount_pinning.py``.
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from corral.errors import HostConfigurationNeeded, PolicyDenial
-from corral.models import MountMode
-from corral.policy import MountAlias, symlink_roots
-from corral.runtimes import docker_mounts as pins
-from corral.runtimes.docker_policy import ResolvedMount, check_source, forbidden_sources
+from corral.contract.errors import HostConfigurationNeeded, PolicyDenial
+from corral.contract.models import MountMode
+from corral.runtimes.docker import mounts as pins
+from corral.runtimes.docker.policy import ResolvedMount, check_source, forbidden_sources
+from corral.sandbox.policy import MountAlias, symlink_roots
 from corral.settings import HostSettings
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
@@ -84,7 +84,7 @@ def test_the_root_is_the_policy_files_and_validated() -> None:
 
 
 def test_symlink_roots_come_from_the_policy_only() -> None:
-    from corral.policy import HostPolicy
+    from corral.sandbox.policy import HostPolicy
 
     policy = HostPolicy.model_validate(
         {
@@ -216,7 +216,7 @@ def test_a_refused_source_leaves_no_pin(host: HostSettings, tmp_path: Path) -> N
 def test_the_capability_report_says_how_mounts_are_pinned_and_when_they_are_refused(
     host: HostSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from corral.runtimes import docker_capabilities as caps
+    from corral.runtimes.docker import capabilities as caps
 
     assert any(item.startswith("mount_sources:pinned") for item in caps.HARDENING)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
@@ -228,7 +228,7 @@ def test_the_capability_report_says_how_mounts_are_pinned_and_when_they_are_refu
 def test_fs_location_sees_through_bind_mounts() -> None:
     """Where a path lies in its filesystem: a bind of /disk/secrets at /etc/corral/secrets and the
     directory /disk/secrets itself are one place; the deepest mount point wins, the last on top."""
-    from corral.runtimes.docker_mounts import fs_location
+    from corral.runtimes.docker.mounts import fs_location
 
     table = [
         ("/", "8:1", "/"),

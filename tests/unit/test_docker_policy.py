@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.errors import HostConfigurationNeeded, InvalidRequest, PolicyDenial, Unsupported
-from corral.models import (
+from corral.contract.errors import HostConfigurationNeeded, InvalidRequest, PolicyDenial, Unsupported
+from corral.contract.models import (
     FilesystemPolicy,
     IsolatedProcessSpec,
     MountMode,
@@ -19,9 +19,10 @@ from corral.models import (
     SymlinkPolicy,
     TerminalMode,
 )
-from corral.runtimes import docker_mounts
-from corral.runtimes.docker_capabilities import fs_type
-from corral.runtimes.docker_policy import (
+from corral.io.shim import Enforcer, exit_reason
+from corral.runtimes.docker import mounts as docker_mounts
+from corral.runtimes.docker.capabilities import fs_type
+from corral.runtimes.docker.policy import (
     ContainerPlan,
     ResolvedMount,
     check_process,
@@ -33,7 +34,6 @@ from corral.runtimes.docker_policy import (
     resolve_mounts,
     within,
 )
-from corral.runtimes.shim import Enforcer, exit_reason
 from corral.settings import HostSettings
 
 

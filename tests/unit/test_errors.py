@@ -1,4 +1,4 @@
-"""corral.errors: the AgentError tree, its JSON payload and its Celery-style reconstruction."""
+"""corral.contract.errors: the AgentError tree, its JSON payload and its Celery-style reconstruction."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from corral import errors
-from corral.errors import (
+from corral.contract import errors
+from corral.contract.errors import (
     AgentError,
     Conflict,
     ErrorKind,

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from corral import metrics
-from corral.lifecycle import shown_state
-from corral.models import DetachTransferRequest, ProcessStatsRequest, SessionState, TerminationReason
-from corral.reconciler import Reconciler, exit_unrecorded
-from corral.refs import process_ref_for
+from corral.contract.lifecycle import shown_state
+from corral.contract.models import DetachTransferRequest, ProcessStatsRequest, SessionState, TerminationReason
+from corral.contract.refs import process_ref_for
+from corral.host import metrics
+from corral.host.reconciler import Reconciler, exit_unrecorded
 from tests.unit.helpers import HOST, Rig, job, make_rig, started
 
 pytestmark = pytest.mark.redis

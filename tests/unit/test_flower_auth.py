@@ -1,4 +1,4 @@
-"""``corral dev``'s Flower credentials (``corral.devstack.flower_basic_auth``)."""
+"""``corral dev``'s Flower credentials (``corral.client.devstack.flower_basic_auth``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.devstack import FLOWER_USER, flower_basic_auth
+from corral.client.devstack import FLOWER_USER, flower_basic_auth
 
 
 def test_generated_once_private_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

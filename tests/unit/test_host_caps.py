@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 
-from corral.errors import InvalidRequest, PolicyDenial
-from corral.job import JobSpec
-from corral.models import (
+from corral.contract.errors import InvalidRequest, PolicyDenial
+from corral.contract.models import (
     CleanupRequest,
     ExecutionEnvironment,
     IoPolicy,
@@ -25,7 +24,8 @@ from corral.models import (
     StreamIoPolicy,
     dump,
 )
-from corral.policy import (
+from corral.fleet.job import JobSpec
+from corral.sandbox.policy import (
     MAX_REQUEST_BYTES,
     HostPolicy,
     PolicyError,
@@ -37,7 +37,7 @@ from corral.policy import (
     env_bytes,
     parse_policy,
 )
-from corral.store import live_key
+from corral.state.store import live_key
 from tasks.base import CorralTask, chained_processes, document_size_over
 from tests.unit.helpers import HOST, Rig, job, make_rig, request_of, started
 from tests.unit.policy_helpers import fixed, policy_with
@@ -115,7 +115,7 @@ def test_environment_over_the_host_maximum_is_denied() -> None:
 def test_free_form_spec_fields_are_bounded_as_a_whole() -> None:
     """8 MiB in a list the runtime ignores (a disabled network's hosts) would stay in the session
     record for its lifetime: the whole spec is bounded, whatever field carries the bytes."""
-    from corral.models import NetworkMode, NetworkPolicy
+    from corral.contract.models import NetworkMode, NetworkPolicy
 
     env = job().environment()
     padded = NetworkPolicy(mode=NetworkMode.disabled, hosts=["h" * (40 << 10)] * 8)

@@ -1,4 +1,4 @@
-"""corral.job: JobSpec -> the contract requests of the prepare-to-start chain, and its validation
+"""corral.fleet.job: JobSpec -> the contract requests of the prepare-to-start chain, and its validation
 (every bad input is an InvalidRequest, never a raw pydantic ValidationError)."""
 
 from __future__ import annotations
@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from corral.errors import InvalidRequest
-from corral.job import JobSpec, parse_mount
-from corral.models import (
+from corral.contract.errors import InvalidRequest
+from corral.contract.models import (
     AmbientSecrets,
     EnvironmentPrepareRequest,
     ImageResolveRequest,
@@ -25,6 +24,7 @@ from corral.models import (
     SessionPrepareRequest,
     StdinMode,
 )
+from corral.fleet.job import JobSpec, parse_mount
 from tests.unit.helpers import CHAIN_OPS, IMAGE
 
 
@@ -38,8 +38,16 @@ def test_requests_are_the_chain_in_contract_order() -> None:
     requests = _job().requests("host-a")
     assert [op for op, _ in requests] == CHAIN_OPS
     types = [type(r) for _, r in requests]
-    assert types == [SessionPrepareRequest, ImageResolveRequest, RootfsPrepareRequest, MountResolveRequest,
-                     NetworkPrepareRequest, SecretPrepareRequest, EnvironmentPrepareRequest, ProcessStartRequest]
+    assert types == [
+        SessionPrepareRequest,
+        ImageResolveRequest,
+        RootfsPrepareRequest,
+        MountResolveRequest,
+        NetworkPrepareRequest,
+        SecretPrepareRequest,
+        EnvironmentPrepareRequest,
+        ProcessStartRequest,
+    ]
 
 
 def test_requests_share_one_environment_and_name_the_host() -> None:
@@ -67,16 +75,33 @@ def test_requests_are_deterministic_for_one_job() -> None:
 
 
 def test_job_fields_reach_the_environment_and_process() -> None:
-    j = _job(argv=["sh", "-c", "exit 3"], cpus=0.5, memory_mb=256, process_count=8, timeout_ms=5_000,
-             env={"A": "1"}, mounts=["data:/data", "cache:/cache:rw", "ro:/ro:ro"], network="allowlist",
-             secrets=["token"], user="1000:1000", workdir="/work", stdin=True, allow_detach=True,
-             writable_root=True, environment_id="env-fixed")
+    j = _job(
+        argv=["sh", "-c", "exit 3"],
+        cpus=0.5,
+        memory_mb=256,
+        process_count=8,
+        timeout_ms=5_000,
+        env={"A": "1"},
+        mounts=["data:/data", "cache:/cache:rw", "ro:/ro:ro"],
+        network="allowlist",
+        secrets=["token"],
+        user="1000:1000",
+        workdir="/work",
+        stdin=True,
+        allow_detach=True,
+        writable_root=True,
+        environment_id="env-fixed",
+    )
     env = j.environment()
     spec = env.spec
     assert env.environment_id == "env-fixed"
     assert spec.image is not None and spec.image.image_ref == IMAGE
-    assert (spec.resources.cpus, spec.resources.memory_mb, spec.resources.timeout_ms,
-            spec.resources.process_count) == (0.5, 256, 5_000, 8)
+    assert (spec.resources.cpus, spec.resources.memory_mb, spec.resources.timeout_ms, spec.resources.process_count) == (
+        0.5,
+        256,
+        5_000,
+        8,
+    )
     assert spec.filesystem.root is RootMode.writable_layer
     assert [(m.mount_ref, m.source_alias, m.destination_path, m.mode) for m in spec.filesystem.mounts] == [
         ("mount-0", "data", "/data", MountMode.read_only),
@@ -158,12 +183,15 @@ def test_bad_job_error_does_not_echo_env_values() -> None:
     assert "hunter2" not in str(info.value)
 
 
-@pytest.mark.parametrize(("text", "alias", "dest", "mode"), [
-    ("data:/data", "data", "/data", MountMode.read_only),
-    ("data:/data:ro", "data", "/data", MountMode.read_only),
-    ("data:/data:rw", "data", "/data", MountMode.writable),
-    ("data:/a/./b/", "data", "/a/b", MountMode.read_only),
-])
+@pytest.mark.parametrize(
+    ("text", "alias", "dest", "mode"),
+    [
+        ("data:/data", "data", "/data", MountMode.read_only),
+        ("data:/data:ro", "data", "/data", MountMode.read_only),
+        ("data:/data:rw", "data", "/data", MountMode.writable),
+        ("data:/a/./b/", "data", "/a/b", MountMode.read_only),
+    ],
+)
 def test_parse_mount_accepts(text: str, alias: str, dest: str, mode: MountMode) -> None:
     m = parse_mount(text, 3)
     assert (m.mount_ref, m.source_alias, m.destination_path, m.mode) == ("mount-3", alias, dest, mode)

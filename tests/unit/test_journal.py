@@ -1,4 +1,4 @@
-"""corral.journal: append/read order, the ``after`` cursor, failures as ``JournalFailure``, and that
+"""corral.state.journal: append/read order, the ``after`` cursor, failures as ``JournalFailure``, and that
 records built by the coordinator never carry request bodies."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from corral import store as keys
-from corral.errors import JournalFailure, RetryClass
-from corral.journal import Journal
-from corral.models import CleanupRequest, DetachTransferRequest, ProcessStatsRequest, ReclaimRequest
+from corral.contract.errors import JournalFailure, RetryClass
+from corral.contract.models import CleanupRequest, DetachTransferRequest, ProcessStatsRequest, ReclaimRequest
+from corral.state import store as keys
+from corral.state.journal import Journal
 from tests.unit.helpers import client_for, closed_port, job, make_rig, started
 
 pytestmark = pytest.mark.redis
@@ -28,8 +28,10 @@ def journal(redis_url: str) -> Iterator[Journal]:
 
 
 def test_append_then_read_returns_records_in_order(journal: Journal) -> None:
-    ids = [journal.append("env-1", kind, {"op": f"op{i}", "n": i})  # type: ignore[dict-item]
-           for i, kind in enumerate(["intent", "result", "replay", "recovery"])]
+    ids = [
+        journal.append("env-1", kind, {"op": f"op{i}", "n": i})  # type: ignore[dict-item]
+        for i, kind in enumerate(["intent", "result", "replay", "recovery"])
+    ]
     records = journal.read("env-1")
     assert [r.record_id for r in records] == ids
     assert [r.kind for r in records] == ["intent", "result", "replay", "recovery"]
@@ -64,8 +66,14 @@ def test_record_kind_is_the_kind_field(journal: Journal) -> None:
 
 
 def test_append_on_broken_connection_raises_journal_failure() -> None:
-    client = redis.Redis(host="127.0.0.1", port=closed_port(), socket_connect_timeout=0.5, socket_timeout=0.5,
-                         retry=Retry(NoBackoff(), 0), decode_responses=True)
+    client = redis.Redis(
+        host="127.0.0.1",
+        port=closed_port(),
+        socket_connect_timeout=0.5,
+        socket_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+    )
     try:
         with pytest.raises(JournalFailure) as info:
             Journal(client).append("env-1", "intent", {"op": "start_process"})
@@ -99,5 +107,16 @@ def test_records_of_a_full_lifecycle_never_contain_request_bodies(redis_url: str
             assert "ARGV-MARKER" not in text, record
             assert "PLAIN" not in text, record
             # only flat protocol fields, never a serialized model
-            assert set(record.fields) <= {"kind", "op", "key", "host", "ts_ms", "effect_id", "status",
-                                          "error_kind", "retry", "summary", "action"}, record
+            assert set(record.fields) <= {
+                "kind",
+                "op",
+                "key",
+                "host",
+                "ts_ms",
+                "effect_id",
+                "status",
+                "error_kind",
+                "retry",
+                "summary",
+                "action",
+            }, record

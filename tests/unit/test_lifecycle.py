@@ -1,14 +1,14 @@
-"""corral.lifecycle: the session state machine as data, checked against an independent statement of the
+"""corral.contract.lifecycle: the session state machine as data, checked against an independent statement of the
 contract's order (prepare chain, then start, then process operations, detach, cleanup/reclaim)."""
 
 from __future__ import annotations
 
 import pytest
 
-from corral import lifecycle
-from corral.errors import InvalidStateTransition
-from corral.lifecycle import ALLOWED, NEXT, NO_SESSION
-from corral.models import SessionState as S
+from corral.contract import lifecycle
+from corral.contract.errors import InvalidStateTransition
+from corral.contract.lifecycle import ALLOWED, NEXT, NO_SESSION
+from corral.contract.models import SessionState as S
 
 ALL_STATES = (NO_SESSION, *(s.value for s in S))
 PREPARE_STEPS = ("resolve_image", "prepare_rootfs", "resolve_mounts", "configure_network", "prepare_secrets")

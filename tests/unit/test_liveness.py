@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from corral.liveness import holder_dead, holder_id
+from corral.host.liveness import holder_dead, holder_id
 
 
 def test_a_running_process_is_alive() -> None:

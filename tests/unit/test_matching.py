@@ -1,4 +1,4 @@
-"""corral.matching: fail-closed capability matching (CONTRACT.md rule 4), as a table over the matrix:
+"""corral.contract.matching: fail-closed capability matching (CONTRACT.md rule 4), as a table over the matrix:
 class strength, each capability, each trust field, health, and the approval scope of a fallback.
 
 Then placement: placement.filter_hosts skips hosts whose published report does not match, and a requested
@@ -13,11 +13,10 @@ import pytest
 import redis
 from pydantic import ValidationError
 
-from corral.client import Client
-from corral.errors import NotFound, PolicyDenial
-from corral.journal import Journal
-from corral.matching import Approval, ApprovalKind, find_gaps, kind_accepts, match, placement_match
-from corral.models import (
+from corral.client.client import Client
+from corral.contract.errors import NotFound, PolicyDenial
+from corral.contract.matching import Approval, ApprovalKind, find_gaps, kind_accepts, match, placement_match
+from corral.contract.models import (
     CLASS_STRENGTH,
     Capability,
     HealthState,
@@ -29,10 +28,11 @@ from corral.models import (
     TrustVector,
     dump,
 )
-from corral.placement import filter_hosts, host_statuses
-from corral.services import Services
+from corral.fleet.placement import filter_hosts, host_statuses
 from corral.settings import Settings
-from corral.store import Store
+from corral.state.journal import Journal
+from corral.state.services import Services
+from corral.state.store import Store
 from tests.unit.policy_helpers import STRONG_TRUST, approval, report, requirement
 
 C = IsolationClass

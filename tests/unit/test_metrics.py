@@ -1,4 +1,4 @@
-"""corral.metrics: the host state read at scrape (sandboxes by state, cap, allocation, queue depth,
+"""corral.host.metrics: the host state read at scrape (sandboxes by state, cap, allocation, queue depth,
 refused messages, I/O shims from /proc) and the event metrics. Real Redis, real processes; the
 worker-level test (numbers moving while jobs run) is tests/integration/test_metrics.py."""
 
@@ -13,10 +13,10 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
-from corral import metrics
-from corral.errors import PolicyDenial
-from corral.models import DetachTransferRequest, ProcessStatsRequest, TerminationReason
-from corral.refs import process_ref_for
+from corral.contract.errors import PolicyDenial
+from corral.contract.models import DetachTransferRequest, ProcessStatsRequest, TerminationReason
+from corral.contract.refs import process_ref_for
+from corral.host import metrics
 from tests.unit.helpers import HOST, Rig, job, make_rig, started
 
 pytestmark = pytest.mark.redis
@@ -103,7 +103,7 @@ def test_io_helpers_are_counted_from_proc_only_when_really_a_shim(
     shim_dir.mkdir(parents=True)
     impostor_dir.mkdir()
     sleeper = "import time; time.sleep(60)"
-    shim = subprocess.Popen([sys.executable, "-c", sleeper, "corral.runtimes.shim", "--spool", str(shim_dir)])
+    shim = subprocess.Popen([sys.executable, "-c", sleeper, "corral.io.shim", "--spool", str(shim_dir)])
     other = subprocess.Popen([sys.executable, "-c", sleeper])  # a pid in a shim.pid, but not a shim
     try:
         (shim_dir / "shim.pid").write_text(str(shim.pid))
@@ -154,7 +154,7 @@ def test_operation_events_count_outcomes_latency_and_failures_by_kind_and_rule()
 
 
 def test_admission_capacity_and_reservations(rig: Rig, broker: redis.Redis, tmp_path: Path) -> None:
-    from corral.admission import Capacity
+    from corral.fleet.admission import Capacity
 
     admission = rig.coordinator.admission
     admission.publish_capacity(HOST, Capacity(slots=4, cpus_m=8000, mem_mb=2048), 60_000)

@@ -1,4 +1,4 @@
-"""corral.models: absurd or dangerous requests fail validation; good ones survive the JSON wire form."""
+"""corral.contract.models: absurd or dangerous requests fail validation; good ones survive the JSON wire form."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from corral import models as m
+from corral.contract import models as m
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -82,13 +82,9 @@ BAD: list[Any] = [
         "grace_ms",
         id="signal-grace-absurd",
     ),
-    pytest.param(
-        m.ProcessSignalRequest, {"process_ref": "p", "signal": "SIGKILL"}, "signal", id="signal-name"
-    ),
+    pytest.param(m.ProcessSignalRequest, {"process_ref": "p", "signal": "SIGKILL"}, "signal", id="signal-name"),
     pytest.param(m.DetachTransferRequest, {"environment": env(), "ttl_ms": 10}, "ttl_ms", id="ttl-tiny"),
-    pytest.param(
-        m.DetachTransferRequest, {"environment": env(), "ttl_ms": 10**12}, "ttl_ms", id="ttl-absurd"
-    ),
+    pytest.param(m.DetachTransferRequest, {"environment": env(), "ttl_ms": 10**12}, "ttl_ms", id="ttl-absurd"),
     pytest.param(m.NetworkPolicy, {"ports": [0]}, "ports", id="port-zero"),
     pytest.param(m.NetworkPolicy, {"ports": [65_536]}, "ports", id="port-too-big"),
     pytest.param(m.NetworkPolicy, {"mode": "host"}, "mode", id="network-host"),
@@ -489,10 +485,7 @@ def test_a_mount_over_the_root_directory_is_rejected() -> None:
     [("/data", "/data"), ("/data/", "/data"), ("/data/./x//y", "/data/x/y"), ("//data", "/data")],
 )
 def test_container_paths_are_normalised(path: str, normalised: str) -> None:
-    assert (
-        m.MountPolicy(mount_ref="m", source_alias="data", destination_path=path).destination_path
-        == normalised
-    )
+    assert m.MountPolicy(mount_ref="m", source_alias="data", destination_path=path).destination_path == normalised
     assert m.IsolatedProcessSpec.model_validate(process(cwd=path)).cwd == normalised
 
 

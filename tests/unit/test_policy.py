@@ -1,4 +1,4 @@
-"""corral.policy and corral.policy_source: the host policy file (loading, defaults, failing closed,
+"""corral.sandbox.policy and corral.host.policy_source: the host policy file (loading, defaults, failing closed,
 reloading on mtime change), each rule denying with its rule name, and the coordinator refusing before
 any adapter call with a journaled ``denial`` record (FakeRuntime counting calls + real Redis)."""
 
@@ -14,10 +14,9 @@ import pytest
 from pydantic import ValidationError
 
 from corral import settings as settings_mod
-from corral.errors import PolicyDenial
-from corral.job import JobSpec
-from corral.matching import ApprovalKind
-from corral.models import (
+from corral.contract.errors import PolicyDenial
+from corral.contract.matching import ApprovalKind
+from corral.contract.models import (
     CleanupRequest,
     DetachTransferRequest,
     ExecutionEnvironment,
@@ -32,7 +31,10 @@ from corral.models import (
     ProcessSignalRequest,
     SessionState,
 )
-from corral.policy import (
+from corral.fleet.job import JobSpec
+from corral.host.policy_source import PolicySource
+from corral.runtimes.fake import FakeRuntime
+from corral.sandbox.policy import (
     HostPolicy,
     PolicyError,
     check_environment,
@@ -46,8 +48,6 @@ from corral.policy import (
     parse_policy,
     with_legacy_mounts,
 )
-from corral.policy_source import PolicySource
-from corral.runtimes.fake import FakeRuntime
 from corral.settings import Settings, policy_path
 from tests.unit.helpers import HOST, CountingRuntime, Rig, job, make_rig, request_of, start_request, started
 from tests.unit.policy_helpers import approval, fixed, policy_with, report, requirement, with_requirement

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.reconciler import Action, Observed, decide, group_by_environment, plan
+from corral.host.reconciler import Action, Observed, decide, group_by_environment, plan
 
 HOST = "h1"
 NOW = 1_800_000_000_000

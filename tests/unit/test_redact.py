@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from corral.models import IoStream, ProcessIoFrame
-from corral.redact import MARKER, MIN_ENCODED_LEN, Redactor, redact, variants_of
-from corral.runtimes.docker_process import read_output_frame
-from corral.runtimes.spool import SpoolLayout, read_window, write_json
+from corral.contract.models import IoStream, ProcessIoFrame
+from corral.io.spool import SpoolLayout, read_window, write_json
+from corral.runtimes.docker.process import read_output_frame
+from corral.sandbox.redact import MARKER, MIN_ENCODED_LEN, Redactor, redact, variants_of
 
 SECRET = b"p@ss/w rd+\xc3\xa9!*(x)"
 PROPS = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])

@@ -1,4 +1,4 @@
-"""corral.refs: ref validation limits, stable slugs, process refs."""
+"""corral.contract.refs: ref validation limits, stable slugs, process refs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from corral.refs import (
+from corral.contract.refs import (
     MAX_REF_BYTES,
     Ref,
     check_ref,
@@ -158,7 +158,7 @@ def test_process_refs_of_distinct_environments_differ() -> None:
     assert process_ref_for("env-1") != process_ref_for("env-2")
 
 
-_FOREIGN_BUGS = "BUG corral/refs.py: slug_of_process_ref parses the token with int(token, 16), which accepts"
+_FOREIGN_BUGS = "BUG corral/contract/refs.py: slug_of_process_ref parses the token with int(token, 16), which accepts"
 
 
 @pytest.mark.parametrize(
@@ -184,9 +184,7 @@ _FOREIGN_BUGS = "BUG corral/refs.py: slug_of_process_ref parses the token with i
         pytest.param(
             "proc- 123456789abcde ",
         ),
-        pytest.param(
-            "proc-+123456789abcdef"
-        ),
+        pytest.param("proc-+123456789abcdef"),
         pytest.param(
             "proc-1_23456789abcdef",
         ),

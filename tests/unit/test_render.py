@@ -1,4 +1,4 @@
-"""corral.render: what a person reads on stderr (a killed process, progress while waiting). Pure."""
+"""corral.client.render: what a person reads on stderr (a killed process, progress while waiting). Pure."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from corral.render import Progress, duration, ending, size_mib
+from corral.client.render import Progress, duration, ending, size_mib
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.errors import HostConfigurationNeeded, InvalidRequest, NotFound
-from corral.secrets import (
+from corral.contract.errors import HostConfigurationNeeded, InvalidRequest, NotFound
+from corral.sandbox.secrets import (
     DEFAULT_PROVIDERS,
     DirectoryProvider,
     EnvironmentProvider,
@@ -208,7 +208,10 @@ def test_resolve_many_splits_found_and_missing(host: HostSettings) -> None:
 def test_default_chain_is_directory_then_environment(host: HostSettings) -> None:
     chain = SecretChain.default(host.secrets_dir, environ={"CORRAL_SECRET_DB": "env", "CORRAL_SECRET_ONLY": "o"})
     assert chain.resolve("db") == b"from-dir\n" and chain.resolve("only") == b"o"
-    assert chain.describe() == ["corral.secrets:DirectoryProvider", "corral.secrets:EnvironmentProvider"]
+    assert chain.describe() == [
+        "corral.sandbox.secrets:DirectoryProvider",
+        "corral.sandbox.secrets:EnvironmentProvider",
+    ]
 
 
 # ------------------------------------------------------------------------------------- plug-ins
@@ -226,7 +229,7 @@ def test_plugins_are_loaded_by_import_path(host: HostSettings) -> None:
         update={
             "secret_providers": [
                 f"{HERE}:VaultProvider",
-                "corral.secrets:DirectoryProvider",
+                "corral.sandbox.secrets:DirectoryProvider",
                 f"{HERE}:NoArgProvider",
                 f"{HERE}:make_provider",
                 f"{HERE}:INSTANCE",
@@ -262,7 +265,7 @@ def test_plugins_named_in_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_p
         "bad path:X",
         "os:system;rm",
         "corral.nope_module:X",
-        "corral.secrets:NoSuchThing",
+        "corral.sandbox.secrets:NoSuchThing",
         f"{HERE}:NotAProvider",
         f"{HERE}:ExplodingFactory",
         f"{HERE}:VAULT",
@@ -276,14 +279,14 @@ def test_bad_plugins_are_host_configuration_errors(host: HostSettings, path: str
 
 
 def test_a_bad_plugin_fails_the_whole_chain(host: HostSettings) -> None:
-    broken = host.model_copy(update={"secret_providers": ["corral.secrets:DirectoryProvider", "nope.nope:X"]})
+    broken = host.model_copy(update={"secret_providers": ["corral.sandbox.secrets:DirectoryProvider", "nope.nope:X"]})
     with pytest.raises(HostConfigurationNeeded):
         SecretChain.from_settings(broken)
 
 
 def test_plugins_are_imported_lazily_by_the_runtime(host: HostSettings) -> None:
     """Building a runtime imports no plug-in; the first secret lookup does (on the worker)."""
-    from corral.runtimes.docker import DockerRuntime
+    from corral.runtimes.docker.runtime import DockerRuntime
 
     broken = host.model_copy(update={"secret_providers": ["nope.nope:X"]})
     runtime = DockerRuntime("edge-1", broken, client=object())

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from corral.errors import InvalidRequest, NotFound
-from corral.redact import redact, redact_text
-from corral.secrets import SecretChain, env_key, resolve
+from corral.contract.errors import InvalidRequest, NotFound
+from corral.sandbox.redact import redact, redact_text
+from corral.sandbox.secrets import SecretChain, env_key, resolve
 
 
 def test_env_key_mapping() -> None:

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from corral import settings as settings_mod
-from corral.errors import HostConfigurationNeeded
+from corral.contract.errors import HostConfigurationNeeded
 from corral.settings import Settings, config_path, load_settings
 
 WriteToml = Callable[[str], Path]
@@ -177,9 +177,7 @@ def test_shipped_config_file_is_valid_and_matches_the_defaults(monkeypatch: pyte
     assert shipped.model_dump() == defaults.model_dump()
 
 
-def test_load_settings_is_cached_until_cleared(
-    write_toml: WriteToml, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_load_settings_is_cached_until_cleared(write_toml: WriteToml, monkeypatch: pytest.MonkeyPatch) -> None:
     write_toml("")
     monkeypatch.setenv("CORRAL_HOST__ID", "first")
     first = load_settings()
@@ -314,7 +312,7 @@ def test_the_cli_turns_a_bad_setting_into_one_line_and_exit_125(
 ) -> None:
     from click.testing import CliRunner
 
-    from corral.cli import main
+    from corral.client.cli import main
 
     write_toml("")
     monkeypatch.setenv("CORRAL_REDIS__URL", "redis://127.0.0.1:6379redis://127.0.0.1:6379")

@@ -1,4 +1,4 @@
-"""Message signing (``corral.signing``): verification, the two trust stores, caller stamping."""
+"""Message signing (``corral.trust.signing``): verification, the two trust stores, caller stamping."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from celery import Celery, chain
 from kombu.serialization import registry
 
-from corral.credentials import Fleet, init_fleet
-from corral.signing import (
+from corral.trust.credentials import Fleet, init_fleet
+from corral.trust.signing import (
     MAGIC,
     MessageSigner,
     SignatureRejected,
@@ -29,7 +29,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
 
 def signer_for(fleet: Fleet, name: str) -> MessageSigner:
     """A process signing as ``name`` that verifies like a worker of ``fleet``."""
-    from corral.signing import _identity_of_cert
+    from corral.trust.signing import _identity_of_cert
 
     return MessageSigner(
         load_key(str(fleet.key(name))),
@@ -111,7 +111,7 @@ def test_a_client_signed_non_task_is_refused(fleet: Fleet) -> None:
 
 def test_unknown_signer_tampered_body_and_garbage_are_refused(fleet: Fleet, tmp_path: Path) -> None:
     create_identity("mallory", tmp_path / "ids")
-    from corral.signing import _identity_of_cert
+    from corral.trust.signing import _identity_of_cert
 
     rogue = MessageSigner(
         load_key(str(tmp_path / "ids" / "mallory.key")),
@@ -162,7 +162,7 @@ def test_corral_keys_init_and_new(tmp_path: Path) -> None:
     """`corral keys` makes a directory a worker, beat, Flower and a client can each start from."""
     from click.testing import CliRunner
 
-    from corral.cli import main
+    from corral.client.cli import main
 
     root = tmp_path / "fleet"
     done = CliRunner().invoke(main, ["keys", "init", str(root), "--host", "edge-1", "--client", "airflow"])

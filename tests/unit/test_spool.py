@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from corral.errors import InvalidRequest
-from corral.models import IoStream, ProcessIoFrame
-from corral.runtimes.docker_process import read_output_frame, write_stdin
-from corral.runtimes.spool import (
+from corral.contract.errors import InvalidRequest
+from corral.contract.models import IoStream, ProcessIoFrame
+from corral.io.spool import (
     STREAM_STDERR,
     STREAM_STDOUT,
     CappedSink,
@@ -29,6 +28,7 @@ from corral.runtimes.spool import (
     read_span,
     write_json,
 )
+from corral.runtimes.docker.process import read_output_frame, write_stdin
 
 
 def frame(kind: int, payload: bytes) -> bytes:

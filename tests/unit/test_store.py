@@ -1,4 +1,4 @@
-"""corral.store: idempotency records and their fencing, sessions, tickets and host heartbeats, against a
+"""corral.state.store: idempotency records and their fencing, sessions, tickets and host heartbeats, against a
 real Redis (db 3)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from corral import store as keys
-from corral.store import DueTicket, Store
+from corral.state import store as keys
+from corral.state.store import DueTicket, Store
 from tests.unit.helpers import HOST, OTHER_HOST, ManualClock, client_for, job, make_rig
 
 pytestmark = pytest.mark.redis

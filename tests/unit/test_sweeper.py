@@ -1,4 +1,4 @@
-"""corral.sweeper: due detach tickets are sent to their host once per resend period, concurrent sweeps
+"""corral.host.sweeper: due detach tickets are sent to their host once per resend period, concurrent sweeps
 never double-send, and a reclaim through the coordinator closes the ticket."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from corral import store as keys
-from corral.models import DetachTransferRequest, DetachTransferResult, ReclaimRequest, SessionState
-from corral.store import Store
-from corral.sweeper import sweep
+from corral.contract.models import DetachTransferRequest, DetachTransferResult, ReclaimRequest, SessionState
+from corral.host.sweeper import sweep
+from corral.state import store as keys
+from corral.state.store import Store
 from tests.unit.helpers import HOST, OTHER_HOST, ManualClock, Rig, client_for, job, make_rig
 
 pytestmark = pytest.mark.redis

@@ -40,7 +40,9 @@ def _verify(unit_dir: Path, names: list[str]) -> str:
         missing("systemd-analyze")
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", *(str(unit_dir / n) for n in names)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     problems = result.stdout + result.stderr + ("" if result.returncode == 0 else f"exit {result.returncode}\n")
     for name in names:
@@ -71,8 +73,11 @@ SHIPPED = ["corral-beat.service", "corral-flower.service", "corral-worker@edge-1
 
 
 def test_the_fleet_units_are_shipped() -> None:
-    assert sorted(p.name for p in UNITS.iterdir()) == ["corral-beat.service", "corral-flower.service",
-                                                       "corral-worker@.service"]
+    assert sorted(p.name for p in UNITS.iterdir()) == [
+        "corral-beat.service",
+        "corral-flower.service",
+        "corral-worker@.service",
+    ]
 
 
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:

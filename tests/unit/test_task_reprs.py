@@ -47,7 +47,7 @@ def test_a_task_sent_through_send_task_is_summarized() -> None:
 def test_the_shipped_flower_conf_shows_the_columns_corral_dev_shows() -> None:
     from pathlib import Path
 
-    from corral.devstack import FLOWER_TASKS_COLUMNS
+    from corral.client.devstack import FLOWER_TASKS_COLUMNS
 
     conf = Path(__file__).resolve().parents[2] / "config" / "flower.conf"
     lines = [line for line in conf.read_text().splitlines() if line.startswith("FLOWER_TASKS_COLUMNS=")]

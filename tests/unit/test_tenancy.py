@@ -1,15 +1,13 @@
-"""corral.tenancy: identity -> tenant mapping (fail closed) and every per-tenant rule, as pure checks."""
+"""corral.host.tenancy: identity -> tenant mapping (fail closed) and every per-tenant rule, as pure checks."""
 
 from __future__ import annotations
 
 import pytest
 
-from corral.errors import PolicyDenial
-from corral.identity import Caller
-from corral.job import JobSpec
-from corral.models import IsolatedProcessSpec
-from corral.policy import HostPolicy, PolicyError, parse_policy
-from corral.tenancy import (
+from corral.contract.errors import PolicyDenial
+from corral.contract.models import IsolatedProcessSpec
+from corral.fleet.job import JobSpec
+from corral.host.tenancy import (
     DEFAULT_TENANT,
     NO_TENANT,
     check_operator,
@@ -19,6 +17,8 @@ from corral.tenancy import (
     may_act,
     resolve_caller,
 )
+from corral.sandbox.policy import HostPolicy, PolicyError, parse_policy
+from corral.trust.identity import Caller
 from tests.unit.policy_helpers import policy_with
 
 TENANTS = policy_with(

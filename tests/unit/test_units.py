@@ -1,36 +1,40 @@
-"""corral.units: human sizes, durations and NAME=VALUE pairs for the CLI."""
+"""corral.client.units: human sizes, durations and NAME=VALUE pairs for the CLI."""
 
 from __future__ import annotations
 
 import pytest
 
-from corral.errors import InvalidRequest
-from corral.units import parse_duration_ms, parse_env, parse_memory_mb
+from corral.client.units import parse_duration_ms, parse_env, parse_memory_mb
+from corral.contract.errors import InvalidRequest
 
 
-@pytest.mark.parametrize(("text", "mb"), [
-    ("512", 512),
-    ("512m", 512),
-    ("512M", 512),
-    ("512mb", 512),
-    ("512MiB", 512),
-    ("1g", 1024),
-    ("1G", 1024),
-    ("1GiB", 1024),
-    ("1gb", 1024),
-    ("1.5g", 1536),
-    ("2048k", 2),
-    ("1t", 1024 * 1024),
-    (" 64 ", 64),
-    ("64 m", 64),
-    ("0", 0),
-])
+@pytest.mark.parametrize(
+    ("text", "mb"),
+    [
+        ("512", 512),
+        ("512m", 512),
+        ("512M", 512),
+        ("512mb", 512),
+        ("512MiB", 512),
+        ("1g", 1024),
+        ("1G", 1024),
+        ("1GiB", 1024),
+        ("1gb", 1024),
+        ("1.5g", 1536),
+        ("2048k", 2),
+        ("1t", 1024 * 1024),
+        (" 64 ", 64),
+        ("64 m", 64),
+        ("0", 0),
+    ],
+)
 def test_parse_memory_mb_accepts(text: str, mb: int) -> None:
     assert parse_memory_mb(text) == mb
 
 
-@pytest.mark.parametrize("text", ["", " ", "m", "abc", "-1", "-1g", "1x", "1e3", "1.g", "1,5g", "1gg", "1 g b",
-                                  "0x10", "1p", "1g; rm -rf /"])
+@pytest.mark.parametrize(
+    "text", ["", " ", "m", "abc", "-1", "-1g", "1x", "1e3", "1.g", "1,5g", "1gg", "1 g b", "0x10", "1p", "1g; rm -rf /"]
+)
 def test_parse_memory_mb_rejects(text: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         parse_memory_mb(text)
@@ -42,27 +46,29 @@ def test_parse_memory_mb_does_not_read_bytes_as_mebibytes() -> None:
         parse_memory_mb("512b")
 
 
-@pytest.mark.parametrize(("text", "ms"), [
-    ("30", 30_000),
-    ("30s", 30_000),
-    ("30S", 30_000),
-    ("500ms", 500),
-    ("500MS", 500),
-    ("5m", 300_000),
-    ("2h", 7_200_000),
-    ("1d", 86_400_000),
-    ("1.5s", 1_500),
-    ("0.5", 500),
-    (" 10s ", 10_000),
-    ("10 s", 10_000),
-    ("0", 0),
-])
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("30", 30_000),
+        ("30s", 30_000),
+        ("30S", 30_000),
+        ("500ms", 500),
+        ("500MS", 500),
+        ("5m", 300_000),
+        ("2h", 7_200_000),
+        ("1d", 86_400_000),
+        ("1.5s", 1_500),
+        ("0.5", 500),
+        (" 10s ", 10_000),
+        ("10 s", 10_000),
+        ("0", 0),
+    ],
+)
 def test_parse_duration_ms_accepts(text: str, ms: int) -> None:
     assert parse_duration_ms(text) == ms
 
 
-@pytest.mark.parametrize("text", ["", "s", "ms", "-5s", "5x", "5min", "5 m s", "1e3", "5w", "1.s", "five",
-                                  "5s;reboot"])
+@pytest.mark.parametrize("text", ["", "s", "ms", "-5s", "5x", "5min", "5 m s", "1e3", "5w", "1.s", "five", "5s;reboot"])
 def test_parse_duration_ms_rejects(text: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         parse_duration_ms(text)

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from corral.errors import InvalidRequest, PolicyDenial
-from corral.models import IsolatedProcessSpec
-from corral.policy import HostPolicy, UserRules, check_user
-from corral.policy_source import PolicySource
+from corral.contract.errors import InvalidRequest, PolicyDenial
+from corral.contract.models import IsolatedProcessSpec
+from corral.host.policy_source import PolicySource
 from corral.runtimes import build_runtime
-from corral.runtimes.docker import DockerRuntime
-from corral.runtimes.docker_policy import check_sandbox_user
+from corral.runtimes.docker.policy import check_sandbox_user
+from corral.runtimes.docker.runtime import DockerRuntime
+from corral.sandbox.policy import HostPolicy, UserRules, check_user
+from corral.sandbox.userspec import ExecUser, UserTables, exec_user, go_atoi, is_zero_id, needs_tables
 from corral.settings import HostSettings, Settings
-from corral.userspec import ExecUser, UserTables, exec_user, go_atoi, is_zero_id, needs_tables
 
 # admin is uid 0 under another name; wheel is gid 0 under another name and lists bob as a member;
 # wrap/junk/dup/neg are lines runc reads as uid 0 (32-bit wrap, non-numeric, negative wrap).

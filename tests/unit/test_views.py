@@ -1,4 +1,4 @@
-"""corral.views: ps / tickets / journal show the caller's tenant only (operators see all); another
+"""corral.host.views: ps / tickets / journal show the caller's tenant only (operators see all); another
 tenant's journal answers like a missing session. A real Redis and the fake runtime."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from corral import views
-from corral.errors import PolicyDenial
-from corral.models import DetachTransferRequest
+from corral.contract.errors import PolicyDenial
+from corral.contract.models import DetachTransferRequest
+from corral.host import views
 from tests.unit.helpers import Rig, job, make_rig
 from tests.unit.policy_helpers import fixed, policy_with
 from tests.unit.test_coordinator_tenancy import POLICY, as_, run_as

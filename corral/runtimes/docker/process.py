@@ -1,0 +1,380 @@
+"""The process half of the Docker runtime: launching the shim, frames, stdin, signals, stats.
+
+Everything is found from the spool (``corral.io.spool``) and the container name, so any
+worker process of the host can serve any operation on any sandbox of that host.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import docker.errors
+import requests.exceptions
+
+from corral.contract.errors import AgentError, InvalidRequest, IsolationFailure
+from corral.contract.models import (
+    CaptureMode,
+    IoStream,
+    ProcessIoFrame,
+    ProcessSignal,
+    ProcessState,
+    ProcessStatsSnapshot,
+    TerminationReason,
+)
+from corral.io import cgroup
+from corral.io.spool import (
+    STDIN_MAX_TOTAL,
+    SpoolLayout,
+    append_bytes,
+    atomic_write,
+    file_size,
+    frame_eof,
+    read_int,
+    read_json,
+    read_window,
+    write_json,
+)
+from corral.runtimes.docker.failure import HostPaths, engine_failure
+from corral.runtimes.docker.resources import SHIM_MODULE, shim_pid
+from corral.sandbox.redact import Cut, Redactor
+from corral.settings import HostSettings
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+START_WAIT_S = 15.0
+SHIM_BOOT_S = 5.0
+"""After this long a shim that is not alive (and said nothing) has crashed."""
+SIGNALS = {
+    ProcessSignal.interrupt: "SIGINT",
+    ProcessSignal.terminate: "SIGTERM",
+    ProcessSignal.kill: "SIGKILL",
+}
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+
+
+@contextlib.contextmanager
+def docker_errors(operation: str, secret_values: list[bytes] | None = None) -> Iterator[None]:
+    """Translate docker-py failures into the contract's errors, classified by ``docker_failure``
+    (a request the engine will always refuse is not retryable); Docker's text is redacted with the
+    session's secret values (when known), logged, and shown only when not recognised."""
+    try:
+        yield
+    except AgentError:
+        raise
+    except docker.errors.APIError as exc:
+        text = str(getattr(exc, "explanation", None) or exc)
+        raise engine_failure(operation, exc.status_code, text, secret_values) from None
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        raise IsolationFailure(f"{operation}: docker unavailable ({type(exc).__name__})") from None
+
+
+def contract_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Every public operation raises only ``AgentError``: Docker failures are translated by
+    ``docker_errors``; anything else (a bug, a host file error) becomes a retryable
+    ``IsolationFailure`` naming only the exception type, because its text could carry a host path
+    or a value. The traceback (code locations only, no message) goes to the log. Every error that
+    leaves is scrubbed of this host's paths (``docker_failure.HostPaths``, from the runtime's
+    ``host`` settings)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            with docker_errors(func.__name__):
+                return func(*args, **kwargs)
+        except AgentError as exc:
+            host = getattr(args[0], "host", None) if args else None
+            clean = HostPaths.of(host).error(exc) if isinstance(host, HostSettings) else exc
+            if clean is exc:
+                raise
+            raise clean from None
+        except Exception as exc:
+            where = "".join(traceback.format_tb(exc.__traceback__)[-3:])
+            log.warning("%s failed: %s\n%s", func.__name__, type(exc).__name__, where)
+            raise IsolationFailure(f"{func.__name__}: unexpected {type(exc).__name__}") from None
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------------
+# start
+
+
+def shim_command(name: str, layout: SpoolLayout, timeout_ms: int, grace_ms: int, signal: str, stdin: bool) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        SHIM_MODULE,
+        "--daemonize",
+        "--container",
+        name,
+        "--spool",
+        str(layout.root),
+        "--timeout-ms",
+        str(timeout_ms),
+        "--grace-ms",
+        str(grace_ms),
+        "--timeout-signal",
+        signal,
+    ]
+    return [*cmd, "--stdin"] if stdin else cmd
+
+
+def spawn_detached(cmd: list[str], log_path: Path | None, cwd: Path) -> None:
+    """Run ``cmd`` (which daemonizes itself) detached from this worker: own session, no inherited
+    descriptors, output to a log. Waits only for the short-lived intermediate process."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
+    sink = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=sink,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
+            cwd=cwd,
+        )
+        proc.wait(timeout=30)
+    finally:
+        if not isinstance(sink, int):
+            sink.close()
+
+
+def wait_started(layout: SpoolLayout, secret_values: list[bytes], timeout_s: float = START_WAIT_S) -> None:
+    """Poll (bounded) until the shim has started the container or said why it could not."""
+    began = time.monotonic()
+    while time.monotonic() < began + timeout_s:
+        if layout.started.exists():
+            return
+        error = read_json(layout.shim_error)  # written atomically: complete or absent
+        if isinstance(error, dict):
+            raise _shim_failure(error, secret_values)
+        if time.monotonic() > began + SHIM_BOOT_S and shim_pid(layout) is None and not layout.started.exists():
+            raise IsolationFailure("start_process: the I/O shim exited before starting the container")
+        time.sleep(0.02)
+    raise IsolationFailure("the I/O shim did not start the container in time", context={"waited_s": timeout_s})
+
+
+def _shim_failure(error: dict[str, Any], secret_values: list[bytes]) -> AgentError:
+    """Why the shim could not start the container, classified like any engine failure: a user
+    missing from the image is refused once, not retried with a new shim each time."""
+    status = error.get("status_code")
+    return engine_failure(
+        "start_process", status if isinstance(status, int) else None, str(error.get("message", "")), secret_values
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# frames
+
+
+def writer_finished(layout: SpoolLayout) -> bool:
+    """No byte will be added any more: ``exit.json`` exists, or the shim died after starting."""
+    if layout.exit.exists():
+        return True
+    return layout.started.exists() and shim_pid(layout) is None
+
+
+def cut_frame(path: Path, cursor: int, max_bytes: int, redactor: Redactor, final_size: int | None, capped: bool) -> Cut:
+    """Read the window around ``[cursor, cursor + max_bytes)`` (lookbehind and holdback included)
+    and cut one redacted frame from it. ``final_size``: the stream's size once nothing more will be
+    appended (None while the writer may still write); ``capped``: the spool cap cut the stream."""
+    window, offset = read_window(path, cursor, max_bytes, redactor.lookbehind, redactor.holdback)
+    final = final_size is not None and cursor - offset + len(window) >= final_size
+    return redactor.cut(window, offset, max_bytes, final=final, truncated=final and capped)
+
+
+def read_output_frame(
+    layout: SpoolLayout,
+    process_ref: str,
+    stream: IoStream,
+    cursor: int,
+    max_bytes: int,
+    secrets: tuple[list[bytes], list[str]],
+    allow_raw: bool,
+) -> ProcessIoFrame:
+    """One bounded, redacted frame of stdout/stderr from ``cursor``.
+
+    ``byte_count`` counts spool bytes consumed (the cursor's advance); ``content_hash`` is over the
+    bytes as returned (after redaction), which are the only bytes that ever leave the host. While
+    the stream is live a frame may stop short of ``max_bytes``: its cursor never stops where the
+    next read could complete a secret (see ``Redactor.cut``), so frames concatenate to the
+    redaction of the whole stream whatever the frame sizes and write boundaries."""
+    path = layout.stream(stream.value)
+    values, missing = secrets
+    finished = writer_finished(layout)  # FIRST: then the size measured below is final if finished
+    dropped = read_int(layout.dropped(stream.value))  # > 0: the sink is full, the file is final too
+    size = file_size(path)
+    if cursor > size:
+        raise InvalidRequest("cursor is beyond the end of the stream", context={"cursor": cursor, "size": size})
+    final_size = size if finished or dropped > 0 else None
+    cut = cut_frame(path, cursor, max_bytes, Redactor(values), final_size, dropped > 0)
+    shown, end = cut.content, cursor + cut.consumed
+    at_cut = dropped > 0 and end >= size
+    capture = ((read_json(layout.io_policy) or {}).get(stream.value) or {}).get("default_capture")
+    wants_raw = capture == CaptureMode.raw_content_if_policy_allows.value
+    raw = allow_raw and wants_raw and not missing
+    return ProcessIoFrame(
+        stream_ref=f"{process_ref}/{stream.value}",
+        stream=stream,
+        cursor=end,
+        start_cursor=cursor,
+        byte_count=cut.consumed,
+        content_hash="sha256:" + hashlib.sha256(shown).hexdigest(),
+        raw_content_present=raw,
+        content_b64=base64.b64encode(shown).decode() if raw else None,
+        truncated=at_cut,
+        dropped_bytes=dropped if at_cut else 0,
+        eof=frame_eof(finished, end, size),
+        redaction_count=cut.count,
+        redacted_summary=_frame_summary(cut.count, withheld=bool(missing) and wants_raw),
+    )
+
+
+def _frame_summary(count: int, withheld: bool) -> str:
+    parts = [f"{count} redaction(s)"] if count else []
+    if withheld:
+        parts.append("raw content withheld: a secret could not be resolved")
+    return "; ".join(parts)
+
+
+def write_stdin(layout: SpoolLayout, process_ref: str, data_b64: str | None, close: bool) -> ProcessIoFrame:
+    """Append one bounded stdin write to the spool (the shim forwards it); optionally close."""
+    process = read_json(layout.process) or {}
+    if process.get("stdin") != "open":
+        raise InvalidRequest("the process was started with stdin closed")
+    try:
+        data = base64.b64decode(data_b64 or "", validate=True)
+    except binascii.Error:
+        raise InvalidRequest("data_b64 is not valid base64") from None
+    path = layout.stream("stdin")
+    if data and layout.stdin_closed.exists():
+        raise InvalidRequest("stdin is already closed")
+    if file_size(path) + len(data) > STDIN_MAX_TOTAL:
+        raise InvalidRequest("stdin total would exceed the host bound", context={"max_bytes": STDIN_MAX_TOTAL})
+    start, end = append_bytes(path, data) if data else (file_size(path), file_size(path))
+    if close and not layout.stdin_closed.exists():
+        atomic_write(layout.stdin_closed, b"")
+    return ProcessIoFrame(
+        stream_ref=f"{process_ref}/stdin",
+        stream=IoStream.stdin,
+        cursor=end,
+        start_cursor=start,
+        byte_count=len(data),
+        content_hash="sha256:" + hashlib.sha256(data).hexdigest(),
+        eof=layout.stdin_closed.exists(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# signals and stats
+
+
+def request_escalation(layout: SpoolLayout, name: str, grace_ms: int, now_ms: int) -> str:
+    """Terminate's SIGKILL after the grace, without blocking the caller: the shim enforces the
+    deadline in ``escalate.json``; when the shim is gone, a detached helper sleeps and kills."""
+    if shim_pid(layout) is not None:
+        write_json(layout.escalate, {"kill_at_ms": now_ms + grace_ms})
+        return "shim"
+    cmd = [
+        sys.executable,
+        "-m",
+        SHIM_MODULE,
+        "--daemonize",
+        "--container",
+        name,
+        "--kill-after-ms",
+        str(grace_ms),
+    ]
+    spawn_detached(cmd, None, layout.root if layout.root.is_dir() else Path("/"))
+    return "helper"
+
+
+def deliver(container: Any, layout: SpoolLayout, sig: ProcessSignal, grace_ms: int, now_ms: int) -> tuple[bool, str]:
+    """Send ``sig``; (delivered, summary). A process that is not running is not an error."""
+    container.reload()
+    if container.status != "running":
+        return False, f"not running ({container.status})"
+    try:
+        container.kill(signal=SIGNALS[sig])
+    except docker.errors.APIError as exc:
+        if exc.status_code == 409:
+            return False, "not running"
+        raise
+    with contextlib.suppress(OSError):
+        atomic_write(layout.signaled, SIGNALS[sig].encode())
+    if sig is ProcessSignal.terminate:
+        how = request_escalation(layout, container.name, grace_ms, now_ms)
+        return True, f"SIGTERM delivered; SIGKILL after {grace_ms} ms if still running ({how})"
+    return True, f"{SIGNALS[sig]} delivered"
+
+
+_STATES = {
+    "created": ProcessState.created,
+    "running": ProcessState.running,
+    "paused": ProcessState.running,
+    "restarting": ProcessState.running,
+    "exited": ProcessState.exited,
+    "dead": ProcessState.exited,
+    "removing": ProcessState.exited,
+}
+
+
+def wait_exit_record(layout: SpoolLayout, timeout_s: float = 2.5) -> dict[str, Any] | None:
+    """The container has exited; give a live shim a moment to publish ``exit.json`` (it may spend
+    up to ``shim.OOM_SETTLE_S`` asking the engine whether an unexplained SIGKILL was an OOM kill)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        record = read_json(layout.exit)
+        if isinstance(record, dict):
+            return record
+        if shim_pid(layout) is None or time.monotonic() >= deadline:
+            return None
+        time.sleep(0.02)
+
+
+def snapshot(container: Any, layout: SpoolLayout, process_ref: str, snapshot_ref: str) -> ProcessStatsSnapshot:
+    container.reload()
+    state = _STATES.get(container.status, ProcessState.unknown)
+    base = {"snapshot_ref": snapshot_ref, "process_ref": process_ref, "state": state}
+    if state is ProcessState.running:
+        counters = cgroup.read_counters(container.id)
+        return ProcessStatsSnapshot(
+            **base,
+            cpu_millis=counters.cpu_millis,
+            memory_bytes=counters.memory_bytes,
+            process_count=counters.process_count,
+        )
+    if state is not ProcessState.exited:
+        return ProcessStatsSnapshot(**base)
+    record = wait_exit_record(layout) or {}
+    container.reload()  # the engine may have learnt of an OOM kill after the shim asked
+    docker_state = container.attrs.get("State") or {}
+    oom = bool(record.get("oom_killed")) or bool(docker_state.get("OOMKilled"))
+    code = record.get("exit_code", docker_state.get("ExitCode"))
+    reason = record.get("reason") or ("signal" if (code or 0) > 128 else "exit")
+    if oom and reason != "timeout":
+        reason = "oom"
+    return ProcessStatsSnapshot(
+        **base,
+        exit_code=code,
+        oom_killed=oom,
+        reason=TerminationReason(reason),
+        redacted_summary="" if record else "exit status from the engine (no shim record)",
+    )

@@ -1,0 +1,74 @@
+"""The intent/result journal: one Redis Stream per environment.
+
+Records are flat string maps built only from refs, operation names, statuses, error kinds and
+redacted summaries composed by the coordinator: a journal record never carries a request body,
+so it cannot carry a secret value. Kinds:
+
+    intent    before an effect: op, idempotency key, effect id
+    result    after it: status ok|failed (+ error kind/retry) and a redacted summary
+    recovery  the result could not be recorded after a possible effect, or a recovery action ran
+    replay    a duplicate delivery was answered from the idempotency record (no effect)
+    denial    the host policy or capability matching refused a request before any effect: op, rule
+              (``images.allowed``, ``matching``, ...), gaps when matching, and the denial's message.
+              In the host journal (``append_host``): a refused message, rule ``signature``, its task
+              name and id and the reason (``unsigned``, ``unknown signer``, ``bad signature``, ...)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import cast
+
+import redis
+
+from corral.contract.errors import JournalFailure
+from corral.state.store import host_journal_key, journal_key
+
+MAX_RECORDS = 10_000
+
+
+@dataclass(frozen=True)
+class JournalRecord:
+    record_id: str
+    fields: dict[str, str]
+
+    @property
+    def kind(self) -> str:
+        return self.fields.get("kind", "")
+
+
+class Journal:
+    def __init__(self, client: redis.Redis, ttl_s: int = 7 * 24 * 3600) -> None:
+        self.r = client
+        self.ttl_s = ttl_s
+
+    def append(self, environment_id: str, kind: str, fields: Mapping[str, str]) -> str:
+        """Append a record; raises ``JournalFailure`` (retryable) when Redis cannot take it."""
+        return self._append(journal_key(environment_id), kind, fields)
+
+    def append_host(self, host_id: str, kind: str, fields: Mapping[str, str]) -> str:
+        """A host-level record (no environment: a message refused before it was decoded)."""
+        return self._append(host_journal_key(host_id), kind, fields)
+
+    def read_host(self, host_id: str, count: int = 1000) -> list[JournalRecord]:
+        rows = cast(list[tuple[str, dict[str, str]]], self.r.xrange(host_journal_key(host_id), "-", "+", count=count))
+        return [JournalRecord(rid, dict(fields)) for rid, fields in rows]
+
+    def _append(self, key: str, kind: str, fields: Mapping[str, str]) -> str:
+        record = {"kind": kind, **{k: str(v) for k, v in fields.items()}}
+        try:
+            pipe = self.r.pipeline()
+            pipe.xadd(key, record, maxlen=MAX_RECORDS, approximate=True)  # type: ignore[arg-type]
+            pipe.expire(key, self.ttl_s)
+            record_id, _ = pipe.execute()
+        except redis.RedisError as exc:
+            raise JournalFailure(f"journal append failed: {exc.__class__.__name__}", context={"kind": kind}) from exc
+        return str(record_id)
+
+    def read(self, environment_id: str, after: str = "-", count: int = 1000) -> list[JournalRecord]:
+        start = after if after == "-" else f"({after}"
+        rows = cast(
+            list[tuple[str, dict[str, str]]], self.r.xrange(journal_key(environment_id), start, "+", count=count)
+        )
+        return [JournalRecord(rid, dict(fields)) for rid, fields in rows]
