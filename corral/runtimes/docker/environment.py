@@ -30,9 +30,10 @@ import tarfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import docker.errors
 
@@ -40,9 +41,11 @@ from corral.contract.errors import Conflict, HostConfigurationNeeded, InvalidReq
 from corral.contract.models import (
     EnvironmentPrepareRequest,
     ExecutionEnvironment,
+    ImageResolution,
     ImageResolveRequest,
     IsolatedProcessSpec,
     RootfsPrepareRequest,
+    RootfsRef,
     SecretMaterializationPlan,
     SecretMountRef,
 )
@@ -55,6 +58,7 @@ from corral.runtimes.docker.capabilities import TMPFS_TYPES, fs_type
 from corral.runtimes.docker.policy import (
     DEFAULT_USER,
     ContainerPlan,
+    ResolvedMount,
     check_destination,
     check_hardened,
     check_process,
@@ -65,11 +69,31 @@ from corral.runtimes.docker.policy import (
     needs_user_tables,
     network_mode,
 )
-from corral.sandbox.policy import check_rlimits
+from corral.sandbox.policy import HostPolicy, check_rlimits
+from corral.sandbox.secrets import SecretChain
 from corral.sandbox.userspec import ExecUser, UserTables, exec_user
+from corral.settings import HostSettings
 
-if TYPE_CHECKING:
-    from corral.runtimes.docker.runtime import DockerRuntime
+
+class Preparer(Protocol):
+    """What building a container needs from the adapter (``DockerRuntime`` is one): its client,
+    settings, secrets and policy, and the earlier preparation steps for a request that arrives
+    without their results. A protocol, not an import: ``runtime`` imports this module, never
+    the other way round."""
+
+    host_id: str
+    host: HostSettings
+    policy: Callable[[], HostPolicy]
+
+    @property
+    def client(self) -> Any: ...
+    @property
+    def secrets(self) -> SecretChain: ...
+    def labels_of(self, env: ExecutionEnvironment) -> dict[str, str]: ...
+    def paths_of(self, environment_id: str) -> res.SessionPaths: ...
+    def pin_mounts(self, env: ExecutionEnvironment) -> list[ResolvedMount]: ...
+    def resolve_image(self, request: ImageResolveRequest) -> ImageResolution: ...
+    def prepare_rootfs(self, request: RootfsPrepareRequest) -> RootfsRef: ...
 
 
 PROBE_LABEL = "corral.probe"
@@ -200,7 +224,7 @@ def _secret_names(env: ExecutionEnvironment) -> list[str]:
 class EnvironmentBuilder:
     """One use per request; holds the runtime for its client, host settings and secret provider."""
 
-    def __init__(self, runtime: DockerRuntime) -> None:
+    def __init__(self, runtime: Preparer) -> None:
         self.rt = runtime
 
     def materialize_secrets(
