@@ -64,6 +64,8 @@ def queue_for(name: str, args: Any, host: str) -> str:
 
 
 def task_name(operation: str) -> str:
+    """The Celery name of a task: ``corral.<name>``. A contract operation's task is named by its
+    ``Operation`` member (``task_name(Operation.cleanup)``); corral's own tasks by their plain name."""
     return f"{TASK_PREFIX}{operation}"
 
 

@@ -20,8 +20,10 @@ from celery import Task
 from celery.exceptions import Retry
 from pydantic import BaseModel, ValidationError
 
+from corral.celeryconf import TASK_PREFIX
 from corral.contract.errors import AgentError, InvalidRequest, Retryable
 from corral.contract.models import IsolatedProcessSpec, dump
+from corral.contract.operations import Operation
 from corral.host import metrics
 from corral.host.services import coordinator
 from corral.sandbox.policy import MAX_REQUEST_BYTES
@@ -113,7 +115,7 @@ class CorralTask(Task):  # type: ignore[misc]
         chained = chained_processes(getattr(self.request, "chain", None))
         for env_id, process in chained:
             coordinator().admit_chained_process(
-                self.name.removeprefix("corral."), env_id, self.parse(IsolatedProcessSpec, process)
+                Operation(self.name.removeprefix(TASK_PREFIX)), env_id, self.parse(IsolatedProcessSpec, process)
             )
 
     def run_operation(self, host: str | None, call: Callable[[], R]) -> dict[str, Any]:

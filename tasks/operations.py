@@ -12,6 +12,7 @@ from typing import Any
 
 from celery import shared_task
 
+from corral.celeryconf import task_name
 from corral.contract import models as m
 from corral.contract.operations import Operation
 from corral.host.services import coordinator
@@ -25,10 +26,10 @@ def _as(identity: str | None) -> Caller:
     return coordinator().caller(identity)
 
 
-def _task(name: str) -> Callable[[Callable[..., dict[str, Any]]], Any]:
-    """Register a bound task ``corral.<name>`` (celery is untyped: the task object is ``Any``)."""
+def _task(operation: Operation) -> Callable[[Callable[..., dict[str, Any]]], Any]:
+    """Register a bound task ``corral.<operation>`` (celery is untyped: the task object is ``Any``)."""
     decorator: Callable[[Callable[..., dict[str, Any]]], Any] = shared_task(
-        bind=True, base=CorralTask, name=f"corral.{name}"
+        bind=True, base=CorralTask, name=task_name(operation)
     )
     return decorator
 

@@ -95,7 +95,7 @@ TORN_DOWN = (S.cleaning, S.cleaned, S.repair_needed)
 """States in which nothing of the session may be assumed to exist any more."""
 
 
-def check_replay(op: str, state: str | None, environment_id: str) -> None:
+def check_replay(op: Operation, state: str | None, environment_id: str) -> None:
     """Raise ``Conflict`` when a recorded success of ``op`` may not be replayed on a session in
     ``state``: once torn down, a step that needs the session alive (anything but the teardown
     operations) would answer for resources that are gone, say report a removed process as running.

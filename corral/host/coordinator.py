@@ -126,7 +126,6 @@ log = logging.getLogger("corral.host.coordinator")
 
 LOCAL_CALLER = Caller("corral-local", DEFAULT_TENANT, operator=True)
 """In-process callers (the reconciler, unit tests). Tasks always pass the verified caller instead."""
-_LIVE_STATES = {"preparing", "prepared", "running", "exited", "detached", "cleaning"}
 
 
 class Coordinator:
@@ -210,7 +209,7 @@ class Coordinator:
                 env.environment_id,
                 {
                     "host": self.host_id,
-                    "state": SessionState.preparing,
+                    **lifecycle.CREATED.fields(),
                     "owner": env.spec.ownership.owner_run_id or "",
                     "environment": json.dumps(dump(env), sort_keys=True),
                     "env_digest": digest_of(env),
@@ -332,15 +331,12 @@ class Coordinator:
             PreparedEnvironmentRef,
             lambda r: f"environment {r.prepared_ref} for process {request.process.process_id}",
         )
-        self.store.transition(
+        self.store.advance(
             env_id,
-            (SessionState.preparing, SessionState.prepared),
-            {
-                "state": SessionState.prepared,
-                "process": json.dumps(dump(request.process), sort_keys=True),
-                "result:prepare_environment": json.dumps(dump(result), sort_keys=True),
-            },
+            lifecycle.ENVIRONMENT_PREPARED,
             self.clock.now_ms(),
+            process=json.dumps(dump(request.process), sort_keys=True),
+            **{f"result:{Operation.prepare_environment}": json.dumps(dump(result), sort_keys=True)},
         )
         return result
 
@@ -385,16 +381,13 @@ class Coordinator:
             metrics.observe_launch((now - int(record["created_ms"])) / 1000)
         self.store.bind_process(result.process_ref, env_id)
         timeout_ms = request.process.timeout_ms or request.environment.spec.resources.timeout_ms
-        self.store.transition(
+        self.store.advance(
             env_id,
-            (SessionState.prepared,),
-            {
-                "state": SessionState.running,
-                "process_ref": result.process_ref,
-                "started_ms": str(now),
-                "deadline_ms": str(now + timeout_ms),
-            },
+            lifecycle.PROCESS_STARTED,
             now,
+            process_ref=result.process_ref,
+            started_ms=str(now),
+            deadline_ms=str(now + timeout_ms),
         )
         return result
 
@@ -407,9 +400,7 @@ class Coordinator:
         if request.stream is not IoStream.stdin:
             frame = self.runtime.stream_io(request)
             if frame.eof and record.get("state") == SessionState.running:
-                self.store.transition(
-                    env_id, (SessionState.running,), {"state": SessionState.exited}, self.clock.now_ms()
-                )
+                self.store.advance(env_id, lifecycle.PROCESS_EXITED, self.clock.now_ms())
             return frame
         key = f"stream_io:{request.process_ref}:{delivery_id or new_ref('delivery')}"
         replayed = self.effects.recorded(Operation.stream_io, env_id, key, request, ProcessIoFrame)
@@ -467,7 +458,7 @@ class Coordinator:
             metrics.count_exit(ended["reason"])
         self.admission.exited(env_id)  # its CPUs and memory are free now; the slot until cleanup
         if record.get("state") == SessionState.running:
-            self.store.transition(env_id, (SessionState.running,), {"state": SessionState.exited}, now)
+            self.store.advance(env_id, lifecycle.PROCESS_EXITED, now)
 
     # -- teardown and hand-over ------------------------------------------------------------
 
@@ -549,12 +540,7 @@ class Coordinator:
             DetachTransferResult,
             lambda r: f"ticket {r.ticket_ref} acked {r.host_ack_ref} until {r.deadline_ms}",
         )
-        self.store.transition(
-            env.environment_id,
-            (SessionState.prepared, SessionState.running, SessionState.exited, SessionState.detached),
-            {"state": SessionState.detached, "ticket_ref": result.ticket_ref},
-            self.clock.now_ms(),
-        )
+        self.store.advance(env.environment_id, lifecycle.DETACHED, self.clock.now_ms(), ticket_ref=result.ticket_ref)
         return result
 
     def reclaim(self, request: ReclaimRequest, caller: Caller = LOCAL_CALLER) -> ReclaimResult:
@@ -593,9 +579,7 @@ class Coordinator:
         done = result.status is CleanupStatus.completed
         now = self.clock.now_ms()
         self.store.close_ticket(request.ticket_ref, "reclaimed" if done else "repair_needed", now)
-        not_cleaned = [state for state in SessionState if state is not SessionState.cleaned]
-        final = SessionState.cleaned if done else SessionState.repair_needed
-        self.store.transition(env_id, not_cleaned, {"state": final}, now)
+        self.store.advance(env_id, lifecycle.ended(Operation.reclaim, done), now)
         if done:
             self.admission.release(env_id)
         return result
@@ -822,5 +806,5 @@ class Coordinator:
         return sum(
             1
             for s in self.store.list_sessions(10_000)
-            if s.get("host") == self.host_id and owner_of(s) == tenant and s.get("state") in _LIVE_STATES
+            if s.get("host") == self.host_id and owner_of(s) == tenant and s.get("state") in lifecycle.LIVE
         )

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from corral.contract import lifecycle
 from corral.contract.errors import AgentError
 from corral.contract.models import (
     CleanupRequest,
@@ -139,8 +140,7 @@ class Dispatcher:
         done = ended_record(record, None, "host_lost", outcome, now)
         if self.batches.finish(batch, index, env_id, host, outcome, done, now) == -1:
             return
-        live = ("preparing", "prepared", "running", "exited", "detached", "cleaning")
-        self.store.transition(env_id, live, {"state": "repair_needed", "lost": "host_lost"}, now)
+        self.store.advance(env_id, lifecycle.HOST_LOST, now, lost="host_lost")
         self.admission.release(env_id)
 
     def _dispatch(self, batch: Batch, running: int, now: int) -> int:

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, cast
 
+from corral.contract import lifecycle
 from corral.contract.errors import AgentError, Unsupported
 from corral.contract.models import (
     CleanupRequest,
@@ -275,9 +276,7 @@ class Reconciler:
             coordinator.journal.append(env_id, "recovery", _fields(coordinator.host_id, now, "record_exit", summary))
             return summary
         if finding.action is Action.mark_lost:
-            if not coordinator.store.transition(
-                env_id, (SessionState.running,), {"state": SessionState.exited, "reason": "lost"}, now
-            ):
+            if not coordinator.store.advance(env_id, lifecycle.PROCESS_EXITED, now, reason="lost"):
                 return "skipped: the session moved on"
             coordinator.journal.append(
                 env_id, "recovery", _fields(coordinator.host_id, now, "mark_lost", "no container or spool on the host")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from corral.contract.errors import HostConfigurationNeeded
 from corral.contract.runtime import IsolationRuntime
@@ -23,6 +24,8 @@ def build_runtime(settings: Settings, policy: Callable[[], HostPolicy] = HostPol
     if kind == "fake":
         from corral.runtimes.fake import FakeRuntime
 
-        fake: IsolationRuntime = FakeRuntime(settings.host.id)
+        # One state file for the worker's pool processes and its reads lane (each builds a runtime).
+        state = Path(settings.host.state_dir) / "fake" / f"{settings.host.id}.json"
+        fake: IsolationRuntime = FakeRuntime(settings.host.id, state_path=state)
         return fake
     raise HostConfigurationNeeded(f"unknown runtime {kind!r} (expected docker or fake)", context={"runtime": kind})

@@ -1,16 +1,38 @@
-"""An in-memory runtime for unit tests of the coordinator, tasks and client.
+"""A fake runtime: it isolates nothing and runs nothing, and keeps the contract's observable rules.
 
-It keeps the same observable rules as a real adapter (idempotent effects, typed errors, cleanup
-that reports instead of raising) and counts every effect, so tests can prove "exactly once".
-It never stands in for an integration test: ``DockerRuntime`` has its own suite.
+Used by unit tests of the coordinator, tasks and client (in memory), by the contract suite beside
+``DockerRuntime`` (``tests/integration/test_contract_suite.py``), and by a worker with
+``host.runtime = "fake"`` (``corral dev``-style trials of the whole pipeline without Docker). It keeps
+the rules a real adapter keeps (idempotent effects, typed errors, cleanup that reports instead of
+raising) and counts every effect, so tests can prove "exactly once".
+
+What a "process" does here: nothing runs. ``echo ARGS`` prints its arguments, ``false`` exits 1,
+``output`` (argv[0] → stdout bytes) scripts others; every process has exited by the time
+``start_process`` returns.
+
+Its capability report claims the ``container`` class (what a default job asks for), so the fake can
+serve a default ``corral run``; the report says plainly that it is a fake (``adapter_kind`` ``fake``
+and an ``unsupported_requirements`` entry): it enforces no limit, mount, network or secret rule.
+
+A worker's pool processes and its reads lane each build their own runtime, so a worker's fake keeps
+its state in one JSON file under ``host.state_dir`` (``state_path``), locked around every operation;
+without a path (unit tests) the state lives in the object.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
+import functools
 import hashlib
+import json
+import os
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
 
 from corral.contract.errors import InvalidRequest, NotFound, PolicyDenial
 from corral.contract.models import (
@@ -62,6 +84,10 @@ from corral.contract.operations import Operation
 from corral.contract.refs import process_ref_for, slug
 
 KNOWN_IMAGES = {"corral/busybox:latest": "sha256:" + "0" * 64}
+FAKE_NOTICE = "isolation: this is a fake runtime; it runs nothing and enforces no limit, mount, network or secret rule"
+
+Q = TypeVar("Q")
+R = TypeVar("R")
 
 
 @dataclass
@@ -73,13 +99,52 @@ class FakeProcess:
     exit_code: int | None = None
     reason: TerminationReason | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        b64 = base64.b64encode
+        return {
+            "environment_id": self.environment_id,
+            "stdout": b64(self.stdout).decode(),
+            "stderr": b64(self.stderr).decode(),
+            "stdin": b64(self.stdin).decode(),
+            "exit_code": self.exit_code,
+            "reason": None if self.reason is None else str(self.reason),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FakeProcess:
+        raw = base64.b64decode
+        return cls(
+            str(data["environment_id"]),
+            bytearray(raw(data["stdout"])),
+            bytearray(raw(data["stderr"])),
+            bytearray(raw(data["stdin"])),
+            data["exit_code"],
+            None if data["reason"] is None else TerminationReason(data["reason"]),
+        )
+
+
+def _shared(method: Callable[[FakeRuntime, Q], R]) -> Callable[[FakeRuntime, Q], R]:
+    """Run an operation on the runtime's current state (loaded from and saved to ``state_path``,
+    under its lock, when it has one)."""
+
+    @functools.wraps(method)
+    def wrapper(self: FakeRuntime, request: Q) -> R:
+        with self._synced():
+            return method(self, request)
+
+    return wrapper
+
 
 class FakeRuntime:
-    """``output`` maps an argv[0] to the bytes the fake process prints on stdout before exiting 0."""
+    """``output`` maps an argv[0] to the bytes the fake process prints on stdout before exiting 0.
+    ``state_path``: keep the state in this file (shared by every process of a worker)."""
 
-    def __init__(self, host_id: str = "fake-host", output: dict[str, bytes] | None = None) -> None:
+    def __init__(
+        self, host_id: str = "fake-host", output: dict[str, bytes] | None = None, state_path: Path | None = None
+    ) -> None:
         self.host_id = host_id
         self.output = output or {}
+        self.state_path = state_path
         self.effects: Counter[str] = Counter()
         self.sessions: set[str] = set()
         self.containers: dict[str, str] = {}
@@ -87,6 +152,43 @@ class FakeRuntime:
         self.tickets: dict[str, str] = {}
         self.fail_next: dict[str, Exception] = {}
         """Operation name -> exception to raise once (for failure-path tests)."""
+
+    @contextlib.contextmanager
+    def _synced(self) -> Iterator[None]:
+        if self.state_path is None:
+            yield
+            return
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{self.state_path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            self._load()
+            try:
+                yield
+            finally:  # what happened before a failure happened (as in memory)
+                self._save()
+
+    def _load(self) -> None:
+        assert self.state_path is not None
+        try:
+            data = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            data = {}
+        self.sessions = set(data.get("sessions", []))
+        self.containers = dict(data.get("containers", {}))
+        self.processes = {ref: FakeProcess.from_json(p) for ref, p in data.get("processes", {}).items()}
+        self.tickets = dict(data.get("tickets", {}))
+
+    def _save(self) -> None:
+        assert self.state_path is not None
+        data = {
+            "sessions": sorted(self.sessions),
+            "containers": self.containers,
+            "processes": {ref: p.to_json() for ref, p in self.processes.items()},
+            "tickets": self.tickets,
+        }
+        partial = self.state_path.with_name(f"{self.state_path.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(data))
+        partial.replace(self.state_path)
 
     def _maybe_fail(self, op: Operation) -> None:
         exc = self.fail_next.pop(op, None)
@@ -103,13 +205,22 @@ class FakeRuntime:
             adapter_kind="fake",
             adapter_version="0",
             health=Health(),
-            supported_classes=[IsolationClass.host_process],
+            # What a default job requires (class container, no capability, the default trust), so a
+            # worker with host.runtime = "fake" serves default jobs; the report says it is a fake.
+            supported_classes=[IsolationClass.container],
             platform=Platform(os="linux", cpu_architecture="x86_64"),
-            capabilities=[Capability.cleanup, Capability.detach, Capability.reclaim],
+            capabilities=[
+                Capability.process_signal,
+                Capability.process_stats,
+                Capability.cleanup,
+                Capability.detach,
+                Capability.reclaim,
+            ],
             trust=TrustVector(),
-            unsupported_requirements=["everything: this runtime isolates nothing"],
+            unsupported_requirements=[FAKE_NOTICE],
         )
 
+    @_shared
     def prepare_session(self, request: SessionPrepareRequest) -> IsolationSessionRef:
         self._maybe_fail(Operation.prepare_session)
         env_id = request.environment.environment_id
@@ -169,6 +280,7 @@ class FakeRuntime:
             env_secret_keys=[s.env_key for s in policy.env_secrets],
         )
 
+    @_shared
     def prepare_environment(self, request: EnvironmentPrepareRequest) -> PreparedEnvironmentRef:
         self._maybe_fail(Operation.prepare_environment)
         env_id = request.environment.environment_id
@@ -177,6 +289,7 @@ class FakeRuntime:
             self.containers[env_id] = "created"
         return PreparedEnvironmentRef(prepared_ref=f"env-{slug(env_id)}", environment_id=env_id)
 
+    @_shared
     def start_process(self, request: ProcessStartRequest) -> ProcessStartResult:
         self._maybe_fail(Operation.start_process)
         env_id = request.environment.environment_id
@@ -184,8 +297,14 @@ class FakeRuntime:
         if self.containers.get(env_id) == "created":
             self.effects[Operation.start_process] += 1
             self.containers[env_id] = "exited"
+            argv = request.process.argv
             proc = FakeProcess(env_id, exit_code=0, reason=TerminationReason.exit)
-            proc.stdout += self.output.get(request.process.argv[0], b"")
+            if argv[0] in self.output:
+                proc.stdout += self.output[argv[0]]
+            elif os.path.basename(argv[0]) == "echo":
+                proc.stdout += (" ".join(argv[1:]) + "\n").encode()
+            elif os.path.basename(argv[0]) == "false":
+                proc.exit_code = 1
             self.processes[ref] = proc
         elif env_id not in self.containers:
             raise NotFound(f"environment {env_id} was not prepared")
@@ -196,6 +315,7 @@ class FakeRuntime:
             raise NotFound(f"unknown process {ref}")
         return self.processes[ref]
 
+    @_shared
     def stream_io(self, request: ProcessIoRequest) -> ProcessIoFrame:
         proc = self._process(request.process_ref)
         if request.stream is IoStream.stdin:
@@ -220,6 +340,7 @@ class FakeRuntime:
             eof=eof,
         )
 
+    @_shared
     def signal_process(self, request: ProcessSignalRequest) -> ProcessSignalResult:
         proc = self._process(request.process_ref)
         self.effects[f"signal_{request.signal}"] += 1
@@ -231,6 +352,7 @@ class FakeRuntime:
             )
         return ProcessSignalResult(process_ref=request.process_ref, signal=request.signal, delivered=delivered)
 
+    @_shared
     def collect_stats(self, request: ProcessStatsRequest) -> ProcessStatsSnapshot:
         proc = self._process(request.process_ref)
         return ProcessStatsSnapshot(
@@ -244,6 +366,7 @@ class FakeRuntime:
             process_count=1,
         )
 
+    @_shared
     def cleanup(self, request: CleanupRequest) -> CleanupResult:
         self._maybe_fail(Operation.cleanup)
         env_id = request.environment.environment_id
@@ -258,6 +381,7 @@ class FakeRuntime:
             redacted_summary="removed" if removed else "nothing to remove",
         )
 
+    @_shared
     def detach(self, request: DetachTransferRequest) -> DetachTransferResult:
         if not request.environment.spec.ownership.detach_policy.allowed:
             raise PolicyDenial("detach not allowed")
@@ -269,6 +393,7 @@ class FakeRuntime:
             host_ack_ref=f"ack-{slug(request.ticket_ref)}", ticket_ref=request.ticket_ref, deadline_ms=request.ttl_ms
         )
 
+    @_shared
     def reclaim(self, request: ReclaimRequest) -> ReclaimResult:
         env_id = self.tickets.pop(request.ticket_ref, None) or request.environment_id
         if env_id is None:

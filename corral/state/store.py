@@ -31,6 +31,9 @@ from typing import Any, Literal, cast
 
 import redis
 
+from corral.contract.lifecycle import Transition
+from corral.contract.operations import Operation
+
 PREFIX = "corral:"
 
 
@@ -290,6 +293,11 @@ class Store:
         args: list[str | int] = [now_ms, self.ttl_ms, len(states), *states, *flat]
         return bool(self._transition(keys=[session_key(environment_id)], args=args))
 
+    def advance(self, environment_id: str, transition: Transition, now_ms: int, **extra: str) -> bool:
+        """Apply one of the state machine's transitions (``corral.contract.lifecycle``), with ``extra``
+        fields recorded beside the new state: the one way a session's state changes after its creation."""
+        return self.transition(environment_id, transition.sources, transition.fields(**extra), now_ms)
+
     def record_exit(self, environment_id: str, fields: Mapping[str, str], now_ms: int) -> bool:
         """Record a process's end (``fields``: exit code, reason, OOM) with ``exited_ms``, once: True
         for the one caller that recorded it; False when the session is gone or another did (WATCH)."""
@@ -307,10 +315,10 @@ class Store:
                 return False
         return True
 
-    def set_step_result(self, environment_id: str, step: str, result: Mapping[str, Any], now_ms: int) -> None:
+    def set_step_result(self, environment_id: str, step: Operation, result: Mapping[str, Any], now_ms: int) -> None:
         self.update_session(environment_id, {f"result:{step}": json.dumps(result, sort_keys=True)}, now_ms)
 
-    def step_result(self, environment_id: str, step: str) -> dict[str, Any] | None:
+    def step_result(self, environment_id: str, step: Operation) -> dict[str, Any] | None:
         raw = self.r.hget(session_key(environment_id), f"result:{step}")
         return cast(dict[str, Any], json.loads(raw)) if raw else None
 

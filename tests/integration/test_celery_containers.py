@@ -34,6 +34,7 @@ from pytest_docker_tools import container, fxtr  # type: ignore[import-untyped]
 
 from corral.celeryconf import FLEET_QUEUE, queue_for_host
 from corral.client.client import Client
+from corral.contract.operations import CHAIN
 from corral.fleet.job import JobSpec
 from corral.settings import Settings
 from tests.conftest import TEST_CLIENT, TEST_HOST_IDENTITY, missing, suite_fleet
@@ -44,16 +45,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.docker, pytest.mark.worker]
 BASE_IMAGE = os.environ.get("CORRAL_REDIS_IMAGE", "corral/debian-base:bookworm")
 CORRAL_IMAGE = os.environ.get("CORRAL_IMAGE", "corral:local")
 HOST = f"pcc-{uuid.uuid4().hex[:6]}"
-CHAIN = [
-    "prepare_session",
-    "resolve_image",
-    "prepare_rootfs",
-    "resolve_mounts",
-    "configure_network",
-    "prepare_secrets",
-    "prepare_environment",
-    "start_process",
-]
 
 
 @pytest.fixture
@@ -219,7 +210,7 @@ def test_a_job_runs_through_pytest_celerys_broker_and_worker_containers(
         # The chain in contract order, each step on this host's queue, in the worker container's log.
         log = worker.logs()
         succeeded = [line.split("Task corral.")[1].split("[")[0] for line in log.splitlines() if "succeeded in" in line]
-        assert [step for step in succeeded if step in CHAIN] == CHAIN, log
+        assert [step for step in succeeded if step in CHAIN] == list(CHAIN), log
 
         # Routing: a task for another host waits in that host's queue, untouched by this worker.
         other = f"pcc-{uuid.uuid4().hex[:6]}"

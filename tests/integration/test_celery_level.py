@@ -37,6 +37,7 @@ from celery.signals import task_prerun, task_retry
 from corral.celeryconf import FLEET_QUEUE, queue_for_host
 from corral.client.client import Client
 from corral.contract.errors import IsolationFailure
+from corral.contract.operations import CHAIN
 from corral.fleet.job import JobSpec
 from corral.host import services
 from corral.settings import load_settings
@@ -45,16 +46,6 @@ from tests.harness import kill_shims, remove_labeled, unpin_all, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.docker, pytest.mark.worker]
 
-CHAIN = [
-    "prepare_session",
-    "resolve_image",
-    "prepare_rootfs",
-    "resolve_mounts",
-    "configure_network",
-    "prepare_secrets",
-    "prepare_environment",
-    "start_process",
-]
 FAST_REDELIVERY = {"CORRAL_CELERY__VISIBILITY_TIMEOUT_S": "5", "CORRAL_CELERY__RESTORE_INTERVAL_S": "1"}
 
 
@@ -156,7 +147,7 @@ def test_a_job_chain_runs_in_order_on_its_host_queue_only(
     handle = client.submit(spec(), host=host)
     result = client.wait(handle, timeout=60)
     assert result.process_ref == handle.process_ref
-    assert names(ran) == CHAIN  # each step once, in contract order
+    assert names(ran) == list(CHAIN)  # each step once, in contract order
     assert {queue for name, queue, _ in ran if name.removeprefix("corral.") in CHAIN} == {queue_for_host(host)}
 
     # Routing: a task addressed to another host waits in that host's queue; this worker never takes it.
@@ -229,5 +220,5 @@ def test_an_unacked_task_of_a_killed_worker_is_redelivered_to_the_next_worker_of
     # pytest-celery's worker for the same host restores it after the visibility timeout and runs it.
     with start_worker(corral_app, pool="solo", **worker_parameters):
         client.wait(handle, timeout=60)
-    assert names(ran) == CHAIN
+    assert names(ran) == list(CHAIN)
     assert admin.hlen("unacked") == 0

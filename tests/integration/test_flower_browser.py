@@ -24,22 +24,13 @@ from urllib.request import Request, urlopen
 import pytest
 
 from corral.client.devstack import FLOWER_TASKS_COLUMNS
+from corral.contract.operations import CHAIN
 from corral.trust.credentials import Fleet
 from tests.browser import Browser, chromium_binary
 from tests.conftest import free_port, missing
 from tests.harness import REPO, remove_labeled, wait_until
 
 COLUMN = {name: index for index, name in enumerate(FLOWER_TASKS_COLUMNS.split(","))}
-CHAIN = (
-    "prepare_session",
-    "resolve_image",
-    "prepare_rootfs",
-    "resolve_mounts",
-    "configure_network",
-    "prepare_secrets",
-    "prepare_environment",
-    "start_process",
-)
 
 
 def corral_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:

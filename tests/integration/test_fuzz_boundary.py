@@ -16,14 +16,14 @@ from hypothesis import strategies as st
 from corral.client.client import Client
 from corral.contract.errors import AgentError, RetryClass
 from corral.contract.models import dump
-from corral.contract.runtime import OPERATIONS
+from corral.contract.operations import ACCESSORS, OPERATIONS
 from corral.fleet.job import JobSpec
 from corral.settings import Settings
 from tests.harness import count_labeled
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.worker]
 
-SIDE_EFFECT_OPS = [op for op in OPERATIONS if op not in ("runtime_ref", "capability_report")]
+SIDE_EFFECT_OPS = [op for op in OPERATIONS if op not in ACCESSORS]
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),

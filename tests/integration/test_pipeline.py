@@ -15,7 +15,7 @@ import pytest
 from corral.client.client import Client
 from corral.contract.errors import NotFound, PolicyDenial
 from corral.contract.models import IoStream, ProcessStartRequest, ProcessStartResult, dump
-from corral.contract.runtime import CHAIN_OPERATIONS, OPERATIONS
+from corral.contract.operations import CHAIN, OPERATIONS
 from corral.fleet.job import JobSpec
 from corral.settings import Settings
 from tests.conftest import TEST_HOST_IDENTITY, suite_fleet
@@ -50,10 +50,10 @@ def test_chain_runs_a_job_end_to_end_and_journals_every_step(
     assert bytes(out[IoStream.stdout]) == b"hello\n"
     assert bytes(out[IoStream.stderr]) == b"oops\n"
     records = client.journal(outcome.environment_id)
-    for op in CHAIN_OPERATIONS:
+    for op in CHAIN:
         kinds = [r.fields["status"] if r.kind == "result" else r.kind for r in records if r.fields.get("op") == op]
         assert kinds == ["intent", "ok"], (op, kinds)
-    assert [r.fields["op"] for r in records if r.kind == "intent"][:8] == list(CHAIN_OPERATIONS)
+    assert [r.fields["op"] for r in records if r.kind == "intent"][:8] == list(CHAIN)
     assert client.sessions()[0]["state"] == "cleaned"
     assert count_labeled(docker_client, worker.host_id) == {"containers": 0, "networks": 0}
     spool = Path(corral_env["CORRAL_HOST__STATE_DIR"]) / "spool"

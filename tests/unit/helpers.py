@@ -19,32 +19,22 @@ from corral.contract.models import (
     EnvironmentPrepareRequest,
     ExecutionEnvironment,
     IsolatedProcessSpec,
-    IsolationCapabilityReport,
     ProcessStartRequest,
     ProcessStartResult,
 )
+from corral.contract.operations import CHAIN, WITH_REQUEST
 from corral.fleet.job import JobSpec
 from corral.host.coordinator import Coordinator
 from corral.runtimes.fake import FakeRuntime
 from corral.state.journal import Journal, JournalRecord
 from corral.state.store import Store
-from tests.unit.policy_helpers import claims_container
 
 STATE_DB = 3
 HOST = "host-a"
 OTHER_HOST = "host-b"
 IMAGE = "corral/busybox:latest"
 
-CHAIN_OPS = [
-    "prepare_session",
-    "resolve_image",
-    "prepare_rootfs",
-    "resolve_mounts",
-    "configure_network",
-    "prepare_secrets",
-    "prepare_environment",
-    "start_process",
-]
+CHAIN_OPS = list(CHAIN)
 
 
 class ManualClock:
@@ -66,32 +56,11 @@ class CountingRuntime(FakeRuntime):
     and several fake operations are idempotent on their own, so ``calls`` is what proves that the
     coordinator did not call the adapter at all)."""
 
-    _COUNTED = (
-        "prepare_session",
-        "resolve_image",
-        "prepare_rootfs",
-        "resolve_mounts",
-        "configure_network",
-        "prepare_secrets",
-        "prepare_environment",
-        "start_process",
-        "stream_io",
-        "signal_process",
-        "collect_stats",
-        "cleanup",
-        "detach",
-        "reclaim",
-    )
+    _COUNTED = WITH_REQUEST
 
     def __init__(self, host_id: str = HOST, output: dict[str, bytes] | None = None) -> None:
         super().__init__(host_id, output)
         self.calls: Counter[str] = Counter()
-
-    def capability_report(self) -> IsolationCapabilityReport:
-        """FakeRuntime honestly reports host_process, which fail-closed matching refuses for the default
-        (container) requirement: this double claims a container so the chain can be exercised. Matching
-        itself is table-tested in test_matching.py; test_policy.py swaps in other reports."""
-        return claims_container(super().capability_report())
 
     def __getattribute__(self, name: str) -> Any:
         attr = super().__getattribute__(name)

@@ -9,6 +9,7 @@ from corral.contract import lifecycle
 from corral.contract.errors import InvalidStateTransition
 from corral.contract.lifecycle import ALLOWED, NEXT, NO_SESSION
 from corral.contract.models import SessionState as S
+from corral.contract.operations import ACCESSORS, OPERATIONS, Operation
 
 ALL_STATES = (NO_SESSION, *(s.value for s in S))
 PREPARE_STEPS = ("resolve_image", "prepare_rootfs", "resolve_mounts", "configure_network", "prepare_secrets")
@@ -67,15 +68,63 @@ def test_start_process_is_never_allowed_before_prepared() -> None:
 
 
 def test_next_states_follow_the_chain() -> None:
-    assert {
+    assert {op: t.target for op, t in NEXT.items()} == {
         "prepare_session": S.preparing,
         "prepare_environment": S.prepared,
         "start_process": S.running,
         "detach": S.detached,
-    } == NEXT
+    }
     # an operation's target state is one it may be replayed from
-    for op, target in NEXT.items():
-        lifecycle.check(op, target)
+    for op, transition in NEXT.items():
+        lifecycle.check(op, transition.target)
+    # and its transition starts from a state it may run in (prepare_session creates: no sources)
+    for op, transition in NEXT.items():
+        assert set(transition.sources) <= set(ALLOWED[op]), op
+
+
+def test_allowed_and_expected_are_keyed_by_every_operation_but_the_accessors() -> None:
+    assert set(ALLOWED) == set(OPERATIONS) - ACCESSORS
+    assert all(isinstance(op, Operation) for op in ALLOWED)
+
+
+def test_teardown_ends_in_cleaned_or_repair_needed() -> None:
+    for op in (Operation.cleanup, Operation.reclaim):
+        assert lifecycle.ended(op, True).target is S.cleaned
+        assert lifecycle.ended(op, False).target is S.repair_needed
+        # a cleaned session is never moved back by a teardown that succeeds again
+        assert S.cleaned not in lifecycle.ended(op, True).sources
+    with pytest.raises(ValueError, match="does not end a session"):
+        lifecycle.ended(Operation.start_process, True)
+
+
+@pytest.mark.parametrize(
+    ("transition", "state", "moves"),
+    [
+        (lifecycle.PROCESS_STARTED, "prepared", True),
+        (lifecycle.PROCESS_STARTED, "cleaned", False),
+        (lifecycle.PROCESS_EXITED, "running", True),
+        (lifecycle.PROCESS_EXITED, "detached", False),
+        (lifecycle.DETACHED, "exited", True),
+        (lifecycle.DETACHED, "cleaning", False),
+        (lifecycle.CLEANUP_BEGUN, "repair_needed", True),
+        (lifecycle.CLEANED, "running", False),
+        (lifecycle.HOST_LOST, "running", True),
+        (lifecycle.HOST_LOST, "cleaned", False),
+        (lifecycle.HOST_LOST, "repair_needed", False),
+    ],
+)
+def test_transitions_are_compare_and_set_over_their_sources(
+    transition: lifecycle.Transition, state: str, moves: bool
+) -> None:
+    assert (state in transition.sources) is moves
+    assert transition.fields(reason="lost") == {"state": transition.target, "reason": "lost"}
+
+
+def test_only_a_cleanup_may_leave_a_cleaned_session() -> None:
+    named = [v for v in vars(lifecycle).values() if isinstance(v, lifecycle.Transition)]
+    assert len(named) >= 10
+    leaving = [t for t in named if S.cleaned in t.sources]
+    assert all(t in (lifecycle.CLEANUP_BEGUN, lifecycle.CLEANUP_FAILED) for t in leaving), leaving
 
 
 def test_check_unknown_operation_raises() -> None:

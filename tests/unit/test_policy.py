@@ -576,8 +576,9 @@ class ReportRuntime(CountingRuntime):
 
 
 def fake_report() -> IsolationCapabilityReport:
-    """FakeRuntime's own, honest report: host_process, three capabilities."""
-    return FakeRuntime(HOST).capability_report()
+    """A host-process runtime's report: the fake's, claiming the host_process class only."""
+    report = FakeRuntime(HOST).capability_report()
+    return report.model_copy(update={"supported_classes": [IsolationClass.host_process]})
 
 
 @pytest.mark.redis
