@@ -11,15 +11,18 @@ from typing import Any
 from celery import Celery
 from celery.app import trace
 
-from corral.celeryconf import FLEET_QUEUE, QuietAMQP, celery_config, task_name
+from corral.celeryconf import FLEET_QUEUE, Lane, QuietAMQP, celery_config, task_name
 from corral.settings import Settings, load_settings
 from corral.trust import signing
 from corral.trust.identity import CALLER_KWARG
 from workers.heartbeat import HostHeartbeat
 from workers.observe import HostObserver
+from workers.reads import ReadsLane, WarmCoordinator
 
 
-def create_app(settings: Settings | None = None) -> Celery:
+def create_app(settings: Settings | None = None, lane: Lane = "lifecycle") -> Celery:
+    """The app of a host worker's ``lane``: ``lifecycle`` (heartbeat, metrics, exit watch, and the reads
+    lane as a child process, ``workers.reads``) or ``reads`` (the reads queue's threads pool only)."""
     settings = settings or load_settings()
     # Celery logs every task's return value; ours can carry (redacted) process output, which
     # does not belong in worker logs. Results stay in the result backend and events.
@@ -54,8 +57,12 @@ def create_app(settings: Settings | None = None) -> Celery:
             "options": {"queue": FLEET_QUEUE, "expires": settings.celery.reconcile_interval_s},
         },
     }
+    if lane == "reads":
+        app.steps["worker"].add(WarmCoordinator)
+        return app
     app.steps["consumer"].add(HostHeartbeat)
     app.steps["worker"].add(HostObserver)  # metrics endpoint and exit watch (workers.observe)
+    app.steps["worker"].add(ReadsLane)  # the reads queue's own process (workers.reads)
     return app
 
 

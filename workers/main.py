@@ -1,5 +1,9 @@
 """Process entry points: ``python -m workers.main worker --host NAME [--beat]`` and ``... beat``.
 
+``worker`` is the host's lifecycle worker (prefork pool on ``corral.host.<id>`` and ``corral.fleet``);
+it starts and supervises the host's reads lane, ``... reads --host NAME`` (a threads pool on
+``corral.host.<id>.reads``, ``workers.reads``), which is not meant to be started by hand.
+
 The ``corral worker`` and ``corral beat`` CLI commands exec this module, so the library package
 never imports the consumer side.
 """
@@ -12,6 +16,7 @@ import sys
 
 from corral.celeryconf import FLEET_QUEUE, queue_for_host
 from corral.contract.errors import AgentError
+from workers.reads import die_with_parent, reads_argv
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,14 +29,23 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--no-fleet", action="store_true", help="do not consume the fleet queue")
     worker.add_argument("--loglevel", default="INFO")
     worker.add_argument("--slots", type=int, default=None, help="sandboxes admission places here at once")
+    worker.add_argument(
+        "--read-concurrency", type=int, default=8, help="threads of the reads lane (0: no reads lane, tests only)"
+    )
+    reads = sub.add_parser("reads")
+    reads.add_argument("--host", required=True)
+    reads.add_argument("--concurrency", type=int, default=8)
+    reads.add_argument("--loglevel", default="INFO")
     beat = sub.add_parser("beat")
     beat.add_argument("--loglevel", default="INFO")
     args = parser.parse_args(argv)
 
-    if args.command == "worker":
+    if args.command == "reads" and not die_with_parent():
+        return 0  # the worker that started this lane is gone already
+    if args.command in ("worker", "reads"):
         # The host id must be settled before settings are first loaded anywhere in this process.
         os.environ["CORRAL_HOST__ID"] = args.host
-        if args.slots is not None:
+        if args.command == "worker" and args.slots is not None:
             os.environ["CORRAL_HOST__SLOTS"] = str(args.slots)
     from corral.settings import load_settings
     from corral.trust.signing import signing_ready
@@ -51,8 +65,27 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 78  # EX_CONFIG: systemd's RestartPreventExitStatus can stop the restart loop
 
+    if args.command == "reads":
+        reads_app = create_app(lane="reads")
+        reads_app.worker_main(
+            [
+                "worker",
+                "-Q",
+                queue_for_host(args.host, "reads"),
+                "-n",
+                f"corral-reads@{args.host}",
+                "-P",
+                "threads",
+                f"--concurrency={args.concurrency}",
+                f"--loglevel={args.loglevel}",
+                "-E",
+            ]
+        )
+        return 0
     app = create_app()
     if args.command == "worker":
+        if args.read_concurrency > 0:
+            app.conf.corral_reads_argv = reads_argv(args.host, args.read_concurrency, args.loglevel)
         queues = [queue_for_host(args.host)] + ([] if args.no_fleet else [FLEET_QUEUE])
         celery_argv = [
             "worker",

@@ -637,7 +637,7 @@ def keys_new(name: str, directory: Path) -> None:
 @click.option("--beat", is_flag=True, help="Embed the beat scheduler (single-host stacks only).")
 @click.option("--slots", type=int, default=None, help="Sandboxes admission places here at once (default: policy max).")
 def worker(host: str, concurrency: int, beat: bool, slots: int | None) -> None:
-    """Run a host worker (consumes corral.host.HOST and corral.fleet)."""
+    """Run a host worker (consumes corral.host.HOST and corral.fleet; its reads lane corral.host.HOST.reads)."""
     argv = [sys.executable, "-m", "workers.main", "worker", "--host", host, "--concurrency", str(concurrency)]
     argv += ["--slots", str(slots)] if slots is not None else []
     os.execv(sys.executable, argv + (["--beat"] if beat else []))

@@ -24,7 +24,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from pydantic import BaseModel
 
-from corral.celeryconf import FLEET_QUEUE, QuietAMQP, celery_config, queue_for_host, task_name
+from corral.celeryconf import FLEET_QUEUE, QuietAMQP, celery_config, queue_for, queue_for_host, task_name
 from corral.contract.errors import (
     AgentError,
     HostConfigurationNeeded,
@@ -166,12 +166,9 @@ class Client:
         self, operation: HostTask, request: BaseModel | None, host: str, payload: dict[str, Any] | None = None
     ) -> AsyncResult:
         args = [dump(request)] if request is not None else [payload] if payload is not None else []
-        return self.app.send_task(
-            task_name(operation),
-            args=args,
-            kwargs=self._kwargs(host),
-            queue=queue_for_host(host),
-        )
+        name = task_name(operation)
+        # Its host's lifecycle queue, or its reads queue for a cheap read (corral.celeryconf.lane_of).
+        return self.app.send_task(name, args=args, kwargs=self._kwargs(host), queue=queue_for(name, args, host))
 
     def _kwargs(self, host: str) -> dict[str, Any]:
         if self.identity is None or not signing.signing_ready(self.settings):

@@ -190,7 +190,7 @@ def io_helpers(state_dir: str) -> list[Helper]:
 def queue_names(host_id: str) -> list[str]:
     from corral.celeryconf import FLEET_QUEUE, queue_for_host
 
-    return [queue_for_host(host_id), FLEET_QUEUE]
+    return [queue_for_host(host_id), queue_for_host(host_id, "reads"), FLEET_QUEUE]
 
 
 def memory_total_bytes() -> int:
