@@ -77,6 +77,19 @@ def checked_ref(value: str, what: str) -> str:
         raise InvalidRequest(f"invalid {what}: {exc}") from None
 
 
+def _as_agent_error(operation: str, exc: Exception) -> AgentError:
+    """A failure Celery could not rebuild as one of our classes (a newer worker's subclass becomes a
+    stand-in class): its ``args`` still hold the upstream ``AgentError`` document, so decode that;
+    anything else is reported as itself."""
+    document = exc.args[0] if len(exc.args) == 1 else None
+    if isinstance(document, dict):
+        try:
+            return AgentError.from_wire(document)
+        except ValueError:
+            pass
+    return AgentError(f"{operation} failed: {exc.__class__.__name__}: {exc}", retry="not_retryable")
+
+
 @dataclass
 class JobHandle:
     environment_id: str
@@ -201,7 +214,7 @@ class Client:
                 context={"operation": operation},
             ) from None
         except Exception as exc:  # a non-contract failure still reaches the caller typed
-            raise AgentError(f"{operation} failed: {exc.__class__.__name__}: {exc}", retry="not_retryable") from None
+            raise _as_agent_error(operation, exc) from None
         finally:
             result.forget()
 

@@ -26,6 +26,8 @@ from corral.contract.errors import (
     RetryClass,
     TimeoutFailure,
     Unsupported,
+    upstream_kind,
+    upstream_retry,
 )
 
 # class, default kind, default retry class, direct branch of the tree
@@ -125,14 +127,19 @@ def test_str_and_repr_name_the_kind() -> None:
 
 @pytest.mark.parametrize("cls", CLASSES, ids=_ids)
 def test_payload_round_trip_through_json(cls: type[AgentError]) -> None:
+    """The payload is upstream's AgentError document; corral's class, kind and context ride in the
+    ``context.corral`` extension (tests/unit/test_wire_errors.py checks the wire form in depth)."""
     err = cls("it failed", context={"environment_id": "env-1", "attempt": 2})
     payload = json.loads(json.dumps(err.to_payload()))
-    assert payload == {
+    (variant, body), *rest = payload.items()
+    assert (variant, rest) == ("Classified", [])
+    assert body["kind"] == upstream_kind(err.kind).value
+    assert body["retry"] == upstream_retry(err.retry).value
+    assert body["context"]["message"] == "it failed"
+    assert body["context"]["corral"] == {
         "type": cls.__name__,
         "kind": err.kind.value,
-        "retry": err.retry.value,
-        "message": "it failed",
-        "context": {"environment_id": "env-1", "attempt": "2"},
+        "detail": {"environment_id": "env-1", "attempt": "2"},
     }
     back = AgentError.from_payload(payload)
     assert type(back) is cls
@@ -155,6 +162,7 @@ def test_payload_round_trip_keeps_overridden_kind_and_retry() -> None:
 @pytest.mark.parametrize(
     ("payload", "cls", "kind", "retry"),
     [
+        # corral's former flat payload (idempotency records written before the wire change)
         ({"type": "NotFound", "message": "m"}, NotFound, ErrorKind.not_found, RetryClass.not_retryable),
         ({"type": "InProgress", "message": "m"}, InProgress, ErrorKind.in_progress, RetryClass.retryable),
         (
@@ -182,10 +190,9 @@ def test_payload_round_trip_keeps_overridden_kind_and_retry() -> None:
             ErrorKind.isolation_failure,
             RetryClass.retryable,
         ),
-        ({}, AgentError, ErrorKind.isolation_failure, RetryClass.retryable),
     ],
 )
-def test_from_payload_picks_the_subclass(
+def test_from_payload_reads_the_former_flat_payload(
     payload: dict[str, Any], cls: type[AgentError], kind: ErrorKind, retry: RetryClass
 ) -> None:
     err = AgentError.from_payload(payload)
@@ -193,6 +200,12 @@ def test_from_payload_picks_the_subclass(
     assert err.kind is kind
     assert err.retry is retry
     assert err.context == {}
+
+
+@pytest.mark.parametrize("payload", [{}, {"kind": "timeout"}, {"Classified": None}, {"Unknown": {"message": "m"}}])
+def test_from_payload_refuses_what_is_neither_form(payload: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="AgentErrorDocument"):
+        AgentError.from_payload(payload)
 
 
 # ---------------------------------------------------------------------------------------------
