@@ -176,7 +176,7 @@ class Coordinator:
                 f"session requested for host {request.host_ref} reached host {self.host_id}",
                 context={"host": request.host_ref},
             )
-        key = f"prepare_session:{env.environment_id}"
+        key = f"{Operation.prepare_session}:{env.environment_id}"
         # Before the replay: an environment id is single-use, and another tenant's is not a replay.
         self._claim_id(env.environment_id, caller)
         replayed = self.effects.recorded(
@@ -298,9 +298,8 @@ class Coordinator:
     ) -> PreparedEnvironmentRef:
         env_id = request.environment.environment_id
         owner = self._authorize(Operation.prepare_environment, env_id, caller)
-        replayed = self.effects.recorded(
-            Operation.prepare_environment, env_id, f"prepare_environment:{env_id}", request, PreparedEnvironmentRef
-        )
+        key = f"{Operation.prepare_environment}:{env_id}"
+        replayed = self.effects.recorded(Operation.prepare_environment, env_id, key, request, PreparedEnvironmentRef)
         if replayed is not None:
             return replayed
         self._admit_process(Operation.prepare_environment, env_id, request.environment, request.process, owner)
@@ -325,7 +324,7 @@ class Coordinator:
         result = self.effects.run(
             Operation.prepare_environment,
             env_id,
-            f"prepare_environment:{env_id}",
+            key,
             request,
             lambda: self.runtime.prepare_environment(full),
             PreparedEnvironmentRef,
@@ -342,7 +341,7 @@ class Coordinator:
 
     def start_process(self, request: ProcessStartRequest, caller: Caller = LOCAL_CALLER) -> ProcessStartResult:
         env_id = request.environment.environment_id
-        key = f"start_process:{env_id}:{request.process.process_id}"
+        key = f"{Operation.start_process}:{env_id}:{request.process.process_id}"
         owner = self._authorize(Operation.start_process, env_id, caller)
         replayed = self.effects.recorded(Operation.start_process, env_id, key, request, ProcessStartResult)
         if replayed is not None:
@@ -402,7 +401,7 @@ class Coordinator:
             if frame.eof and record.get("state") == SessionState.running:
                 self.store.advance(env_id, lifecycle.PROCESS_EXITED, self.clock.now_ms())
             return frame
-        key = f"stream_io:{request.process_ref}:{delivery_id or new_ref('delivery')}"
+        key = f"{Operation.stream_io}:{request.process_ref}:{delivery_id or new_ref('delivery')}"
         replayed = self.effects.recorded(Operation.stream_io, env_id, key, request, ProcessIoFrame)
         if replayed is not None:
             return replayed
@@ -427,7 +426,7 @@ class Coordinator:
         self, request: ProcessSignalRequest, delivery_id: str | None = None, caller: Caller = LOCAL_CALLER
     ) -> ProcessSignalResult:
         env_id, _ = self._process_session(request.process_ref, Operation.signal_process, caller)
-        key = f"signal_process:{request.process_ref}:{delivery_id or new_ref('delivery')}"
+        key = f"{Operation.signal_process}:{request.process_ref}:{delivery_id or new_ref('delivery')}"
         return self.effects.run(
             Operation.signal_process,
             env_id,
@@ -484,7 +483,7 @@ class Coordinator:
         result = self.effects.run(
             Operation.cleanup,
             env_id,
-            f"cleanup:{env_id}:{request.cleanup_plan_ref}",
+            f"{Operation.cleanup}:{env_id}:{request.cleanup_plan_ref}",
             request,
             effect,
             CleanupResult,
@@ -504,7 +503,7 @@ class Coordinator:
 
     def detach(self, request: DetachTransferRequest, caller: Caller = LOCAL_CALLER) -> DetachTransferResult:
         env = request.environment
-        key = f"detach:{env.environment_id}"
+        key = f"{Operation.detach}:{env.environment_id}"
         owner = self._authorize(Operation.detach, env.environment_id, caller)
         replayed = self.effects.recorded(Operation.detach, env.environment_id, key, request, DetachTransferResult)
         if replayed is not None:
@@ -570,7 +569,7 @@ class Coordinator:
         result = self.effects.run(
             Operation.reclaim,
             env_id,
-            f"reclaim:{request.ticket_ref}",
+            f"{Operation.reclaim}:{request.ticket_ref}",
             request,
             lambda: self.runtime.reclaim(full),
             ReclaimResult,

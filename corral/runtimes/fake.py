@@ -7,8 +7,8 @@ the rules a real adapter keeps (idempotent effects, typed errors, cleanup that r
 raising) and counts every effect, so tests can prove "exactly once".
 
 What a "process" does here: nothing runs. ``echo ARGS`` prints its arguments, ``false`` exits 1,
-``output`` (argv[0] → stdout bytes) scripts others; every process has exited by the time
-``start_process`` returns.
+``sleep`` runs until a signal ends it, ``output`` (argv[0] → stdout bytes) scripts others; every other
+process has exited by the time ``start_process`` returns.
 
 Its capability report claims the ``container`` class (what a default job asks for), so the fake can
 serve a default ``corral run``; the report says plainly that it is a fake (``adapter_kind`` ``fake``
@@ -305,6 +305,8 @@ class FakeRuntime:
                 proc.stdout += (" ".join(argv[1:]) + "\n").encode()
             elif os.path.basename(argv[0]) == "false":
                 proc.exit_code = 1
+            elif os.path.basename(argv[0]) == "sleep":  # runs until a signal ends it
+                proc.exit_code, proc.reason = None, None
             self.processes[ref] = proc
         elif env_id not in self.containers:
             raise NotFound(f"environment {env_id} was not prepared")

@@ -18,7 +18,7 @@ from corral.client.client import Client
 from corral.contract.models import IoStream, IsolationCapabilityReport, IsolationClass
 from corral.contract.operations import Operation
 from corral.fleet.job import JobSpec
-from corral.runtimes.fake import FAKE_NOTICE
+from corral.runtimes.fake import FAKE_NOTICE, FakeRuntime
 from corral.settings import Settings
 from tests.conftest import TEST_HOST_IDENTITY, TEST_IMAGE, suite_fleet
 from tests.harness import REPO, WorkerProc
@@ -60,7 +60,7 @@ def test_a_fake_worker_says_it_is_a_fake_and_is_placed_for_default_jobs(
     client = Client(Settings(redis={"url": corral_env["CORRAL_REDIS__URL"]}, celery={"task_timeout_s": 60}))
     try:
         report = client.call(Operation.capability_report, None, fake_worker.host_id, IsolationCapabilityReport)
-        assert report.adapter_kind == "fake"
+        assert report.adapter_kind == FakeRuntime("any").capability_report().adapter_kind  # a fake, said so
         assert report.supported_classes == [IsolationClass.container]
         assert FAKE_NOTICE in report.unsupported_requirements
         # Placement (no host named) picks the fake host for a default job: it is the only live host.

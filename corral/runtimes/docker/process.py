@@ -34,6 +34,7 @@ from corral.contract.models import (
     ProcessStatsSnapshot,
     TerminationReason,
 )
+from corral.contract.operations import Operation
 from corral.io import cgroup
 from corral.io.spool import (
     STDIN_MAX_TOTAL,
@@ -176,7 +177,10 @@ def _shim_failure(error: dict[str, Any], secret_values: list[bytes]) -> AgentErr
     missing from the image is refused once, not retried with a new shim each time."""
     status = error.get("status_code")
     return engine_failure(
-        "start_process", status if isinstance(status, int) else None, str(error.get("message", "")), secret_values
+        Operation.start_process,
+        status if isinstance(status, int) else None,
+        str(error.get("message", "")),
+        secret_values,
     )
 
 
