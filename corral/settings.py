@@ -124,7 +124,8 @@ class HostSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(default_factory=lambda: socket.gethostname().split(".")[0])
     runtime: str = "docker"
-    """``docker`` or ``fake`` (unit tests only)."""
+    """``docker``, or ``fake``: runs nothing and isolates nothing, for trials and tests (it serves default
+    jobs, and its capability report says it is a fake; ``corral.runtimes.fake``)."""
     policy_file: str | None = None
     """The host policy (TOML); unset: ``/etc/corral/policy.toml`` if present, else the shipped
     ``config/policy.toml``. A named file that is missing or invalid denies every request."""
