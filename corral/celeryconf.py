@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 from celery.app.amqp import AMQP
 
-from corral.contract.models import IoStream
 from corral.contract.operations import READS
+from corral.contract.vocabulary import ProcessIoStream
 from corral.settings import Settings
 from corral.trust.identity import CALLER_KWARG
 from corral.trust.signing import CONTENT_TYPE, SERIALIZER, identity
@@ -36,7 +36,7 @@ READS_SUFFIX = ".reads"
 
 Lane = Literal["lifecycle", "reads"]
 READ_TASKS = frozenset(f"{TASK_PREFIX}{op.value}" for op in READS)
-_READ_STREAMS = frozenset({IoStream.stdout.value, IoStream.stderr.value})
+_READ_STREAMS = frozenset({ProcessIoStream.stdout.value, ProcessIoStream.stderr.value})
 
 
 def queue_for_host(host_id: str, lane: Lane = "lifecycle") -> str:
@@ -155,7 +155,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        "task_track_started": True,
+        # No STARTED state in the result backend: nothing reads it (Flower has the task-started event),
+        # and storing it cost every task a GET, a SETEX and a PUBLISH before its body ran (bench/profile_start.py:
+        # 646 -> 581 Redis commands per `corral run true`).
+        "task_track_started": False,
         "worker_hijack_root_logger": False,
         "redbeat_redis_url": settings.redis_url(settings.redis.beat_db),
         "redbeat_key_prefix": "corral:redbeat:",
