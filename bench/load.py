@@ -54,8 +54,9 @@ import docker.errors
 from corral.client.client import Client, JobHandle
 from corral.client.devstack import DevStack
 from corral.contract.errors import AgentError
-from corral.contract.models import CleanupStatus, IoStream, ProcessState
+from corral.contract.models import ProcessState
 from corral.contract.refs import slug
+from corral.contract.vocabulary import CleanupStatus, ProcessIoStream
 from corral.fleet.job import JobSpec
 from corral.io import cgroup
 from corral.settings import load_settings
@@ -550,7 +551,7 @@ class LoadRun:
                     self.rec.error("corral stats", f"state {stats.state}")
                 frame = self.rec.timed(
                     "corral read_frame",
-                    lambda h=handle: client.read_frame(h.host, h.process_ref, IoStream.stdout, 0, 64 * 1024),
+                    lambda h=handle: client.read_frame(h.host, h.process_ref, ProcessIoStream.stdout, 0, 64 * 1024),
                 )
                 if frame is not None and base64.b64decode(frame.content_b64 or "") != EXPECTED_STDOUT:
                     self.rec.error("corral read_frame", "content mismatch")

@@ -39,8 +39,8 @@ import redis.asyncio as aioredis
 
 from corral.client.client import BatchHandle, Client
 from corral.contract.errors import AgentError
-from corral.contract.models import IoStream
 from corral.contract.refs import process_ref_for
+from corral.contract.vocabulary import ProcessIoStream
 from corral.fleet.batch import batch_key, parse_array
 from corral.fleet.job import JobSpec
 from corral.settings import load_settings
@@ -263,8 +263,8 @@ class CorralOperator(BaseOperator):
         try:
             status = client.batch(event["batch_id"]).status(jobs=True)
             for index, rec in sorted(status["jobs"].items(), key=lambda kv: int(kv[0])):
-                self._log_text(self._label(int(index)), IoStream.stdout, rec.get("stdout_tail") or "")
-                self._log_text(self._label(int(index)), IoStream.stderr, rec.get("stderr_tail") or "")
+                self._log_text(self._label(int(index)), ProcessIoStream.stdout, rec.get("stdout_tail") or "")
+                self._log_text(self._label(int(index)), ProcessIoStream.stderr, rec.get("stderr_tail") or "")
             return self._result(event["batch_id"], status)
         finally:
             client.close()
@@ -279,8 +279,8 @@ class CorralOperator(BaseOperator):
     def _label(self, index: int) -> str:
         return "" if self.array is None else f"[{index}] "
 
-    def _log_text(self, label: str, stream: IoStream, text: str) -> None:
-        prefix = label + ("stderr: " if stream is IoStream.stderr else "")
+    def _log_text(self, label: str, stream: ProcessIoStream, text: str) -> None:
+        prefix = label + ("stderr: " if stream is ProcessIoStream.stderr else "")
         for line in text.splitlines():
             self.log.info("%s%s", prefix, line)
 
@@ -288,9 +288,9 @@ class CorralOperator(BaseOperator):
         """Poll the batch; stream running jobs' output from their host's spool (best effort: the
         sandbox is cleaned up as soon as the job ends, and its tail fills in what was missed)."""
         # Keyed by attempt (environment id and start time: a re-run of failed jobs may reuse an id).
-        cursors: dict[tuple[str, IoStream], int] = {}
-        seen: dict[tuple[str, IoStream], str] = {}
-        partial: dict[tuple[str, IoStream], str] = {}
+        cursors: dict[tuple[str, ProcessIoStream], int] = {}
+        seen: dict[tuple[str, ProcessIoStream], str] = {}
+        partial: dict[tuple[str, ProcessIoStream], str] = {}
         done: set[str] = set()
         live, counters = True, None
         while True:
@@ -310,17 +310,20 @@ class CorralOperator(BaseOperator):
                 if not env_id or not host or attempt in done:
                     continue
                 label = self._label(int(index_text))
-                for stream in (IoStream.stdout, IoStream.stderr):
+                for stream in (ProcessIoStream.stdout, ProcessIoStream.stderr):
                     key = (attempt, stream)
                     text = self._read(client, host, env_id, key, cursors) if live else ""
                     seen[key] = (seen.get(key, "") + text)[-65536:]
                     lines = (partial.get(key, "") + text).split("\n")
                     partial[key] = lines.pop()
                     for line in lines:
-                        self.log.info("%s%s%s", label, "stderr: " if stream is IoStream.stderr else "", line)
+                        self.log.info("%s%s%s", label, "stderr: " if stream is ProcessIoStream.stderr else "", line)
                 if rec.get("state") in TERMINAL or (rec.get("state") == "queued" and rec.get("ended_ms")):
                     done.add(attempt)
-                    for stream, tail_field in ((IoStream.stdout, "stdout_tail"), (IoStream.stderr, "stderr_tail")):
+                    for stream, tail_field in (
+                        (ProcessIoStream.stdout, "stdout_tail"),
+                        (ProcessIoStream.stderr, "stderr_tail"),
+                    ):
                         key = (attempt, stream)
                         rest = partial.pop(key, "") + missing_part(seen.get(key, ""), rec.get(tail_field) or "")
                         self._log_text(label, stream, rest)
@@ -338,8 +341,8 @@ class CorralOperator(BaseOperator):
         client: Client,
         host: str,
         env_id: str,
-        key: tuple[str, IoStream],
-        cursors: dict[tuple[str, IoStream], int],
+        key: tuple[str, ProcessIoStream],
+        cursors: dict[tuple[str, ProcessIoStream], int],
     ) -> str:
         stream = key[1]
         out = b""

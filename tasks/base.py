@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import redis
 from celery import Task
@@ -22,8 +22,9 @@ from pydantic import BaseModel, ValidationError
 
 from corral.celeryconf import TASK_PREFIX
 from corral.contract.errors import AgentError, InvalidRequest, Retryable
-from corral.contract.models import IsolatedProcessSpec, dump
+from corral.contract.models import IsolatedProcessSpec
 from corral.contract.operations import Operation
+from corral.contract.wire import WireResult, to_wire
 from corral.host import metrics
 from corral.host.services import coordinator
 from corral.sandbox.policy import MAX_REQUEST_BYTES
@@ -31,7 +32,7 @@ from corral.settings import load_settings
 
 log = logging.getLogger("corral.tasks")
 
-R = TypeVar("R", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel | str)
 Q = TypeVar("Q", bound=BaseModel)
 
 MAX_RETRIES = 5
@@ -118,7 +119,11 @@ class CorralTask(Task):  # type: ignore[misc]
                 Operation(self.name.removeprefix(TASK_PREFIX)), env_id, self.parse(IsolatedProcessSpec, process)
             )
 
-    def run_operation(self, host: str | None, call: Callable[[], R]) -> dict[str, Any]:
+    @overload
+    def run_operation(self, host: str | None, call: Callable[[], BaseModel]) -> dict[str, Any]: ...
+    @overload
+    def run_operation(self, host: str | None, call: Callable[[], str]) -> str: ...
+    def run_operation(self, host: str | None, call: Callable[[], R]) -> WireResult:
         """Run one contract operation and return its JSON-safe result, converting every failure;
         its outcome and duration go to the host's metrics (``corral.host.metrics``)."""
         started = time.monotonic()
@@ -135,11 +140,11 @@ class CorralTask(Task):  # type: ignore[misc]
             operation = str(self.name).removeprefix("corral.")
             metrics.observe_operation(operation, time.monotonic() - started, outcome, error)
 
-    def _run_operation(self, host: str | None, call: Callable[[], R]) -> dict[str, Any]:
+    def _run_operation(self, host: str | None, call: Callable[[], R]) -> WireResult:
         try:
             self.check_host(host)
             self.admit_chained()
-            return dump(call())
+            return to_wire(call())
         except AgentError as exc:
             if exc.retryable and self.request.retries < self.max_retries and not self.request.is_eager:
                 log.warning("retrying %s after %s", self.name, exc)

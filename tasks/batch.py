@@ -18,9 +18,10 @@ from celery import chain, current_app, shared_task
 
 from corral.celeryconf import FLEET_QUEUE, queue_for_host, task_kwargs, task_name
 from corral.contract.errors import NotFound, PolicyDenial
-from corral.contract.models import CleanupRequest, Model, dump
+from corral.contract.models import CleanupRequest, dump
 from corral.contract.operations import Operation
 from corral.contract.refs import cleanup_plan_ref
+from corral.contract.wire import Model
 from corral.fleet.batch import (
     DISPATCH_LOCK,
     DISPATCH_NEXT,

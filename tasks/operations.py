@@ -15,6 +15,7 @@ from celery import shared_task
 from corral.celeryconf import task_name
 from corral.contract import models as m
 from corral.contract.operations import Operation
+from corral.contract.wire import WireResult
 from corral.host.services import coordinator
 from corral.trust.identity import Caller
 from tasks.base import CorralTask
@@ -26,9 +27,9 @@ def _as(identity: str | None) -> Caller:
     return coordinator().caller(identity)
 
 
-def _task(operation: Operation) -> Callable[[Callable[..., dict[str, Any]]], Any]:
+def _task(operation: Operation) -> Callable[[Callable[..., WireResult]], Any]:
     """Register a bound task ``corral.<operation>`` (celery is untyped: the task object is ``Any``)."""
-    decorator: Callable[[Callable[..., dict[str, Any]]], Any] = shared_task(
+    decorator: Callable[[Callable[..., WireResult]], Any] = shared_task(
         bind=True, base=CorralTask, name=task_name(operation)
     )
     return decorator
@@ -37,48 +38,42 @@ def _task(operation: Operation) -> Callable[[Callable[..., dict[str, Any]]], Any
 @_task(Operation.runtime_ref)
 def runtime_ref(
     self: CorralTask, request: Any = None, *, host: str | None = None, caller: str | None = None
-) -> dict[str, Any]:
+) -> WireResult:
     return self.run_operation(host, lambda: coordinator().runtime_ref())
 
 
 @_task(Operation.capability_report)
 def capability_report(
     self: CorralTask, request: Any = None, *, host: str | None = None, caller: str | None = None
-) -> dict[str, Any]:
+) -> WireResult:
     return self.run_operation(host, lambda: coordinator().capability_report())
 
 
 @_task(Operation.prepare_session)
 def prepare_session(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
-) -> dict[str, Any]:
+) -> WireResult:
     return self.run_operation(
         host, lambda: coordinator().prepare_session(self.parse(m.SessionPrepareRequest, request), caller=_as(caller))
     )
 
 
 @_task(Operation.resolve_image)
-def resolve_image(
-    self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
-) -> dict[str, Any]:
+def resolve_image(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> WireResult:
     return self.run_operation(
         host, lambda: coordinator().resolve_image(self.parse(m.ImageResolveRequest, request), caller=_as(caller))
     )
 
 
 @_task(Operation.prepare_rootfs)
-def prepare_rootfs(
-    self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
-) -> dict[str, Any]:
+def prepare_rootfs(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> WireResult:
     return self.run_operation(
         host, lambda: coordinator().prepare_rootfs(self.parse(m.RootfsPrepareRequest, request), caller=_as(caller))
     )
 
 
 @_task(Operation.resolve_mounts)
-def resolve_mounts(
-    self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
-) -> dict[str, Any]:
+def resolve_mounts(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> WireResult:
     return self.run_operation(
         host, lambda: coordinator().resolve_mounts(self.parse(m.MountResolveRequest, request), caller=_as(caller))
     )
@@ -87,7 +82,7 @@ def resolve_mounts(
 @_task(Operation.configure_network)
 def configure_network(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
-) -> dict[str, Any]:
+) -> WireResult:
     return self.run_operation(
         host, lambda: coordinator().configure_network(self.parse(m.NetworkPrepareRequest, request), caller=_as(caller))
     )
@@ -96,7 +91,7 @@ def configure_network(
 @_task(Operation.prepare_secrets)
 def prepare_secrets(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
-) -> dict[str, Any]:
+) -> WireResult:
     return self.run_operation(
         host, lambda: coordinator().prepare_secrets(self.parse(m.SecretPrepareRequest, request), caller=_as(caller))
     )
@@ -105,7 +100,7 @@ def prepare_secrets(
 @_task(Operation.prepare_environment)
 def prepare_environment(
     self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
-) -> dict[str, Any]:
+) -> WireResult:
     return self.run_operation(
         host,
         lambda: coordinator().prepare_environment(self.parse(m.EnvironmentPrepareRequest, request), caller=_as(caller)),
@@ -113,16 +108,14 @@ def prepare_environment(
 
 
 @_task(Operation.start_process)
-def start_process(
-    self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
-) -> dict[str, Any]:
+def start_process(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> WireResult:
     return self.run_operation(
         host, lambda: coordinator().start_process(self.parse(m.ProcessStartRequest, request), caller=_as(caller))
     )
 
 
 @_task(Operation.stream_io)
-def stream_io(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> dict[str, Any]:
+def stream_io(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> WireResult:
     return self.run_operation(
         host,
         lambda: coordinator().stream_io(self.parse(m.ProcessIoRequest, request), self.request.id, caller=_as(caller)),
@@ -130,9 +123,7 @@ def stream_io(self: CorralTask, request: Any, *, host: str | None = None, caller
 
 
 @_task(Operation.signal_process)
-def signal_process(
-    self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
-) -> dict[str, Any]:
+def signal_process(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> WireResult:
     return self.run_operation(
         host,
         lambda: coordinator().signal_process(
@@ -142,30 +133,28 @@ def signal_process(
 
 
 @_task(Operation.collect_stats)
-def collect_stats(
-    self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None
-) -> dict[str, Any]:
+def collect_stats(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> WireResult:
     return self.run_operation(
         host, lambda: coordinator().collect_stats(self.parse(m.ProcessStatsRequest, request), caller=_as(caller))
     )
 
 
 @_task(Operation.cleanup)
-def cleanup(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> dict[str, Any]:
+def cleanup(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> WireResult:
     return self.run_operation(
         host, lambda: coordinator().cleanup(self.parse(m.CleanupRequest, request), caller=_as(caller))
     )
 
 
 @_task(Operation.detach)
-def detach(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> dict[str, Any]:
+def detach(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> WireResult:
     return self.run_operation(
         host, lambda: coordinator().detach(self.parse(m.DetachTransferRequest, request), caller=_as(caller))
     )
 
 
 @_task(Operation.reclaim)
-def reclaim(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> dict[str, Any]:
+def reclaim(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> WireResult:
     return self.run_operation(
         host, lambda: coordinator().reclaim(self.parse(m.ReclaimRequest, request), caller=_as(caller))
     )

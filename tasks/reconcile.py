@@ -8,6 +8,7 @@ from typing import Any
 from celery import current_app, shared_task
 
 from corral.celeryconf import FLEET_QUEUE, queue_for_host, task_kwargs, task_name
+from corral.fleet.reports import ReconcileReport
 from corral.host.reconciler import Reconciler
 from corral.host.services import coordinator
 from corral.host.tenancy import check_operator
@@ -30,7 +31,7 @@ def reconcile(
     dry_run = bool((request or {}).get("dry_run", False))
     settings = load_settings()
 
-    def run() -> Any:
+    def run() -> ReconcileReport:
         check_operator(coordinator().policy.current(), coordinator().caller(caller))
         return Reconciler(
             coordinator(),

@@ -26,7 +26,8 @@ from corral.client.render import Progress, age, console, emit_json, ending, erro
 from corral.client.units import parse_duration_ms, parse_env, parse_memory_mb
 from corral.contract.errors import AgentError, InvalidRequest, PolicyDenial
 from corral.contract.lifecycle import shown_state
-from corral.contract.models import IoStream, ProcessSignal, dump
+from corral.contract.models import dump
+from corral.contract.vocabulary import ProcessIoStream, ProcessSignal
 from corral.fleet.job import JobSpec
 
 CORRAL_ERROR_EXIT = 125
@@ -182,8 +183,8 @@ def _say_ending(stats: Any, job: JobSpec) -> None:
         errors.print(line, markup=False, soft_wrap=True)
 
 
-def write_output(stream: IoStream, data: bytes) -> None:
-    target = sys.stdout.buffer if stream is IoStream.stdout else sys.stderr.buffer
+def write_output(stream: ProcessIoStream, data: bytes) -> None:
+    target = sys.stdout.buffer if stream is ProcessIoStream.stdout else sys.stderr.buffer
     target.write(data)
     target.flush()
 
@@ -226,11 +227,11 @@ def _run_attached(client: Any, job: JobSpec, host: str | None, as_json: bool, pl
     captured: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
     interrupted: list[int] = []
 
-    def on_output(stream: IoStream, data: bytes) -> None:
+    def on_output(stream: ProcessIoStream, data: bytes) -> None:
         if as_json:
             captured[stream.value] += data
         else:
-            out = sys.stdout.buffer if stream is IoStream.stdout else sys.stderr.buffer
+            out = sys.stdout.buffer if stream is ProcessIoStream.stdout else sys.stderr.buffer
             out.write(data)
             out.flush()
 
@@ -315,6 +316,11 @@ def _json_field(record: dict[str, str], name: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _lost_output(summary: str) -> str:
+    """The part of a frame's summary saying output was not captured (``process.lost_summary``)."""
+    return "; ".join(part for part in summary.split("; ") if "not captured" in part)
+
+
 @main.command()
 @click.argument("sandbox")
 @click.option("--follow", "-f", is_flag=True, help="Keep reading until the process ends.")
@@ -326,11 +332,15 @@ def logs(sandbox: str, follow: bool, stream: str, as_json: bool) -> None:
     client = _client()
     handle = client.handle(sandbox)
     if follow and stream == "both" and not as_json:
-        client.follow(
-            handle, lambda s, data: (sys.stdout.buffer if s is IoStream.stdout else sys.stderr.buffer).write(data)
+        stats = client.follow(
+            handle,
+            lambda s, data: (sys.stdout.buffer if s is ProcessIoStream.stdout else sys.stderr.buffer).write(data),
         )
+        lost = _lost_output(stats.redacted_summary)
+        if lost:  # the host's I/O shim died while the process ran: say what is missing
+            click.echo(f"corral: {lost}", err=True)
         return
-    streams = [IoStream.stdout, IoStream.stderr] if stream == "both" else [IoStream(stream)]
+    streams = [ProcessIoStream.stdout, ProcessIoStream.stderr] if stream == "both" else [ProcessIoStream(stream)]
     out: dict[str, Any] = {}
     for s in streams:
         data = bytearray()
@@ -342,7 +352,7 @@ def logs(sandbox: str, follow: bool, stream: str, as_json: bool) -> None:
             if as_json:
                 data += chunk
             else:
-                target = sys.stdout.buffer if s is IoStream.stdout else sys.stderr.buffer
+                target = sys.stdout.buffer if s is ProcessIoStream.stdout else sys.stderr.buffer
                 target.write(chunk)
                 target.flush()
             if frame.eof or (frame.byte_count == 0 and not follow):
@@ -350,6 +360,11 @@ def logs(sandbox: str, follow: bool, stream: str, as_json: bool) -> None:
             if frame.byte_count == 0:
                 time.sleep(0.1)
         out[s.value] = {"bytes": cursor, "content_b64": base64.b64encode(bytes(data)).decode()}
+        lost = _lost_output(frame.redacted_summary) if frame.eof else ""
+        if lost:  # the host's I/O shim died while the process ran: say what is missing
+            out[s.value]["lost"] = lost
+            if not as_json:
+                click.echo(f"corral: {lost}", err=True)
     if as_json:
         emit_json(out)
 
@@ -482,8 +497,16 @@ def journal(sandbox: str, as_json: bool) -> None:
     """The intent/result journal of a sandbox."""
     client = _client()
     records = client.view_journal(client.handle(sandbox).environment_id)
-    if as_json:
-        emit_json([{"id": r.record_id, **r.fields} for r in records])
+    if as_json:  # upstream's records (``record``, ``network_record``) as JSON objects, not strings
+        emit_json(
+            [
+                {
+                    "id": r.record_id,
+                    **{k: json.loads(v) if k in ("record", "network_record") else v for k, v in r.fields.items()},
+                }
+                for r in records
+            ]
+        )
         return
     table(
         f"journal {sandbox}",

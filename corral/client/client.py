@@ -38,10 +38,8 @@ from corral.contract.models import (
     DetachTransferRequest,
     DetachTransferResult,
     ExecutionEnvironment,
-    IoStream,
     ProcessIoFrame,
     ProcessIoRequest,
-    ProcessSignal,
     ProcessSignalRequest,
     ProcessSignalResult,
     ProcessStartResult,
@@ -54,6 +52,8 @@ from corral.contract.models import (
 )
 from corral.contract.operations import Operation
 from corral.contract.refs import check_ref, cleanup_plan_ref, process_ref_for
+from corral.contract.vocabulary import ProcessIoStream, ProcessSignal
+from corral.contract.wire import from_wire
 from corral.fleet.admission import Admission, Capacity, Mode
 from corral.fleet.batch import BatchRef, BatchSubmitRequest, JobTemplate, parse_array, parse_retry, template_of
 from corral.fleet.job import JobSpec, _build
@@ -65,7 +65,7 @@ from corral.state.services import Services, state_services
 from corral.trust import signing
 from corral.trust.identity import CALLER_KWARG
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=BaseModel | str)
 HostTask = Operation | Literal["reconcile"]
 """What a client sends to one host's queue: a contract operation, or the host's reconcile pass."""
 
@@ -201,7 +201,7 @@ class Client:
         payload: dict[str, Any] | None = None,
     ) -> M:
         result = self.send(operation, request, host, payload)
-        return result_type.model_validate(self._get(result, operation, timeout))
+        return from_wire(result_type, self._get(result, operation, timeout))
 
     def _get(self, result: AsyncResult, operation: str, timeout: float | None = None) -> Any:
         try:
@@ -283,7 +283,12 @@ class Client:
         return ProcessStartResult.model_validate(value)
 
     def frames(
-        self, handle: JobHandle, stream: IoStream, cursor: int = 0, max_bytes: int = 256 * 1024, poll_s: float = 0.1
+        self,
+        handle: JobHandle,
+        stream: ProcessIoStream,
+        cursor: int = 0,
+        max_bytes: int = 256 * 1024,
+        poll_s: float = 0.1,
     ) -> Iterator[ProcessIoFrame]:
         """Frames of one output stream from ``cursor`` until EOF, polling while the process runs."""
         while True:
@@ -296,7 +301,7 @@ class Client:
                 time.sleep(poll_s)
 
     def read_frame(
-        self, host: str, process_ref: str, stream: IoStream, cursor: int, max_bytes: int = 256 * 1024
+        self, host: str, process_ref: str, stream: ProcessIoStream, cursor: int, max_bytes: int = 256 * 1024
     ) -> ProcessIoFrame:
         return self.call(
             Operation.stream_io,
@@ -310,7 +315,7 @@ class Client:
             Operation.stream_io,
             ProcessIoRequest(
                 process_ref=handle.process_ref,
-                stream=IoStream.stdin,
+                stream=ProcessIoStream.stdin,
                 data_b64=base64.b64encode(data).decode(),
                 close_stdin=close,
             ),
@@ -360,7 +365,7 @@ class Client:
         self,
         job: JobSpec,
         host: str | None = None,
-        on_output: Callable[[IoStream, bytes], None] | None = None,
+        on_output: Callable[[ProcessIoStream, bytes], None] | None = None,
         cleanup: bool = True,
     ) -> JobOutcome:
         """Submit, stream output until EOF, read the exit status, clean up (also on failure/Ctrl-C)."""
@@ -382,14 +387,14 @@ class Client:
             return None
 
     def follow(
-        self, handle: JobHandle, on_output: Callable[[IoStream, bytes], None] | None = None, poll_s: float = 0.05
+        self, handle: JobHandle, on_output: Callable[[ProcessIoStream, bytes], None] | None = None, poll_s: float = 0.05
     ) -> ProcessStatsSnapshot:
         """Drain stdout and stderr (interleaved by polling) until both reach EOF; return final stats."""
-        cursors = {IoStream.stdout: 0, IoStream.stderr: 0}
-        done: set[IoStream] = set()
+        cursors = {ProcessIoStream.stdout: 0, ProcessIoStream.stderr: 0}
+        done: set[ProcessIoStream] = set()
         while len(done) < 2:
             progressed = False
-            for stream in (IoStream.stdout, IoStream.stderr):
+            for stream in (ProcessIoStream.stdout, ProcessIoStream.stderr):
                 if stream in done:
                     continue
                 frame = self.read_frame(handle.host, handle.process_ref, stream, cursors[stream])

@@ -54,10 +54,13 @@ PROCESS_STARTED = Transition((S.prepared,), S.running)
 PROCESS_EXITED = Transition((S.running,), S.exited)
 """Seen by ``stream_io`` (end of output), ``collect_stats`` or the reconciler (process lost)."""
 DETACHED = Transition((S.prepared, S.running, S.exited, S.detached), S.detached)
-CLEANUP_BEGUN = Transition(tuple(S), S.cleaning)
-"""Written once the cleanup intent is journaled (from any state: cleanup is idempotent)."""
+CLEANUP_BEGUN = Transition(tuple(s for s in S if s is not S.cleaned), S.cleaning)
+"""Written once the cleanup intent is journaled, from any state but ``cleaned``: cleanup is idempotent,
+but a session another cleanup finished is not moved back (it would count as live on its host again)."""
 CLEANED = Transition((S.cleaning,), S.cleaned)
-CLEANUP_FAILED = Transition((S.cleaning,), S.repair_needed)
+CLEANUP_FAILED = Transition((S.cleaning, S.cleaned), S.repair_needed)
+"""A cleanup that left something behind, even of a session cleaned before (the reconciler's cleanup of
+leftovers), makes it visible for repair."""
 RECLAIMED = Transition(tuple(s for s in S if s is not S.cleaned), S.cleaned)
 RECLAIM_FAILED = Transition(tuple(s for s in S if s is not S.cleaned), S.repair_needed)
 HOST_LOST = Transition(LIVE, S.repair_needed)
@@ -105,7 +108,7 @@ def check_replay(op: Operation, state: str | None, environment_id: str) -> None:
         raise Conflict(
             f"environment {environment_id} was torn down ({current}); its recorded {op} answer no longer "
             "holds: submit the job again under a new environment id",
-            context={"operation": op, "state": current, "environment_id": environment_id},
+            context={"operation": str(op), "state": current, "environment_id": environment_id},
         )
 
 

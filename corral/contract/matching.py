@@ -1,4 +1,4 @@
-"""Capability matching (CONTRACT.md rule 4): a requirement against a host's capability report, failing closed.
+"""IsolationCapability matching (CONTRACT.md rule 4): a requirement against a host's capability report, failing closed.
 
 Pure: no I/O, no clock. The coordinator runs it before any effect of ``prepare_session``; the client
 runs it to skip hosts during placement. A mismatch is a list of *gaps*, each an exact string::
@@ -10,10 +10,14 @@ runs it to skip hosts during placement. A mismatch is a list of *gaps*, each an 
     health:<state>          the host is ``degraded`` or ``unsupported_host``
 
 Every gap denies. A gap is *accepted* only when all of these hold, so that nobody can widen a
-requirement alone: the requirement's ``fallback.allowed_gaps`` lists that exact gap (the caller
-agrees), ``fallback.policy_ref`` names a decision, and the host policy holds an approval with that
-``policy_ref`` whose ``gaps`` list that exact gap (the host agrees) and whose ``kind`` may accept that
-kind of gap (scope: an approval for one gap never approves another)::
+requirement alone: the requirement's fallback is upstream's ``allow_if_package_and_policy_approve``
+and accepts that gap (the caller agrees: ``class:`` when one of its ``accepted_classes`` is supported,
+``capability:X`` for X in ``accepted_capability_downgrades``, ``trust:F`` for F in
+``accepted_trust_downgrades``, ``health:degraded`` with corral's ``accept_degraded_host``), it names
+``required_policy_refs``, and the host policy holds an approval for every one of them, one of which
+lists that exact gap (the host agrees) with a ``kind`` that may accept that kind of gap (scope: an
+approval for one gap never approves another). Upstream's ``test_only_host_process`` accepts the
+``class:`` gap of a test-only fake adapter that runs host processes, and nothing else::
 
     downgrade       class:, capability:, trust:   a weaker isolation than asked for
     degraded_host   health:degraded               running on a host that reports a problem
@@ -24,7 +28,9 @@ Trust orders (the report must be at least the requirement)::
 
     locality          any accepts every report; local and remote must be equal
     tenancy           shared_allowed < dedicated
-    auditability, cleanup, secret_isolation    none < best_effort < required
+    cleanup           best_effort accepts every report; required must be equal
+    auditability, secret_isolation    none accepts every report; best_effort needs anything but
+                      none; required needs required
     data_residency    any accepts every report; local_only must be equal; region(x) must be equal
 """
 
@@ -38,16 +44,23 @@ from pydantic import Field, field_validator
 
 from corral.contract.models import (
     CLASS_STRENGTH,
+    DataResidencyKind,
+    FallbackKind,
     HealthState,
     IsolationCapabilityReport,
+    IsolationFallback,
     IsolationRequirement,
-    Level,
-    Locality,
-    Model,
-    Tenancy,
-    TrustVector,
+    IsolationTrustRequirement,
 )
 from corral.contract.refs import Ref
+from corral.contract.vocabulary import (
+    CleanupGuaranteeRequirement,
+    IsolationClass,
+    IsolationRuntimeKind,
+    LocalityRequirement,
+    TenantBoundaryRequirement,
+)
+from corral.contract.wire import Model
 
 _GAP_PREFIXES = ("class:", "capability:", "trust:", "health:")
 
@@ -115,23 +128,30 @@ class MatchResult:
 
 # -- the gaps --------------------------------------------------------------------------------------
 
-_LEVEL = {Level.none: 0, Level.best_effort: 1, Level.required: 2}
-_TENANCY = {Tenancy.shared_allowed: 0, Tenancy.dedicated: 1}
+
+def _level_ok(need: str, have: str) -> bool:
+    """Upstream's order for auditability and secret isolation: none < best_effort < required."""
+    if need == "none":
+        return True
+    if need == "best_effort":
+        return have != "none"
+    return have == "required"
 
 
-def trust_gaps(need: TrustVector, have: TrustVector) -> list[str]:
+def trust_gaps(need: IsolationTrustRequirement, have: IsolationTrustRequirement) -> list[str]:
     """``trust:<field>`` for every field of ``have`` weaker than ``need`` (orders in the module doc)."""
     gaps = []
-    if need.locality is not Locality.any and have.locality is not need.locality:
+    if need.locality != LocalityRequirement.any and have.locality != need.locality:
         gaps.append("trust:locality")
-    if _TENANCY[have.tenancy] < _TENANCY[need.tenancy]:
+    if need.tenancy != TenantBoundaryRequirement.shared_allowed and have.tenancy != need.tenancy:
         gaps.append("trust:tenancy")
-    for name in ("auditability", "cleanup"):
-        if _LEVEL[getattr(have, name)] < _LEVEL[getattr(need, name)]:
-            gaps.append(f"trust:{name}")
-    if need.data_residency != "any" and have.data_residency != need.data_residency:
+    if not _level_ok(str(need.auditability), str(have.auditability)):
+        gaps.append("trust:auditability")
+    if need.cleanup != CleanupGuaranteeRequirement.best_effort and have.cleanup != need.cleanup:
+        gaps.append("trust:cleanup")
+    if need.data_residency.kind != DataResidencyKind.any and have.data_residency != need.data_residency:
         gaps.append("trust:data_residency")
-    if _LEVEL[have.secret_isolation] < _LEVEL[need.secret_isolation]:
+    if not _level_ok(str(need.secret_isolation), str(have.secret_isolation)):
         gaps.append("trust:secret_isolation")
     return gaps
 
@@ -144,16 +164,36 @@ def find_gaps(requirement: IsolationRequirement, report: IsolationCapabilityRepo
         gaps.append(f"class:{requirement.minimum_class.value}")
     # A capability the report also declares unsupported is not relied on: an inconsistent report fails closed.
     unsupported = set(report.unsupported_requirements)
-    for cap in dict.fromkeys(requirement.required_capabilities):
+    for cap in requirement.required_capabilities.capabilities:
         if cap not in report.capabilities or f"capability:{cap.value}" in unsupported:
             gaps.append(f"capability:{cap.value}")
     gaps += trust_gaps(requirement.trust, report.trust)
-    if report.health.state is not HealthState.healthy:
-        gaps.append(f"health:{report.health.state.value}")
+    if report.health.kind is not HealthState.healthy:
+        gaps.append(f"health:{report.health.kind.value}")
     return gaps
 
 
 # -- the decision ----------------------------------------------------------------------------------
+
+
+def fallback_accepts(fallback: IsolationFallback, gap: str, report: IsolationCapabilityReport) -> bool:
+    """Whether the requirement's own fallback agrees to ``gap`` (the caller's half of an acceptance)."""
+    kind, _, name = gap.partition(":")
+    if fallback.kind is FallbackKind.test_only_host_process:
+        return (
+            kind == "class"
+            and report.adapter_kind is IsolationRuntimeKind.test_only_fake
+            and IsolationClass.host_process in report.supported_classes
+        )
+    if fallback.kind is not FallbackKind.allow_if_package_and_policy_approve:
+        return False
+    if kind == "class":
+        return any(c in report.supported_classes for c in fallback.accepted_classes)
+    if kind == "capability":
+        return any(c.value == name for c in fallback.accepted_capability_downgrades)
+    if kind == "trust":
+        return any(f.value == name for f in fallback.accepted_trust_downgrades)
+    return gap == f"health:{HealthState.degraded.value}" and fallback.accept_degraded_host
 
 
 def match(
@@ -161,52 +201,58 @@ def match(
 ) -> MatchResult:
     """Compare, then accept only the gaps that both the requirement's fallback and a host approval name."""
     fallback = requirement.fallback
-    decisions = [a for a in approvals if fallback.policy_ref is not None and a.policy_ref == fallback.policy_ref]
+    required = [ref.id for ref in fallback.required_policy_refs]
+    decisions = [a for a in approvals if a.policy_ref in required]
     gaps = find_gaps(requirement, report)
     accepted: list[str] = []
     denied: list[str] = []
     reasons: list[str] = []
     used: dict[str, None] = {}
     for gap in gaps:
-        why = _refusal(gap, fallback.allowed_gaps, fallback.policy_ref, decisions)
+        if fallback.kind is FallbackKind.test_only_host_process and fallback_accepts(fallback, gap, report):
+            accepted.append(gap)
+            continue
+        why = _refusal(gap, fallback_accepts(fallback, gap, report), required, decisions)
         if why is None:
             accepted.append(gap)
-            used[str(fallback.policy_ref)] = None
+            used.update(dict.fromkeys(required))
         else:
             denied.append(gap)
             reasons.append(f"{gap}: {why}")
     return MatchResult(tuple(gaps), tuple(accepted), tuple(denied), tuple(reasons), tuple(used))
 
 
-def _refusal(gap: str, allowed: Sequence[str], policy_ref: str | None, decisions: list[Approval]) -> str | None:
+def _refusal(gap: str, caller_accepts: bool, required: Sequence[str], decisions: list[Approval]) -> str | None:
     """Why ``gap`` is not accepted, or None when it is."""
     if gap in NEVER_APPROVABLE:
         return "an unsupported host is never used, whatever the fallback"
-    if gap not in allowed:
-        return "not listed in the requirement's fallback.allowed_gaps"
-    if policy_ref is None:
-        return "the fallback names no policy_ref to approve it"
-    if not decisions:
-        return f"the host policy has no approval {policy_ref!r}"
+    if not caller_accepts:
+        return "the requirement's fallback does not accept it"
+    if not required:
+        return "the fallback names no required_policy_refs to approve it"
+    missing = [ref for ref in required if not any(a.policy_ref == ref for a in decisions)]
+    if missing:
+        return f"the host policy has no approval {missing[0]!r}"
     naming = [a for a in decisions if gap in a.gaps]
     if not naming:
-        return f"approval {policy_ref!r} does not cover this gap"
+        return f"no approval of {', '.join(repr(r) for r in required)} covers this gap"
     if not any(kind_accepts(a.kind, gap) for a in naming):
         kinds = ", ".join(sorted({a.kind.value for a in naming}))
-        return f"approval {policy_ref!r} is a {kinds} approval, which cannot accept this gap"
+        return f"approval {naming[0].policy_ref!r} is a {kinds} approval, which cannot accept this gap"
     return None
 
 
 def placement_match(requirement: IsolationRequirement, report: IsolationCapabilityReport) -> MatchResult:
     """Matching as a client can do it: it cannot see a host's approvals, so it assumes the most a host
-    policy could approve (exactly the gaps the requirement's own fallback lists). The host decides for
+    policy could approve (every gap the requirement's own fallback accepts). The host decides for
     real in ``prepare_session``; this only keeps placement away from hosts that can never match."""
     fallback = requirement.fallback
-    if fallback.policy_ref is None:
+    if fallback.kind is not FallbackKind.allow_if_package_and_policy_approve or not fallback.required_policy_refs:
         return match(requirement, report)
-    listed = [g for g in fallback.allowed_gaps if g.startswith(_GAP_PREFIXES) and not g.endswith(":")]
+    listed = [g for g in find_gaps(requirement, report) if fallback_accepts(fallback, g, report)]
     optimistic = [
-        Approval(policy_ref=fallback.policy_ref, kind=kind, gaps=listed)
+        Approval(policy_ref=ref.id, kind=kind, gaps=listed)
+        for ref in fallback.required_policy_refs
         for kind in (ApprovalKind.downgrade, ApprovalKind.degraded_host)
     ]
     return match(requirement, report, optimistic)

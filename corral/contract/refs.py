@@ -17,6 +17,10 @@ from typing import Annotated
 from pydantic import AfterValidator
 
 MAX_REF_BYTES = 512
+_IMAGE_RE = re.compile(
+    r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[\w][\w.-]{0,127})?(@sha256:[0-9a-f]{64})?$",
+    re.ASCII,
+)
 _PROCESS_REF = re.compile(r"proc-([0-9a-f]{16})", re.ASCII)
 
 
@@ -62,3 +66,11 @@ def slug_of_process_ref(process_ref: str) -> str:
 def cleanup_plan_ref(environment_id: str) -> str:
     """One plan ref per environment: the chain's error cleanup and the client's share a key."""
     return f"plan-{slug(environment_id)}"
+
+
+def check_image_ref(value: str) -> str:
+    """An image reference in Docker's grammar (``name[:tag][@sha256:digest]``); the wire's
+    ``image_ref`` is only an id, so the client and the host each check it before use."""
+    if not _IMAGE_RE.fullmatch(value):
+        raise ValueError(f"not a valid image reference: {value[:80]!r}")
+    return value

@@ -20,11 +20,22 @@ ignores unknown keys) decodes every document corral sends, and an upstream docum
 
 from __future__ import annotations
 
+import functools
+import json
 import unicodedata
-from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, ClassVar, TypeVar, cast
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_serializer, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    model_serializer,
+    model_validator,
+)
 
 MAX_ID_BYTES = 512
 
@@ -64,9 +75,10 @@ def omit_none(**kwargs: Any) -> Any:
     return Field(default=None, exclude_if=_is_none, **kwargs)
 
 
-def omit_empty(**kwargs: Any) -> Any:
-    """``Vec<T>``/``BTreeSet<T>`` with ``default, skip_serializing_if = "…::is_empty"``."""
-    return Field(default_factory=list, exclude_if=_is_empty, **kwargs)
+def omit_empty(factory: Callable[[], Any] = list, **kwargs: Any) -> Any:
+    """``Vec<T>``/``BTreeSet<T>`` with ``default, skip_serializing_if = "…::is_empty"`` (and corral's
+    own maps, ``factory=dict``): absent when empty."""
+    return Field(default_factory=factory, exclude_if=_is_empty, **kwargs)
 
 
 class Model(BaseModel):
@@ -83,6 +95,8 @@ class Tagged(Model):
     the bare string; ``(NEWTYPE, field)`` for a newtype variant, dumped as ``{variant: value}``)."""
 
     VARIANTS: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+    """Payload fields that may be absent on the wire (corral's extensions)."""
     kind: Any
     """The variant's name (subclasses narrow it to their StrEnum)."""
 
@@ -107,14 +121,19 @@ class Tagged(Model):
             unknown = set(payload) - set(fields)
             if unknown:
                 raise ValueError(f"variant {tag!r} has no field {sorted(unknown)[0]!r}")
+            missing = [name for name in fields if name not in payload and name not in cls.OPTIONAL]
+            if missing:  # serde: every field of a struct variant is required
+                raise ValueError(f"variant {tag!r} is missing field {missing[0]!r}")
             return {"kind": tag, **payload}
         return data
 
     @model_validator(mode="after")
     def _fields_of_variant(self) -> Tagged:
         own = set(self._payload_fields())
-        for name in type(self).model_fields:
-            if name != "kind" and name not in own and name in self.model_fields_set:
+        for name, field in type(self).model_fields.items():
+            if name == "kind" or name in own or name not in self.model_fields_set:
+                continue
+            if getattr(self, name) != field.get_default(call_default_factory=True):
                 raise ValueError(f"{name!r} does not belong to variant {self._tag()!r}")
         return self
 
@@ -135,3 +154,39 @@ class Tagged(Model):
         if fields[:1] == (NEWTYPE,):
             return {tag: flat.get(fields[1])}
         return {tag: {name: flat[name] for name in fields if name in flat}}
+
+
+Result = BaseModel | str
+R = TypeVar("R", bound=BaseModel | str)
+"""What an operation answers: a model, or a bare string where upstream's result is a transparent ref."""
+
+
+WireResult = dict[str, Any] | str
+"""A result as it crosses Celery."""
+
+
+def to_wire(value: Result) -> WireResult:
+    """The JSON-safe form of an operation's result (a transparent ref is the string itself)."""
+    return value if isinstance(value, str) else value.model_dump(mode="json")
+
+
+def to_json(value: Result) -> str:
+    return json.dumps(value) if isinstance(value, str) else value.model_dump_json()
+
+
+@functools.cache
+def _adapter(kind: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(kind)
+
+
+def from_wire(kind: type[R], data: Any) -> R:
+    """Validate a result of ``kind`` (a model class, or ``str`` for a transparent ref)."""
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return cast(R, kind.model_validate(data))
+    return cast(R, _adapter(kind).validate_python(data))
+
+
+def from_json(kind: type[R], text: str | bytes) -> R:
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return cast(R, kind.model_validate_json(text))
+    return cast(R, _adapter(kind).validate_json(text))

@@ -36,8 +36,8 @@ import redis
 from pydantic import Field, ValidationError, field_validator
 
 from corral.contract.errors import InvalidRequest
-from corral.contract.models import Model
 from corral.contract.refs import new_ref, slug
+from corral.contract.wire import Model
 from corral.fleet.admission import Mode
 from corral.fleet.job import JobSpec
 from corral.state.store import PREFIX

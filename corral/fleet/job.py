@@ -14,37 +14,45 @@ from pydantic import BaseModel, ValidationError
 
 from corral.contract.errors import InvalidRequest
 from corral.contract.models import (
-    CaptureMode,
     DetachPolicy,
     EnvironmentPrepareRequest,
     EnvironmentSpec,
-    EnvSecret,
     ExecutionEnvironment,
-    FilesystemPolicy,
+    FilesystemIsolationPolicy,
     ImageRequest,
     ImageResolveRequest,
-    IoPolicy,
     IsolatedProcessSpec,
-    MountMode,
+    IsolationRequirement,
+    IsolationTrustRequirement,
     MountPolicy,
     MountResolveRequest,
-    NetworkMode,
-    NetworkPolicy,
+    NetworkIsolationPolicy,
+    NetworkKind,
     NetworkPrepareRequest,
-    OwnershipPolicy,
+    ProcessIoCapturePolicy,
+    ProcessIoPolicy,
+    ProcessOwnershipPolicy,
     ProcessStartRequest,
     RedactedEnvVar,
     ResourceLimits,
     RootfsPrepareRequest,
-    SecretMount,
-    SecretPolicy,
+    RootfsRequest,
+    SecretEnvPolicy,
+    SecretExposurePolicy,
+    SecretMountPolicy,
     SecretPrepareRequest,
     SessionPrepareRequest,
-    StdinMode,
-    StreamIoPolicy,
 )
 from corral.contract.operations import CHAIN, Operation
-from corral.contract.refs import new_ref
+from corral.contract.refs import check_image_ref, new_ref
+from corral.contract.vocabulary import (
+    AuditabilityRequirement,
+    CleanupGuaranteeRequirement,
+    MountMode,
+    ProcessContentCaptureMode,
+    RootFilesystemMode,
+    SecretIsolationRequirement,
+)
 
 T = TypeVar("T")
 
@@ -75,32 +83,43 @@ class JobSpec:
     environment_id: str = field(default_factory=lambda: new_ref("job"))
 
     def environment(self) -> ExecutionEnvironment:
+        check = _build(lambda: check_image_ref(self.image))
+        env = self._environment(check)
+        problems = env.spec.resources.problems()
+        if problems:
+            raise InvalidRequest("invalid job: " + "; ".join(problems))
+        return env
+
+    def _environment(self, check: str) -> ExecutionEnvironment:
         return _build(
             lambda: ExecutionEnvironment(
                 environment_id=self.environment_id,
                 spec=EnvironmentSpec(
-                    image=ImageRequest(image_ref=self.image),
-                    resources=ResourceLimits(
-                        cpus=self.cpus,
+                    environment_id=self.environment_id,
+                    requirement=IsolationRequirement(trust=JOB_TRUST),
+                    image=ImageRequest(image_ref=check),
+                    resources=ResourceLimits.with_cpus(
+                        self.cpus,
                         memory_mb=self.memory_mb,
                         timeout_ms=self.timeout_ms,
                         process_count=self.process_count,
                     ),
-                    filesystem=FilesystemPolicy(
+                    filesystem=FilesystemIsolationPolicy(
                         root="writable_layer" if self.writable_root else "read_only",
                         mounts=[parse_mount(m, i) for i, m in enumerate(self.mounts)],
                     ),
-                    network=NetworkPolicy(mode=NetworkMode(self.network)),
-                    secrets=SecretPolicy(
+                    network=NetworkIsolationPolicy(kind=NetworkKind(self.network)),
+                    secrets=SecretExposurePolicy(
                         ambient="explicit_refs_only" if self.secrets or self.env_secrets else "denied",
                         secret_mounts=[
-                            SecretMount(secret_ref=name, mount_ref=f"secret-{name}", destination=f"/run/secrets/{name}")
-                            for name in self.secrets
+                            SecretMountPolicy(secret_ref=name, mount_ref=f"secret-{name}") for name in self.secrets
                         ],
-                        env_secrets=[EnvSecret(secret_ref=name, env_key=key) for key, name in self.env_secrets.items()],
+                        env_secrets=[
+                            SecretEnvPolicy(secret_ref=name, env_key=key) for key, name in self.env_secrets.items()
+                        ],
                     ),
-                    ownership=OwnershipPolicy(detach_policy=DetachPolicy(allowed=self.allow_detach)),
-                    io_policy=IoPolicy(stdout=_raw(), stderr=_raw()),
+                    ownership=ProcessOwnershipPolicy(detach_policy=DetachPolicy(allowed=self.allow_detach)),
+                    io_policy=ProcessIoPolicy(stdout=_raw(), stderr=_raw()),
                 ),
             )
         )
@@ -114,7 +133,10 @@ class JobSpec:
                 env=[RedactedEnvVar(name=k, redacted_value=v) for k, v in self.env.items()],
                 user=self.user,
                 timeout_ms=self.timeout_ms,
-                stdin=StdinMode.open if self.stdin else StdinMode.closed,
+                rlimits=ResourceLimits.with_cpus(
+                    self.cpus, memory_mb=self.memory_mb, timeout_ms=self.timeout_ms, process_count=self.process_count
+                ),
+                stdin_open=self.stdin,
             )
         )
 
@@ -124,19 +146,44 @@ class JobSpec:
         proc = self.process()
         requests: dict[Operation, BaseModel] = {
             Operation.prepare_session: SessionPrepareRequest(environment=env, host_ref=host),
-            Operation.resolve_image: ImageResolveRequest(environment=env),
-            Operation.prepare_rootfs: RootfsPrepareRequest(environment=env),
+            Operation.resolve_image: ImageResolveRequest(image=image_of(env), environment=env),
+            Operation.prepare_rootfs: RootfsPrepareRequest(rootfs=rootfs_of(env), environment=env),
             Operation.resolve_mounts: MountResolveRequest(environment=env),
             Operation.configure_network: NetworkPrepareRequest(environment=env),
             Operation.prepare_secrets: SecretPrepareRequest(environment=env),
             Operation.prepare_environment: EnvironmentPrepareRequest(environment=env, process=proc),
-            Operation.start_process: ProcessStartRequest(environment=env, process=proc),
+            Operation.start_process: ProcessStartRequest(
+                environment=env, process=proc, effect_intent=proc.effect_intent(env)
+            ),
         }
         return [(op, requests[op]) for op in CHAIN]
 
 
-def _raw() -> StreamIoPolicy:
-    return StreamIoPolicy(default_capture=CaptureMode.raw_content_if_policy_allows)
+JOB_TRUST = IsolationTrustRequirement(
+    auditability=AuditabilityRequirement.best_effort,
+    cleanup=CleanupGuaranteeRequirement.required,
+    secret_isolation=SecretIsolationRequirement.best_effort,
+)
+"""What a job asks of a host's trust: audit records, guaranteed cleanup and isolated secrets."""
+
+
+def image_of(env: ExecutionEnvironment) -> ImageRequest:
+    """The image request of an environment (corral's environments always name one)."""
+    if env.spec.image is None:
+        raise InvalidRequest("the environment names no image", context={"environment_id": env.environment_id})
+    return env.spec.image
+
+
+def rootfs_of(env: ExecutionEnvironment) -> RootfsRequest:
+    """The root filesystem a job asks for: the image's, read-only unless the spec says writable."""
+    if env.spec.rootfs is not None:
+        return env.spec.rootfs
+    read_only = env.spec.filesystem.root is RootFilesystemMode.read_only
+    return RootfsRequest(rootfs_ref=f"rootfs.{image_of(env).image_ref}"[:512], read_only=read_only)
+
+
+def _raw() -> ProcessIoCapturePolicy:
+    return ProcessIoCapturePolicy(default_capture=ProcessContentCaptureMode.raw_content_if_policy_allows)
 
 
 def parse_mount(text: str, index: int) -> MountPolicy:

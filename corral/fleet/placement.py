@@ -15,7 +15,8 @@ from pydantic import Field, ValidationError
 
 from corral.contract.errors import NotFound, PolicyDenial
 from corral.contract.matching import MatchResult, placement_match
-from corral.contract.models import HealthState, IsolationCapabilityReport, IsolationRequirement, Model
+from corral.contract.models import HealthState, IsolationCapabilityReport, IsolationRequirement
+from corral.contract.wire import Model
 from corral.fleet.admission import Admission, Demand, Mode, Placed, Queued
 from corral.state.store import Store
 

@@ -19,6 +19,9 @@ class Action(StrEnum):
     mark_lost = "mark_lost"
     record_exit = "record_exit"
     """The process exited but the session still says running: ask the adapter, record the exit."""
+    error = "error"
+    """The environment could not be judged (a malformed session record): nothing was done, the reason
+    says why, and the rest of the pass went on. The next pass looks again."""
 
 
 class Finding(BaseModel):

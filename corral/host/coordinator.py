@@ -50,17 +50,15 @@ from corral.contract.errors import (
 )
 from corral.contract.matching import match
 from corral.contract.models import (
+    MAX_GRACE_MS,
     CleanupRequest,
     CleanupResult,
-    CleanupStatus,
     DetachTransferRequest,
     DetachTransferResult,
-    EffectIntent,
     EnvironmentPrepareRequest,
     ExecutionEnvironment,
     ImageResolution,
     ImageResolveRequest,
-    IoStream,
     IsolatedProcessSpec,
     IsolationCapabilityReport,
     IsolationRuntimeRef,
@@ -90,11 +88,15 @@ from corral.contract.models import (
     dump,
 )
 from corral.contract.operations import Operation
-from corral.contract.refs import new_ref, slug
+from corral.contract.records import IsolationRecord, event_summary
+from corral.contract.refs import new_ref, process_ref_for, slug
 from corral.contract.runtime import IsolationRuntime
+from corral.contract.vocabulary import CleanupStatus, ProcessIoStream
+from corral.contract.wire import from_wire, to_wire
 from corral.fleet.admission import DEFAULT_LEASE_MS, Admission, Demand
-from corral.host import metrics
+from corral.host import journal_records, metrics
 from corral.host.effects import Clock, Effects, SystemClock, digest_of
+from corral.host.journal_records import EffectRecords
 from corral.host.policy_source import PolicySource
 from corral.host.tenancy import (
     DEFAULT_TENANT,
@@ -121,11 +123,30 @@ from corral.state.journal import Journal
 from corral.state.store import Store
 from corral.trust.identity import Caller
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=BaseModel | str)
 log = logging.getLogger("corral.host.coordinator")
 
 LOCAL_CALLER = Caller("corral-local", DEFAULT_TENANT, operator=True)
 """In-process callers (the reconciler, unit tests). Tasks always pass the verified caller instead."""
+
+
+def chain_environment(
+    request: ImageResolveRequest
+    | RootfsPrepareRequest
+    | MountResolveRequest
+    | NetworkPrepareRequest
+    | SecretPrepareRequest,
+    op: Operation,
+) -> ExecutionEnvironment:
+    """The environment a chain step belongs to. Upstream's ``resolve_image`` and ``prepare_rootfs``
+    carry only the image or root request; corral's chain also sends the environment (an extension
+    field), because a step finds its session, owner and policy by it."""
+    if request.environment is None:
+        raise InvalidRequest(
+            f"{op} reached the host without its environment: corral runs it as a step of a session",
+            context={"operation": op},
+        )
+    return request.environment
 
 
 class Coordinator:
@@ -149,7 +170,15 @@ class Coordinator:
         self.clock = clock or SystemClock()
         self.policy = policy or PolicySource.fixed(HostPolicy())
         """The host policy; without one, the documented defaults (``config/policy.toml``)."""
-        self.effects = Effects(store, journal, host_id, self.clock, lease_ms=lease_ms, pending_wait_s=pending_wait_s)
+        self.effects = Effects(
+            store,
+            journal,
+            host_id,
+            self.clock,
+            lease_ms=lease_ms,
+            pending_wait_s=pending_wait_s,
+            adapter_ref=runtime.runtime_ref(),
+        )
         self.admission = Admission(store.r, store.ttl_ms // 1000, admission_lease_ms)
         """Fleet capacity accounting (``corral.fleet.admission``): a session confirms its reservation and its
         cleanup releases it."""
@@ -184,8 +213,12 @@ class Coordinator:
         )
         if replayed is not None:
             return replayed
+        matched: dict[str, str] = {}  # matching's record (capability_match or downgrade_decision)
         self._admit(
-            Operation.prepare_session, env.environment_id, lambda policy: self._admit_session(policy, env, caller)
+            Operation.prepare_session,
+            env.environment_id,
+            lambda policy: self._admit_session(policy, env, caller, matched),
+            record=matched,
         )
         existing = self.store.session(env.environment_id)
         if existing and existing.get("env_digest") != digest_of(env):
@@ -230,11 +263,12 @@ class Coordinator:
             request,
             effect,
             IsolationSessionRef,
-            lambda r: f"session {r.session_ref} on {r.host_ref}",
+            lambda r: f"session {r} on {self.host_id}",
+            EffectRecords(lambda _: journal_records.field(journal_records.requested(env)), lambda _, __: matched),
         )
-        self.store.set_step_result(env.environment_id, Operation.prepare_session, dump(result), self.clock.now_ms())
+        self.store.set_step_result(env.environment_id, Operation.prepare_session, to_wire(result), self.clock.now_ms())
         resources = env.spec.resources
-        self.admission.confirm(env.environment_id, self.host_id, Demand.of(resources.cpus, resources.memory_mb))
+        self.admission.confirm(env.environment_id, self.host_id, Demand.of(resources.cpu_quota, resources.memory_mb))
         return result
 
     def resolve_image(self, request: ImageResolveRequest, caller: Caller = LOCAL_CALLER) -> ImageResolution:
@@ -248,7 +282,7 @@ class Coordinator:
         )
         # Planning only, so the digest is judged once known (replays too); nothing runs it before
         # prepare_environment, which judges the recorded resolution again.
-        self._admit_resolution(Operation.resolve_image, request.environment, resolution)
+        self._admit_resolution(Operation.resolve_image, chain_environment(request, Operation.resolve_image), resolution)
         return resolution
 
     def prepare_rootfs(self, request: RootfsPrepareRequest, caller: Caller = LOCAL_CALLER) -> RootfsRef:
@@ -257,7 +291,7 @@ class Coordinator:
             request,
             self.runtime.prepare_rootfs,
             RootfsRef,
-            lambda r: f"rootfs {r.rootfs_ref} read_only={r.read_only}",
+            lambda r: f"rootfs {r} read_only={request.rootfs.read_only}",
             caller,
         )
 
@@ -277,8 +311,11 @@ class Coordinator:
             request,
             self.runtime.configure_network,
             NetworkNamespaceRef,
-            lambda r: f"network {r.network_ref} mode {r.mode}",
+            lambda r: f"network {r} mode {request.environment.spec.network.kind}",
             caller,
+            EffectRecords(
+                result=lambda _, ref: journal_records.network_prepared(request.environment.environment_id, ref)
+            ),
         )
 
     def prepare_secrets(
@@ -302,20 +339,27 @@ class Coordinator:
         replayed = self.effects.recorded(Operation.prepare_environment, env_id, key, request, PreparedEnvironmentRef)
         if replayed is not None:
             return replayed
-        self._admit_process(Operation.prepare_environment, env_id, request.environment, request.process, owner)
+        process = request.process
+        if process is None:
+            raise InvalidRequest(
+                "prepare_environment needs the process: corral creates the container for it here",
+                context={"environment_id": env_id},
+            )
+        self._admit_process(Operation.prepare_environment, env_id, request.environment, process, owner)
         self._session_for(request.environment, Operation.prepare_environment)
         earlier: dict[str, object] = {}
-        for field, step, model in (
+        steps: tuple[tuple[str, Operation, type[BaseModel | str]], ...] = (
             ("image", Operation.resolve_image, ImageResolution),
-            ("rootfs", Operation.prepare_rootfs, RootfsRef),
+            ("rootfs", Operation.prepare_rootfs, str),
             ("mounts", Operation.resolve_mounts, MountPlan),
-            ("network", Operation.configure_network, NetworkNamespaceRef),
+            ("network", Operation.configure_network, str),
             ("secrets", Operation.prepare_secrets, SecretMaterializationPlan),
-        ):
+        )
+        for field, step, kind in steps:
             recorded = self.store.step_result(env_id, step)
             if recorded is None:
                 raise InvalidStateTransition(f"prepare_environment needs {step} first", context={"missing": step})
-            earlier[field] = model.model_validate(recorded)
+            earlier[field] = from_wire(kind, recorded)
         image = earlier["image"]
         assert isinstance(image, ImageResolution)
         self._admit_resolution(Operation.prepare_environment, request.environment, image)
@@ -328,14 +372,15 @@ class Coordinator:
             request,
             lambda: self.runtime.prepare_environment(full),
             PreparedEnvironmentRef,
-            lambda r: f"environment {r.prepared_ref} for process {request.process.process_id}",
+            lambda r: f"environment {r} for process {process.process_id}",
+            journal_records.environment_prepare(request.environment, key, process.process_id),
         )
         self.store.advance(
             env_id,
             lifecycle.ENVIRONMENT_PREPARED,
             self.clock.now_ms(),
-            process=json.dumps(dump(request.process), sort_keys=True),
-            **{f"result:{Operation.prepare_environment}": json.dumps(dump(result), sort_keys=True)},
+            process=json.dumps(dump(process), sort_keys=True),
+            **{f"result:{Operation.prepare_environment}": json.dumps(to_wire(result), sort_keys=True)},
         )
         return result
 
@@ -358,12 +403,13 @@ class Coordinator:
                 "start_process names a different process than the prepared one",
                 context={"process_id": request.process.process_id},
             )
-        intent = EffectIntent(
-            effect_id=f"eff-{slug(key)}",
-            kind=Operation.start_process,
-            idempotency_key=f"idempotency.{request.process.process_id}",
-            dedupe_key=key,
-            redacted_summary=f"start {request.process.process_id} ({len(request.process.argv)} argv)",
+        # The host's own intent (its keys), whatever the caller sent: the host owns idempotency.
+        intent = request.process.effect_intent(request.environment).model_copy(
+            update={
+                "effect_id": f"eff-{slug(key)}",
+                "dedupe_key": key,
+                "redacted_summary": f"start {request.process.process_id} ({len(request.process.argv)} argv)",
+            }
         )
         full = request.model_copy(update={"effect_intent": intent})
         result = self.effects.run(
@@ -374,6 +420,7 @@ class Coordinator:
             lambda: self.runtime.start_process(full),
             ProcessStartResult,
             lambda r: f"process {r.process_ref} started",
+            journal_records.process_start(request.environment, key, process_ref_for(env_id), len(request.process.argv)),
         )
         now = self.clock.now_ms()
         if record.get("created_ms"):  # replays returned above: one launch, observed once
@@ -396,7 +443,7 @@ class Coordinator:
         self, request: ProcessIoRequest, delivery_id: str | None = None, caller: Caller = LOCAL_CALLER
     ) -> ProcessIoFrame:
         env_id, record = self._process_session(request.process_ref, Operation.stream_io, caller)
-        if request.stream is not IoStream.stdin:
+        if request.stream is not ProcessIoStream.stdin:
             frame = self.runtime.stream_io(request)
             if frame.eof and record.get("state") == SessionState.running:
                 self.store.advance(env_id, lifecycle.PROCESS_EXITED, self.clock.now_ms())
@@ -417,6 +464,7 @@ class Coordinator:
             lambda: self.runtime.stream_io(request),
             ProcessIoFrame,
             lambda r: f"stdin write {r.byte_count} byte(s)",
+            EffectRecords(result=lambda _, f: journal_records.field(IsolationRecord.process_io_frame(f))),
         )
         if frame.cursor > written:  # the frame's cursor is the process's stdin total so far
             self.store.update_session(env_id, {"stdin_bytes": str(frame.cursor)}, self.clock.now_ms())
@@ -426,6 +474,10 @@ class Coordinator:
         self, request: ProcessSignalRequest, delivery_id: str | None = None, caller: Caller = LOCAL_CALLER
     ) -> ProcessSignalResult:
         env_id, _ = self._process_session(request.process_ref, Operation.signal_process, caller)
+        if request.grace_ms > MAX_GRACE_MS:  # upstream takes any u64; the escalation must come
+            raise InvalidRequest(
+                f"grace_ms must be at most {MAX_GRACE_MS} (10 minutes)", context={"grace_ms": str(request.grace_ms)}
+            )
         key = f"{Operation.signal_process}:{request.process_ref}:{delivery_id or new_ref('delivery')}"
         return self.effects.run(
             Operation.signal_process,
@@ -455,9 +507,26 @@ class Coordinator:
         }
         if not record.get("exited_ms") and self.store.record_exit(env_id, ended, now):
             metrics.count_exit(ended["reason"])
+            self._journal_exit(env_id, snapshot, now)
         self.admission.exited(env_id)  # its CPUs and memory are free now; the slot until cleanup
         if record.get("state") == SessionState.running:
             self.store.advance(env_id, lifecycle.PROCESS_EXITED, now)
+
+    def _journal_exit(self, env_id: str, snapshot: ProcessStatsSnapshot, now: int) -> None:
+        """The process's end, once (the exit was just recorded): upstream's ``process_stats_snapshot``
+        record. Reading stats journals nothing else; a journal failure loses only this note."""
+        record = journal_records.stats_snapshot(env_id, snapshot)
+        fields = {
+            "op": Operation.collect_stats,
+            "host": self.host_id,
+            "ts_ms": str(now),
+            "summary": event_summary(record),
+            **journal_records.field(record),
+        }
+        try:
+            self.journal.append(env_id, "exit", fields)
+        except JournalFailure:
+            log.warning("could not journal the exit of %s", env_id)
 
     # -- teardown and hand-over ------------------------------------------------------------
 
@@ -477,7 +546,9 @@ class Coordinator:
 
         def effect() -> CleanupResult:
             if record:  # only once the intent is journaled: a refused cleanup leaves the state alone
-                self.store.update_session(env_id, {"state": SessionState.cleaning}, self.clock.now_ms())
+                # Compare-and-set like every state change: a record that vanished meanwhile is not
+                # re-created, and a session another cleanup finished is not moved back to cleaning.
+                self.store.advance(env_id, lifecycle.CLEANUP_BEGUN, self.clock.now_ms())
             return self.runtime.cleanup(request)
 
         result = self.effects.run(
@@ -488,10 +559,16 @@ class Coordinator:
             effect,
             CleanupResult,
             lambda r: f"cleanup {r.status}: {r.redacted_summary}",
+            journal_records.cleanup(
+                request.environment,
+                f"{Operation.cleanup}:{env_id}:{request.cleanup_plan_ref}",
+                request.cleanup_plan_ref,
+            ),
         )
-        final = SessionState.cleaned if result.status is CleanupStatus.completed else SessionState.repair_needed
+        end = lifecycle.ended(Operation.cleanup, result.status is CleanupStatus.completed)
+        final = end.target
         if record:
-            self.store.transition(env_id, (SessionState.cleaning,), {"state": final}, self.clock.now_ms())
+            self.store.advance(env_id, end, self.clock.now_ms())
         if final is SessionState.cleaned or not record:
             self.admission.release(env_id)
         ticket_ref = record.get("ticket_ref")
@@ -516,17 +593,17 @@ class Coordinator:
         deadline_ms = self.clock.now_ms() + request.ttl_ms
 
         def effect() -> DetachTransferResult:
-            ack = self.runtime.detach(full).model_copy(update={"deadline_ms": deadline_ms})
+            ack = self.runtime.detach(full).model_copy(update={"ticket_ref": ticket_ref, "deadline_ms": deadline_ms})
             # The ticket is part of the effect: no host ack without a ticket, no ticket without an ack.
             self.store.put_ticket(
-                ack.ticket_ref,
+                ticket_ref,
                 {
                     "environment_id": env.environment_id,
                     "host": self.host_id,
                     "host_ack_ref": ack.host_ack_ref,
                     "tenant": owner.tenant,
                 },
-                ack.deadline_ms,
+                deadline_ms,
             )
             return ack
 
@@ -539,7 +616,9 @@ class Coordinator:
             DetachTransferResult,
             lambda r: f"ticket {r.ticket_ref} acked {r.host_ack_ref} until {r.deadline_ms}",
         )
-        self.store.advance(env.environment_id, lifecycle.DETACHED, self.clock.now_ms(), ticket_ref=result.ticket_ref)
+        self.store.advance(
+            env.environment_id, lifecycle.DETACHED, self.clock.now_ms(), ticket_ref=result.ticket_ref or ticket_ref
+        )
         return result
 
     def reclaim(self, request: ReclaimRequest, caller: Caller = LOCAL_CALLER) -> ReclaimResult:
@@ -597,27 +676,32 @@ class Coordinator:
         result_type: type[M],
         summary: Callable[[M], str],
         caller: Caller,
+        records: EffectRecords[M] | None = None,
     ) -> M:
-        env_id = request.environment.environment_id
+        env = chain_environment(request, op)
+        env_id = env.environment_id
         key = f"{op}:{env_id}"
         owner = self._authorize(op, env_id, caller)
         replayed = self.effects.recorded(op, env_id, key, request, result_type)
         if replayed is not None:
             return replayed
-        self._admit(op, env_id, lambda policy: self._admit_environment(policy, owner, request.environment))
-        self._session_for(request.environment, op)
-        result = self.effects.run(op, env_id, key, request, lambda: call(request), result_type, summary)
-        self.store.set_step_result(env_id, op, dump(result), self.clock.now_ms())
+        self._admit(op, env_id, lambda policy: self._admit_environment(policy, owner, env))
+        self._session_for(env, op)
+        result = self.effects.run(op, env_id, key, request, lambda: call(request), result_type, summary, records)
+        self.store.set_step_result(env_id, op, to_wire(result), self.clock.now_ms())
         return result
 
     # -- admission: host policy and capability matching ---------------------------------------
 
-    def _admit(self, op: Operation, env_id: str, check: Callable[[HostPolicy], None]) -> None:
-        """Run a policy check; a denial is journaled (no intent: nothing was attempted) and raised."""
+    def _admit(
+        self, op: Operation, env_id: str, check: Callable[[HostPolicy], None], record: dict[str, str] | None = None
+    ) -> None:
+        """Run a policy check; a denial is journaled (no intent: nothing was attempted) and raised. ``record``
+        holds the record fields the check left for its denial entry (matching's downgrade decision)."""
         try:
             check(self.policy.current())
         except PolicyDenial as denial:
-            self._journal_denial(op, env_id, denial)
+            self._journal_denial(op, env_id, denial, record or {})
             raise
 
     def admit_chained_process(self, op: Operation, env_id: str, process: IsolatedProcessSpec) -> None:
@@ -632,7 +716,10 @@ class Coordinator:
                 self._journal_denial(op, env_id, denial)
             raise
 
-    def _admit_session(self, policy: HostPolicy, env: ExecutionEnvironment, caller: Caller) -> None:
+    def _admit_session(
+        self, policy: HostPolicy, env: ExecutionEnvironment, caller: Caller, matched: dict[str, str]
+    ) -> None:
+        """The session's admission; ``matched`` receives matching's record (``journal_records.capability_decision``)."""
         check_environment(policy, env)
         check_tenant(policy, caller, env, self.host_id)
         if tenant_rules(policy, caller).limits.max_sandboxes is not None and not self.store.session(env.environment_id):
@@ -640,6 +727,19 @@ class Coordinator:
             check_tenant_sandboxes(policy, caller, self._tenant_live(caller.tenant))
         report = self.runtime.capability_report()
         result = match(env.spec.requirement, report, policy.approvals)
+        matched.clear()
+        matched.update(
+            journal_records.field(
+                journal_records.capability_decision(
+                    env,
+                    report,
+                    gaps=result.gaps,
+                    accepted=result.accepted,
+                    denied=result.denied,
+                    approvals=result.approvals_used,
+                )
+            )
+        )
         if not result.ok:
             raise PolicyDenial(
                 f"host {self.host_id} does not match the isolation requirement: {result.summary()}",
@@ -683,7 +783,9 @@ class Coordinator:
             )
         check_detach(policy, request.ttl_ms)
 
-    def _journal_denial(self, op: Operation, env_id: str, denial: PolicyDenial) -> None:
+    def _journal_denial(
+        self, op: Operation, env_id: str, denial: PolicyDenial, record: dict[str, str] | None = None
+    ) -> None:
         fields = {
             "op": op,
             "host": self.host_id,
@@ -693,6 +795,7 @@ class Coordinator:
         }
         if "gaps" in denial.context:
             fields["gaps"] = denial.context["gaps"]
+        fields.update(record or {})
         try:
             self.journal.append(env_id, "denial", fields)
         except JournalFailure:  # the denial stands: refusing needs no record to be safe

@@ -30,15 +30,14 @@ from corral.contract.errors import AgentError
 from corral.contract.models import (
     CleanupRequest,
     ExecutionEnvironment,
-    IoStream,
     ProcessIoRequest,
-    ProcessSignal,
     ProcessSignalRequest,
     ProcessState,
     ProcessStatsRequest,
 )
 from corral.contract.operations import Operation
 from corral.contract.refs import process_ref_for
+from corral.contract.vocabulary import ProcessIoStream, ProcessSignal
 from corral.fleet.admission import Admission, Demand, Placed
 from corral.fleet.batch import TAIL_BYTES, Batch, BatchStore, attempt_env_id, parse_env_id, should_retry
 from corral.fleet.job import JobSpec
@@ -256,7 +255,9 @@ class Reaper:
                     caller=self.operator,
                 )
             return 0
-        tails = {stream.value: self._tail(process_ref, stream) for stream in (IoStream.stdout, IoStream.stderr)}
+        tails = {
+            stream.value: self._tail(process_ref, stream) for stream in (ProcessIoStream.stdout, ProcessIoStream.stderr)
+        }
         reason = stats.reason.value if stats.reason else "exit"
         env = ExecutionEnvironment.model_validate_json(session["environment"])
         try:
@@ -265,7 +266,7 @@ class Reaper:
             log.warning("cleanup of %s failed: %s", env_id, exc)
         return self._end(batch, env_id, index, attempt, record, stats.exit_code, reason, now, tails)
 
-    def _tail(self, process_ref: str, stream: IoStream) -> str:
+    def _tail(self, process_ref: str, stream: ProcessIoStream) -> str:
         """The last ``TAIL_BYTES`` of a stream, read host-locally (no output leaves the host otherwise)."""
         tail = b""
         cursor = 0

@@ -22,20 +22,23 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from corral.contract import lifecycle
 from corral.contract.errors import AgentError, Conflict, InProgress, InvalidRequest, IsolationFailure, JournalFailure
 from corral.contract.models import dump
 from corral.contract.operations import Operation
 from corral.contract.refs import new_ref, slug
-from corral.host import faults
+from corral.contract.wire import from_json, to_json
+from corral.host import faults, journal_records
+from corral.host.journal_records import EffectRecords
 from corral.host.liveness import holder_dead, holder_id
 from corral.state.journal import Journal
 from corral.state.store import IdemBegin, Store
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=BaseModel | str)
 log = logging.getLogger("corral.host.effects")
 
 
@@ -64,6 +67,7 @@ class Effects:
         *,
         lease_ms: int = 120_000,
         pending_wait_s: float = 10.0,
+        adapter_ref: str | None = None,
     ) -> None:
         self.store = store
         self.journal = journal
@@ -71,10 +75,14 @@ class Effects:
         self.clock = clock
         self.lease_ms = lease_ms
         self.pending_wait_s = pending_wait_s
+        self.adapter_ref = adapter_ref
+        """The runtime's ref, named in the ``failed`` record of a failed effect (null when unknown)."""
 
     def recorded(self, op: Operation, env_id: str, key: str, request: BaseModel, result_type: type[M]) -> M | None:
         """Answer a redelivery from its idempotency record, before any state check: a step may be
-        delivered again after the chain has moved on, and must get its recorded outcome (rule 2)."""
+        delivered again after the chain has moved on, and must get its recorded outcome (rule 2).
+        Once the session is torn down, a recorded success of a step that needs it alive is refused
+        (``Conflict``, ``lifecycle.check_replay``): it would answer for resources that are gone."""
         record = self.store.idem_get(key)
         if record.get("state") not in ("done", "failed") or record.get("digest") != digest_of(request):
             return None
@@ -84,6 +92,8 @@ class Effects:
                 f"environment {env_id} lives on host {session.get('host')}, not {self.host_id}",
                 context={"environment_id": env_id},
             )
+        if record["state"] == "done" and session:  # a success names resources: they must still be there
+            lifecycle.check_replay(op, session.get("state"), env_id)
         self.journal.append(
             env_id,
             "replay",
@@ -91,7 +101,7 @@ class Effects:
         )
         if record["state"] == "failed":
             raise AgentError.from_payload(json.loads(record["result"]))
-        return result_type.model_validate_json(record["result"])
+        return from_json(result_type, record["result"])
 
     def run(
         self,
@@ -102,7 +112,11 @@ class Effects:
         call: Callable[[], M],
         result_type: type[M],
         summary: Callable[[M], str],
+        records: EffectRecords[M] | None = None,
     ) -> M:
+        """Run one effect under the protocol above. ``records`` adds upstream's isolation record of the
+        intent and of the result to their journal entries (``corral.host.journal_records``); a failure
+        always carries a ``failed`` record."""
         digest = digest_of(request)
         token = new_ref("exe")
         holder = holder_id(self.host_id)
@@ -117,7 +131,7 @@ class Effects:
             self.journal.append(env_id, "replay", {**base, "status": begin.status})
             if begin.status == "failed":
                 raise AgentError.from_payload(json.loads(begin.payload))
-            return result_type.model_validate_json(begin.payload)
+            return from_json(result_type, begin.payload)
         if begin.status == "takeover":
             self._journal_or_release(
                 key,
@@ -132,7 +146,8 @@ class Effects:
                 },
             )
         effect_id = f"eff-{slug(key)}"
-        self._journal_or_release(key, token, env_id, "intent", {**base, "effect_id": effect_id})
+        intent = _record_fields(records.intent, effect_id) if records and records.intent else {}
+        self._journal_or_release(key, token, env_id, "intent", {**base, "effect_id": effect_id, **intent})
         faults.hit(f"{op}:before_adapter")
         try:
             result = call()
@@ -149,14 +164,17 @@ class Effects:
                 raise
             raise error from exc
         faults.hit(f"{op}:after_adapter")
+        done = _record_fields(records.result, effect_id, result) if records and records.result else {}
         try:
             self.journal.append(
-                env_id, "result", {**base, "effect_id": effect_id, "status": "ok", "summary": summary(result)}
+                env_id,
+                "result",
+                {**base, "effect_id": effect_id, "status": "ok", "summary": summary(result), **done},
             )
         except JournalFailure:
             self._flag_recovery(env_id, op, key)
         faults.hit(f"{op}:after_result")
-        self.store.idem_finish(key, token, "done", result.model_dump_json())
+        self.store.idem_finish(key, token, "done", to_json(result))
         return result
 
     def _begin(self, key: str, digest: str, token: str, holder: str) -> IdemBegin:
@@ -197,6 +215,11 @@ class Effects:
                     "error_kind": error.kind,
                     "retry": error.retry,
                     "summary": error.message,
+                    **_record_fields(
+                        lambda: journal_records.field(
+                            journal_records.failure(env_id, self.adapter_ref, error.message, error.upstream_retry)
+                        )
+                    ),
                 },
             )
         except JournalFailure:
@@ -213,3 +236,13 @@ class Effects:
             self.store.update_session(env_id, {f"recovery:{key}": op, "recovery_needed": "1"}, self.clock.now_ms())
         except Exception:  # Redis is gone too: the idempotency lease will expire and be taken over
             log.exception("could not flag %s for recovery after %s", env_id, op)
+
+
+def _record_fields(build: Callable[..., dict[str, str]], *args: Any) -> dict[str, str]:
+    """The record fields of a journal entry. A record that cannot be built (a bug, never the request's
+    fault: its ids were validated) is logged and left out; it never stops the effect or its journaling."""
+    try:
+        return build(*args)
+    except Exception:
+        log.exception("could not build the isolation record of a journal entry")
+        return {}

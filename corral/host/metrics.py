@@ -254,7 +254,8 @@ class HostCollector:
             shown = shown_state({"state": state, "exited_ms": exited_ms or ""})
             counts[shown] = counts.get(shown, 0) + 1
             resources = _resources(environment)
-            cpus += float(resources.get("cpus") or 0)
+            millis = resources.get("cpu_millis")  # a fractional limit (corral's extension beside upstream's cpus)
+            cpus += float(millis) / 1000 if millis else float(resources.get("cpus") or 0)
             memory += int(resources.get("memory_mb") or 0) * 1024 * 1024
         by_state = gauge("corral_sandboxes", "Sandboxes of this host by state (not yet cleaned).", labels=["state"])
         for state, count in sorted(counts.items()):

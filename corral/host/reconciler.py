@@ -128,12 +128,15 @@ def plan(
     for env_id, seen in sorted(observed.items()):
         record = sessions.get(env_id) or {}
         unowned_for_ms = now_ms - first_seen.get(env_id, now_ms)
-        action, reason = decide(host_id, seen, record, unowned_for_ms, now_ms, grace_s, stale_after_s)
+        try:
+            action, reason = decide(host_id, seen, record, unowned_for_ms, now_ms, grace_s, stale_after_s)
+        except (ValueError, TypeError, KeyError) as exc:  # one malformed record never stops the pass
+            action, reason = Action.error, _malformed(exc)
         findings.append(
             Finding(
                 environment_id=env_id,
                 resources=list(seen.kinds),
-                state=record.get("state", "none"),
+                state=str(record.get("state", "none")),
                 action=action,
                 reason=reason,
             )
@@ -141,7 +144,13 @@ def plan(
     for env_id, record in sorted(sessions.items()):
         if env_id in observed or record.get("host") != host_id or record.get("state") != SessionState.running:
             continue
-        started = int(record.get("started_ms") or now_ms)
+        try:
+            started = int(record.get("started_ms") or now_ms)
+        except (ValueError, TypeError) as exc:
+            findings.append(
+                Finding(environment_id=env_id, state="running", action=Action.error, reason=_malformed(exc))
+            )
+            continue
         if now_ms - started >= grace_s * 1000:
             findings.append(
                 Finding(
@@ -152,6 +161,10 @@ def plan(
                 )
             )
     return findings
+
+
+def _malformed(exc: Exception) -> str:
+    return f"malformed session record ({type(exc).__name__}: {str(exc)[:200]}); left alone"
 
 
 def exit_unrecorded(host_id: str, record: Mapping[str, str]) -> bool:
@@ -196,8 +209,16 @@ class Reconciler:
         """Record the end of every process of this host that stopped while nobody asked (a detached
         one, an attached client that went away): one inventory of the runtime, then ``collect_stats``
         for each stopped container whose session has no exit yet. The worker runs this every
-        heartbeat (``workers.observe``), so ``corral ps`` and the metrics show it within seconds."""
+        heartbeat (``workers.observe``), so ``corral ps`` and the metrics show it within seconds.
+        First, a runtime that can (``DockerRuntime.supervise_io``) gives every running sandbox whose
+        I/O shim died a supervisor that enforces its timeout and records its exit."""
         runtime = self.coordinator.runtime
+        supervise = getattr(runtime, "supervise_io", None)
+        if callable(supervise):  # a sandbox whose I/O shim died gets a supervisor: its timeout still holds
+            try:
+                supervise()
+            except Exception as exc:
+                log.warning("I/O supervision failed: %s", type(exc).__name__)
         if not hasattr(runtime, "list_labeled"):
             return 0
         observed = group_by_environment(cast(Inventory, runtime).list_labeled())
@@ -211,8 +232,8 @@ class Reconciler:
             try:
                 self.coordinator.collect_stats(ProcessStatsRequest(process_ref=record["process_ref"]))
                 recorded += 1
-            except AgentError as exc:  # one sandbox's trouble never stops the watch
-                log.warning("exit of %s not recorded: %s", env_id, exc)
+            except Exception as exc:  # one sandbox's trouble (an adapter error, a bad record) never stops the watch
+                log.warning("exit of %s not recorded: %s: %s", env_id, type(exc).__name__, str(exc)[:500])
         return recorded
 
     def _first_seen(
@@ -220,7 +241,7 @@ class Reconciler:
     ) -> dict[str, int]:
         """When each currently-unowned environment was first seen unowned (kept in Redis)."""
         r = self.coordinator.store.r
-        recorded = {k: int(v) for k, v in cast(dict[str, str], r.hgetall(self.seen_key)).items()}
+        recorded = {k: int(v) for k, v in cast(dict[str, str], r.hgetall(self.seen_key)).items() if v.isdigit()}
         unowned = {e for e in observed if sessions.get(e, {}).get("state") not in OWNED}
         if not dry_run:
             pipe = r.pipeline()
@@ -237,6 +258,15 @@ class Reconciler:
             outcome = self._perform(finding, seen, record or {})
         except AgentError as exc:
             outcome = f"failed: {exc}"
+        except Exception as exc:  # an adapter or a record outside the contract: this finding fails, the pass goes on
+            log.warning(
+                "reconcile of %s (%s) failed: %s: %s",
+                finding.environment_id,
+                finding.action,
+                type(exc).__name__,
+                str(exc)[:500],
+            )
+            outcome = f"failed: {type(exc).__name__}"
         return finding.model_copy(update={"outcome": outcome})
 
     def _perform(self, finding: Finding, seen: Observed | None, record: Mapping[str, str]) -> str:
@@ -249,14 +279,10 @@ class Reconciler:
             coordinator.store.r.hdel(self.seen_key, env_id)
             return f"reclaim {reclaimed.status}"
         if finding.action is Action.reclaim:
-            environment = (
-                ExecutionEnvironment.model_validate_json(record["environment"])
-                if record.get("environment")
-                else ExecutionEnvironment(environment_id=env_id)
-            )
+            environment, note = _environment_of(env_id, record)
             result = coordinator.cleanup(CleanupRequest(environment=environment, cleanup_plan_ref=new_ref("reconcile")))
             coordinator.store.r.hdel(self.seen_key, env_id)
-            return f"cleanup {result.status}"
+            return f"cleanup {result.status}{note}"
         if finding.action is Action.register_ticket and seen is not None and seen.ticket is not None:
             ack = seen.ticket
             coordinator.store.put_ticket(
@@ -283,6 +309,22 @@ class Reconciler:
             )
             return "marked exited (lost)"
         return ""
+
+
+def _environment_of(env_id: str, record: Mapping[str, str]) -> tuple[ExecutionEnvironment, str]:
+    """The environment a session record holds; when that JSON is unreadable, the bare id (removal finds
+    everything by the id's labels), with a note for the finding's outcome."""
+    raw = record.get("environment")
+    if not raw:
+        return ExecutionEnvironment.by_id(env_id), ""
+    try:
+        environment = ExecutionEnvironment.model_validate_json(raw)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        log.warning("session %s holds an unreadable environment (%s); cleaning up by id", env_id, type(exc).__name__)
+        return ExecutionEnvironment.by_id(env_id), " (environment record unreadable: cleaned up by id)"
+    if environment.environment_id != env_id:
+        return ExecutionEnvironment.by_id(env_id), " (environment record names another id: cleaned up by id)"
+    return environment, ""
 
 
 def _fields(host_id: str, now: int, action: str, summary: str) -> dict[str, str]:

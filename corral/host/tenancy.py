@@ -104,16 +104,16 @@ def check_tenant(policy: HostPolicy, caller: Caller, env: ExecutionEnvironment, 
                     f"{rule}.mounts",
                     alias=mount.source_alias,
                 )
-    if rules.network_modes is not None and spec.network.mode not in rules.network_modes:
+    if rules.network_modes is not None and spec.network.kind not in rules.network_modes:
         deny(
-            f"network mode {spec.network.mode.value} is not allowed for tenant {caller.tenant}", f"{rule}.network_modes"
+            f"network mode {spec.network.kind.value} is not allowed for tenant {caller.tenant}", f"{rule}.network_modes"
         )
     for name in secret_names(env):
         if not _matches(name, rules.secrets):
             hint = "" if policy.tenants else " (no tenants are defined: grant it with a [tenants.NAME] secrets rule)"
             deny(f"secret {name} is not granted to tenant {caller.tenant}{hint}", f"{rule}.secrets", secret=name)
     limits = rules.limits
-    _at_most(spec.resources.cpus, limits.max_cpus, "cpus", f"{rule}.limits.max_cpus")
+    _at_most(spec.resources.cpu_quota, limits.max_cpus, "cpus", f"{rule}.limits.max_cpus")
     _at_most(spec.resources.memory_mb, limits.max_memory_mb, "memory_mb", f"{rule}.limits.max_memory_mb")
     _at_most(spec.resources.timeout_ms, limits.max_timeout_ms, "timeout_ms", f"{rule}.limits.max_timeout_ms")
     _at_most(

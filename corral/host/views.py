@@ -15,7 +15,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from corral.contract.errors import PolicyDenial
-from corral.contract.models import Model
+from corral.contract.wire import Model
 from corral.host.tenancy import DEFAULT_TENANT, HIDDEN_RULE, may_act, owner_of
 from corral.state.journal import Journal
 from corral.state.store import Store

@@ -36,31 +36,27 @@ from typing import Any, TypeVar
 
 from corral.contract.errors import InvalidRequest, NotFound, PolicyDenial
 from corral.contract.models import (
-    Capability,
     CleanupRequest,
     CleanupResult,
-    CleanupStatus,
     DetachTransferRequest,
     DetachTransferResult,
     EnvironmentPrepareRequest,
-    Health,
     ImageResolution,
     ImageResolveRequest,
-    IoStream,
     IsolationCapabilityReport,
-    IsolationClass,
+    IsolationCapabilitySet,
+    IsolationRuntimeHealth,
     IsolationRuntimeRef,
     IsolationSessionRef,
+    IsolationTrustRequirement,
     MountPlan,
-    MountRef,
     MountResolveRequest,
     NetworkNamespaceRef,
     NetworkPrepareRequest,
-    Platform,
+    PlatformReport,
     PreparedEnvironmentRef,
     ProcessIoFrame,
     ProcessIoRequest,
-    ProcessSignal,
     ProcessSignalRequest,
     ProcessSignalResult,
     ProcessStartRequest,
@@ -68,20 +64,29 @@ from corral.contract.models import (
     ProcessState,
     ProcessStatsRequest,
     ProcessStatsSnapshot,
+    ProcessStatus,
     ReclaimRequest,
     ReclaimResult,
     RootfsPrepareRequest,
     RootfsRef,
     SecretMaterializationPlan,
-    SecretMountRef,
     SecretPrepareRequest,
     SessionPrepareRequest,
-    TerminalStatus,
     TerminationReason,
-    TrustVector,
 )
 from corral.contract.operations import Operation
 from corral.contract.refs import process_ref_for, slug
+from corral.contract.vocabulary import (
+    AuditabilityRequirement,
+    CleanupGuaranteeRequirement,
+    CleanupStatus,
+    IsolationCapability,
+    IsolationClass,
+    IsolationRuntimeKind,
+    ProcessIoStream,
+    ProcessSignal,
+    SecretIsolationRequirement,
+)
 
 KNOWN_IMAGES = {"corral/busybox:latest": "sha256:" + "0" * 64}
 FAKE_NOTICE = "isolation: this is a fake runtime; it runs nothing and enforces no limit, mount, network or secret rule"
@@ -196,27 +201,32 @@ class FakeRuntime:
             raise exc
 
     def runtime_ref(self) -> IsolationRuntimeRef:
-        return IsolationRuntimeRef(runtime_ref=f"fake-{self.host_id}", adapter_kind="fake", host_ref=self.host_id)
+        return f"fake-{self.host_id}"
 
     def capability_report(self) -> IsolationCapabilityReport:
         return IsolationCapabilityReport(
             report_ref=f"report-fake-{self.host_id}",
             adapter_ref=f"fake-{self.host_id}",
-            adapter_kind="fake",
+            adapter_kind=IsolationRuntimeKind.test_only_fake,
             adapter_version="0",
-            health=Health(),
+            health=IsolationRuntimeHealth(),
             # What a default job requires (class container, no capability, the default trust), so a
             # worker with host.runtime = "fake" serves default jobs; the report says it is a fake.
             supported_classes=[IsolationClass.container],
-            platform=Platform(os="linux", cpu_architecture="x86_64"),
-            capabilities=[
-                Capability.process_signal,
-                Capability.process_stats,
-                Capability.cleanup,
-                Capability.detach,
-                Capability.reclaim,
-            ],
-            trust=TrustVector(),
+            platform=PlatformReport(platform="portable-test", os="linux", cpu_architecture="x86_64"),
+            capabilities=IsolationCapabilitySet.of(
+                IsolationCapability.process_signal,
+                IsolationCapability.process_stats,
+                IsolationCapability.cleanup,
+                IsolationCapability.detach,
+                IsolationCapability.reclaim,
+            ),
+            # the trust a default job asks for (``JOB_TRUST``): the fake cleans up all it holds
+            trust=IsolationTrustRequirement(
+                auditability=AuditabilityRequirement.best_effort,
+                cleanup=CleanupGuaranteeRequirement.required,
+                secret_isolation=SecretIsolationRequirement.best_effort,
+            ),
             unsupported_requirements=[FAKE_NOTICE],
         )
 
@@ -227,25 +237,19 @@ class FakeRuntime:
         if env_id not in self.sessions:
             self.effects[Operation.prepare_session] += 1
             self.sessions.add(env_id)
-        return IsolationSessionRef(session_ref=f"sess-{slug(env_id)}", environment_id=env_id, host_ref=self.host_id)
+        return f"sess-{slug(env_id)}"
 
     def resolve_image(self, request: ImageResolveRequest) -> ImageResolution:
         self._maybe_fail(Operation.resolve_image)
-        image = request.environment.spec.image
-        if image is None:
-            raise InvalidRequest("the environment names no image")
+        image = request.image
         if image.image_ref not in KNOWN_IMAGES:
             raise NotFound(f"image {image.image_ref} is not present on host {self.host_id}")
         return ImageResolution(image_ref=image.image_ref, digest=KNOWN_IMAGES[image.image_ref])
 
     def prepare_rootfs(self, request: RootfsPrepareRequest) -> RootfsRef:
         self._maybe_fail(Operation.prepare_rootfs)
-        fs = request.environment.spec.filesystem
-        return RootfsRef(
-            rootfs_ref=f"rootfs-{slug(request.environment.environment_id)}",
-            read_only=fs.root == "read_only",
-            scratch_mb=fs.scratch_mb,
-        )
+        owner = request.environment.environment_id if request.environment else request.rootfs.rootfs_ref
+        return f"rootfs-{slug(owner)}"
 
     def resolve_mounts(self, request: MountResolveRequest) -> MountPlan:
         self._maybe_fail(Operation.resolve_mounts)
@@ -253,30 +257,17 @@ class FakeRuntime:
         for m in mounts:
             if m.source_alias != "data":
                 raise PolicyDenial(f"mount alias {m.source_alias} is not defined on this host")
-        return MountPlan(
-            mounts=[
-                MountRef(
-                    mount_ref=m.mount_ref, source_alias=m.source_alias, destination_path=m.destination_path, mode=m.mode
-                )
-                for m in mounts
-            ]
-        )
+        return MountPlan(mounts=[m.mount_ref for m in mounts])
 
     def configure_network(self, request: NetworkPrepareRequest) -> NetworkNamespaceRef:
         self._maybe_fail(Operation.configure_network)
-        return NetworkNamespaceRef(
-            network_ref=f"net-none-{slug(request.environment.environment_id)}",
-            mode=request.environment.spec.network.mode,
-        )
+        return f"net-none-{slug(request.environment.environment_id)}"
 
     def prepare_secrets(self, request: SecretPrepareRequest) -> SecretMaterializationPlan:
         self._maybe_fail(Operation.prepare_secrets)
         policy = request.environment.spec.secrets
         return SecretMaterializationPlan(
-            secret_mount_refs=[
-                SecretMountRef(secret_ref=s.secret_ref, mount_ref=s.mount_ref, destination=s.destination)
-                for s in policy.secret_mounts
-            ],
+            secret_mount_refs=[s.mount_ref for s in policy.secret_mounts],
             env_secret_keys=[s.env_key for s in policy.env_secrets],
         )
 
@@ -287,7 +278,7 @@ class FakeRuntime:
         if env_id not in self.containers:
             self.effects["create_container"] += 1
             self.containers[env_id] = "created"
-        return PreparedEnvironmentRef(prepared_ref=f"env-{slug(env_id)}", environment_id=env_id)
+        return f"env-{slug(env_id)}"
 
     @_shared
     def start_process(self, request: ProcessStartRequest) -> ProcessStartResult:
@@ -310,7 +301,7 @@ class FakeRuntime:
             self.processes[ref] = proc
         elif env_id not in self.containers:
             raise NotFound(f"environment {env_id} was not prepared")
-        return ProcessStartResult(process_ref=ref, terminal_status=TerminalStatus(state=ProcessState.running))
+        return ProcessStartResult(process_ref=ref, process_status=ProcessStatus(state=ProcessState.running))
 
     def _process(self, ref: str) -> FakeProcess:
         if ref not in self.processes:
@@ -320,13 +311,13 @@ class FakeRuntime:
     @_shared
     def stream_io(self, request: ProcessIoRequest) -> ProcessIoFrame:
         proc = self._process(request.process_ref)
-        if request.stream is IoStream.stdin:
+        if request.stream is ProcessIoStream.stdin:
             data = base64.b64decode(request.data_b64 or "")
             self.effects["stdin_write"] += 1
             proc.stdin += data
             chunk, cursor, eof = data, len(proc.stdin), request.close_stdin
         else:
-            buf = proc.stdout if request.stream is IoStream.stdout else proc.stderr
+            buf = proc.stdout if request.stream is ProcessIoStream.stdout else proc.stderr
             chunk = bytes(buf[request.cursor : request.cursor + request.max_bytes])
             cursor = request.cursor + len(chunk)
             eof = cursor >= len(buf)
@@ -337,8 +328,8 @@ class FakeRuntime:
             cursor=cursor,
             byte_count=len(chunk),
             content_hash="sha256:" + hashlib.sha256(chunk).hexdigest(),
-            raw_content_present=request.stream is not IoStream.stdin,
-            content_b64=None if request.stream is IoStream.stdin else base64.b64encode(chunk).decode(),
+            raw_content_present=request.stream is not ProcessIoStream.stdin,
+            content_b64=None if request.stream is ProcessIoStream.stdin else base64.b64encode(chunk).decode(),
             eof=eof,
         )
 

@@ -30,25 +30,24 @@ from typing import Annotated, Literal, NoReturn
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from corral.contract.errors import PolicyDenial
+from corral.contract.errors import InvalidRequest, PolicyDenial
 from corral.contract.matching import Approval
 from corral.contract.models import (
     ExecutionEnvironment,
     ImageRequest,
     ImageResolution,
-    IoPolicy,
     IsolatedProcessSpec,
-    Model,
-    MountMode,
     MountPolicy,
-    NetworkMode,
-    NetworkPolicy,
-    OwnershipClass,
-    OwnershipPolicy,
-    ParentAction,
+    NetworkIsolationPolicy,
+    NetworkKind,
+    ProcessIoPolicy,
+    ProcessOwnershipPolicy,
     RedactedEnvVar,
     ResourceLimits,
+    ShutdownKind,
 )
+from corral.contract.vocabulary import MountMode, ProcessOwnershipClass
+from corral.contract.wire import Model
 from corral.sandbox.userspec import go_atoi, is_zero_id
 from corral.trust.identity import COMPONENT_PREFIX, is_component
 
@@ -175,12 +174,12 @@ class LimitRules(Model):
 
 
 class NetworkRules(Model):
-    allowed_modes: list[NetworkMode] = Field(
+    allowed_modes: list[NetworkKind] = Field(
         default_factory=lambda: [
-            NetworkMode.disabled,
-            NetworkMode.adapter_defined_denied,
-            NetworkMode.allowlist,
-            NetworkMode.egress_scoped,
+            NetworkKind.disabled,
+            NetworkKind.adapter_defined_denied,
+            NetworkKind.allowlist,
+            NetworkKind.egress_scoped,
         ]
     )
 
@@ -230,7 +229,7 @@ class TenantRules(Model):
     """Operators see and may act on every tenant's sessions (``corral ps``, cleanup, reclaim)."""
     images: list[str] | None = Field(default=None, max_length=1024)
     mounts: list[AliasName] | None = Field(default=None, max_length=1024)
-    network_modes: list[NetworkMode] | None = None
+    network_modes: list[NetworkKind] | None = None
     secrets: list[str] = Field(default_factory=list, max_length=1024)
     """Glob patterns over secret names. Empty (the default): no secret at all."""
     limits: TenantLimits = Field(default_factory=TenantLimits)
@@ -324,11 +323,14 @@ def deny(message: str, rule: str, **context: str) -> NoReturn:
 def check_environment(policy: HostPolicy, env: ExecutionEnvironment) -> None:
     """Everything about an environment the host policy rules on (the process is ``check_process``)."""
     spec = env.spec
+    problems = spec.resources.problems()
+    if problems:
+        raise InvalidRequest("; ".join(problems), context={"environment_id": env.environment_id})
     spec_bytes = len(spec.model_dump_json().encode())
     _bytes_at_most(spec_bytes, policy.limits.max_spec_bytes, "environment spec", "limits.max_spec_bytes")
     if spec.image is not None:
         check_image(policy, spec.image)
-    check_limits(policy, spec.resources, spec.filesystem.scratch_mb)
+    check_limits(policy, spec.resources, spec.filesystem.scratch)
     check_spool(policy, spec.io_policy)
     check_network(policy, spec.network)
     check_mounts(policy, spec.filesystem.mounts)
@@ -392,7 +394,7 @@ def _at_most(value: float, limit: float, what: str, rule: str) -> None:
 
 def check_limits(policy: HostPolicy, resources: ResourceLimits, scratch_mb: int) -> None:
     limits = policy.limits
-    _at_most(resources.cpus, limits.max_cpus, "cpus", "limits.max_cpus")
+    _at_most(resources.cpu_quota, limits.max_cpus, "cpus", "limits.max_cpus")
     _at_most(resources.memory_mb, limits.max_memory_mb, "memory_mb", "limits.max_memory_mb")
     _at_most(resources.timeout_ms, limits.max_timeout_ms, "timeout_ms", "limits.max_timeout_ms")
     _at_most(resources.process_count, limits.max_process_count, "process_count", "limits.max_process_count")
@@ -404,7 +406,7 @@ def _bytes_at_most(value: int, limit: int, what: str, rule: str) -> None:
         deny(f"{what} ({value} bytes) exceeds the host maximum of {limit} bytes", rule, limit=str(limit))
 
 
-def check_spool(policy: HostPolicy, io_policy: IoPolicy) -> None:
+def check_spool(policy: HostPolicy, io_policy: ProcessIoPolicy) -> None:
     """Each output stream's spool cap: the host keeps at most ``max_spool_bytes`` of it on disk."""
     for name, stream in (("stdout", io_policy.stdout), ("stderr", io_policy.stderr)):
         _bytes_at_most(stream.max_bytes, policy.limits.max_spool_bytes, f"{name} spool cap", "limits.max_spool_bytes")
@@ -450,9 +452,9 @@ def check_sandboxes(policy: HostPolicy, live: int) -> None:
         )
 
 
-def check_network(policy: HostPolicy, network: NetworkPolicy) -> None:
-    if network.mode not in policy.network.allowed_modes:
-        deny(f"network mode {network.mode.value} is not allowed on this host", "network.allowed_modes")
+def check_network(policy: HostPolicy, network: NetworkIsolationPolicy) -> None:
+    if network.kind not in policy.network.allowed_modes:
+        deny(f"network mode {network.kind.value} is not allowed on this host", "network.allowed_modes")
 
 
 def check_mounts(policy: HostPolicy, mounts: Sequence[MountPolicy]) -> None:
@@ -468,12 +470,12 @@ def check_mounts(policy: HostPolicy, mounts: Sequence[MountPolicy]) -> None:
             )
 
 
-def check_ownership(policy: HostPolicy, ownership: OwnershipPolicy) -> None:
+def check_ownership(policy: HostPolicy, ownership: ProcessOwnershipPolicy) -> None:
     """An environment that plans to detach is refused up front on a host that never allows it."""
     wants_detach = (
         ownership.detach_policy.allowed
-        or ownership.ownership_class is OwnershipClass.detached_by_intent
-        or ParentAction.detach in (ownership.on_parent_cancel, ownership.on_parent_complete)
+        or ownership.ownership_class is ProcessOwnershipClass.detached_by_intent
+        or ShutdownKind.preserve_by_policy in (ownership.on_parent_cancel.kind, ownership.on_parent_complete.kind)
     )
     if wants_detach and not policy.detach.allowed:
         deny("this host does not allow detach", "detach.allowed")
@@ -488,10 +490,11 @@ def check_detach(policy: HostPolicy, ttl_ms: int) -> None:
 def check_process(policy: HostPolicy, env: ExecutionEnvironment, process: IsolatedProcessSpec) -> None:
     """The process spec (carried by prepare_environment and start_process): its user and its timeout."""
     check_user(policy, process.user)
-    if process.timeout_ms is not None:
-        _at_most(process.timeout_ms, policy.limits.max_timeout_ms, "timeout_ms", "limits.max_timeout_ms")
+    if process.timeout_ms < 1:  # the shim reads 0 as "no timeout": never from a caller
+        raise InvalidRequest("timeout_ms must be at least 1", context={"process_id": process.process_id})
+    _at_most(process.timeout_ms, policy.limits.max_timeout_ms, "timeout_ms", "limits.max_timeout_ms")
     check_process_size(policy, process)
-    check_rlimits(policy, process.rlimits)
+    check_rlimits(policy, process.posix_rlimits)
 
 
 def check_rlimits(policy: HostPolicy, rlimits: Mapping[str, int]) -> None:

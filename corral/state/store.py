@@ -315,12 +315,15 @@ class Store:
                 return False
         return True
 
-    def set_step_result(self, environment_id: str, step: Operation, result: Mapping[str, Any], now_ms: int) -> None:
+    def set_step_result(
+        self, environment_id: str, step: Operation, result: Mapping[str, Any] | str, now_ms: int
+    ) -> None:
         self.update_session(environment_id, {f"result:{step}": json.dumps(result, sort_keys=True)}, now_ms)
 
-    def step_result(self, environment_id: str, step: Operation) -> dict[str, Any] | None:
+    def step_result(self, environment_id: str, step: Operation) -> dict[str, Any] | str | None:
+        """A step's recorded result: its wire form (a bare string for a transparent ref)."""
         raw = self.r.hget(session_key(environment_id), f"result:{step}")
-        return cast(dict[str, Any], json.loads(raw)) if raw else None
+        return cast(dict[str, Any] | str, json.loads(raw)) if raw else None
 
     def list_sessions(self, limit: int = 200) -> list[dict[str, str]]:
         ids = cast(list[str], self.r.zrevrange(SESSIONS_KEY, 0, limit - 1))

@@ -30,27 +30,25 @@ import pytest
 from corral.contract.errors import HostConfigurationNeeded, NotFound
 from corral.contract.models import (
     CleanupRequest,
-    CleanupStatus,
     DetachPolicy,
     DetachTransferRequest,
-    EnvSecret,
     ExecutionEnvironment,
-    FilesystemPolicy,
+    FilesystemIsolationPolicy,
     HealthState,
-    IoStream,
-    NetworkMode,
-    NetworkPolicy,
-    OwnershipPolicy,
+    NetworkIsolationPolicy,
+    NetworkKind,
+    ProcessOwnershipPolicy,
     ProcessStartRequest,
     ReclaimRequest,
     ResourceLimits,
-    RootMode,
-    SecretMount,
-    SecretPolicy,
+    SecretEnvPolicy,
+    SecretExposurePolicy,
+    SecretMountPolicy,
     SecretPrepareRequest,
     SessionPrepareRequest,
 )
 from corral.contract.refs import slug
+from corral.contract.vocabulary import CleanupStatus, ProcessIoStream, RootFilesystemMode
 from corral.runtimes.docker.environment import PROBE_LABEL, PROBE_PREFIX
 from corral.runtimes.docker.resources import container_name, session_paths
 from corral.runtimes.docker.runtime import DockerRuntime
@@ -134,11 +132,11 @@ def root_runtime(runtime: DockerRuntime) -> DockerRuntime:
 def secret_env(image: str, *names: str, env_secret: bool = False, **spec: Any) -> ExecutionEnvironment:
     return make_env(
         image,
-        secrets=SecretPolicy(
+        secrets=SecretExposurePolicy(
             secret_mounts=[
-                SecretMount(secret_ref=n, mount_ref=f"s-{n}", destination=f"/run/secrets/{n}") for n in names
+                SecretMountPolicy(secret_ref=n, mount_ref=f"s-{n}", destination=f"/run/secrets/{n}") for n in names
             ],
-            env_secrets=[EnvSecret(secret_ref=ENV_SECRET, env_key="API_KEY")] if env_secret else [],
+            env_secrets=[SecretEnvPolicy(secret_ref=ENV_SECRET, env_key="API_KEY")] if env_secret else [],
         ),
         **spec,
     )
@@ -218,7 +216,7 @@ def test_pids_limit_applies_to_root_too(root_runtime: DockerRuntime, busybox_ima
     env = make_env(busybox_image, resources=ResourceLimits(process_count=5))
     process_ref = sh(runtime, env, "for i in 1 2 3 4 5 6 7 8; do sleep 2 & done; wait", user="root")
     wait_exit(runtime, process_ref)
-    assert b"fork" in output(runtime, process_ref, IoStream.stderr)
+    assert b"fork" in output(runtime, process_ref, ProcessIoStream.stderr)
 
 
 # ------------------------------------------------------------------------------------- inspect
@@ -249,7 +247,7 @@ def test_inspect_shows_every_hardened_default(runtime: DockerRuntime, busybox_im
     prepare(runtime, env, process)
     attrs = inspect(docker_client, env)
     _check_host_config(attrs, 12)
-    assert attrs["HostConfig"]["NetworkMode"] == "none"
+    assert attrs["HostConfig"]["NetworkKind"] == "none"
     assert attrs["Config"]["User"] == "65534:65534"
 
 
@@ -257,17 +255,17 @@ def test_inspect_with_empty_allowlist_and_root(
     root_runtime: DockerRuntime, busybox_image: str, docker_client: Any
 ) -> None:
     runtime = root_runtime
-    env = make_env(busybox_image, network=NetworkPolicy(mode=NetworkMode.allowlist))
+    env = make_env(busybox_image, network=NetworkIsolationPolicy(kind=NetworkKind.allowlist))
     prepare(runtime, env, proc_spec("true", user="root"))
     attrs = inspect(docker_client, env)
     _check_host_config(attrs, 32)
-    assert attrs["HostConfig"]["NetworkMode"] == "none"  # no egress promised: no network at all, not a bridge
+    assert attrs["HostConfig"]["NetworkKind"] == "none"  # no egress promised: no network at all, not a bridge
     assert docker_client.networks.list(filters={"label": f"corral.session={env.environment_id}"}) == []
     assert attrs["Config"]["User"] == "root"
 
 
 def test_writable_layer_only_when_asked(runtime: DockerRuntime, busybox_image: str, docker_client: Any) -> None:
-    env = make_env(busybox_image, filesystem=FilesystemPolicy(root=RootMode.writable_layer))
+    env = make_env(busybox_image, filesystem=FilesystemIsolationPolicy(root=RootFilesystemMode.writable_layer))
     prepare(runtime, env, proc_spec("true"))
     hc = inspect(docker_client, env)["HostConfig"]
     assert hc["ReadonlyRootfs"] is False
@@ -476,7 +474,9 @@ def test_cleanup_after_the_shim_died(
 def test_reclaim_removes_the_secret_dir(
     runtime: DockerRuntime, busybox_image: str, host: HostSettings, shim_killed: bool
 ) -> None:
-    env = secret_env(busybox_image, FILE_SECRET, ownership=OwnershipPolicy(detach_policy=DetachPolicy(allowed=True)))
+    env = secret_env(
+        busybox_image, FILE_SECRET, ownership=ProcessOwnershipPolicy(detach_policy=DetachPolicy(allowed=True))
+    )
     sh(runtime, env, "sleep 100")
     runtime.detach(DetachTransferRequest(environment=env, ticket_ref="tk-1", ttl_ms=60_000))
     if shim_killed:

@@ -24,34 +24,28 @@ import pytest
 
 from corral.contract.errors import InvalidRequest, NotFound, PolicyDenial, Unsupported
 from corral.contract.models import (
-    CaptureMode,
     CleanupRequest,
-    CleanupStatus,
     DetachPolicy,
     DetachTransferRequest,
     EnvironmentPrepareRequest,
     EnvironmentSpec,
-    EnvSecret,
     ExecutionEnvironment,
-    FilesystemPolicy,
+    FilesystemIsolationPolicy,
     HealthState,
     ImageRequest,
     ImageResolveRequest,
-    IoPolicy,
-    IoStream,
     IsolatedProcessSpec,
-    IsolationClass,
     LifecyclePolicy,
-    MountMode,
     MountPolicy,
     MountResolveRequest,
-    NetworkMode,
-    NetworkPolicy,
+    NetworkIsolationPolicy,
+    NetworkKind,
     NetworkPrepareRequest,
-    OwnershipPolicy,
+    ProcessIoCapturePolicy,
     ProcessIoFrame,
+    ProcessIoPolicy,
     ProcessIoRequest,
-    ProcessSignal,
+    ProcessOwnershipPolicy,
     ProcessSignalRequest,
     ProcessStartRequest,
     ProcessState,
@@ -60,16 +54,24 @@ from corral.contract.models import (
     ReclaimRequest,
     ResourceLimits,
     RootfsPrepareRequest,
-    RootMode,
-    SecretMount,
-    SecretPolicy,
+    SecretEnvPolicy,
+    SecretExposurePolicy,
+    SecretMountPolicy,
     SecretPrepareRequest,
     SessionPrepareRequest,
     StdinMode,
-    StreamIoPolicy,
     TerminationReason,
 )
 from corral.contract.refs import process_ref_for, slug
+from corral.contract.vocabulary import (
+    CleanupStatus,
+    IsolationClass,
+    MountMode,
+    ProcessContentCaptureMode,
+    ProcessIoStream,
+    ProcessSignal,
+    RootFilesystemMode,
+)
 from corral.runtimes.docker.resources import network_name, session_paths
 from corral.runtimes.docker.runtime import DockerRuntime
 from corral.settings import HostSettings
@@ -79,7 +81,7 @@ pytestmark = pytest.mark.docker
 
 SECRET_NAME = "api-token"
 SECRET_VALUE = b"s3cr3t-" + uuid.uuid4().hex.encode()
-RAW = StreamIoPolicy(default_capture=CaptureMode.raw_content_if_policy_allows)
+RAW = ProcessIoCapturePolicy(default_capture=ProcessContentCaptureMode.raw_content_if_policy_allows)
 
 
 # ------------------------------------------------------------------------------------- fixtures
@@ -139,7 +141,7 @@ def count_labeled(docker_client: Any, host_id: str, environment_id: str | None =
 
 
 def make_env(image: str, **spec: Any) -> ExecutionEnvironment:
-    spec.setdefault("io_policy", IoPolicy(stdout=RAW, stderr=RAW))
+    spec.setdefault("io_policy", ProcessIoPolicy(stdout=RAW, stderr=RAW))
     spec.setdefault("lifecycle", LifecyclePolicy(grace_ms=200))
     return ExecutionEnvironment(
         environment_id=f"env-{uuid.uuid4().hex[:12]}",
@@ -192,7 +194,7 @@ def wait_exit(rt: DockerRuntime, process_ref: str, timeout_s: float = 15) -> Pro
 
 
 def frames(
-    rt: DockerRuntime, process_ref: str, stream: IoStream, max_bytes: int = 64 * 1024, cursor: int = 0
+    rt: DockerRuntime, process_ref: str, stream: ProcessIoStream, max_bytes: int = 64 * 1024, cursor: int = 0
 ) -> list[ProcessIoFrame]:
     out: list[ProcessIoFrame] = []
     deadline = time.monotonic() + 20
@@ -213,7 +215,7 @@ def content(frame_list: list[ProcessIoFrame]) -> bytes:
     return b"".join(base64.b64decode(f.content_b64 or "") for f in frame_list)
 
 
-def output(rt: DockerRuntime, process_ref: str, stream: IoStream = IoStream.stdout) -> bytes:
+def output(rt: DockerRuntime, process_ref: str, stream: ProcessIoStream = ProcessIoStream.stdout) -> bytes:
     return content(frames(rt, process_ref, stream))
 
 
@@ -322,13 +324,15 @@ def test_resolve_image_without_image_is_invalid(runtime: DockerRuntime) -> None:
 def test_prepare_rootfs_read_only_unless_writable_layer(runtime: DockerRuntime, busybox_image: str) -> None:
     env = make_env(busybox_image)
     assert runtime.prepare_rootfs(RootfsPrepareRequest(environment=env)).read_only is True
-    writable = make_env(busybox_image, filesystem=FilesystemPolicy(root=RootMode.writable_layer, scratch_mb=16))
+    writable = make_env(
+        busybox_image, filesystem=FilesystemIsolationPolicy(root=RootFilesystemMode.writable_layer, scratch_mb=16)
+    )
     ref = runtime.prepare_rootfs(RootfsPrepareRequest(environment=writable))
     assert ref.read_only is False and ref.scratch_mb == 16
 
 
 def _mounts(image: str, *mounts: MountPolicy) -> ExecutionEnvironment:
-    return make_env(image, filesystem=FilesystemPolicy(mounts=list(mounts)))
+    return make_env(image, filesystem=FilesystemIsolationPolicy(mounts=list(mounts)))
 
 
 def test_resolve_mounts_plans_aliases_without_host_paths(
@@ -382,25 +386,25 @@ def test_configure_network_disabled_means_no_network_object(
 @pytest.mark.parametrize(
     "network",
     [
-        NetworkPolicy(mode=NetworkMode.adapter_defined_denied),
-        NetworkPolicy(mode=NetworkMode.allowlist),
-        NetworkPolicy(mode=NetworkMode.egress_scoped),
+        NetworkIsolationPolicy(kind=NetworkKind.adapter_defined_denied),
+        NetworkIsolationPolicy(kind=NetworkKind.allowlist),
+        NetworkIsolationPolicy(kind=NetworkKind.egress_scoped),
     ],
 )
 def test_configure_network_without_egress_creates_no_network(
-    runtime: DockerRuntime, busybox_image: str, docker_client: Any, host_id: str, network: NetworkPolicy
+    runtime: DockerRuntime, busybox_image: str, docker_client: Any, host_id: str, network: NetworkIsolationPolicy
 ) -> None:
     # formerly an internal bridge, which still routes to the host (issue 7, escape 5): now none
     env = make_env(busybox_image, network=network)
     first = runtime.configure_network(NetworkPrepareRequest(environment=env))
     assert first == runtime.configure_network(NetworkPrepareRequest(environment=env))
-    assert first.network_ref == f"net-none-{slug(env.environment_id)}" and first.mode is network.mode
+    assert first.network_ref == f"net-none-{slug(env.environment_id)}" and first.mode is network.kind
     assert docker_client.networks.list(filters={"label": f"corral.session={env.environment_id}"}) == []
     assert count_labeled(docker_client, host_id)["networks"] == 0
 
 
 def test_configure_network_unenforceable_allowlist_is_unsupported(runtime: DockerRuntime, busybox_image: str) -> None:
-    env = make_env(busybox_image, network=NetworkPolicy(mode=NetworkMode.allowlist, hosts=["example.org"]))
+    env = make_env(busybox_image, network=NetworkIsolationPolicy(kind=NetworkKind.allowlist, hosts=["example.org"]))
     with pytest.raises(Unsupported):
         runtime.configure_network(NetworkPrepareRequest(environment=env))
 
@@ -408,11 +412,11 @@ def test_configure_network_unenforceable_allowlist_is_unsupported(runtime: Docke
 def _secret_env(image: str, **kwargs: Any) -> ExecutionEnvironment:
     return make_env(
         image,
-        secrets=SecretPolicy(
+        secrets=SecretExposurePolicy(
             secret_mounts=[
-                SecretMount(secret_ref=SECRET_NAME, mount_ref="s1", destination=f"/run/secrets/{SECRET_NAME}")
+                SecretMountPolicy(secret_ref=SECRET_NAME, mount_ref="s1", destination=f"/run/secrets/{SECRET_NAME}")
             ],
-            env_secrets=[EnvSecret(secret_ref=SECRET_NAME, env_key="TOKEN")],
+            env_secrets=[SecretEnvPolicy(secret_ref=SECRET_NAME, env_key="TOKEN")],
         ),
         **kwargs,
     )
@@ -435,7 +439,9 @@ def test_prepare_secrets_writes_private_files_and_returns_refs_only(
 
 
 def test_prepare_secrets_unknown_secret_is_not_found(runtime: DockerRuntime, busybox_image: str) -> None:
-    env = make_env(busybox_image, secrets=SecretPolicy(env_secrets=[EnvSecret(secret_ref="missing", env_key="X")]))
+    env = make_env(
+        busybox_image, secrets=SecretExposurePolicy(env_secrets=[SecretEnvPolicy(secret_ref="missing", env_key="X")])
+    )
     with pytest.raises(NotFound) as info:
         runtime.prepare_secrets(SecretPrepareRequest(environment=env))
     assert info.value.context["secret"] == "missing"
@@ -456,7 +462,7 @@ def test_prepare_environment_creates_one_unstarted_container(
     assert containers[0].status == "created"
     host_config = containers[0].attrs["HostConfig"]
     assert host_config["ReadonlyRootfs"] is True and host_config["CapDrop"] == ["ALL"]
-    assert host_config["NetworkMode"] == "none" and host_config["LogConfig"]["Type"] == "none"
+    assert host_config["NetworkKind"] == "none" and host_config["LogConfig"]["Type"] == "none"
 
 
 def test_start_process_exit_code_propagates(runtime: DockerRuntime, busybox_image: str) -> None:
@@ -509,8 +515,8 @@ def test_start_process_timeout_kills_without_anyone_polling(runtime: DockerRunti
 def test_stream_io_stdout_and_stderr_are_byte_exact(runtime: DockerRuntime, busybox_image: str) -> None:
     process_ref = sh(runtime, make_env(busybox_image), r"printf '\377\376 out'; printf '\000\001 err' >&2")
     wait_exit(runtime, process_ref)
-    assert output(runtime, process_ref, IoStream.stdout) == b"\xff\xfe out"
-    assert output(runtime, process_ref, IoStream.stderr) == b"\x00\x01 err"
+    assert output(runtime, process_ref, ProcessIoStream.stdout) == b"\xff\xfe out"
+    assert output(runtime, process_ref, ProcessIoStream.stderr) == b"\x00\x01 err"
 
 
 def test_stream_io_reads_10mb_in_64k_frames_byte_exact(runtime: DockerRuntime, busybox_image: str) -> None:
@@ -521,10 +527,10 @@ def test_stream_io_reads_10mb_in_64k_frames_byte_exact(runtime: DockerRuntime, b
         f"head -c {size} /dev/urandom > /tmp/blob && cat /tmp/blob && sha256sum /tmp/blob >&2",
     )
     wait_exit(runtime, process_ref)
-    got = frames(runtime, process_ref, IoStream.stdout)
+    got = frames(runtime, process_ref, ProcessIoStream.stdout)
     data = content(got)
     assert len(data) == size
-    expected = output(runtime, process_ref, IoStream.stderr).split()[0].decode()
+    expected = output(runtime, process_ref, ProcessIoStream.stderr).split()[0].decode()
     assert hashlib.sha256(data).hexdigest() == expected
     assert all(f.byte_count <= 64 * 1024 for f in got)
     assert got[-1].eof and not any(f.eof for f in got[:-1])
@@ -536,15 +542,17 @@ def test_stream_io_reads_10mb_in_64k_frames_byte_exact(runtime: DockerRuntime, b
 def test_stream_io_resumes_from_any_returned_cursor(runtime: DockerRuntime, busybox_image: str) -> None:
     process_ref = sh(runtime, make_env(busybox_image), "seq 1 3000")
     wait_exit(runtime, process_ref)
-    whole = content(frames(runtime, process_ref, IoStream.stdout, max_bytes=1000))
-    first = frames(runtime, process_ref, IoStream.stdout, max_bytes=1000)
+    whole = content(frames(runtime, process_ref, ProcessIoStream.stdout, max_bytes=1000))
+    first = frames(runtime, process_ref, ProcessIoStream.stdout, max_bytes=1000)
     for frame in first[::3]:
         assert (
-            content(frames(runtime, process_ref, IoStream.stdout, max_bytes=777, cursor=frame.cursor))
+            content(frames(runtime, process_ref, ProcessIoStream.stdout, max_bytes=777, cursor=frame.cursor))
             == whole[frame.cursor :]
         )
         again = runtime.stream_io(
-            ProcessIoRequest(process_ref=process_ref, stream=IoStream.stdout, cursor=frame.start_cursor, max_bytes=1000)
+            ProcessIoRequest(
+                process_ref=process_ref, stream=ProcessIoStream.stdout, cursor=frame.start_cursor, max_bytes=1000
+            )
         )
         assert again == frame
 
@@ -554,13 +562,13 @@ def test_stream_io_stdin_round_trips_through_cat(runtime: DockerRuntime, busybox
     payload = b"line one\n\xff binary \x00\n"
     first = runtime.stream_io(
         ProcessIoRequest(
-            process_ref=process_ref, stream=IoStream.stdin, data_b64=base64.b64encode(payload[:5]).decode()
+            process_ref=process_ref, stream=ProcessIoStream.stdin, data_b64=base64.b64encode(payload[:5]).decode()
         )
     )
     second = runtime.stream_io(
         ProcessIoRequest(
             process_ref=process_ref,
-            stream=IoStream.stdin,
+            stream=ProcessIoStream.stdin,
             data_b64=base64.b64encode(payload[5:]).decode(),
             close_stdin=True,
         )
@@ -570,37 +578,41 @@ def test_stream_io_stdin_round_trips_through_cat(runtime: DockerRuntime, busybox
     assert snap.exit_code == 0
     assert output(runtime, process_ref) == payload
     with pytest.raises(InvalidRequest):
-        runtime.stream_io(ProcessIoRequest(process_ref=process_ref, stream=IoStream.stdin, data_b64="eA=="))
+        runtime.stream_io(ProcessIoRequest(process_ref=process_ref, stream=ProcessIoStream.stdin, data_b64="eA=="))
 
 
 def test_stream_io_stdin_on_closed_stdin_is_invalid(runtime: DockerRuntime, busybox_image: str) -> None:
     process_ref = run(runtime, make_env(busybox_image), "true")
     with pytest.raises(InvalidRequest):
-        runtime.stream_io(ProcessIoRequest(process_ref=process_ref, stream=IoStream.stdin, data_b64="eA=="))
+        runtime.stream_io(ProcessIoRequest(process_ref=process_ref, stream=ProcessIoStream.stdin, data_b64="eA=="))
 
 
 def test_stream_io_caps_the_spool_and_marks_truncation(runtime: DockerRuntime, busybox_image: str) -> None:
-    capped = StreamIoPolicy(default_capture=CaptureMode.raw_content_if_policy_allows, max_bytes=1000)
-    process_ref = sh(runtime, make_env(busybox_image, io_policy=IoPolicy(stdout=capped)), "head -c 5000 /dev/zero")
+    capped = ProcessIoCapturePolicy(
+        default_capture=ProcessContentCaptureMode.raw_content_if_policy_allows, max_bytes=1000
+    )
+    process_ref = sh(
+        runtime, make_env(busybox_image, io_policy=ProcessIoPolicy(stdout=capped)), "head -c 5000 /dev/zero"
+    )
     wait_exit(runtime, process_ref)
-    got = frames(runtime, process_ref, IoStream.stdout)
+    got = frames(runtime, process_ref, ProcessIoStream.stdout)
     assert len(content(got)) == 1000
     assert got[-1].truncated and got[-1].dropped_bytes == 4000
 
 
 def test_stream_io_metadata_only_returns_no_content(runtime: DockerRuntime, busybox_image: str) -> None:
-    process_ref = sh(runtime, make_env(busybox_image, io_policy=IoPolicy()), "echo private")
+    process_ref = sh(runtime, make_env(busybox_image, io_policy=ProcessIoPolicy()), "echo private")
     wait_exit(runtime, process_ref)
-    frame = frames(runtime, process_ref, IoStream.stdout)[0]
+    frame = frames(runtime, process_ref, ProcessIoStream.stdout)[0]
     assert frame.raw_content_present is False and frame.content_b64 is None
     assert frame.byte_count == 8 and frame.content_hash == "sha256:" + hashlib.sha256(b"private\n").hexdigest()
 
 
 def test_stream_io_unknown_process_is_not_found(runtime: DockerRuntime) -> None:
     with pytest.raises(NotFound):
-        runtime.stream_io(ProcessIoRequest(process_ref=process_ref_for("env-nowhere"), stream=IoStream.stdout))
+        runtime.stream_io(ProcessIoRequest(process_ref=process_ref_for("env-nowhere"), stream=ProcessIoStream.stdout))
     with pytest.raises(NotFound):
-        runtime.stream_io(ProcessIoRequest(process_ref="not-a-process", stream=IoStream.stdout))
+        runtime.stream_io(ProcessIoRequest(process_ref="not-a-process", stream=ProcessIoStream.stdout))
 
 
 # ------------------------------------------------------------------------------------- 12-13
@@ -621,18 +633,22 @@ def test_signal_process_terminate_escalates_to_kill(runtime: DockerRuntime, busy
 
 def test_signal_process_interrupt_reaches_the_process(runtime: DockerRuntime, busybox_image: str) -> None:
     process_ref = run(runtime, make_env(busybox_image), "sleep", "100")
-    result = runtime.signal_process(ProcessSignalRequest(process_ref=process_ref, signal=ProcessSignal.interrupt))
+    result = runtime.signal_process(
+        ProcessSignalRequest(process_ref=process_ref, signal=ProcessSignal.interrupt, grace_ms=5_000)
+    )
     assert result.delivered
     snap = wait_exit(runtime, process_ref, timeout_s=5)
     assert snap.exit_code == 128 + signal.SIGINT and snap.reason is TerminationReason.signal
-    again = runtime.signal_process(ProcessSignalRequest(process_ref=process_ref, signal=ProcessSignal.kill))
+    again = runtime.signal_process(
+        ProcessSignalRequest(process_ref=process_ref, signal=ProcessSignal.kill, grace_ms=5_000)
+    )
     assert again.delivered is False
 
 
 def test_signal_process_unknown_is_not_found(runtime: DockerRuntime) -> None:
     with pytest.raises(NotFound):
         runtime.signal_process(
-            ProcessSignalRequest(process_ref=process_ref_for("env-nowhere"), signal=ProcessSignal.kill)
+            ProcessSignalRequest(process_ref=process_ref_for("env-nowhere"), signal=ProcessSignal.kill, grace_ms=5_000)
         )
 
 
@@ -643,6 +659,11 @@ def test_collect_stats_reads_cgroup_counters_while_running(runtime: DockerRuntim
     assert time.monotonic() - started < 0.5  # not docker's ~1 s stats API
     assert snap.state is ProcessState.running
     assert snap.cpu_millis is not None and snap.memory_bytes and snap.memory_bytes > 0
+    for _ in range(40):  # start_process returns once the container runs, maybe before sh forked both
+        if snap.process_count is not None and snap.process_count >= 3:
+            break
+        time.sleep(0.05)
+        snap = runtime.collect_stats(ProcessStatsRequest(process_ref=process_ref))
     assert snap.process_count is not None and snap.process_count >= 3
 
 
@@ -681,7 +702,7 @@ def test_prepare_environment_enforces_the_pids_limit(runtime: DockerRuntime, bus
     process_ref = sh(runtime, env, "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 3 & done; wait")
     snap = wait_exit(runtime, process_ref)
     assert snap.state is ProcessState.exited
-    assert b"fork" in output(runtime, process_ref, IoStream.stderr)
+    assert b"fork" in output(runtime, process_ref, ProcessIoStream.stderr)
 
 
 def test_prepare_environment_mount_is_read_only_inside(runtime: DockerRuntime, busybox_image: str) -> None:
@@ -712,7 +733,7 @@ def test_prepare_secrets_visible_inside_and_never_in_results(runtime: DockerRunt
     results.append(runtime.start_process(ProcessStartRequest(environment=env, process=process)))
     process_ref = results[-1].process_ref
     results.append(wait_exit(runtime, process_ref))
-    got = frames(runtime, process_ref, IoStream.stdout)
+    got = frames(runtime, process_ref, ProcessIoStream.stdout)
     results += got
     text = content(got)
     assert text.split()[0].decode() == hashlib.sha256(SECRET_VALUE).hexdigest()  # the value, inside
@@ -728,7 +749,7 @@ def test_prepare_secrets_visible_inside_and_never_in_results(runtime: DockerRunt
 def test_cleanup_removes_everything_and_twice_is_fine(
     runtime: DockerRuntime, busybox_image: str, docker_client: Any, host: HostSettings
 ) -> None:
-    env = _secret_env(busybox_image, network=NetworkPolicy(mode=NetworkMode.allowlist))
+    env = _secret_env(busybox_image, network=NetworkIsolationPolicy(kind=NetworkKind.allowlist))
     process_ref = sh(runtime, env, "sleep 100")
     # the per-session bridge an older corral made for an empty allowlist: cleanup still removes such leftovers
     docker_client.networks.create(
@@ -776,7 +797,7 @@ def test_detach_without_policy_is_denied(runtime: DockerRuntime, busybox_image: 
 def test_detach_then_reclaim_removes_everything(
     runtime: DockerRuntime, busybox_image: str, docker_client: Any, host: HostSettings
 ) -> None:
-    env = make_env(busybox_image, ownership=OwnershipPolicy(detach_policy=DetachPolicy(allowed=True)))
+    env = make_env(busybox_image, ownership=ProcessOwnershipPolicy(detach_policy=DetachPolicy(allowed=True)))
     process_ref = sh(runtime, env, "sleep 100")
     before = int(time.time() * 1000)
     ack = runtime.detach(DetachTransferRequest(environment=env, ticket_ref="ticket/1", ttl_ms=60_000))
@@ -794,7 +815,7 @@ def test_detach_then_reclaim_removes_everything(
 
 
 def test_detach_without_ticket_is_invalid(runtime: DockerRuntime, busybox_image: str) -> None:
-    env = make_env(busybox_image, ownership=OwnershipPolicy(detach_policy=DetachPolicy(allowed=True)))
+    env = make_env(busybox_image, ownership=ProcessOwnershipPolicy(detach_policy=DetachPolicy(allowed=True)))
     with pytest.raises(InvalidRequest):
         runtime.detach(DetachTransferRequest(environment=env))
 
@@ -821,15 +842,17 @@ def test_prepare_secrets_readable_by_a_non_root_uid(runtime: DockerRuntime, busy
 
 
 def test_stream_io_fail_if_exceeded_kills_the_process(runtime: DockerRuntime, busybox_image: str) -> None:
-    strict = StreamIoPolicy(
-        default_capture=CaptureMode.raw_content_if_policy_allows, max_bytes=100, truncation_policy="fail_if_exceeded"
+    strict = ProcessIoCapturePolicy(
+        default_capture=ProcessContentCaptureMode.raw_content_if_policy_allows,
+        max_bytes=100,
+        truncation_policy="fail_if_exceeded",
     )
     process_ref = sh(
-        runtime, make_env(busybox_image, io_policy=IoPolicy(stdout=strict)), "head -c 100000 /dev/zero; sleep 30"
+        runtime, make_env(busybox_image, io_policy=ProcessIoPolicy(stdout=strict)), "head -c 100000 /dev/zero; sleep 30"
     )
     snap = wait_exit(runtime, process_ref, timeout_s=5)
     assert snap.state is ProcessState.exited and snap.reason is TerminationReason.signal
-    last = frames(runtime, process_ref, IoStream.stdout)[-1]
+    last = frames(runtime, process_ref, ProcessIoStream.stdout)[-1]
     assert last.truncated and last.cursor == 100
 
 
@@ -854,7 +877,7 @@ def test_signal_process_escalates_even_when_the_shim_is_gone(
 
 
 def test_cleanup_of_a_detached_session_removes_its_ack(runtime: DockerRuntime, busybox_image: str) -> None:
-    env = make_env(busybox_image, ownership=OwnershipPolicy(detach_policy=DetachPolicy(allowed=True)))
+    env = make_env(busybox_image, ownership=ProcessOwnershipPolicy(detach_policy=DetachPolicy(allowed=True)))
     sh(runtime, env, "sleep 100")
     runtime.detach(DetachTransferRequest(environment=env, ticket_ref="ticket/2", ttl_ms=60_000))
     assert len(runtime.list_labeled()["tickets"]) == 1

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from corral.client.client import Client
-from corral.contract.models import IoStream, IsolationCapabilityReport, IsolationClass
+from corral.contract.models import IsolationCapabilityReport
 from corral.contract.operations import Operation
+from corral.contract.vocabulary import IsolationClass, ProcessIoStream
 from corral.fleet.job import JobSpec
 from corral.runtimes.fake import FAKE_NOTICE, FakeRuntime
 from corral.settings import Settings
@@ -68,7 +69,7 @@ def test_a_fake_worker_says_it_is_a_fake_and_is_placed_for_default_jobs(
         assert handle.host == fake_worker.host_id
         client.wait(handle, timeout=30)
         assert client.stats(handle).exit_code == 0  # answered by the reads lane, another process
-        frames = list(client.frames(handle, IoStream.stdout))
+        frames = list(client.frames(handle, ProcessIoStream.stdout))
         assert b"".join(base64.b64decode(f.content_b64 or "") for f in frames) == b"placed\n"
         assert client.cleanup(handle).status == "completed"
     finally:

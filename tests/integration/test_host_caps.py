@@ -21,13 +21,12 @@ from corral.client.client import Client
 from corral.contract.errors import AgentError, PolicyDenial, RetryClass, TimeoutFailure
 from corral.contract.models import (
     ExecutionEnvironment,
-    IoPolicy,
-    IoStream,
     IsolatedProcessSpec,
-    MountMode,
     MountPolicy,
-    StreamIoPolicy,
+    ProcessIoCapturePolicy,
+    ProcessIoPolicy,
 )
+from corral.contract.vocabulary import MountMode, ProcessIoStream
 from corral.fleet.job import JobSpec
 from corral.settings import Settings
 from tests.harness import NOTHING, count_labeled, leftovers, wait_until
@@ -67,7 +66,9 @@ class Custom(JobSpec):
         env = super().environment()
         spec = env.spec
         if self.spool_bytes is not None:
-            spec = spec.model_copy(update={"io_policy": IoPolicy(stdout=StreamIoPolicy(max_bytes=self.spool_bytes))})
+            spec = spec.model_copy(
+                update={"io_policy": ProcessIoPolicy(stdout=ProcessIoCapturePolicy(max_bytes=self.spool_bytes))}
+            )
         if self.raw_mounts:
             spec = spec.model_copy(
                 update={"filesystem": spec.filesystem.model_copy(update={"mounts": list(self.raw_mounts)})}
@@ -172,7 +173,9 @@ def test_stdin_past_the_policy_cap_is_refused_and_exactly_the_cap_gets_through(
         assert info.value.context["rule"] == "limits.max_stdin_bytes"
         assert client.write_stdin(handle, b"c" * 400, close=True).cursor == 1000
         out = bytearray()
-        stats = client.follow(handle, lambda stream, data: out.extend(data) if stream is IoStream.stdout else None)
+        stats = client.follow(
+            handle, lambda stream, data: out.extend(data) if stream is ProcessIoStream.stdout else None
+        )
         assert stats.exit_code == 0
         assert out.split() == [b"1000"]
     finally:

@@ -28,13 +28,12 @@ from corral.contract.models import (
     CleanupRequest,
     EnvironmentPrepareRequest,
     ExecutionEnvironment,
-    FilesystemPolicy,
-    MountMode,
+    FilesystemIsolationPolicy,
     MountPolicy,
     MountResolveRequest,
     ProcessStartRequest,
-    SymlinkPolicy,
 )
+from corral.contract.vocabulary import MountMode, SymlinkPolicy
 from corral.fleet.job import JobSpec
 from corral.runtimes.docker.runtime import DockerRuntime
 from corral.settings import HostSettings, Settings
@@ -96,7 +95,7 @@ def runtime(docker_client: Any, host: HostSettings, host_id: str) -> Iterator[Do
 
 
 def with_mounts(image: str, *mounts: MountPolicy, symlinks: SymlinkPolicy = SymlinkPolicy.deny_escapes) -> Any:
-    return make_env(image, filesystem=FilesystemPolicy(mounts=list(mounts), symlink_policy=symlinks))
+    return make_env(image, filesystem=FilesystemIsolationPolicy(mounts=list(mounts), symlink_policy=symlinks))
 
 
 def mount(alias: str, destination: str = "/data", mode: MountMode = MountMode.read_only) -> MountPolicy:

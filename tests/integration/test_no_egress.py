@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from corral.contract.models import NetworkMode, NetworkPolicy
+from corral.contract.models import NetworkIsolationPolicy, NetworkKind
 from corral.contract.refs import slug
 from corral.runtimes.docker.resources import container_name
 from corral.runtimes.docker.runtime import DockerRuntime
@@ -36,10 +36,10 @@ pytestmark = pytest.mark.docker
 
 TOKEN = f"reached-{uuid.uuid4().hex}"
 NO_EGRESS = [
-    NetworkPolicy(mode=NetworkMode.disabled),
-    NetworkPolicy(mode=NetworkMode.adapter_defined_denied),
-    NetworkPolicy(mode=NetworkMode.allowlist),
-    NetworkPolicy(mode=NetworkMode.egress_scoped),
+    NetworkIsolationPolicy(kind=NetworkKind.disabled),
+    NetworkIsolationPolicy(kind=NetworkKind.adapter_defined_denied),
+    NetworkIsolationPolicy(kind=NetworkKind.allowlist),
+    NetworkIsolationPolicy(kind=NetworkKind.egress_scoped),
 ]
 
 
@@ -147,7 +147,7 @@ def test_no_egress_mode_reaches_nothing(
     busybox_image: str,
     docker_client: Any,
     listener: tuple[list[str], int],
-    network: NetworkPolicy,
+    network: NetworkIsolationPolicy,
 ) -> None:
     gateways, port = listener
     targets = sorted({*gateways, *host_addresses(), "127.0.0.1"})
@@ -171,5 +171,5 @@ def test_no_egress_mode_reaches_nothing(
     assert TOKEN not in out and "reached=" not in out, out
     assert sorted(line.split("=", 1)[1] for line in got if line.startswith("blocked=")) == targets
     inspected = docker_client.api.inspect_container(container_name(slug(env.environment_id)))
-    assert inspected["HostConfig"]["NetworkMode"] == "none"
+    assert inspected["HostConfig"]["NetworkKind"] == "none"
     assert count_labeled(docker_client, runtime.host_id, env.environment_id)["networks"] == 0

@@ -14,8 +14,9 @@ import pytest
 
 from corral.client.client import Client
 from corral.contract.errors import NotFound, PolicyDenial
-from corral.contract.models import IoStream, ProcessStartRequest, ProcessStartResult, dump
+from corral.contract.models import ProcessStartRequest, ProcessStartResult, dump
 from corral.contract.operations import CHAIN, OPERATIONS
+from corral.contract.vocabulary import ProcessIoStream
 from corral.fleet.job import JobSpec
 from corral.settings import Settings
 from tests.conftest import TEST_HOST_IDENTITY, suite_fleet
@@ -40,15 +41,15 @@ def test_chain_runs_a_job_end_to_end_and_journals_every_step(
     worker_factory, client, docker_client, busybox_image, corral_env
 ) -> None:
     worker = worker_factory()
-    out: dict[IoStream, bytearray] = {IoStream.stdout: bytearray(), IoStream.stderr: bytearray()}
+    out: dict[ProcessIoStream, bytearray] = {ProcessIoStream.stdout: bytearray(), ProcessIoStream.stderr: bytearray()}
     outcome = client.run(
         job(busybox_image, "sh", "-c", "echo hello; echo oops >&2; exit 3"),
         host=worker.host_id,
         on_output=lambda s, d: out[s].extend(d),
     )
     assert outcome.exit_code == 3
-    assert bytes(out[IoStream.stdout]) == b"hello\n"
-    assert bytes(out[IoStream.stderr]) == b"oops\n"
+    assert bytes(out[ProcessIoStream.stdout]) == b"hello\n"
+    assert bytes(out[ProcessIoStream.stderr]) == b"oops\n"
     records = client.journal(outcome.environment_id)
     for op in CHAIN:
         kinds = [r.fields["status"] if r.kind == "result" else r.kind for r in records if r.fields.get("op") == op]
@@ -164,7 +165,7 @@ def test_ten_megabytes_of_output_through_frames_is_byte_exact(worker_factory, cl
     digest = hashlib.sha256()
     total = 0
     frames = 0
-    for frame in client.frames(handle, IoStream.stdout, max_bytes=1 << 20):
+    for frame in client.frames(handle, ProcessIoStream.stdout, max_bytes=1 << 20):
         import base64
 
         chunk = base64.b64decode(frame.content_b64 or "")

@@ -19,32 +19,31 @@ from typing import Any
 import pytest
 
 from corral.contract.models import (
-    CaptureMode,
     EnvironmentPrepareRequest,
     EnvironmentSpec,
-    EnvSecret,
     ExecutionEnvironment,
-    FilesystemPolicy,
+    FilesystemIsolationPolicy,
     ImageRequest,
     ImageResolveRequest,
-    IoPolicy,
-    IoStream,
     IsolatedProcessSpec,
     LifecyclePolicy,
     MountPolicy,
     MountResolveRequest,
     NetworkPrepareRequest,
+    ProcessIoCapturePolicy,
     ProcessIoFrame,
+    ProcessIoPolicy,
     ProcessIoRequest,
     ProcessStartRequest,
     RootfsPrepareRequest,
-    SecretMount,
-    SecretPolicy,
+    SecretEnvPolicy,
+    SecretExposurePolicy,
+    SecretMountPolicy,
     SecretPrepareRequest,
     SessionPrepareRequest,
-    StreamIoPolicy,
 )
 from corral.contract.refs import slug
+from corral.contract.vocabulary import ProcessContentCaptureMode, ProcessIoStream
 from corral.runtimes.docker.resources import session_paths
 from corral.runtimes.docker.runtime import DockerRuntime
 from corral.sandbox.redact import MARKER, Redactor
@@ -56,7 +55,7 @@ pytestmark = pytest.mark.docker
 SECRET_NAME = "api-token"
 SECRET_VALUE = b"s3cr3t/" + uuid.uuid4().hex.encode() + b"+p@ss w=rd"
 """Slash, plus, at, space and equals: its URL and JSON forms differ from the exact value."""
-RAW = StreamIoPolicy(default_capture=CaptureMode.raw_content_if_policy_allows)
+RAW = ProcessIoCapturePolicy(default_capture=ProcessContentCaptureMode.raw_content_if_policy_allows)
 FRAME_BYTES = 7
 
 SCRIPT = r"""
@@ -115,18 +114,20 @@ def runtime(docker_client: Any, host: HostSettings, host_id: str) -> Iterator[Do
 
 
 def secret_env(image: str) -> ExecutionEnvironment:
-    secrets = SecretPolicy(
-        secret_mounts=[SecretMount(secret_ref=SECRET_NAME, mount_ref="s1", destination=f"/run/secrets/{SECRET_NAME}")],
-        env_secrets=[EnvSecret(secret_ref=SECRET_NAME, env_key="TOKEN")],
+    secrets = SecretExposurePolicy(
+        secret_mounts=[
+            SecretMountPolicy(secret_ref=SECRET_NAME, mount_ref="s1", destination=f"/run/secrets/{SECRET_NAME}")
+        ],
+        env_secrets=[SecretEnvPolicy(secret_ref=SECRET_NAME, env_key="TOKEN")],
     )
     return ExecutionEnvironment(
         environment_id=f"env-{uuid.uuid4().hex[:12]}",
         spec=EnvironmentSpec(
             image=ImageRequest(image_ref=image),
-            io_policy=IoPolicy(stdout=RAW, stderr=RAW),
+            io_policy=ProcessIoPolicy(stdout=RAW, stderr=RAW),
             lifecycle=LifecyclePolicy(grace_ms=200),
             secrets=secrets,
-            filesystem=FilesystemPolicy(
+            filesystem=FilesystemIsolationPolicy(
                 mounts=[MountPolicy(mount_ref="m1", source_alias="forms", destination_path="/forms")]
             ),
         ),
@@ -150,9 +151,11 @@ def start(rt: DockerRuntime, env: ExecutionEnvironment, process: IsolatedProcess
     return rt.start_process(ProcessStartRequest(environment=env, process=process)).process_ref
 
 
-def read_both_live(rt: DockerRuntime, process_ref: str, timeout_s: float = 60) -> dict[IoStream, list[ProcessIoFrame]]:
+def read_both_live(
+    rt: DockerRuntime, process_ref: str, timeout_s: float = 60
+) -> dict[ProcessIoStream, list[ProcessIoFrame]]:
     """Alternate tiny frames of stdout and stderr while the process runs, until both reach eof."""
-    got: dict[IoStream, list[ProcessIoFrame]] = {IoStream.stdout: [], IoStream.stderr: []}
+    got: dict[ProcessIoStream, list[ProcessIoFrame]] = {ProcessIoStream.stdout: [], ProcessIoStream.stderr: []}
     cursors = dict.fromkeys(got, 0)
     deadline = time.monotonic() + timeout_s
     while not all(frames and frames[-1].eof for frames in got.values()):

@@ -39,21 +39,21 @@ from corral.contract.errors import AgentError, InvalidRequest, PolicyDenial, Uns
 from corral.contract.models import (
     CleanupRequest,
     ExecutionEnvironment,
-    FilesystemPolicy,
+    FilesystemIsolationPolicy,
     IsolatedProcessSpec,
-    MountMode,
     MountPolicy,
     MountResolveRequest,
-    NetworkMode,
-    NetworkPolicy,
+    NetworkIsolationPolicy,
+    NetworkKind,
     NetworkPrepareRequest,
     ProcessStartRequest,
     RedactedEnvVar,
-    SecretMount,
-    SecretPolicy,
+    SecretExposurePolicy,
+    SecretMountPolicy,
     SecretPrepareRequest,
 )
 from corral.contract.refs import slug
+from corral.contract.vocabulary import MountMode
 from corral.runtimes.docker import mounts as pins
 from corral.runtimes.docker.policy import resolve_mount
 from corral.runtimes.docker.runtime import DockerRuntime
@@ -220,7 +220,7 @@ def mount(alias: str, destination: str = "/data", mode: MountMode = MountMode.re
 
 
 def with_mounts(image: str, *mounts: MountPolicy) -> ExecutionEnvironment:
-    return make_env(image, filesystem=FilesystemPolicy(mounts=list(mounts)))
+    return make_env(image, filesystem=FilesystemIsolationPolicy(mounts=list(mounts)))
 
 
 def cleanup(rt: DockerRuntime, env: ExecutionEnvironment) -> None:
@@ -294,7 +294,7 @@ def test_a_parent_flipped_into_a_symlink_during_the_walk_never_opens_the_canary(
     try:
         for i in range(600):
             alias = "deep" if i % 2 else "b"
-            planned = resolve_mount(mount(alias), host, FilesystemPolicy().symlink_policy)
+            planned = resolve_mount(mount(alias), host, FilesystemIsolationPolicy().symlink_policy)
             try:
                 fd = pins.open_source(planned, forbidden)
             except AgentError:
@@ -440,8 +440,10 @@ def test_a_sandbox_cannot_read_the_host_path_of_its_mounts(
 ) -> None:
     env = make_env(
         busybox_image,
-        filesystem=FilesystemPolicy(mounts=[mount("data", "/d")]),
-        secrets=SecretPolicy(secret_mounts=[SecretMount(secret_ref="tok", mount_ref="s", destination="/run/s/tok")]),
+        filesystem=FilesystemIsolationPolicy(mounts=[mount("data", "/d")]),
+        secrets=SecretExposurePolicy(
+            secret_mounts=[SecretMountPolicy(secret_ref="tok", mount_ref="s", destination="/run/s/tok")]
+        ),
     )
     try:
         code, out = run_to_exit(runtime, env, "cat /proc/self/mountinfo")
@@ -528,8 +530,8 @@ def test_a_colon_in_a_destination_injects_no_option(
         else:
             env = make_env(
                 busybox_image,
-                secrets=SecretPolicy(
-                    secret_mounts=[SecretMount(secret_ref="tok", mount_ref="s", destination=destination)]
+                secrets=SecretExposurePolicy(
+                    secret_mounts=[SecretMountPolicy(secret_ref="tok", mount_ref="s", destination=destination)]
                 ),
             )
         exc = refused(runtime, env, proc_spec("true"))
@@ -695,16 +697,16 @@ def test_a_mount_over_etc_passwd_does_not_change_who_runs(
 @pytest.mark.parametrize(
     "policy",
     [
-        NetworkPolicy(mode=NetworkMode.allowlist, hosts=[""]),
-        NetworkPolicy(mode=NetworkMode.allowlist, hosts=["0.0.0.0/0"]),
-        NetworkPolicy(mode=NetworkMode.egress_scoped, rules=[""]),
-        NetworkPolicy(mode=NetworkMode.exposed_ports),
-        NetworkPolicy(mode=NetworkMode.socket_relay),
+        NetworkIsolationPolicy(kind=NetworkKind.allowlist, hosts=[""]),
+        NetworkIsolationPolicy(kind=NetworkKind.allowlist, hosts=["0.0.0.0/0"]),
+        NetworkIsolationPolicy(kind=NetworkKind.egress_scoped, rules=[""]),
+        NetworkIsolationPolicy(kind=NetworkKind.exposed_ports),
+        NetworkIsolationPolicy(kind=NetworkKind.socket_relay),
     ],
     ids=["allowlist-empty-string", "allowlist-everything", "egress-empty-rule", "exposed-no-ports", "relay"],
 )
 def test_present_but_empty_network_lists_are_unsupported(
-    runtime: DockerRuntime, host: HostSettings, busybox_image: str, docker_client: Any, policy: NetworkPolicy
+    runtime: DockerRuntime, host: HostSettings, busybox_image: str, docker_client: Any, policy: NetworkIsolationPolicy
 ) -> None:
     env = make_env(busybox_image, network=policy)
     with pytest.raises(Unsupported):
@@ -718,14 +720,14 @@ def test_present_but_empty_network_lists_are_unsupported(
 @pytest.mark.parametrize(
     "policy",
     [
-        NetworkPolicy(mode=NetworkMode.egress_scoped, hosts=["0.0.0.0/0", "host.docker.internal"]),
-        NetworkPolicy(mode=NetworkMode.adapter_defined_denied, hosts=["0.0.0.0/0"], ports=[80]),
-        NetworkPolicy(mode=NetworkMode.disabled, hosts=["0.0.0.0/0"], rules=["allow all"], ports=[22]),
+        NetworkIsolationPolicy(kind=NetworkKind.egress_scoped, hosts=["0.0.0.0/0", "host.docker.internal"]),
+        NetworkIsolationPolicy(kind=NetworkKind.adapter_defined_denied, hosts=["0.0.0.0/0"], ports=[80]),
+        NetworkIsolationPolicy(kind=NetworkKind.disabled, hosts=["0.0.0.0/0"], rules=["allow all"], ports=[22]),
     ],
     ids=["egress-hosts-without-rules", "denied-with-hosts-and-ports", "disabled-with-everything"],
 )
 def test_no_egress_modes_with_stray_fields_still_have_only_lo(
-    runtime: DockerRuntime, busybox_image: str, policy: NetworkPolicy
+    runtime: DockerRuntime, busybox_image: str, policy: NetworkIsolationPolicy
 ) -> None:
     """Fields a no-egress mode ignores never widen it: the sandbox has only ``lo`` and no route."""
     env = make_env(busybox_image, network=policy)
@@ -757,7 +759,7 @@ def test_an_rlimit_past_int64_is_refused_not_retried(
     runtime: DockerRuntime, busybox_image: str, host: HostSettings, docker_client: Any, value: int
 ) -> None:
     env = make_env(busybox_image)
-    exc = refused(runtime, env, proc_spec("true", rlimits={"nofile": value}))
+    exc = refused(runtime, env, proc_spec("true", posix_rlimits={"nofile": value}))
     cleanup(runtime, env)
     assert isinstance(exc, InvalidRequest | PolicyDenial) and not exc.retryable, exc
     assert_clean(exc, host)
@@ -851,7 +853,7 @@ def test_within_alias_symlink_flipped_in_and_out_of_its_root_never_opens_outside
     thread.start()
     try:
         for _ in range(400):
-            planned = resolve_mount(mount("cur"), host, FilesystemPolicy().symlink_policy)
+            planned = resolve_mount(mount("cur"), host, FilesystemIsolationPolicy().symlink_policy)
             try:
                 fd = pins.open_source(planned, forbidden)
             except PolicyDenial:
@@ -879,8 +881,10 @@ def test_a_secret_under_a_writable_mount_never_writes_its_value_to_the_alias(
     the host), but the value stays on the secrets tmpfs; the alias never holds it, during or after."""
     env = make_env(
         busybox_image,
-        filesystem=FilesystemPolicy(mounts=[mount("pool", "/w", MountMode.writable)]),
-        secrets=SecretPolicy(secret_mounts=[SecretMount(secret_ref="tok", mount_ref="s", destination="/w/tok")]),
+        filesystem=FilesystemIsolationPolicy(mounts=[mount("pool", "/w", MountMode.writable)]),
+        secrets=SecretExposurePolicy(
+            secret_mounts=[SecretMountPolicy(secret_ref="tok", mount_ref="s", destination="/w/tok")]
+        ),
     )
     try:
         code, out = run_to_exit(runtime, env, "cat /w/tok; cp /w/tok /w/copy 2>/dev/null; echo x > /w/tok || true")
@@ -1000,10 +1004,10 @@ def test_the_spool_cap_bounds_what_a_sandbox_writes_to_the_host_disk(
 ) -> None:
     """A sandbox writes 24 MiB to stdout and stderr against a 1 MiB spool cap: the host keeps at most
     the cap of each stream on disk."""
-    from corral.contract.models import IoPolicy, StreamIoPolicy
+    from corral.contract.models import ProcessIoCapturePolicy, ProcessIoPolicy
 
-    capped = StreamIoPolicy(max_bytes=1 << 20)
-    env = make_env(busybox_image, io_policy=IoPolicy(stdout=capped, stderr=capped))
+    capped = ProcessIoCapturePolicy(max_bytes=1 << 20)
+    env = make_env(busybox_image, io_policy=ProcessIoPolicy(stdout=capped, stderr=capped))
     process = proc_spec("sh", "-c", "yes abcdefgh | head -c 25165824; yes abcdefgh | head -c 25165824 >&2")
     try:
         prepare(runtime, env, process)
@@ -1055,7 +1059,7 @@ def test_megabytes_in_a_field_no_cap_counts_are_not_kept_in_redis(
         def environment(self) -> ExecutionEnvironment:
             env = super().environment()
             # 1 MiB: every step of the chain carries the spec (base64 twice over), and Redis takes no value over 32 MiB
-            network = NetworkPolicy(mode=NetworkMode.disabled, hosts=["h" * (128 << 10)] * 8)
+            network = NetworkIsolationPolicy(kind=NetworkKind.disabled, hosts=["h" * (128 << 10)] * 8)
             return env.model_copy(update={"spec": env.spec.model_copy(update={"network": network})})
 
     worker = worker_factory()
@@ -1108,7 +1112,9 @@ def test_secret_destinations_normalized_into_forbidden_places_write_nothing(
 ) -> None:
     env = make_env(
         busybox_image,
-        secrets=SecretPolicy(secret_mounts=[SecretMount(secret_ref="tok", mount_ref="s", destination=destination)]),
+        secrets=SecretExposurePolicy(
+            secret_mounts=[SecretMountPolicy(secret_ref="tok", mount_ref="s", destination=destination)]
+        ),
     )
     with pytest.raises(PolicyDenial) as info:
         runtime.prepare_secrets(SecretPrepareRequest(environment=env))
@@ -1124,8 +1130,10 @@ def test_a_mount_and_a_secret_on_one_destination_however_spelled_are_refused(
     secret the mount); refused before any container."""
     env = make_env(
         busybox_image,
-        filesystem=FilesystemPolicy(mounts=[mount("file", "/d/tok/")]),
-        secrets=SecretPolicy(secret_mounts=[SecretMount(secret_ref="tok", mount_ref="s", destination="//d/./tok")]),
+        filesystem=FilesystemIsolationPolicy(mounts=[mount("file", "/d/tok/")]),
+        secrets=SecretExposurePolicy(
+            secret_mounts=[SecretMountPolicy(secret_ref="tok", mount_ref="s", destination="//d/./tok")]
+        ),
     )
     exc = refused(runtime, env, proc_spec("true"))
     cleanup(runtime, env)

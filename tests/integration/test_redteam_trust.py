@@ -34,7 +34,8 @@ from celery.result import AsyncResult
 from corral.celeryconf import FLEET_QUEUE, queue_for_host
 from corral.client.client import Client, JobHandle
 from corral.contract.errors import InvalidRequest, PolicyDenial
-from corral.contract.models import ProcessSignal, ProcessSignalRequest, ProcessState, dump
+from corral.contract.models import ProcessSignalRequest, ProcessState, dump
+from corral.contract.vocabulary import ProcessSignal
 from corral.fleet.job import JobSpec
 from corral.host.tenancy import resolve_caller
 from corral.trust import signing

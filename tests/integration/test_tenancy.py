@@ -27,11 +27,9 @@ from corral.contract.models import (
     CleanupResult,
     DetachTransferRequest,
     DetachTransferResult,
-    IoStream,
     IsolationSessionRef,
     ProcessIoFrame,
     ProcessIoRequest,
-    ProcessSignal,
     ProcessSignalRequest,
     ProcessSignalResult,
     ProcessState,
@@ -41,6 +39,7 @@ from corral.contract.models import (
     ReclaimResult,
     SessionPrepareRequest,
 )
+from corral.contract.vocabulary import ProcessIoStream, ProcessSignal
 from corral.fleet.job import JobSpec
 from corral.settings import Settings
 from corral.trust import signing
@@ -143,7 +142,7 @@ def test_another_tenant_cannot_touch_a_sandbox_and_learns_nothing(rig, busybox_i
         "stdout",
         victim.process_ref,
         ghost_proc,
-        op("stream_io", ProcessIoFrame, lambda r: ProcessIoRequest(process_ref=r, stream=IoStream.stdout)),
+        op("stream_io", ProcessIoFrame, lambda r: ProcessIoRequest(process_ref=r, stream=ProcessIoStream.stdout)),
     )
     attack(
         "stdin",
@@ -153,7 +152,7 @@ def test_another_tenant_cannot_touch_a_sandbox_and_learns_nothing(rig, busybox_i
             "stream_io",
             ProcessIoFrame,
             lambda r: ProcessIoRequest(
-                process_ref=r, stream=IoStream.stdin, data_b64=base64.b64encode(b"pwned\n").decode()
+                process_ref=r, stream=ProcessIoStream.stdin, data_b64=base64.b64encode(b"pwned\n").decode()
             ),
         ),
     )
@@ -164,7 +163,7 @@ def test_another_tenant_cannot_touch_a_sandbox_and_learns_nothing(rig, busybox_i
         op(
             "signal_process",
             ProcessSignalResult,
-            lambda r: ProcessSignalRequest(process_ref=r, signal=ProcessSignal.kill),
+            lambda r: ProcessSignalRequest(process_ref=r, signal=ProcessSignal.kill, grace_ms=5_000),
         ),
     )
     attack(

@@ -26,12 +26,12 @@ from corral.client.client import Client
 from corral.contract.models import (
     CleanupRequest,
     CleanupResult,
-    ProcessSignal,
     ProcessSignalRequest,
     ProcessState,
     SessionPrepareRequest,
     dump,
 )
+from corral.contract.vocabulary import ProcessSignal
 from corral.fleet.job import JobSpec
 from corral.settings import Settings
 from corral.trust.signing import (

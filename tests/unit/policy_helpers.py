@@ -7,31 +7,40 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from corral.contract.domain import PolicyRef
 from corral.contract.matching import Approval, ApprovalKind
 from corral.contract.models import (
-    Capability,
-    Health,
+    DataResidencyKind,
+    DataResidencyRequirement,
     HealthState,
     IsolationCapabilityReport,
-    IsolationClass,
+    IsolationCapabilitySet,
     IsolationRequirement,
-    Level,
-    Locality,
-    Platform,
-    Tenancy,
-    TrustVector,
+    IsolationRuntimeHealth,
+    IsolationTrustRequirement,
+    PlatformReport,
+)
+from corral.contract.vocabulary import (
+    AuditabilityRequirement,
+    CleanupGuaranteeRequirement,
+    IsolationCapability,
+    IsolationClass,
+    IsolationRuntimeKind,
+    LocalityRequirement,
+    SecretIsolationRequirement,
+    TenantBoundaryRequirement,
 )
 from corral.fleet.job import JobSpec
 from corral.host.policy_source import PolicySource
 from corral.sandbox.policy import HostPolicy
 
-STRONG_TRUST = TrustVector(
-    locality=Locality.local,
-    tenancy=Tenancy.dedicated,
-    auditability=Level.required,
-    cleanup=Level.required,
-    data_residency="local_only",
-    secret_isolation=Level.required,
+STRONG_TRUST = IsolationTrustRequirement(
+    locality=LocalityRequirement.local,
+    tenancy=TenantBoundaryRequirement.dedicated,
+    auditability=AuditabilityRequirement.required,
+    cleanup=CleanupGuaranteeRequirement.required,
+    data_residency=DataResidencyRequirement(kind=DataResidencyKind.local_only),
+    secret_isolation=SecretIsolationRequirement.required,
 )
 
 
@@ -41,7 +50,7 @@ def claims_container(report: IsolationCapabilityReport) -> IsolationCapabilityRe
 
 def report(
     classes: list[IsolationClass] | None = None,
-    capabilities: list[Capability] | None = None,
+    capabilities: list[IsolationCapability] | None = None,
     health: HealthState = HealthState.healthy,
     **overrides: Any,
 ) -> IsolationCapabilityReport:
@@ -50,13 +59,17 @@ def report(
     fields: dict[str, Any] = {
         "report_ref": "report-test",
         "adapter_ref": "adapter-test",
-        "adapter_kind": "test",
+        "adapter_kind": IsolationRuntimeKind.container,
         "adapter_version": "0",
         "supported_classes": [IsolationClass.container] if classes is None else classes,
-        "platform": Platform(os="linux", cpu_architecture="amd64"),
-        "capabilities": list(Capability) if capabilities is None else capabilities,
+        "platform": PlatformReport(platform="test", os="linux", cpu_architecture="amd64"),
+        "capabilities": IsolationCapabilitySet(
+            capabilities=list(IsolationCapability) if capabilities is None else capabilities
+        ),
         "trust": STRONG_TRUST,
-        "health": Health(state=health, reason=None if health is HealthState.healthy else "test"),
+        "health": IsolationRuntimeHealth(kind=health, reason="" if health is HealthState.healthy else "test")
+        if health is not HealthState.unsupported_host
+        else IsolationRuntimeHealth(kind=health, missing_prerequisites=["test"]),
     }
     fields.update(overrides)
     return IsolationCapabilityReport(**fields)
@@ -64,17 +77,31 @@ def report(
 
 def requirement(
     minimum_class: IsolationClass = IsolationClass.container,
-    capabilities: list[Capability] | None = None,
+    capabilities: list[IsolationCapability] | None = None,
     allowed_gaps: list[str] | None = None,
     policy_ref: str | None = None,
     **trust: Any,
 ) -> IsolationRequirement:
+    """A requirement whose fallback accepts exactly ``allowed_gaps`` (in upstream's terms: the listed
+    capability and trust downgrades, any other class for a ``class:`` gap, a degraded host for
+    ``health:degraded``) once the host approves ``policy_ref``; neither given: ``deny``."""
+    gaps = allowed_gaps or []
+    fallback: dict[str, Any] = {"kind": "deny"}
+    if gaps or policy_ref is not None:
+        fallback = {
+            "kind": "allow_if_package_and_policy_approve",
+            "accepted_classes": list(IsolationClass) if any(g.startswith("class:") for g in gaps) else [],
+            "accepted_capability_downgrades": [g.split(":", 1)[1] for g in gaps if g.startswith("capability:")],
+            "accepted_trust_downgrades": [g.split(":", 1)[1] for g in gaps if g.startswith("trust:")],
+            "required_policy_refs": [PolicyRef.host(policy_ref)] if policy_ref is not None else [],
+            "accept_degraded_host": "health:degraded" in gaps,
+        }
     return IsolationRequirement.model_validate(
         {
             "minimum_class": minimum_class,
-            "required_capabilities": capabilities or [],
-            "trust": TrustVector(**trust),
-            "fallback": {"allowed_gaps": allowed_gaps or [], "policy_ref": policy_ref},
+            "required_capabilities": {"capabilities": capabilities or []},
+            "trust": IsolationTrustRequirement(**trust),
+            "fallback": fallback,
         }
     )
 

@@ -27,13 +27,10 @@ from corral.contract.errors import (
 from corral.contract.models import (
     CleanupRequest,
     CleanupResult,
-    CleanupStatus,
     DetachTransferRequest,
     ExecutionEnvironment,
     ImageResolveRequest,
-    IoStream,
     ProcessIoRequest,
-    ProcessSignal,
     ProcessSignalRequest,
     ProcessStartRequest,
     ProcessStartResult,
@@ -44,7 +41,9 @@ from corral.contract.models import (
     dump,
 )
 from corral.contract.refs import process_ref_for
-from corral.fleet.job import JobSpec
+from corral.contract.vocabulary import CleanupStatus, ProcessIoStream, ProcessSignal
+from corral.contract.wire import to_wire
+from corral.fleet.job import JobSpec, image_of
 from corral.host.effects import digest_of
 from corral.state import store as keys
 from tests.unit.helpers import (
@@ -125,7 +124,7 @@ def test_chain_step_results_are_stored_on_the_session(rig: Rig) -> None:
     j = job()
     results = rig.run_chain(j)
     for op in CHAIN_OPS[:-1]:
-        assert rig.store.step_result(j.environment_id, op) == dump(results[op]), op
+        assert rig.store.step_result(j.environment_id, op) == to_wire(results[op]), op
     assert rig.runtime.effects["prepare_session"] == 1
     assert rig.runtime.effects["create_container"] == 1
     assert rig.runtime.effects["start_process"] == 1
@@ -291,7 +290,7 @@ def test_reclaim_replay_calls_the_adapter_once(redis_url: str) -> None:
 def test_signal_process_same_delivery_is_replayed_new_delivery_runs(rig: Rig) -> None:
     _, result = _started_rig(rig)
     rig.runtime.processes[result.process_ref].exit_code = None  # keep the fake process "running"
-    request = ProcessSignalRequest(process_ref=result.process_ref, signal=ProcessSignal.terminate)
+    request = ProcessSignalRequest(process_ref=result.process_ref, signal=ProcessSignal.terminate, grace_ms=5_000)
     a = rig.coordinator.signal_process(request, delivery_id="task-1")
     b = rig.coordinator.signal_process(request, delivery_id="task-1")
     assert a == b and a.delivered
@@ -302,7 +301,7 @@ def test_signal_process_same_delivery_is_replayed_new_delivery_runs(rig: Rig) ->
 
 def test_stdin_write_same_delivery_writes_once(rig: Rig) -> None:
     _, result = _started_rig(rig, stdin=True)
-    request = ProcessIoRequest(process_ref=result.process_ref, stream=IoStream.stdin, data_b64="aGk=")
+    request = ProcessIoRequest(process_ref=result.process_ref, stream=ProcessIoStream.stdin, data_b64="aGk=")
     a = rig.coordinator.stream_io(request, delivery_id="task-1")
     b = rig.coordinator.stream_io(request, delivery_id="task-1")
     assert a == b
@@ -608,8 +607,9 @@ def test_prepare_environment_before_earlier_steps_is_invalid_transition(rig: Rig
 
 def test_resolve_image_without_session_is_not_found(rig: Rig) -> None:
     j = job()
+    env = j.environment()
     with pytest.raises(NotFound):
-        rig.coordinator.resolve_image(ImageResolveRequest(environment=j.environment()))
+        rig.coordinator.resolve_image(ImageResolveRequest(image=image_of(env), environment=env))
     assert rig.runtime.calls["resolve_image"] == 0
     assert rig.records(j.environment_id) == []
 
@@ -652,7 +652,9 @@ def test_process_operations_for_another_host_are_invalid_request(rig: Rig) -> No
     with pytest.raises(InvalidRequest):
         other.collect_stats(ProcessStatsRequest(process_ref=result.process_ref))
     with pytest.raises(InvalidRequest):
-        other.signal_process(ProcessSignalRequest(process_ref=result.process_ref, signal=ProcessSignal.kill))
+        other.signal_process(
+            ProcessSignalRequest(process_ref=result.process_ref, signal=ProcessSignal.kill, grace_ms=5_000)
+        )
     with pytest.raises(InvalidRequest):
         other.cleanup(CleanupRequest(environment=j.environment(), cleanup_plan_ref="plan-1"))
     assert sum(other.runtime.calls.values()) == 0  # type: ignore[attr-defined]
@@ -660,12 +662,12 @@ def test_process_operations_for_another_host_are_invalid_request(rig: Rig) -> No
 
 def test_stream_io_and_collect_stats_for_unknown_process_are_not_found(rig: Rig) -> None:
     with pytest.raises(NotFound):
-        rig.coordinator.stream_io(ProcessIoRequest(process_ref="proc-0000000000000000", stream=IoStream.stdout))
+        rig.coordinator.stream_io(ProcessIoRequest(process_ref="proc-0000000000000000", stream=ProcessIoStream.stdout))
     with pytest.raises(NotFound):
         rig.coordinator.collect_stats(ProcessStatsRequest(process_ref="proc-0000000000000000"))
     with pytest.raises(NotFound):
         rig.coordinator.signal_process(
-            ProcessSignalRequest(process_ref="proc-0000000000000000", signal=ProcessSignal.kill)
+            ProcessSignalRequest(process_ref="proc-0000000000000000", signal=ProcessSignal.kill, grace_ms=5_000)
         )
     assert sum(rig.runtime.calls.values()) == 0
 
@@ -682,8 +684,17 @@ def test_collect_stats_on_exited_process_sets_exited_with_exit_code(rig: Rig) ->
     assert record["state"] == SessionState.exited
     assert record["exit_code"] == "3"
     assert record["reason"] == "exit"
-    # read-only: nothing journaled for stats
-    assert rig.kinds(j.environment_id)[-1] == ("result", "start_process")
+    # read-only: nothing journaled for stats but the exit, once, with upstream's stats record
+    rig.coordinator.collect_stats(ProcessStatsRequest(process_ref=result.process_ref))
+    assert rig.kinds(j.environment_id)[-2:] == [("result", "start_process"), ("exit", "collect_stats")]
+    assert json.loads(rig.records(j.environment_id)[-1].fields["record"]) == {
+        "record_type": "process_stats_snapshot",
+        "record": {
+            "environment_id": j.environment_id,
+            "snapshot_ref": snapshot.snapshot_ref,
+            "redacted_summary": f"process {result.process_ref} ended exit 3 (exit)",
+        },
+    }
 
 
 def test_collect_stats_on_running_process_keeps_running(rig: Rig) -> None:
@@ -700,12 +711,12 @@ def test_stream_io_stdout_eof_marks_session_exited(redis_url: str) -> None:
         rig.runtime.output["echo"] = b"hello\n"
         j, result = _started_rig(rig)
         frame = rig.coordinator.stream_io(
-            ProcessIoRequest(process_ref=result.process_ref, stream=IoStream.stdout, max_bytes=3)
+            ProcessIoRequest(process_ref=result.process_ref, stream=ProcessIoStream.stdout, max_bytes=3)
         )
         assert not frame.eof and frame.cursor == 3
         assert rig.store.session(j.environment_id)["state"] == SessionState.running
         frame = rig.coordinator.stream_io(
-            ProcessIoRequest(process_ref=result.process_ref, stream=IoStream.stdout, cursor=frame.cursor)
+            ProcessIoRequest(process_ref=result.process_ref, stream=ProcessIoStream.stdout, cursor=frame.cursor)
         )
         assert frame.eof and frame.cursor == 6
         assert rig.store.session(j.environment_id)["state"] == SessionState.exited
@@ -838,8 +849,9 @@ def test_journal_records_never_contain_request_bodies(redis_url: str) -> None:
         with pytest.raises(PolicyDenial):
             rig.coordinator.cleanup(CleanupRequest(environment=j.environment(), cleanup_plan_ref="plan-1"))
         records = rig.records(j.environment_id)
-        assert {r.kind for r in records} == {"intent", "result", "replay"}
+        assert {r.kind for r in records} == {"intent", "result", "replay", "exit"}  # exit: the echo ended
         assert any(r.fields.get("status") == "failed" for r in records)
+        assert any(r.record is not None for r in records)  # upstream's records are checked too
         for record in records:
             blob = json.dumps(record.fields)
             assert "NOT-A-SECRET-MARKER" not in blob

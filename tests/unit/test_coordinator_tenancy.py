@@ -15,15 +15,14 @@ from corral.contract.errors import AgentError, PolicyDenial
 from corral.contract.models import (
     CleanupRequest,
     DetachTransferRequest,
-    IoStream,
     ProcessIoRequest,
-    ProcessSignal,
     ProcessSignalRequest,
     ProcessStartResult,
     ProcessStatsRequest,
     ReclaimRequest,
     SessionState,
 )
+from corral.contract.vocabulary import ProcessIoStream, ProcessSignal
 from corral.fleet.job import JobSpec
 from corral.trust.identity import Caller
 from tests.unit.helpers import HOST, Rig, job, make_rig, request_of
@@ -112,12 +111,12 @@ def test_process_operations_on_another_tenants_process_answer_like_a_missing_one
     def call(ref: str) -> object:
         c = rig.coordinator
         if op == "stdout":
-            return lambda: c.stream_io(ProcessIoRequest(process_ref=ref, stream=IoStream.stdout), caller=bob)
+            return lambda: c.stream_io(ProcessIoRequest(process_ref=ref, stream=ProcessIoStream.stdout), caller=bob)
         if op == "stdin":
-            request = ProcessIoRequest(process_ref=ref, stream=IoStream.stdin, data_b64="aGk=")
+            request = ProcessIoRequest(process_ref=ref, stream=ProcessIoStream.stdin, data_b64="aGk=")
             return lambda: c.stream_io(request, "d1", caller=bob)
         if op == "signal":
-            request = ProcessSignalRequest(process_ref=ref, signal=ProcessSignal.kill)
+            request = ProcessSignalRequest(process_ref=ref, signal=ProcessSignal.kill, grace_ms=5_000)
             return lambda: c.signal_process(request, "d1", caller=bob)
         return lambda: c.collect_stats(ProcessStatsRequest(process_ref=ref), caller=bob)
 

@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from corral.contract.errors import HostConfigurationNeeded, PolicyDenial
-from corral.contract.models import MountMode
+from corral.contract.vocabulary import MountMode
 from corral.runtimes.docker import mounts as pins
 from corral.runtimes.docker.policy import ResolvedMount, check_source, forbidden_sources
 from corral.sandbox.policy import MountAlias, symlink_roots

@@ -8,17 +8,15 @@ import pytest
 
 from corral.contract.errors import HostConfigurationNeeded, InvalidRequest, PolicyDenial, Unsupported
 from corral.contract.models import (
-    FilesystemPolicy,
+    FilesystemIsolationPolicy,
     IsolatedProcessSpec,
-    MountMode,
     MountPolicy,
-    NetworkMode,
-    NetworkPolicy,
+    NetworkIsolationPolicy,
+    NetworkKind,
     RedactedEnvVar,
     ResourceLimits,
-    SymlinkPolicy,
-    TerminalMode,
 )
+from corral.contract.vocabulary import MountMode, SymlinkPolicy, TerminalMode
 from corral.io.shim import Enforcer, exit_reason
 from corral.runtimes.docker import mounts as docker_mounts
 from corral.runtimes.docker.capabilities import fs_type
@@ -59,8 +57,8 @@ def host(tmp_path: Path) -> HostSettings:
     )
 
 
-def mounts(*items: MountPolicy, symlinks: SymlinkPolicy = SymlinkPolicy.deny_escapes) -> FilesystemPolicy:
-    return FilesystemPolicy(mounts=list(items), symlink_policy=symlinks)
+def mounts(*items: MountPolicy, symlinks: SymlinkPolicy = SymlinkPolicy.deny_escapes) -> FilesystemIsolationPolicy:
+    return FilesystemIsolationPolicy(mounts=list(items), symlink_policy=symlinks)
 
 
 def mp(alias: str, dest: str = "/m", mode: MountMode = MountMode.read_only) -> MountPolicy:
@@ -72,7 +70,7 @@ def test_within() -> None:
     assert not within("/ab", "/a")
 
 
-def checked(fs: FilesystemPolicy, host: HostSettings) -> list[ResolvedMount]:
+def checked(fs: FilesystemIsolationPolicy, host: HostSettings) -> list[ResolvedMount]:
     """What ``resolve_mounts`` allows, then each source opened and checked (``docker_mounts``)."""
     return [docker_mounts.check(m, forbidden_sources(host)) for m in resolve_mounts(fs, host)]
 
@@ -136,13 +134,13 @@ def test_resolve_mounts_denials(host: HostSettings, alias: str, dest: str, error
 @pytest.mark.parametrize(
     "policy",
     [
-        NetworkPolicy(),
-        NetworkPolicy(mode=NetworkMode.adapter_defined_denied),
-        NetworkPolicy(mode=NetworkMode.allowlist),
-        NetworkPolicy(mode=NetworkMode.egress_scoped),
+        NetworkIsolationPolicy(),
+        NetworkIsolationPolicy(kind=NetworkKind.adapter_defined_denied),
+        NetworkIsolationPolicy(kind=NetworkKind.allowlist),
+        NetworkIsolationPolicy(kind=NetworkKind.egress_scoped),
     ],
 )
-def test_every_mode_without_egress_runs_with_no_network(policy: NetworkPolicy) -> None:
+def test_every_mode_without_egress_runs_with_no_network(policy: NetworkIsolationPolicy) -> None:
     # never an internal bridge: it still has a default route to the host (issue 7, escape 5)
     assert network_mode(policy) == "none"
 
@@ -150,14 +148,14 @@ def test_every_mode_without_egress_runs_with_no_network(policy: NetworkPolicy) -
 @pytest.mark.parametrize(
     "policy",
     [
-        NetworkPolicy(mode=NetworkMode.allowlist, hosts=["example.org"]),
-        NetworkPolicy(mode=NetworkMode.egress_scoped, rules=["tcp:443"]),
-        NetworkPolicy(mode=NetworkMode.socket_relay),
-        NetworkPolicy(mode=NetworkMode.exposed_ports, ports=[8080]),
-        NetworkPolicy(mode=NetworkMode.exposed_ports),
+        NetworkIsolationPolicy(kind=NetworkKind.allowlist, hosts=["example.org"]),
+        NetworkIsolationPolicy(kind=NetworkKind.egress_scoped, rules=["tcp:443"]),
+        NetworkIsolationPolicy(kind=NetworkKind.socket_relay),
+        NetworkIsolationPolicy(kind=NetworkKind.exposed_ports, ports=[8080]),
+        NetworkIsolationPolicy(kind=NetworkKind.exposed_ports),
     ],
 )
-def test_network_modes_not_enforceable_are_unsupported(policy: NetworkPolicy) -> None:
+def test_network_modes_not_enforceable_are_unsupported(policy: NetworkIsolationPolicy) -> None:
     with pytest.raises(Unsupported):
         network_mode(policy)
 
@@ -172,8 +170,8 @@ def test_check_process_refuses_what_is_not_enforced() -> None:
     with pytest.raises(Unsupported):
         check_process(spec(env=[RedactedEnvVar(name="X", value_ref="ref-1")]))
     with pytest.raises(InvalidRequest):
-        check_process(spec(rlimits={"bogus": 1}))
-    check_process(spec(rlimits={"nofile": 64}))
+        check_process(spec(posix_rlimits={"bogus": 1}))
+    check_process(spec(posix_rlimits={"nofile": 64}))
 
 
 def test_env_secret_text_must_be_utf8_without_nul() -> None:
@@ -190,8 +188,8 @@ def plan(**kwargs: object) -> ContainerPlan:
         "name": "corral-x",
         "image": "sha256:" + "1" * 64,
         "labels": {"corral.host": "h"},
-        "process": spec(env=[RedactedEnvVar(name="PLAIN", redacted_value="1")], rlimits={"nofile": 64}),
-        "resources": ResourceLimits(cpus=0.5, memory_mb=64, process_count=16),
+        "process": spec(env=[RedactedEnvVar(name="PLAIN", redacted_value="1")], posix_rlimits={"nofile": 64}),
+        "resources": ResourceLimits.with_cpus(0.5, memory_mb=64, process_count=16),
         "scratch_mb": 8,
         "read_only": True,
         "network": "none",

@@ -16,12 +16,12 @@ from corral.contract.errors import InvalidRequest, PolicyDenial
 from corral.contract.models import (
     CleanupRequest,
     ExecutionEnvironment,
-    IoPolicy,
     IsolatedProcessSpec,
+    ProcessIoCapturePolicy,
+    ProcessIoPolicy,
     ProcessIoRequest,
     RedactedEnvVar,
     SessionState,
-    StreamIoPolicy,
     dump,
 )
 from corral.fleet.job import JobSpec
@@ -61,7 +61,7 @@ class SpoolJob(JobSpec):
 
     def environment(self) -> ExecutionEnvironment:
         env = super().environment()
-        io = IoPolicy(stdout=StreamIoPolicy(max_bytes=self.spool_bytes))
+        io = ProcessIoPolicy(stdout=ProcessIoCapturePolicy(max_bytes=self.spool_bytes))
         return env.model_copy(update={"spec": env.spec.model_copy(update={"io_policy": io})})
 
 
@@ -84,7 +84,7 @@ def test_a_spool_cap_above_the_host_maximum_is_denied_not_clamped() -> None:
     check_environment(policy, at_cap.environment())
     # stderr is capped on its own
     env = job().environment()
-    io = IoPolicy(stderr=StreamIoPolicy(max_bytes=policy.limits.max_spool_bytes + 1))
+    io = ProcessIoPolicy(stderr=ProcessIoCapturePolicy(max_bytes=policy.limits.max_spool_bytes + 1))
     env = env.model_copy(update={"spec": env.spec.model_copy(update={"io_policy": io})})
     assert rule_of(check_environment, policy, env) == "limits.max_spool_bytes"
 
@@ -113,12 +113,12 @@ def test_environment_over_the_host_maximum_is_denied() -> None:
 
 
 def test_free_form_spec_fields_are_bounded_as_a_whole() -> None:
-    """8 MiB in a list the runtime ignores (a disabled network's hosts) would stay in the session
+    """8 MiB in a list the runtime refuses anyway (an allowlist's hosts) would stay in the session
     record for its lifetime: the whole spec is bounded, whatever field carries the bytes."""
-    from corral.contract.models import NetworkMode, NetworkPolicy
+    from corral.contract.models import NetworkIsolationPolicy, NetworkKind
 
     env = job().environment()
-    padded = NetworkPolicy(mode=NetworkMode.disabled, hosts=["h" * (40 << 10)] * 8)
+    padded = NetworkIsolationPolicy(kind=NetworkKind.allowlist, hosts=["h" * (40 << 10)] * 8)
     env = env.model_copy(update={"spec": env.spec.model_copy(update={"network": padded})})
     assert rule_of(check_environment, HostPolicy(), env) == "limits.max_spec_bytes"
     check_environment(policy_with(limits={"max_spec_bytes": 512 << 10}), env)

@@ -10,20 +10,18 @@ from pydantic import ValidationError
 
 from corral.contract.errors import InvalidRequest
 from corral.contract.models import (
-    AmbientSecrets,
     EnvironmentPrepareRequest,
     ImageResolveRequest,
-    MountMode,
     MountResolveRequest,
-    NetworkMode,
+    NetworkKind,
     NetworkPrepareRequest,
     ProcessStartRequest,
     RootfsPrepareRequest,
-    RootMode,
     SecretPrepareRequest,
     SessionPrepareRequest,
-    StdinMode,
+    StdinKind,
 )
+from corral.contract.vocabulary import AmbientSecretPolicy, MountMode, RootFilesystemMode
 from corral.fleet.job import JobSpec, parse_mount
 from tests.unit.helpers import CHAIN_OPS, IMAGE
 
@@ -61,7 +59,8 @@ def test_requests_share_one_environment_and_name_the_host() -> None:
     assert session.environment.environment_id == j.environment_id
     start = requests["start_process"]
     assert isinstance(start, ProcessStartRequest)
-    assert start.effect_intent is None  # supplied by the coordinator, never by the caller
+    # upstream requires the intent: the client sends the process's own; the host journals its own keys
+    assert start.effect_intent == start.process.effect_intent(start.environment)
     prep = requests["prepare_environment"]
     assert isinstance(prep, EnvironmentPrepareRequest)
     assert prep.process == start.process
@@ -96,21 +95,23 @@ def test_job_fields_reach_the_environment_and_process() -> None:
     spec = env.spec
     assert env.environment_id == "env-fixed"
     assert spec.image is not None and spec.image.image_ref == IMAGE
+    # upstream's cpus is a whole number; the fraction rides in corral's cpu_millis
+    assert (spec.resources.cpus, spec.resources.cpu_millis, spec.resources.cpu_quota) == (1, 500, 0.5)
     assert (spec.resources.cpus, spec.resources.memory_mb, spec.resources.timeout_ms, spec.resources.process_count) == (
-        0.5,
+        1,
         256,
         5_000,
         8,
     )
-    assert spec.filesystem.root is RootMode.writable_layer
+    assert spec.filesystem.root is RootFilesystemMode.writable_layer
     assert [(m.mount_ref, m.source_alias, m.destination_path, m.mode) for m in spec.filesystem.mounts] == [
         ("mount-0", "data", "/data", MountMode.read_only),
         ("mount-1", "cache", "/cache", MountMode.writable),
         ("mount-2", "ro", "/ro", MountMode.read_only),
     ]
-    assert spec.network.mode is NetworkMode.allowlist
-    assert spec.secrets.ambient is AmbientSecrets.explicit_refs_only
-    assert [(s.secret_ref, s.destination) for s in spec.secrets.secret_mounts] == [("token", "/run/secrets/token")]
+    assert spec.network.kind is NetworkKind.allowlist
+    assert spec.secrets.ambient is AmbientSecretPolicy.explicit_refs_only
+    assert [(s.secret_ref, s.container_path) for s in spec.secrets.secret_mounts] == [("token", "/run/secrets/token")]
     assert spec.ownership.detach_policy.allowed is True
     proc = j.process()
     assert proc.process_id == "env-fixed-main"
@@ -118,17 +119,17 @@ def test_job_fields_reach_the_environment_and_process() -> None:
     assert proc.cwd == "/work"
     assert proc.user == "1000:1000"
     assert proc.timeout_ms == 5_000
-    assert proc.stdin is StdinMode.open
+    assert proc.stdin_open and proc.stdin.kind is StdinKind.closed  # upstream has no "open" stdin
     assert [(e.name, e.redacted_value, e.raw_value_present) for e in proc.env] == [("A", "1", False)]
 
 
 def test_job_defaults_are_closed() -> None:
     spec = _job().environment().spec
-    assert spec.network.mode is NetworkMode.disabled
-    assert spec.secrets.ambient is AmbientSecrets.denied
-    assert spec.filesystem.root is RootMode.read_only
+    assert spec.network.kind is NetworkKind.disabled
+    assert spec.secrets.ambient is AmbientSecretPolicy.denied
+    assert spec.filesystem.root is RootFilesystemMode.read_only
     assert spec.ownership.detach_policy.allowed is False
-    assert _job().process().stdin is StdinMode.closed
+    assert not _job().process().stdin_open
 
 
 BAD_JOBS: list[tuple[str, dict[str, Any]]] = [

@@ -24,13 +24,11 @@ from corral.contract.models import (
     ImageRequest,
     ImageResolution,
     IsolationCapabilityReport,
-    IsolationClass,
-    OwnershipClass,
-    OwnershipPolicy,
-    ProcessSignal,
+    ProcessOwnershipPolicy,
     ProcessSignalRequest,
     SessionState,
 )
+from corral.contract.vocabulary import IsolationClass, ProcessOwnershipClass, ProcessSignal
 from corral.fleet.job import JobSpec
 from corral.host.policy_source import PolicySource
 from corral.runtimes.fake import FakeRuntime
@@ -420,12 +418,14 @@ def test_a_process_timeout_is_bounded_by_the_host_maximum() -> None:
 @pytest.mark.parametrize(
     "ownership",
     [
-        OwnershipPolicy(ownership_class=OwnershipClass.detached_by_intent),
-        OwnershipPolicy(on_parent_complete="detach"),
-        OwnershipPolicy(on_parent_cancel="detach"),
+        ProcessOwnershipPolicy(ownership_class=ProcessOwnershipClass.detached_by_intent),
+        ProcessOwnershipPolicy(on_parent_complete="preserve_by_policy"),
+        ProcessOwnershipPolicy(on_parent_cancel="preserve_by_policy"),
     ],
 )
-def test_environments_that_plan_to_detach_are_refused_where_detach_is_not_allowed(ownership: OwnershipPolicy) -> None:
+def test_environments_that_plan_to_detach_are_refused_where_detach_is_not_allowed(
+    ownership: ProcessOwnershipPolicy,
+) -> None:
     assert denied_rule(check_ownership, policy_with(detach={"allowed": False}), ownership) == "detach.allowed"
     check_ownership(HostPolicy(), ownership)
 
@@ -493,7 +493,9 @@ def test_a_bad_policy_file_denies_everything_but_teardown(rig: Rig, tmp_path: Pa
     assert denials(rig, other.environment_id)[0]["rule"] == "policy.file"
     # removing what exists is never refused by policy
     process_ref = started(results).process_ref
-    rig.coordinator.signal_process(ProcessSignalRequest(process_ref=process_ref, signal=ProcessSignal.kill))
+    rig.coordinator.signal_process(
+        ProcessSignalRequest(process_ref=process_ref, signal=ProcessSignal.kill, grace_ms=5_000)
+    )
     rig.coordinator.cleanup(CleanupRequest(environment=j.environment(), cleanup_plan_ref="plan-x"))
     assert rig.store.session(j.environment_id)["state"] == SessionState.cleaned
 

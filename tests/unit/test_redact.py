@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from corral.contract.models import IoStream, ProcessIoFrame
+from corral.contract.models import ProcessIoFrame
+from corral.contract.vocabulary import ProcessIoStream
 from corral.io.spool import SpoolLayout, read_window, write_json
 from corral.runtimes.docker.process import read_output_frame
 from corral.sandbox.redact import MARKER, MIN_ENCODED_LEN, Redactor, redact, variants_of
@@ -336,7 +337,7 @@ def _spool_frames(root: Path, stream: Stream, values: list[bytes], sizes: list[i
         if landed >= len(stream.writes):
             write_json(layout.exit, {"exit_code": 0})
         frame = read_output_frame(
-            layout, "proc-0", IoStream.stdout, cursor, sizes[turn % len(sizes)], (values, []), True
+            layout, "proc-0", ProcessIoStream.stdout, cursor, sizes[turn % len(sizes)], (values, []), True
         )
         out.append(frame)
         if frame.cursor == cursor or turn % 3 == 2:
@@ -365,7 +366,7 @@ def test_spool_reader_reports_truncation_and_redacts_a_value_cut_by_the_cap(tmp_
     write_json(layout.io_policy, {"stdout": {"default_capture": "raw_content_if_policy_allows"}})
     layout.stream("stdout").write_bytes(b"token=hunt")
     layout.dropped("stdout").write_text("3")  # still running, but the sink is full: the file is final
-    frame = read_output_frame(layout, "proc-0", IoStream.stdout, 0, 64, ([b"hunter2"], []), True)
+    frame = read_output_frame(layout, "proc-0", ProcessIoStream.stdout, 0, 64, ([b"hunter2"], []), True)
     assert base64.b64decode(frame.content_b64 or "") == b"token=[REDACTED]"
     assert (frame.cursor, frame.truncated, frame.dropped_bytes, frame.eof) == (10, True, 3, False)
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from corral.contract.errors import InvalidRequest
-from corral.contract.models import IoStream, ProcessIoFrame
+from corral.contract.models import ProcessIoFrame
+from corral.contract.vocabulary import ProcessIoStream
 from corral.io.spool import (
     STREAM_STDERR,
     STREAM_STDOUT,
@@ -188,7 +189,13 @@ def read(
     allow_raw: bool = True,
 ) -> ProcessIoFrame:
     return read_output_frame(
-        layout, "proc-0123456789abcdef", IoStream.stdout, cursor, max_bytes, (secrets or [], missing or []), allow_raw
+        layout,
+        "proc-0123456789abcdef",
+        ProcessIoStream.stdout,
+        cursor,
+        max_bytes,
+        (secrets or [], missing or []),
+        allow_raw,
     )
 
 

@@ -2,7 +2,7 @@
 
 Honest by construction: a capability is listed only when the adapter enforces it (and the
 integration tests prove it); everything else is in ``unsupported_requirements`` or, when it works
-with a caveat, in ``weaker_features``. Capability matching fails closed on this report.
+with a caveat, in ``weaker_features``. IsolationCapability matching fails closed on this report.
 """
 
 from __future__ import annotations
@@ -13,38 +13,46 @@ from collections.abc import Callable
 from typing import Any
 
 from corral.contract.models import (
-    Capability,
-    Health,
+    DataResidencyKind,
+    DataResidencyRequirement,
     HealthState,
     IsolationCapabilityReport,
-    IsolationClass,
-    Level,
-    Locality,
-    Platform,
-    Tenancy,
-    TrustVector,
+    IsolationCapabilitySet,
+    IsolationRuntimeHealth,
+    IsolationTrustRequirement,
+    PlatformReport,
 )
 from corral.contract.refs import slug
+from corral.contract.vocabulary import (
+    AuditabilityRequirement,
+    CleanupGuaranteeRequirement,
+    IsolationCapability,
+    IsolationClass,
+    IsolationRuntimeKind,
+    LocalityRequirement,
+    SecretIsolationRequirement,
+    TenantBoundaryRequirement,
+)
 from corral.runtimes.docker.policy import within
 from corral.settings import HostSettings
 
 ADAPTER_VERSION = "0.1.0"
 CAPABILITIES = [
-    Capability.read_only_root,
-    Capability.writable_layer,
-    Capability.mount_read_only_enforcement,
-    Capability.no_network_guarantee,
-    Capability.secret_mount,
-    Capability.secret_isolation,
-    Capability.secret_redaction,
-    Capability.process_timeout,
-    Capability.process_signal,
-    Capability.process_rlimits,
-    Capability.io_redaction,
-    Capability.process_stats,
-    Capability.cleanup,
-    Capability.detach,
-    Capability.reclaim,
+    IsolationCapability.read_only_root,
+    IsolationCapability.writable_layer,
+    IsolationCapability.mount_read_only_enforcement,
+    IsolationCapability.no_network_guarantee,
+    IsolationCapability.secret_mount,
+    IsolationCapability.secret_isolation,
+    IsolationCapability.secret_redaction,
+    IsolationCapability.process_timeout,
+    IsolationCapability.process_signal,
+    IsolationCapability.process_rlimits,
+    IsolationCapability.io_redaction,
+    IsolationCapability.process_stats,
+    IsolationCapability.cleanup,
+    IsolationCapability.detach,
+    IsolationCapability.reclaim,
 ]
 UNSUPPORTED = [
     "capability:egress_allowlist",
@@ -189,13 +197,15 @@ def hardening(info: dict[str, Any] | None) -> list[str]:
 
 def _health(
     info: dict[str, Any] | None, engine_error: str | None, host: HostSettings, extra: list[str] | None = None
-) -> Health:
+) -> IsolationRuntimeHealth:
     if info is None:
-        return Health(state=HealthState.unsupported_host, reason=engine_error, missing_prerequisites=["docker engine"])
+        # upstream's unsupported_host carries only its missing prerequisites: the engine's error goes there
+        missing = f"docker engine ({engine_error})" if engine_error else "docker engine"
+        return IsolationRuntimeHealth(kind=HealthState.unsupported_host, missing_prerequisites=[missing])
     problems = host_problems(host) + engine_problems(info) + list(extra or [])
     if problems:
-        return Health(state=HealthState.degraded, reason="; ".join(problems))
-    return Health()
+        return IsolationRuntimeHealth(kind=HealthState.degraded, reason="; ".join(problems))
+    return IsolationRuntimeHealth()
 
 
 def weaker(host: HostSettings, info: dict[str, Any] | None) -> list[str]:
@@ -222,23 +232,24 @@ def report(
     return IsolationCapabilityReport(
         report_ref=f"report-docker-{slug(host_id)}",
         adapter_ref=runtime_ref,
-        adapter_kind="docker",
+        adapter_kind=IsolationRuntimeKind.container,
         adapter_version=f"{ADAPTER_VERSION} (engine {engine_version})",
         health=_health(info, error, host, [providers_problem] if providers_problem else None),
         supported_classes=[IsolationClass.container],
-        platform=Platform(
+        platform=PlatformReport(
+            platform=f"docker-{(info or {}).get('OSType') or platform.system().lower()!s}",
             os=str((info or {}).get("OSType") or platform.system().lower()),
             cpu_architecture=_ARCH.get(arch, arch),
             emulation_supported=False,
         ),
-        capabilities=list(CAPABILITIES),
-        trust=TrustVector(
-            locality=Locality.local,
-            tenancy=Tenancy.shared_allowed,
-            auditability=Level.best_effort,
-            cleanup=Level.required,
-            data_residency="local_only",
-            secret_isolation=Level.best_effort,
+        capabilities=IsolationCapabilitySet(capabilities=list(CAPABILITIES)),
+        trust=IsolationTrustRequirement(
+            locality=LocalityRequirement.local,
+            tenancy=TenantBoundaryRequirement.shared_allowed,
+            auditability=AuditabilityRequirement.best_effort,
+            cleanup=CleanupGuaranteeRequirement.required,
+            data_residency=DataResidencyRequirement(kind=DataResidencyKind.local_only),
+            secret_isolation=SecretIsolationRequirement.best_effort,
         ),
         unsupported_requirements=list(UNSUPPORTED),
         weaker_features=weaker(host, info),

@@ -47,7 +47,6 @@ from corral.contract.models import (
     RootfsPrepareRequest,
     RootfsRef,
     SecretMaterializationPlan,
-    SecretMountRef,
 )
 from corral.contract.operations import Operation
 from corral.contract.refs import slug
@@ -237,7 +236,7 @@ class EnvironmentBuilder:
         paths = self.rt.paths_of(env.environment_id)
         labels = self.rt.labels_of(env)
         for mount in policy.secret_mounts:
-            check_destination(mount.destination)
+            check_destination(mount.container_path)
         if policy.secret_mounts:
             check_secrets_root(self.rt.host.secrets_root, self.rt.host.allow_secrets_off_tmpfs)
         for item in policy.env_secrets:
@@ -251,19 +250,18 @@ class EnvironmentBuilder:
         for name, value in files.items():
             write_secret_file(paths.secret_dir, name, value, owner)
         return SecretMaterializationPlan(
-            secret_mount_refs=[
-                SecretMountRef(secret_ref=m.secret_ref, mount_ref=m.mount_ref, destination=m.destination)
-                for m in policy.secret_mounts
-            ],
+            secret_mount_refs=[m.mount_ref for m in policy.secret_mounts],
             env_secret_keys=[e.env_key for e in policy.env_secrets],
             teardown_required=policy.teardown_required,
         )
 
     def create(self, request: EnvironmentPrepareRequest) -> None:
         env, process = request.environment, request.process
+        if process is None:
+            raise InvalidRequest("prepare_environment needs the process the container is created for")
         check_process(process)
-        check_rlimits(self.rt.policy(), process.rlimits)  # also the coordinator's; the adapter is the last gate
-        plan = self._plan(request)
+        check_rlimits(self.rt.policy(), process.posix_rlimits)  # also the coordinator's; the adapter is the last gate
+        plan = self._plan(request, process)
         secret_keys = sorted(plan.secret_env)
         kwargs = create_kwargs(plan)
         check_hardened(kwargs)
@@ -279,21 +277,21 @@ class EnvironmentBuilder:
                 if exc.status_code != 409 or not self._reusable(env, kwargs["labels"][res.LABEL_CONFIG]):
                     raise
 
-    def _plan(self, request: EnvironmentPrepareRequest) -> ContainerPlan:
-        env, process = request.environment, request.process
+    def _plan(self, request: EnvironmentPrepareRequest, process: IsolatedProcessSpec) -> ContainerPlan:
+        env = request.environment
         spec = env.spec
-        image = (
-            request.image.digest
-            if request.image
-            else self.rt.resolve_image(ImageResolveRequest(environment=env)).digest
-        )
+        if request.image is not None:
+            image = request.image.digest
+        elif spec.image is not None:
+            image = self.rt.resolve_image(ImageResolveRequest(image=spec.image, environment=env)).digest
+        else:
+            raise InvalidRequest("the environment names no image", context={"environment_id": env.environment_id})
         who = self._identity(image, process)  # before anything is created: a denied user leaves nothing
-        rootfs = request.rootfs or self.rt.prepare_rootfs(RootfsPrepareRequest(environment=env))
         mounts = self.rt.pin_mounts(env)
         network = network_mode(spec.network)
         self.materialize_secrets(env, (who.uid, who.gid) if spec.secrets.secret_mounts else None)
         secret_dir = self.rt.paths_of(env.environment_id).secret_dir
-        binds = [(str(secret_dir / m.secret_ref), m.destination) for m in spec.secrets.secret_mounts]
+        binds = [(str(secret_dir / m.secret_ref), m.container_path) for m in spec.secrets.secret_mounts]
         destinations = [m.destination for m in mounts] + [dst for _src, dst in binds]
         if len(set(destinations)) != len(destinations):
             raise InvalidRequest("two mounts or secrets share a destination")
@@ -310,8 +308,8 @@ class EnvironmentBuilder:
             labels=self.rt.labels_of(env),
             process=process,
             resources=spec.resources,
-            scratch_mb=rootfs.scratch_mb,
-            read_only=rootfs.read_only,
+            scratch_mb=spec.filesystem.scratch,
+            read_only=spec.root_read_only,
             network=network,
             mounts=mounts,
             secret_binds=binds,
@@ -345,9 +343,9 @@ class EnvironmentBuilder:
         write_json(
             layout.process,
             {
-                "stdin": process.stdin.value,
-                "timeout_ms": process.timeout_ms or env.spec.resources.timeout_ms,
-                "grace_ms": env.spec.lifecycle.grace_ms,
+                "stdin": "open" if process.stdin_open else "closed",
+                "timeout_ms": min(process.timeout_ms, env.spec.resources.timeout_ms),
+                "grace_ms": process.grace_ms,
             },
         )
 

@@ -46,8 +46,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from corral.contract.errors import HostConfigurationNeeded, PolicyDenial
-from corral.contract.models import MountMode
 from corral.contract.refs import slug
+from corral.contract.vocabulary import MountMode
 from corral.io.spool import LABELS_FILE, read_json, write_json
 from corral.runtimes.docker.policy import ResolvedMount, check_source, within
 from corral.settings import HostSettings

@@ -20,17 +20,15 @@ from typing import Any
 
 from corral.contract.errors import HostConfigurationNeeded, InvalidRequest, PolicyDenial, Unsupported
 from corral.contract.models import (
-    FilesystemPolicy,
+    FilesystemIsolationPolicy,
     IsolatedProcessSpec,
-    MountMode,
     MountPolicy,
     MountRef,
-    NetworkMode,
-    NetworkPolicy,
+    NetworkIsolationPolicy,
+    NetworkKind,
     ResourceLimits,
-    SymlinkPolicy,
-    TerminalMode,
 )
+from corral.contract.vocabulary import MountMode, SymlinkPolicy, TerminalMode
 from corral.sandbox.policy import UserRules, deny
 from corral.sandbox.userspec import ExecUser, UserTables, exec_user, needs_tables
 from corral.settings import REPO_CONFIG, SYSTEM_POLICY, HostSettings
@@ -104,12 +102,7 @@ class ResolvedMount:
         return f"{self.host_path}:{self.destination}:{'ro' if self.mode is MountMode.read_only else 'rw'}"
 
     def to_ref(self) -> MountRef:
-        return MountRef(
-            mount_ref=self.mount_ref,
-            source_alias=self.source_alias,
-            destination_path=self.destination,
-            mode=self.mode,
-        )
+        return self.mount_ref
 
     def audit(self) -> str:
         kind = "single file" if self.is_file else "whole directory tree"
@@ -243,7 +236,7 @@ def resolve_mount(mount: MountPolicy, host: HostSettings, symlinks: SymlinkPolic
     )
 
 
-def resolve_mounts(fs: FilesystemPolicy, host: HostSettings) -> list[ResolvedMount]:
+def resolve_mounts(fs: FilesystemIsolationPolicy, host: HostSettings) -> list[ResolvedMount]:
     return [resolve_mount(m, host, fs.symlink_policy) for m in fs.mounts]
 
 
@@ -251,7 +244,7 @@ NO_NETWORK = "none"
 """Docker's ``network_mode`` for a sandbox: a network namespace with only ``lo`` and no route."""
 
 
-def network_mode(policy: NetworkPolicy) -> str:
+def network_mode(policy: NetworkIsolationPolicy) -> str:
     """The ``network_mode`` of a sandbox: ``none`` for every mode that promises no egress (disabled,
     adapter_defined_denied, an empty allowlist, an empty egress rule set).
 
@@ -260,14 +253,14 @@ def network_mode(policy: NetworkPolicy) -> str:
     what is enforced is accepted: an allowlist with hosts, egress rules, a socket relay or published
     ports would need host-side filtering that this runtime does not have, so they are refused
     (``Unsupported``), never silently widened or narrowed."""
-    empty_allowlist = policy.mode is NetworkMode.allowlist and not policy.hosts
-    empty_egress = policy.mode is NetworkMode.egress_scoped and not policy.rules
-    if policy.mode in (NetworkMode.disabled, NetworkMode.adapter_defined_denied) or empty_allowlist or empty_egress:
+    empty_allowlist = policy.kind is NetworkKind.allowlist and not policy.hosts
+    empty_egress = policy.kind is NetworkKind.egress_scoped and not policy.rules
+    if policy.kind in (NetworkKind.disabled, NetworkKind.adapter_defined_denied) or empty_allowlist or empty_egress:
         return NO_NETWORK
     raise Unsupported(
-        f"network mode {policy.mode.value} with hosts, rules or ports cannot be enforced by the Docker runtime "
+        f"network mode {policy.kind.value} with hosts, rules or ports cannot be enforced by the Docker runtime "
         "(only no network at all is)",
-        context={"mode": policy.mode.value},
+        context={"mode": policy.kind.value},
     )
 
 
@@ -277,7 +270,7 @@ def check_process(process: IsolatedProcessSpec) -> None:
     for var in process.env:
         if var.value_ref is not None:
             raise Unsupported("env value_ref is not supported; use secrets.env_secrets", context={"env": var.name})
-    unknown = sorted(set(process.rlimits) - RLIMIT_NAMES)
+    unknown = sorted(set(process.posix_rlimits) - RLIMIT_NAMES)
     if unknown:
         raise InvalidRequest("unknown rlimit names", context={"rlimits": ",".join(unknown)})
 
@@ -358,18 +351,18 @@ def create_kwargs(plan: ContainerPlan) -> dict[str, Any]:
         "ipc_mode": IPC_MODE,
         "cgroupns": CGROUPNS_MODE,
         "devices": [],
-        "nano_cpus": int(plan.resources.cpus * 1e9),
+        "nano_cpus": int(plan.resources.cpu_quota * 1e9),
         "mem_limit": memory,
         "memswap_limit": memory,
         "pids_limit": plan.resources.process_count,
         "network_mode": plan.network,
         "volumes": binds,
-        "stdin_open": proc.stdin.value == "open",
+        "stdin_open": proc.stdin_open,
         "tty": False,
         "init": True,
         "auto_remove": False,
         "log_config": {"type": "none"},
-        "ulimits": [{"name": k, "soft": v, "hard": v} for k, v in sorted(proc.rlimits.items())],
+        "ulimits": [{"name": k, "soft": v, "hard": v} for k, v in sorted(proc.posix_rlimits.items())],
     }
     return kwargs
 

@@ -22,7 +22,6 @@ from corral.contract.errors import AgentError, InvalidRequest, NotFound, PolicyD
 from corral.contract.models import (
     CleanupRequest,
     CleanupResult,
-    CleanupStatus,
     DetachTransferRequest,
     DetachTransferResult,
     EnvironmentPrepareRequest,
@@ -46,23 +45,24 @@ from corral.contract.models import (
     ProcessState,
     ProcessStatsRequest,
     ProcessStatsSnapshot,
+    ProcessStatus,
     ReclaimRequest,
     ReclaimResult,
     RootfsPrepareRequest,
     RootfsRef,
-    RootMode,
     SecretMaterializationPlan,
     SecretPrepareRequest,
     SessionPrepareRequest,
-    TerminalStatus,
 )
 from corral.contract.operations import Operation
-from corral.contract.refs import process_ref_for, slug, slug_of_process_ref
+from corral.contract.refs import check_image_ref, process_ref_for, slug, slug_of_process_ref
+from corral.contract.vocabulary import CleanupStatus
 from corral.io.spool import SpoolLayout, read_json, write_json
 from corral.runtimes.docker import capabilities as caps
 from corral.runtimes.docker import mounts as pins
 from corral.runtimes.docker import process as proc
 from corral.runtimes.docker import resources as res
+from corral.runtimes.docker import usage
 from corral.runtimes.docker.environment import EnvironmentBuilder
 from corral.runtimes.docker.policy import (
     DOCKER_ROOT,
@@ -72,7 +72,7 @@ from corral.runtimes.docker.policy import (
     resolve_mounts,
 )
 from corral.sandbox.policy import HostPolicy
-from corral.sandbox.secrets import SecretChain
+from corral.sandbox.secrets import SecretChain, SessionSecrets
 from corral.settings import HostSettings
 
 
@@ -98,6 +98,8 @@ class DockerRuntime:
         self._client = client
         self._clock = clock
         self._secrets: SecretChain | None = None
+        self._session_secrets = SessionSecrets()
+        """Secret values per live session, for redacting its frames (memory only; dropped at cleanup)."""
         self._docker_root: str | None = None
 
     @property
@@ -144,10 +146,23 @@ class DockerRuntime:
         return container
 
     def _secret_values(self, layout: SpoolLayout) -> tuple[list[bytes], list[str]]:
-        names = read_json(layout.secrets) or []
-        if not names:  # no provider is asked (or loaded) for a session without secrets
+        """The session's secret values, for redaction: asked of the providers once per session and kept
+        in this process (``SessionSecrets``), not once per output frame. The list of names is stamped
+        by its file's identity, so a list written anew is resolved anew."""
+        try:
+            st = layout.secrets.stat()
+        except (FileNotFoundError, NotADirectoryError):  # no provider is asked (or loaded) without secrets
             return [], []
-        return self.secrets.resolve_many([str(n) for n in names])
+
+        def resolve() -> tuple[list[bytes], list[str]]:
+            names = read_json(layout.secrets)
+            if names is None:  # there, but not readable as a list: fail closed (no raw content)
+                return [], ["(secret names unreadable)"]
+            if not names:
+                return [], []
+            return self.secrets.resolve_many([str(n) for n in names])
+
+        return self._session_secrets.values(str(layout.root), (st.st_ino, st.st_mtime_ns, st.st_size), resolve)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -175,9 +190,7 @@ class DockerRuntime:
 
     @proc.contract_errors
     def runtime_ref(self) -> IsolationRuntimeRef:
-        return IsolationRuntimeRef(
-            runtime_ref=f"docker@{self.host_id}", adapter_kind=self.adapter_kind, host_ref=self.host_id
-        )
+        return f"docker@{self.host_id}"
 
     @proc.contract_errors
     def capability_report(self) -> IsolationCapabilityReport:
@@ -186,9 +199,7 @@ class DockerRuntime:
             self.secrets.describe()
         except AgentError as exc:
             problem = f"secret providers: {exc.message} ({exc.context.get('provider', '?')})"
-        return caps.report(
-            self.runtime_ref().runtime_ref, self.host_id, self.host, lambda: self.client, providers_problem=problem
-        )
+        return caps.report(self.runtime_ref(), self.host_id, self.host, lambda: self.client, providers_problem=problem)
 
     # ------------------------------------------------------------------ 3-9 preparation
 
@@ -196,14 +207,15 @@ class DockerRuntime:
     def prepare_session(self, request: SessionPrepareRequest) -> IsolationSessionRef:
         env = request.environment
         res.ensure_labeled_dir(self.paths_of(env.environment_id).spool.root, self.labels_of(env))
-        s = slug(env.environment_id)
-        return IsolationSessionRef(session_ref=f"sess-{s}", environment_id=env.environment_id, host_ref=self.host_id)
+        return f"sess-{slug(env.environment_id)}"
 
     @proc.contract_errors
     def resolve_image(self, request: ImageResolveRequest) -> ImageResolution:
-        image = request.environment.spec.image
-        if image is None:
-            raise InvalidRequest("the environment names no image")
+        image = request.image
+        try:
+            check_image_ref(image.image_ref)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), context={"image": image.image_ref[:80]}) from None
         with proc.docker_errors(Operation.resolve_image):
             try:
                 found = self.client.images.get(image.image_ref)
@@ -225,12 +237,11 @@ class DockerRuntime:
 
     @proc.contract_errors
     def prepare_rootfs(self, request: RootfsPrepareRequest) -> RootfsRef:
-        spec = request.environment.spec
-        writable = spec.filesystem.root is RootMode.writable_layer or (
-            spec.rootfs is not None and not spec.rootfs.read_only
-        )
-        s = slug(request.environment.environment_id)
-        return RootfsRef(rootfs_ref=f"rootfs-{s}", read_only=not writable, scratch_mb=spec.filesystem.scratch_mb)
+        # Nothing to prepare ahead: the container's root is the image's, made read-only (or given a
+        # writable layer) when the container is created (``environment``), from the same request.
+        env = request.environment
+        owner = slug(env.environment_id) if env is not None else slug(request.rootfs.rootfs_ref)
+        return f"rootfs-{owner}"
 
     @proc.contract_errors
     def resolve_mounts(self, request: MountResolveRequest) -> MountPlan:
@@ -248,7 +259,7 @@ class DockerRuntime:
         none`` (only lo, no route). Networks labeled by older versions are still removed at cleanup."""
         env = request.environment
         network_mode(env.spec.network)  # Unsupported for anything that would need egress filtering
-        return NetworkNamespaceRef(network_ref=f"net-none-{slug(env.environment_id)}", mode=env.spec.network.mode)
+        return f"net-none-{slug(env.environment_id)}"
 
     @proc.contract_errors
     def prepare_secrets(self, request: SecretPrepareRequest) -> SecretMaterializationPlan:
@@ -257,8 +268,7 @@ class DockerRuntime:
     @proc.contract_errors
     def prepare_environment(self, request: EnvironmentPrepareRequest) -> PreparedEnvironmentRef:
         self._builder().create(request)
-        s = slug(request.environment.environment_id)
-        return PreparedEnvironmentRef(prepared_ref=f"env-{s}", environment_id=request.environment.environment_id)
+        return f"env-{slug(request.environment.environment_id)}"
 
     def _builder(self) -> EnvironmentBuilder:
         return EnvironmentBuilder(self)
@@ -279,7 +289,7 @@ class DockerRuntime:
         return ProcessStartResult(
             process_ref=process_ref,
             adapter_session_ref=f"sess-{s}",
-            terminal_status=TerminalStatus(state=ProcessState.running),
+            process_status=ProcessStatus(state=ProcessState.running),
             redacted_summary="started in a container; output spooled on the host",
         )
 
@@ -289,27 +299,42 @@ class DockerRuntime:
         container.reload()
         if container.status != "created" or layout.started.exists():
             return
+        notify_fd: int | None = None
         if res.shim_pid(layout) is None:
             layout.shim_error.unlink(missing_ok=True)
             spec = request.environment.spec
-            timeout_ms = request.process.timeout_ms or spec.resources.timeout_ms
+            timeout_ms = min(request.process.timeout_ms, spec.resources.timeout_ms)
             stdin = bool(container.attrs.get("Config", {}).get("OpenStdin"))
             cmd = proc.shim_command(
                 container.name,
                 layout,
                 timeout_ms,
-                spec.lifecycle.grace_ms,
-                proc.SIGNALS[spec.lifecycle.timeout_signal],
+                request.process.grace_ms,
+                proc.SIGNALS[request.process.timeout_signal],
                 stdin,
             )
             with proc.docker_errors(Operation.start_process, values):
-                proc.spawn_detached(cmd, layout.shim_log, layout.root)
-        proc.wait_started(layout, values)
+                notify_fd = proc.spawn_detached(cmd, layout.shim_log, layout.root, notify=True)
+        proc.wait_started(layout, values, notify_fd=notify_fd)
+
+    def supervise_io(self) -> int:
+        """Give every running sandbox of this host whose I/O shim died a supervisor
+        (``process.revive_shim``), so its timeout still holds and its exit is recorded with what
+        output was lost. Cheap when nothing died: one container listing and a ``/proc`` read per
+        running sandbox. The worker's exit watch calls it every heartbeat (``Reconciler.record_exits``)."""
+        revived = 0
+        flt = {"label": [f"{res.LABEL_HOST}={self.host_id}"], "status": "running"}
+        for container in self.client.containers.list(filters=flt):
+            s = (container.labels or {}).get(res.LABEL_SLUG)
+            if s and proc.revive_shim(res.session_paths(self.host, s).spool, container.name):
+                revived += 1
+        return revived
 
     @proc.contract_errors
     def stream_io(self, request: ProcessIoRequest) -> ProcessIoFrame:
         _s, layout = self._layout_of(request.process_ref)
         if not layout.root.is_dir():
+            self._session_secrets.drop(str(layout.root))  # cleaned up by another worker process
             raise NotFound("unknown process", context={"process_ref": request.process_ref})
         if request.stream.value == "stdin":
             return proc.write_stdin(layout, request.process_ref, request.data_b64, request.close_stdin)
@@ -341,12 +366,17 @@ class DockerRuntime:
         s, layout = self._layout_of(request.process_ref)
         container = self._container(s, request.process_ref)
         with proc.docker_errors(Operation.collect_stats):
-            return proc.snapshot(container, layout, request.process_ref, f"stats-{s}-{self._now_ms()}")
+            snapshot = proc.snapshot(container, layout, request.process_ref, f"stats-{s}-{self._now_ms()}")
+            if snapshot.state is ProcessState.running:  # like cpu and memory: counted while it runs
+                filesystem, network = usage.usage(container, self.client.api)
+                snapshot = snapshot.model_copy(update={"filesystem_bytes": filesystem, "network_bytes": network})
+            return snapshot
 
     # ------------------------------------------------------------------ 14-16 teardown
 
     @proc.contract_errors
     def cleanup(self, request: CleanupRequest) -> CleanupResult:
+        self._forget_secrets(request.environment.environment_id)
         failures = res.remove_session(
             self.client_or_none(), self.host, self.host_id, request.environment.environment_id
         )
@@ -357,6 +387,10 @@ class DockerRuntime:
             if failures
             else "removed container, network, pinned mounts, secrets, spool",
         )
+
+    def _forget_secrets(self, environment_id: str) -> None:
+        """Teardown drops the session's secret values from this process's memory."""
+        self._session_secrets.drop(str(self.paths_of(environment_id).spool.root))
 
     def client_or_none(self) -> Any:
         """For cleanup, which must report rather than raise when the engine is unreachable."""
@@ -397,6 +431,7 @@ class DockerRuntime:
         environment_id = request.environment_id or (ack.get("environment_id") if isinstance(ack, dict) else None)
         if not environment_id:
             raise NotFound("unknown reclaim ticket on this host", context={"ticket_ref": request.ticket_ref})
+        self._forget_secrets(str(environment_id))
         failures = res.remove_session(self.client_or_none(), self.host, self.host_id, str(environment_id))
         if not failures:
             path.unlink(missing_ok=True)
