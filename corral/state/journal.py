@@ -12,6 +12,13 @@ so it cannot carry a secret value. Kinds:
               (``images.allowed``, ``matching``, ...), gaps when matching, and the denial's message.
               In the host journal (``append_host``): a refused message, rule ``signature``, its task
               name and id and the reason (``unsigned``, ``unknown signer``, ``bad signature``, ...)
+    exit      the process's end, once, when ``collect_stats`` first sees it: op, summary
+
+Beside these flat fields, an entry of an operation the seed has a record for carries that record as
+upstream's JSON in ``record`` (an ``IsolationRecord`` document, ``corral.contract.records``; which entry
+carries which record: ``corral.host.journal_records``), and ``configure_network``'s result carries an
+``IsolationNetworkPreparedRecord`` in ``network_record``. Records are built from the same refs, classes,
+statuses and composed summaries as the flat fields, never from a request body.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import cast
 import redis
 
 from corral.contract.errors import JournalFailure
+from corral.contract.records import IsolationRecord
 from corral.state.store import host_journal_key, journal_key
 
 MAX_RECORDS = 10_000
@@ -36,6 +44,12 @@ class JournalRecord:
     @property
     def kind(self) -> str:
         return self.fields.get("kind", "")
+
+    @property
+    def record(self) -> IsolationRecord | None:
+        """The upstream isolation record this entry carries (its ``record`` field), if any."""
+        text = self.fields.get("record")
+        return IsolationRecord.model_validate_json(text) if text else None
 
 
 class Journal:

@@ -106,7 +106,8 @@ def test_records_of_a_full_lifecycle_never_contain_request_bodies(redis_url: str
             assert "NOT-A-SECRET-MARKER" not in text, record
             assert "ARGV-MARKER" not in text, record
             assert "PLAIN" not in text, record
-            # only flat protocol fields, never a serialized model
+            # flat protocol fields, and upstream's isolation records built from refs and summaries
+            # (never a serialized request: corral.host.journal_records)
             assert set(record.fields) <= {
                 "kind",
                 "op",
@@ -119,4 +120,10 @@ def test_records_of_a_full_lifecycle_never_contain_request_bodies(redis_url: str
                 "retry",
                 "summary",
                 "action",
+                "record",
+                "network_record",
             }, record
+            if "record" in record.fields:
+                assert record.record is not None and record.record.model_dump_json() == record.fields["record"]
+        typed = {r.record.record_type for r in records if r.record}
+        assert typed >= {"requested", "process_start_intent", "cleanup_result"}
