@@ -7,7 +7,7 @@ this module is pure file logic with no Docker in it, so it is unit-tested on its
 Layout of ``<state_dir>/spool/<slug>/``::
 
     .corral-labels.json   labels (host, session, slug, owner) so a reconciler can find the dir
-    io_policy.json        the session's IoPolicy (stream_io and the shim read the caps from it)
+    io_policy.json        the session's ProcessIoPolicy (stream_io and the shim read the caps from it)
     process.json          stdin mode, timeout, grace and timeout signal of the process
     secrets.json          secret *names* of the session (never values), for redaction
     shim.pid / shim.lock  the shim's pid, and a lock it holds for its whole life

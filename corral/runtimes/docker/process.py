@@ -13,6 +13,7 @@ import functools
 import hashlib
 import logging
 import os
+import select
 import subprocess
 import sys
 import time
@@ -22,19 +23,11 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import docker.errors
-import requests.exceptions
 
 from corral.contract.errors import AgentError, InvalidRequest, IsolationFailure
-from corral.contract.models import (
-    CaptureMode,
-    IoStream,
-    ProcessIoFrame,
-    ProcessSignal,
-    ProcessState,
-    ProcessStatsSnapshot,
-    TerminationReason,
-)
+from corral.contract.models import ProcessIoFrame, ProcessState, ProcessStatsSnapshot, TerminationReason
 from corral.contract.operations import Operation
+from corral.contract.vocabulary import ProcessContentCaptureMode, ProcessIoStream, ProcessSignal
 from corral.io import cgroup
 from corral.io.spool import (
     STDIN_MAX_TOTAL,
@@ -43,6 +36,7 @@ from corral.io.spool import (
     atomic_write,
     file_size,
     frame_eof,
+    poke,
     read_int,
     read_json,
     read_window,
@@ -64,7 +58,9 @@ SIGNALS = {
     ProcessSignal.terminate: "SIGTERM",
     ProcessSignal.kill: "SIGKILL",
 }
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
+"""The directory holding the ``corral`` package (a source tree or site-packages): the shim runs
+with ``python -S``, so it finds the package only through ``PYTHONPATH``."""
 
 
 @contextlib.contextmanager
@@ -79,7 +75,7 @@ def docker_errors(operation: str, secret_values: list[bytes] | None = None) -> I
     except docker.errors.APIError as exc:
         text = str(getattr(exc, "explanation", None) or exc)
         raise engine_failure(operation, exc.status_code, text, secret_values) from None
-    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+    except (docker.errors.DockerException, OSError) as exc:  # requests' RequestException is an OSError
         raise IsolationFailure(f"{operation}: docker unavailable ({type(exc).__name__})") from None
 
 
@@ -114,9 +110,20 @@ def contract_errors(func: Callable[P, R]) -> Callable[P, R]:
 # start
 
 
+HELPER_CGROUP = "corral-io"
+"""The cgroup every shim of the host joins, under the launching worker's own cgroup
+(``corral.io.cgroup.join_helper_group``); its limits hold for all shims together."""
+HELPER_CPUS = 1.0
+HELPER_MEMORY_MB = 1024
+HELPER_PIDS = 4096
+
+
 def shim_command(name: str, layout: SpoolLayout, timeout_ms: int, grace_ms: int, signal: str, stdin: bool) -> list[str]:
+    """``python -S``: no site, so none of the virtualenv's .pth hooks run in every shim; the
+    package is found through ``PYTHONPATH`` (``spawn_detached``)."""
     cmd = [
         sys.executable,
+        "-S",
         "-m",
         SHIM_MODULE,
         "--daemonize",
@@ -130,15 +137,67 @@ def shim_command(name: str, layout: SpoolLayout, timeout_ms: int, grace_ms: int,
         str(grace_ms),
         "--timeout-signal",
         signal,
+        "--cgroup",
+        HELPER_CGROUP,
+        "--cgroup-cpus",
+        str(HELPER_CPUS),
+        "--cgroup-memory-mb",
+        str(HELPER_MEMORY_MB),
+        "--cgroup-pids",
+        str(HELPER_PIDS),
     ]
     return [*cmd, "--stdin"] if stdin else cmd
 
 
-def spawn_detached(cmd: list[str], log_path: Path | None, cwd: Path) -> None:
+def resume_command(name: str, layout: SpoolLayout) -> list[str]:
+    """The supervisor of a sandbox whose shim died (``shim.py --resume``)."""
+    return [
+        sys.executable,
+        "-S",
+        "-m",
+        SHIM_MODULE,
+        "--daemonize",
+        "--resume",
+        "--container",
+        name,
+        "--spool",
+        str(layout.root),
+        "--cgroup",
+        HELPER_CGROUP,
+        "--cgroup-cpus",
+        str(HELPER_CPUS),
+        "--cgroup-memory-mb",
+        str(HELPER_MEMORY_MB),
+        "--cgroup-pids",
+        str(HELPER_PIDS),
+    ]
+
+
+@functools.cache
+def ensure_bytecode() -> None:
+    """Compile the shim's modules once per worker process: a shim that finds no ``.pyc`` (a source
+    tree under ``PYTHONDONTWRITEBYTECODE``) compiles them itself at every start, which costs it
+    ~1.2 MiB of memory it keeps and ~20 ms. An unwritable tree (an installed wheel has its .pyc
+    already) is left as it is."""
+    import py_compile
+
+    root = Path(_PACKAGE_ROOT) / "corral"
+    for source in [root / "__init__.py", *sorted((root / "io").glob("*.py"))]:
+        with contextlib.suppress(OSError, py_compile.PyCompileError):
+            py_compile.compile(str(source), doraise=True)
+
+
+def spawn_detached(cmd: list[str], log_path: Path | None, cwd: Path, notify: bool = False) -> int | None:
     """Run ``cmd`` (which daemonizes itself) detached from this worker: own session, no inherited
-    descriptors, output to a log. Waits only for the short-lived intermediate process."""
+    descriptors but one, output to a log. Waits only for the short-lived intermediate process.
+    ``notify``: pass the write end of a pipe as ``--notify-fd`` and return its read end, on which
+    the shim says ``started`` / ``failed`` (or closes it by dying)."""
+    ensure_bytecode()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
+    read_fd, write_fd = os.pipe() if notify else (None, None)
+    if write_fd is not None:
+        cmd = [*cmd, "--notify-fd", str(write_fd)]
     sink = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
         proc = subprocess.Popen(
@@ -148,28 +207,67 @@ def spawn_detached(cmd: list[str], log_path: Path | None, cwd: Path) -> None:
             stderr=sink,
             start_new_session=True,
             close_fds=True,
+            pass_fds=(write_fd,) if write_fd is not None else (),
             env=env,
             cwd=cwd,
         )
         proc.wait(timeout=30)
+    except BaseException:
+        if read_fd is not None:
+            os.close(read_fd)
+        raise
     finally:
+        if write_fd is not None:
+            os.close(write_fd)
         if not isinstance(sink, int):
             sink.close()
+    return read_fd
 
 
-def wait_started(layout: SpoolLayout, secret_values: list[bytes], timeout_s: float = START_WAIT_S) -> None:
-    """Poll (bounded) until the shim has started the container or said why it could not."""
+def _await_word(notify_fd: int, timeout_s: float) -> bytes:
+    """What the shim wrote on the notify pipe ('' at EOF: it died or handed over), or '' at timeout."""
+    try:
+        ready, _, _ = select.select([notify_fd], [], [], timeout_s)
+        return os.read(notify_fd, 64) if ready else b""
+    finally:
+        os.close(notify_fd)
+
+
+def wait_started(
+    layout: SpoolLayout, secret_values: list[bytes], timeout_s: float = START_WAIT_S, notify_fd: int | None = None
+) -> None:
+    """Until the shim has started the container or said why it could not: woken by the shim
+    itself through ``notify_fd`` when this process launched it, else (a replayed start finding a
+    shim at work) by polling the spool, bounded."""
     began = time.monotonic()
-    while time.monotonic() < began + timeout_s:
+    if notify_fd is not None:
+        _await_word(notify_fd, timeout_s)
+    while True:
         if layout.started.exists():
             return
         error = read_json(layout.shim_error)  # written atomically: complete or absent
         if isinstance(error, dict):
             raise _shim_failure(error, secret_values)
-        if time.monotonic() > began + SHIM_BOOT_S and shim_pid(layout) is None and not layout.started.exists():
+        waited = time.monotonic() - began
+        if waited > timeout_s:
+            break
+        if waited > SHIM_BOOT_S and shim_pid(layout) is None and not layout.started.exists():
             raise IsolationFailure("start_process: the I/O shim exited before starting the container")
         time.sleep(0.02)
     raise IsolationFailure("the I/O shim did not start the container in time", context={"waited_s": timeout_s})
+
+
+def revive_shim(layout: SpoolLayout, name: str) -> bool:
+    """A started sandbox whose shim is gone and whose exit is not recorded gets a supervisor
+    (``shim --resume``): it records what output was lost, enforces the rest of the timeout and any
+    escalation, and writes ``exit.json``. Its spool lock makes a second supervisor leave at once.
+    The container must be running (the caller checks): a removed one has nothing to supervise."""
+    if not layout.started.exists() or shim_pid(layout) is not None:
+        return False
+    if layout.exit.exists():  # AFTER the shim is known dead: a shim writes exit.json before it exits
+        return False
+    spawn_detached(resume_command(name, layout), layout.shim_log, layout.root)
+    return True
 
 
 def _shim_failure(error: dict[str, Any], secret_values: list[bytes]) -> AgentError:
@@ -189,10 +287,26 @@ def _shim_failure(error: dict[str, Any], secret_values: list[bytes]) -> AgentErr
 
 
 def writer_finished(layout: SpoolLayout) -> bool:
-    """No byte will be added any more: ``exit.json`` exists, or the shim died after starting."""
-    if layout.exit.exists():
+    """No byte will be added any more: ``exit.json`` exists, the shim died after starting, or a
+    supervisor recorded that death (``lost.json``)."""
+    if layout.exit.exists() or layout.lost.exists():
         return True
     return layout.started.exists() and shim_pid(layout) is None
+
+
+LOST_OUTPUT = "not captured"
+"""In a frame's summary (and ``corral logs``' note): output after this byte was never captured."""
+
+
+def lost_summary(layout: SpoolLayout, stream: str) -> str:
+    """Why a stream ends early: its shim died while the process ran (``lost.json``), or died and
+    nobody has noticed yet (no shim, no exit record)."""
+    lost = read_json(layout.lost)
+    if isinstance(lost, dict) and stream in lost:
+        return f"{stream} after byte {lost[stream]} was {LOST_OUTPUT}: the I/O shim died while the process ran"
+    if layout.started.exists() and not layout.exit.exists() and shim_pid(layout) is None:
+        return f"{stream} after byte {file_size(layout.stream(stream))} was {LOST_OUTPUT}: the I/O shim is gone"
+    return ""
 
 
 def cut_frame(path: Path, cursor: int, max_bytes: int, redactor: Redactor, final_size: int | None, capped: bool) -> Cut:
@@ -207,7 +321,7 @@ def cut_frame(path: Path, cursor: int, max_bytes: int, redactor: Redactor, final
 def read_output_frame(
     layout: SpoolLayout,
     process_ref: str,
-    stream: IoStream,
+    stream: ProcessIoStream,
     cursor: int,
     max_bytes: int,
     secrets: tuple[list[bytes], list[str]],
@@ -232,7 +346,7 @@ def read_output_frame(
     shown, end = cut.content, cursor + cut.consumed
     at_cut = dropped > 0 and end >= size
     capture = ((read_json(layout.io_policy) or {}).get(stream.value) or {}).get("default_capture")
-    wants_raw = capture == CaptureMode.raw_content_if_policy_allows.value
+    wants_raw = capture == ProcessContentCaptureMode.raw_content_if_policy_allows.value
     raw = allow_raw and wants_raw and not missing
     return ProcessIoFrame(
         stream_ref=f"{process_ref}/{stream.value}",
@@ -247,14 +361,20 @@ def read_output_frame(
         dropped_bytes=dropped if at_cut else 0,
         eof=frame_eof(finished, end, size),
         redaction_count=cut.count,
-        redacted_summary=_frame_summary(cut.count, withheld=bool(missing) and wants_raw),
+        redacted_summary=_frame_summary(
+            cut.count,
+            withheld=bool(missing) and wants_raw,
+            lost=lost_summary(layout, stream.value) if finished and end >= size and not at_cut else "",
+        ),
     )
 
 
-def _frame_summary(count: int, withheld: bool) -> str:
+def _frame_summary(count: int, withheld: bool, lost: str = "") -> str:
     parts = [f"{count} redaction(s)"] if count else []
     if withheld:
         parts.append("raw content withheld: a secret could not be resolved")
+    if lost:
+        parts.append(lost)
     return "; ".join(parts)
 
 
@@ -275,9 +395,11 @@ def write_stdin(layout: SpoolLayout, process_ref: str, data_b64: str | None, clo
     start, end = append_bytes(path, data) if data else (file_size(path), file_size(path))
     if close and not layout.stdin_closed.exists():
         atomic_write(layout.stdin_closed, b"")
+    if data or close:
+        poke(layout.wake)  # AFTER the files changed: the shim reads them once woken
     return ProcessIoFrame(
         stream_ref=f"{process_ref}/stdin",
-        stream=IoStream.stdin,
+        stream=ProcessIoStream.stdin,
         cursor=end,
         start_cursor=start,
         byte_count=len(data),
@@ -295,9 +417,11 @@ def request_escalation(layout: SpoolLayout, name: str, grace_ms: int, now_ms: in
     deadline in ``escalate.json``; when the shim is gone, a detached helper sleeps and kills."""
     if shim_pid(layout) is not None:
         write_json(layout.escalate, {"kill_at_ms": now_ms + grace_ms})
-        return "shim"
+        if poke(layout.wake):  # AFTER the write: the shim reads escalate.json once woken
+            return "shim"
     cmd = [
         sys.executable,
+        "-S",
         "-m",
         SHIM_MODULE,
         "--daemonize",
@@ -353,11 +477,24 @@ def wait_exit_record(layout: SpoolLayout, timeout_s: float = 2.5) -> dict[str, A
         time.sleep(0.02)
 
 
+def _exit_summary(layout: SpoolLayout, record: dict[str, Any]) -> str:
+    if not record:
+        return "exit status from the engine (no shim record)"
+    lost = read_json(layout.lost) if record.get("output_lost") else None
+    if isinstance(lost, dict):
+        return (
+            f"stdout after byte {lost.get('stdout')} and stderr after byte {lost.get('stderr')} were "
+            f"{LOST_OUTPUT}: the I/O shim died while the process ran"
+        )
+    return ""
+
+
 def snapshot(container: Any, layout: SpoolLayout, process_ref: str, snapshot_ref: str) -> ProcessStatsSnapshot:
     container.reload()
     state = _STATES.get(container.status, ProcessState.unknown)
     base = {"snapshot_ref": snapshot_ref, "process_ref": process_ref, "state": state}
     if state is ProcessState.running:
+        revive_shim(layout, container.name)  # its shim died: the timeout must still hold
         counters = cgroup.read_counters(container.id)
         return ProcessStatsSnapshot(
             **base,
@@ -380,5 +517,5 @@ def snapshot(container: Any, layout: SpoolLayout, process_ref: str, snapshot_ref
         exit_code=code,
         oom_killed=oom,
         reason=TerminationReason(reason),
-        redacted_summary="" if record else "exit status from the engine (no shim record)",
+        redacted_summary=_exit_summary(layout, record),
     )
