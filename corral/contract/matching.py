@@ -1,4 +1,4 @@
-"""IsolationCapability matching (CONTRACT.md rule 4): a requirement against a host's capability report, failing closed.
+"""Capability matching (CONTRACT.md rule 4): a requirement against a host's capability report, failing closed.
 
 Pure: no I/O, no clock. The coordinator runs it before any effect of ``prepare_session``; the client
 runs it to skip hosts during placement. A mismatch is a list of *gaps*, each an exact string::

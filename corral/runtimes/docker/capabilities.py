@@ -2,7 +2,7 @@
 
 Honest by construction: a capability is listed only when the adapter enforces it (and the
 integration tests prove it); everything else is in ``unsupported_requirements`` or, when it works
-with a caveat, in ``weaker_features``. IsolationCapability matching fails closed on this report.
+with a caveat, in ``weaker_features``. Capability matching fails closed on this report.
 """
 
 from __future__ import annotations
