@@ -476,6 +476,7 @@ class Shim:
         self.notify(b"started\n")
         try:
             self.pump(sock, early, output, oom)
+            self.until_exit()  # a process that closed its stdout and stderr still has its timeout
         finally:
             sock.close()
             output.close()
@@ -508,11 +509,25 @@ class Shim:
             remaining_s = (int(started["started_at_ms"]) + timeout_ms) / 1000.0 - time.time()
             self.enforcer.deadline = time.monotonic() + remaining_s
         log(f"resumed: output capture lost; timeout in {self.timeout_ms()} ms")
+        self.read_escalation()
+        self.until_exit()
+        oom = OomWatch.__new__(OomWatch)
+        oom.container_id, oom.seen, oom.listener, oom.events_fd = self.container_id, False, None, None
+        oom.last_look()
+        self.finish(oom.seen)
+        return 0
+
+    def until_exit(self) -> None:
+        """Sleep until the container stops, enforcing deadlines and escalations meanwhile: a wait
+        request whose connection the engine closes at the exit sits in the poll set."""
         poller = select.poll()
         poller.register(self.wake_fd, select.POLLIN)
-        waiter = self.engine.connect_wait(self.container_id)
+        try:
+            waiter = self.engine.connect_wait(self.container_id)
+        except EngineError as exc:
+            log(f"cannot wait for the exit: {exc.message}")
+            return
         poller.register(waiter.fileno(), select.POLLIN)
-        self.read_escalation()
         try:
             while True:
                 self.enforce()
@@ -521,14 +536,9 @@ class Shim:
                     self.drain_wake()
                     self.read_escalation()
                 if waiter.fileno() in ready and not _recv_or_eof(waiter):
-                    break  # the engine closed the wait connection: the container stopped
+                    return  # the engine closed the wait connection: the container stopped
         finally:
             waiter.close()
-        oom = OomWatch.__new__(OomWatch)
-        oom.container_id, oom.seen, oom.listener, oom.events_fd = self.container_id, False, None, None
-        oom.last_look()
-        self.finish(oom.seen)
-        return 0
 
     # ------------------------------------------------------------------ the end
 

@@ -21,6 +21,7 @@ import pytest
 from corral.contract.models import ProcessIoRequest, ProcessStatsRequest
 from corral.contract.refs import slug
 from corral.contract.vocabulary import ProcessIoStream
+from corral.fleet.job import JobSpec
 from corral.io import cgroup, files
 from corral.io.spool import SpoolLayout
 from corral.runtimes.docker import process as proc
@@ -28,7 +29,6 @@ from corral.runtimes.docker.resources import session_paths, shim_pid
 from corral.runtimes.docker.runtime import DockerRuntime
 from corral.settings import HostSettings
 from tests.harness import docker_runtime, wait_until
-from tests.integration.test_docker_runtime import make_env, run
 
 pytestmark = pytest.mark.docker
 
@@ -48,6 +48,16 @@ def runtime(docker_client: Any, host: HostSettings) -> Iterator[DockerRuntime]:
         yield rt
 
 
+def start(rt: DockerRuntime, image: str, argv: list[str], timeout_ms: int = 60_000) -> tuple[str, str]:
+    """The whole prepare-to-start chain of one job, as the Celery chain sends it; (process_ref,
+    environment id)."""
+    job = JobSpec(image=image, argv=argv, memory_mb=64, timeout_ms=timeout_ms)
+    result: Any = None
+    for op, request in job.requests(rt.host_id):
+        result = getattr(rt, op.value)(request)
+    return result.process_ref, job.environment().environment_id
+
+
 def _alive(pid: int) -> bool:
     """Running, not a zombie (nobody may reap a daemonized shim here)."""
     try:
@@ -65,9 +75,8 @@ def test_a_shim_killed_mid_stream_loses_only_what_came_after_and_the_timeout_sti
 ) -> None:
     """I/O shim SIGKILLed mid-stream: the sandbox runs on, the spool is byte-exact up to the kill, a
     supervisor enforces the timeout, and the frames say what was lost"""
-    env = make_env(busybox_image)
-    process_ref = run(runtime, env, "sh", "-c", TICKER, timeout_ms=5000)
-    layout = session_paths(host, slug(env.environment_id)).spool
+    process_ref, env_id = start(runtime, busybox_image, ["sh", "-c", TICKER], timeout_ms=5000)
+    layout = session_paths(host, slug(env_id)).spool
     stdout = layout.stream("stdout")
     assert wait_until(lambda: stdout.read_bytes().count(b"\n") >= 30, 10, step=0.02)
     pid = shim_pid(layout)
@@ -77,7 +86,7 @@ def test_a_shim_killed_mid_stream_loses_only_what_came_after_and_the_timeout_sti
     at_kill = stdout.read_bytes()
 
     time.sleep(0.5)
-    container = docker_client.containers.get(f"corral-{slug(env.environment_id)}")
+    container = docker_client.containers.get(f"corral-{slug(env_id)}")
     assert container.status == "running"  # the sandbox does not depend on its shim
     # Byte-exact up to the kill: whole lines 1..k, nothing torn, nothing added since.
     assert at_kill == _lines(at_kill.count(b"\n"))
@@ -110,9 +119,8 @@ def test_a_shim_killed_mid_stream_loses_only_what_came_after_and_the_timeout_sti
 def test_stats_on_a_sandbox_whose_shim_died_revive_the_supervisor(
     runtime: DockerRuntime, host: HostSettings, busybox_image: str
 ) -> None:
-    env = make_env(busybox_image)
-    process_ref = run(runtime, env, "sleep", "30", timeout_ms=1500)
-    layout = session_paths(host, slug(env.environment_id)).spool
+    process_ref, env_id = start(runtime, busybox_image, ["sleep", "30"], timeout_ms=1500)
+    layout = session_paths(host, slug(env_id)).spool
     pid = shim_pid(layout)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
@@ -126,9 +134,8 @@ def test_stats_on_a_sandbox_whose_shim_died_revive_the_supervisor(
 def test_the_shim_runs_in_the_helpers_cgroup_with_its_limits(
     runtime: DockerRuntime, host: HostSettings, busybox_image: str
 ) -> None:
-    env = make_env(busybox_image)
-    run(runtime, env, "sleep", "30")
-    pid = shim_pid(session_paths(host, slug(env.environment_id)).spool)
+    _ref, env_id = start(runtime, busybox_image, ["sleep", "30"])
+    pid = shim_pid(session_paths(host, slug(env_id)).spool)
     assert pid is not None
     if cgroup.is_unified():
         pytest.skip("cgroup v2 host: the helpers' group needs a delegated parent (see corral.io.cgroup)")
@@ -138,6 +145,18 @@ def test_the_shim_runs_in_the_helpers_cgroup_with_its_limits(
     cpu = next(h for h in wanted if "cpu" in h.split(","))
     quota = Path(cgroup.CGROUP_ROOT, cpu, wanted[cpu].strip("/"), "cpu.cfs_quota_us").read_text().strip()
     assert quota == str(int(proc.HELPER_CPUS * 100_000))
+
+
+def test_the_timeout_holds_after_the_process_closed_its_output(
+    runtime: DockerRuntime, host: HostSettings, busybox_image: str
+) -> None:
+    """The attach stream ends when the process closes stdout and stderr, not when it exits: the
+    shim then sleeps on the engine's wait, still enforcing the deadline."""
+    _ref, env_id = start(runtime, busybox_image, ["sh", "-c", "echo bye; exec >&- 2>&-; sleep 30"], timeout_ms=1500)
+    layout = session_paths(host, slug(env_id)).spool
+    assert wait_until(lambda: layout.exit.exists(), 10, step=0.1)
+    assert files.read_json(layout.exit)["reason"] == "timeout"
+    assert layout.stream("stdout").read_bytes() == b"bye\n"
 
 
 def _cpu_s(pid: int) -> float:

@@ -213,3 +213,26 @@ def test_the_shim_imports_only_the_standard_library_and_little_of_it() -> None:
     assert {m for m in loaded if m.split(".")[0].lstrip("_") not in {s.lstrip("_") for s in stdlib}} == set()
     heavy = {"typing", "pathlib", "dataclasses", "logging", "argparse", "threading", "http", "ssl", "email", "urllib"}
     assert loaded & heavy == set()
+
+
+def test_stdin_is_refused_once_the_shim_died_and_wakes_a_live_one(tmp_path: Path) -> None:
+    """A write lands in the spool and pokes ``shim.wake``; after the shim died (``lost.json``, or
+    started with no shim and no exit) nobody would forward it, so the write is refused."""
+    from corral.contract.errors import InvalidRequest
+    from corral.io.spool import SpoolLayout
+    from corral.runtimes.docker.process import write_stdin
+
+    layout = SpoolLayout(tmp_path)
+    files.write_json(layout.process, {"stdin": "open"})
+    os.mkfifo(layout.wake, 0o600)
+    listener = os.open(layout.wake, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        write_stdin(layout, "proc-0123456789abcdef", "YWJj", close=False)
+        assert os.read(listener, 16) == b"\0"  # woken after the bytes were in the file
+        assert layout.stream("stdin").read_bytes() == b"abc"
+    finally:
+        os.close(listener)
+    files.write_json(layout.started, {"started_at_ms": 0, "timeout_ms": 0})  # started, and no shim alive
+    with pytest.raises(InvalidRequest, match="shim died"):
+        write_stdin(layout, "proc-0123456789abcdef", "YWJj", close=False)
+    assert layout.stream("stdin").read_bytes() == b"abc"

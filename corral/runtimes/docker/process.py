@@ -390,6 +390,8 @@ def write_stdin(layout: SpoolLayout, process_ref: str, data_b64: str | None, clo
     path = layout.stream("stdin")
     if data and layout.stdin_closed.exists():
         raise InvalidRequest("stdin is already closed")
+    if layout.lost.exists() or (layout.started.exists() and not layout.exit.exists() and shim_pid(layout) is None):
+        raise InvalidRequest("stdin is not forwarded any more: the sandbox's I/O shim died")
     if file_size(path) + len(data) > STDIN_MAX_TOTAL:
         raise InvalidRequest("stdin total would exceed the host bound", context={"max_bytes": STDIN_MAX_TOTAL})
     start, end = append_bytes(path, data) if data else (file_size(path), file_size(path))
