@@ -50,6 +50,15 @@ IMAGE = "corral/busybox:latest"
 SEQ_N = 1_400_000
 HOST = "bench"
 RAW_LABEL = "corral.bench.raw"
+RAW_LIMITS: dict[str, Any] = {
+    "network_mode": "none",
+    "read_only": True,
+    "mem_limit": "16m",
+    "nano_cpus": 500_000_000,
+    "pids_limit": 64,
+    "labels": {RAW_LABEL: "1"},
+}
+"""The raw containers get the limits corral's get (no network, read-only root, memory, CPU, pids)."""
 POLLERS = 2
 POLL_PAUSE_S = 0.05
 """Each poller asks stats, then a frame, then pauses: a client watching, not a tight loop taking the CPUs."""
@@ -109,7 +118,7 @@ def start_step_ms(client: Client, environment_id: str) -> float | None:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.engine = docker.from_env()
+        self.engine = docker.from_env(max_pool_size=max(10, args.starts))
         self.rows: list[tuple[str, str, str, str]] = []
 
     def row(self, figure: str, raw: str, ours: str, ratio: str) -> None:
@@ -124,7 +133,7 @@ class Bench:
         our_start_ms: list[float] = []
 
         def raw_true() -> None:
-            c = self.engine.containers.create(IMAGE, ["true"], network_mode="none", labels={RAW_LABEL: "1"})
+            c = self.engine.containers.create(IMAGE, ["true"], **RAW_LIMITS)
             started = time.perf_counter()
             c.start()
             raw_start_ms.append((time.perf_counter() - started) * 1000)
@@ -132,7 +141,7 @@ class Bench:
             c.remove(force=True)
 
         def corral_true() -> None:
-            job = JobSpec(image=IMAGE, argv=["true"], memory_mb=64)
+            job = JobSpec(image=IMAGE, argv=["true"], memory_mb=16)
             outcome = client.run(job, host=HOST)
             assert outcome.exit_code == 0, outcome
             step = start_step_ms(client, job.environment_id)
@@ -167,7 +176,7 @@ class Bench:
         """Seconds for n docker-py create+start from n threads (the containers are removed after)."""
 
         def one(_: int) -> Any:
-            c = self.engine.containers.create(IMAGE, ["sleep", "60"], network_mode="none", labels={RAW_LABEL: "1"})
+            c = self.engine.containers.create(IMAGE, ["sleep", "60"], **RAW_LIMITS)
             c.start()
             return c
 
@@ -201,7 +210,7 @@ class Bench:
                 own.close()
 
         def one(client: Client) -> JobHandle:
-            handle = client.submit(JobSpec(image=IMAGE, argv=["sleep", "60"], memory_mb=16), host=HOST)
+            handle = client.submit(JobSpec(image=IMAGE, argv=["sleep", "60"], memory_mb=16, cpus=0.5), host=HOST)
             client.wait(handle, timeout=300)
             return handle
 
@@ -222,7 +231,8 @@ class Bench:
 
     def wave(self, client: Client) -> None:
         n = self.args.starts
-        poll = client.submit(JobSpec(image=IMAGE, argv=["sh", "-c", "echo ready; sleep 600"], memory_mb=16), host=HOST)
+        spec = JobSpec(image=IMAGE, argv=["sh", "-c", "echo ready; sleep 600"], memory_mb=16, cpus=0.5)
+        poll = client.submit(spec, host=HOST)
         client.wait(poll)
         idle_stats = timed(lambda: client.stats(poll), 20)
         idle_frames = timed(lambda: client.read_frame(HOST, poll.process_ref, ProcessIoStream.stdout, 0), 20)
@@ -288,6 +298,8 @@ def main() -> int:
     parser.add_argument("--skip-output", action="store_true", help="skip the 10 MB output rows")
     args = parser.parse_args()
     os.environ.pop("CORRAL_REDIS__URL", None)
+    # Admission counts each job's cpus against the host's; the wave's sleeping sandboxes must all fit.
+    os.environ["CORRAL_HOST__CAPACITY_CPUS"] = "1000"
     load_settings.cache_clear()
     bench = Bench(args)
     stack = DevStack(HOST, concurrency=args.concurrency)

@@ -10,7 +10,8 @@ A host has two queues (two *lanes*): ``corral.host.<id>`` for lifecycle work (th
 cleanup, stdin writes: effects, journaled, served by the worker's prefork pool) and
 ``corral.host.<id>.reads`` for the cheap reads of ``READS`` (stats, output frames, the runtime's
 accessors), served by a threads pool of its own (``workers.reads``), so a read never waits behind
-slow lifecycle tasks. ``queue_for`` picks the lane from the task name and its request alone, so
+slow lifecycle tasks; the fleet's read-only views likewise go to ``corral.fleet.reads``, which every
+host's reads lane serves. ``queue_for`` picks the lane from the task name and its request alone, so
 every worker and client routes a task identically. A ``stream_io`` that writes stdin stays in the
 lifecycle lane: it is an effect (idempotency lease held by a pool process), and a sandbox's writes
 keep one queue.
@@ -36,6 +37,8 @@ READS_SUFFIX = ".reads"
 
 Lane = Literal["lifecycle", "reads"]
 READ_TASKS = frozenset(f"{TASK_PREFIX}{op.value}" for op in READS)
+FLEET_READ_TASKS = frozenset(f"{TASK_PREFIX}{name}" for name in ("list_sessions", "list_tickets", "read_journal"))
+"""The fleet's read-only views (``tasks.views``): ``corral.fleet.reads``, served by every host's reads lane."""
 _READ_STREAMS = frozenset({ProcessIoStream.stdout.value, ProcessIoStream.stderr.value})
 
 
@@ -43,6 +46,16 @@ def queue_for_host(host_id: str, lane: Lane = "lifecycle") -> str:
     """The one place a host queue's name is formatted: ``corral.host.<id>`` (lifecycle) or
     ``corral.host.<id>.reads`` (cheap reads)."""
     return f"{HOST_QUEUE_PREFIX}{host_id}{READS_SUFFIX if lane == 'reads' else ''}"
+
+
+def fleet_queue(lane: Lane = "lifecycle") -> str:
+    """The fleet's queues: ``corral.fleet`` (placement, sweeps, batches) and ``corral.fleet.reads`` (views)."""
+    return f"{FLEET_QUEUE}{READS_SUFFIX if lane == 'reads' else ''}"
+
+
+def fleet_queue_for(name: str) -> str:
+    """The fleet queue of task ``name``."""
+    return fleet_queue("reads" if name in FLEET_READ_TASKS else "lifecycle")
 
 
 def lane_of(name: str, args: Any) -> Lane:
@@ -80,7 +93,7 @@ def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None
     if not str(name).startswith(TASK_PREFIX):
         return None
     host = (kwargs or {}).get("host") if isinstance(kwargs, dict) else None
-    return {"queue": queue_for(str(name), args, host) if host else FLEET_QUEUE}
+    return {"queue": queue_for(str(name), args, host) if host else fleet_queue_for(str(name))}
 
 
 SHOWN_KWARGS = ("host", CALLER_KWARG)

@@ -1,6 +1,7 @@
 """Fleet tasks behind ``corral ps``, ``corral tickets`` and ``corral journal``: the state store's
-read-only views filtered for the verified caller's tenant (``corral.host.views``). Any worker serving the
-fleet queue answers, with its host policy's tenant table (keep it the same on every host)."""
+read-only views filtered for the verified caller's tenant (``corral.host.views``). Any host's reads lane
+serving the fleet's reads queue (``corral.fleet.reads``) answers, with its host policy's tenant table
+(keep it the same on every host)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from celery import shared_task
 
-from corral.celeryconf import FLEET_QUEUE
+from corral.celeryconf import fleet_queue
 from corral.host import views
 from corral.host.services import coordinator
 from tasks.base import CorralTask
@@ -17,7 +18,7 @@ from tasks.base import CorralTask
 
 def _view(name: str) -> Callable[[Callable[..., dict[str, Any]]], Any]:
     decorator: Callable[[Callable[..., dict[str, Any]]], Any] = shared_task(
-        bind=True, base=CorralTask, name=f"corral.{name}", queue=FLEET_QUEUE
+        bind=True, base=CorralTask, name=f"corral.{name}", queue=fleet_queue("reads")
     )
     return decorator
 

@@ -14,9 +14,9 @@ import argparse
 import os
 import sys
 
-from corral.celeryconf import FLEET_QUEUE, queue_for_host
+from corral.celeryconf import FLEET_QUEUE, fleet_queue, queue_for_host
 from corral.contract.errors import AgentError
-from workers.reads import die_with_parent, reads_argv
+from workers.reads import die_with_parent, raise_priority, reads_argv
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,12 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     reads.add_argument("--host", required=True)
     reads.add_argument("--concurrency", type=int, default=8)
     reads.add_argument("--loglevel", default="INFO")
+    reads.add_argument("--no-fleet", action="store_true", help="do not consume the fleet's reads queue")
     beat = sub.add_parser("beat")
     beat.add_argument("--loglevel", default="INFO")
     args = parser.parse_args(argv)
 
-    if args.command == "reads" and not die_with_parent():
-        return 0  # the worker that started this lane is gone already
+    if args.command == "reads":
+        if not die_with_parent():
+            return 0  # the worker that started this lane is gone already
+        raise_priority()  # before any thread exists: threads inherit it
     if args.command in ("worker", "reads"):
         # The host id must be settled before settings are first loaded anywhere in this process.
         os.environ["CORRAL_HOST__ID"] = args.host
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 "worker",
                 "-Q",
-                queue_for_host(args.host, "reads"),
+                ",".join([queue_for_host(args.host, "reads")] + ([] if args.no_fleet else [fleet_queue("reads")])),
                 "-n",
                 f"corral-reads@{args.host}",
                 "-P",
@@ -85,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app()
     if args.command == "worker":
         if args.read_concurrency > 0:
-            app.conf.corral_reads_argv = reads_argv(args.host, args.read_concurrency, args.loglevel)
+            app.conf.corral_reads_argv = reads_argv(
+                args.host, args.read_concurrency, args.loglevel, fleet=not args.no_fleet
+            )
         queues = [queue_for_host(args.host)] + ([] if args.no_fleet else [FLEET_QUEUE])
         celery_argv = [
             "worker",

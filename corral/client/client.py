@@ -24,7 +24,15 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from pydantic import BaseModel
 
-from corral.celeryconf import FLEET_QUEUE, QuietAMQP, celery_config, queue_for, queue_for_host, task_name
+from corral.celeryconf import (
+    FLEET_QUEUE,
+    QuietAMQP,
+    celery_config,
+    fleet_queue_for,
+    queue_for,
+    queue_for_host,
+    task_name,
+)
 from corral.contract.errors import (
     AgentError,
     HostConfigurationNeeded,
@@ -515,8 +523,9 @@ class Client:
         return dict(self._get(result, operation))
 
     def _view(self, operation: str, payload: dict[str, Any]) -> list[dict[str, str]]:
+        name = task_name(operation)  # corral.fleet.reads: answered by a reads lane, never behind placements
         result = self.app.send_task(
-            task_name(operation), args=[payload], kwargs={CALLER_KWARG: self.identity}, queue=FLEET_QUEUE
+            name, args=[payload], kwargs={CALLER_KWARG: self.identity}, queue=fleet_queue_for(name)
         )
         rows = self._get(result, operation).get("rows", [])
         return [dict(row) for row in rows]

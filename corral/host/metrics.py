@@ -188,9 +188,9 @@ def io_helpers(state_dir: str) -> list[Helper]:
 
 
 def queue_names(host_id: str) -> list[str]:
-    from corral.celeryconf import FLEET_QUEUE, queue_for_host
+    from corral.celeryconf import fleet_queue, queue_for_host
 
-    return [queue_for_host(host_id), queue_for_host(host_id, "reads"), FLEET_QUEUE]
+    return [queue_for_host(host_id), queue_for_host(host_id, "reads"), fleet_queue(), fleet_queue("reads")]
 
 
 def memory_total_bytes() -> int:

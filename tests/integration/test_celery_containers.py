@@ -218,7 +218,7 @@ def test_a_job_runs_through_pytest_celerys_broker_and_worker_containers(
         admin = redis.Redis(
             port=published_port(default_redis_broker), username="admin", password=suite_fleet().password("admin"), db=0
         )
-        assert wait_until(lambda: admin.llen(queue_for_host(other)) == 1, 10)
+        assert wait_until(lambda: admin.llen(queue_for_host(other, "reads")) == 1, 10)  # a read: its reads lane
         assert admin.llen(FLEET_QUEUE) == 0
     finally:
         remove_labeled(docker_client, HOST)

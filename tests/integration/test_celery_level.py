@@ -155,10 +155,11 @@ def test_a_job_chain_runs_in_order_on_its_host_queue_only(
     before = len(ran)
     client.send("collect_stats", None, other, payload={"process_ref": "nope"})
     admin = redis.Redis.from_url(f"{redis_url}/0")
-    assert wait_until(lambda: admin.llen(queue_for_host(other)) == 1, 10)
+    # (a read: that host's reads lane, corral.celeryconf.lane_of)
+    assert wait_until(lambda: admin.llen(queue_for_host(other, "reads")) == 1, 10)
     assert admin.llen(FLEET_QUEUE) == 0
     assert len(ran) == before
-    admin.delete(queue_for_host(other))
+    admin.delete(queue_for_host(other, "reads"))
 
 
 def test_a_retryable_error_is_retried_by_celery_and_the_chain_completes(

@@ -7,13 +7,14 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from corral.celeryconf import FLEET_QUEUE, lane_of, queue_for, queue_for_host, route_task
+from corral.celeryconf import FLEET_QUEUE, fleet_queue, lane_of, queue_for, queue_for_host, route_task
 from corral.contract.operations import CHAIN, READS, Operation
 
 
 def test_queue_names_are_formatted_in_one_place() -> None:
     assert queue_for_host("h1") == "corral.host.h1"
     assert queue_for_host("h1", "reads") == "corral.host.h1.reads"
+    assert (fleet_queue(), fleet_queue("reads")) == (FLEET_QUEUE, "corral.fleet.reads")
 
 
 @pytest.mark.parametrize(
@@ -56,4 +57,7 @@ def test_the_router_sends_a_task_without_an_explicit_queue_to_its_lane() -> None
     assert routed("corral.stream_io", [{**read[0], "stream": "stdin"}], {"host": "h1"}) == "corral.host.h1"
     assert routed("corral.prepare_session", [{}], {"host": "h1"}) == "corral.host.h1"
     assert routed("corral.sweep_tickets", [], {}) == FLEET_QUEUE
+    assert routed("corral.place", [{}], {}) == FLEET_QUEUE  # a reservation, not a read
+    assert routed("corral.list_sessions", [{}], {}) == "corral.fleet.reads"
+    assert routed("corral.read_journal", [{}], {}) == "corral.fleet.reads"
     assert queue_for("corral.collect_stats", [{}], "h2") == "corral.host.h2.reads"
