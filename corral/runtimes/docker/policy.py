@@ -62,9 +62,6 @@ Root runs only when a process asks for it explicitly, and then still without any
 IPC_MODE = "private"
 CGROUPNS_MODE = "private"
 _UNCONFINED = ("seccomp=unconfined", "seccomp:unconfined", "apparmor=unconfined", "apparmor:unconfined")
-DETACH_KEYS = "ctrl-@,ctrl-^,ctrl-],ctrl-_,ctrl-@,ctrl-^,ctrl-],ctrl-_,ctrl-@,ctrl-^,ctrl-],ctrl-_"
-"""Docker detaches an attach session when stdin carries the detach keys (default ctrl-p,ctrl-q).
-A long, unlikely sequence keeps a caller's binary stdin from cutting off its own output."""
 
 
 def within(path: str, root: str) -> bool:
