@@ -27,8 +27,9 @@ and only ``os``: the shim imports this module.
 
 from __future__ import annotations
 
-import contextlib
 import os
+
+from corral.io.files import suppress
 
 TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: importing typing costs the shim 1.7 MiB
 if TYPE_CHECKING:
@@ -217,7 +218,7 @@ class OomListener:
     def close(self) -> None:
         for fd in (self.fd, self._ofd):
             if fd >= 0:
-                with contextlib.suppress(OSError):
+                with suppress(OSError):
                     os.close(fd)
         self.fd = self._ofd = -1
 
@@ -305,7 +306,7 @@ def join_helper_group(
     joined: list[str] = []
     me = str(os.getpid())
     for hierarchy, path in sorted(helper_group_dirs(name, "self", root).items()):
-        with contextlib.suppress(FileExistsError):
+        with suppress(FileExistsError):
             os.mkdir(path, 0o755)
         if hierarchy:
             limits = _limits_v1(set(hierarchy.split(",")), cpus, memory_bytes, pids_max)

@@ -59,6 +59,21 @@ def atomic_write(path: PathArg, data: bytes, mode: int = 0o600) -> None:
         raise
 
 
+class suppress:
+    """``with suppress(OSError): ...``: the exceptions named are swallowed."""
+
+    __slots__ = ("exceptions",)
+
+    def __init__(self, *exceptions: type[BaseException]) -> None:
+        self.exceptions = exceptions
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: object) -> bool:
+        return kind is not None and issubclass(kind, self.exceptions)
+
+
 def _unlink(path: str) -> None:
     """Remove ``path`` if it exists (``contextlib`` costs the shim an import)."""
     try:

@@ -33,17 +33,17 @@ remaining timeout and any escalation, waits for the exit and writes ``exit.json`
 
 from __future__ import annotations
 
-import contextlib
+import _socket as socket  # the C module: socket.py adds enum, selectors and array (0.4 MiB)
 import errno
 import fcntl
 import os
 import select
-import socket
 import sys
 import time
 
 from corral.io import cgroup, files
 from corral.io.engine import Engine, EngineError
+from corral.io.files import suppress
 
 TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: importing typing costs the shim 1.7 MiB
 if TYPE_CHECKING:
@@ -347,7 +347,7 @@ class OomWatch:
 
     def last_look(self) -> None:
         if not self.seen:
-            with contextlib.suppress(ValueError):
+            with suppress(ValueError):
                 self.seen = bool(cgroup.oom_kills(self.container_id))
 
     def close(self) -> None:
@@ -372,7 +372,7 @@ class Shim:
     def open_wake(self) -> None:
         """The FIFO writers poke (``files.poke``); opened read-write so it never reports EOF."""
         path = self.spool(files.SHIM_WAKE)
-        with contextlib.suppress(FileExistsError):
+        with suppress(FileExistsError):
             os.mkfifo(path, 0o600)
         self.wake_fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -598,9 +598,9 @@ class Shim:
         if fd is None:
             return
         self.args.notify_fd = None
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.write(fd, word)
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.close(fd)
 
 
