@@ -34,7 +34,9 @@ from __future__ import annotations
 import importlib
 import os
 import re
-from collections.abc import Iterable, Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -216,3 +218,56 @@ def resolve(name: str, secrets_dir: str | os.PathLike[str] | None = None) -> byt
     from corral.settings import load_settings
 
     return SecretChain.from_settings(load_settings().host).resolve(name)
+
+
+class SessionSecrets:
+    """The secret values of each live session, kept in this process's memory for redacting its output
+    frames, so a frame read costs no provider call (a Vault round trip, a file read) and a stream of
+    thousands of frames does not ask the providers thousands of times.
+
+    An entry is keyed by the session (its slug) and stamped by the caller with what identifies the
+    session's list of secret names (the file's inode and mtime): a list written anew, or a new session
+    under a reused slug, misses and is resolved again. Only complete answers are kept: while a name
+    does not resolve, each read asks again (the frame withholds raw content meanwhile). Bounded: past
+    ``max_sessions`` the least recently read session is dropped (it is resolved again on its next
+    read). ``drop`` is called at cleanup and reclaim. Values never leave this object except to the
+    redactor; they are never written to Redis, a file or a log, and ``repr`` shows a count only.
+    """
+
+    def __init__(self, max_sessions: int = 256) -> None:
+        self.max_sessions = max_sessions
+        self._entries: OrderedDict[str, tuple[Hashable, list[bytes]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def values(
+        self, session: str, stamp: Hashable, resolve: Callable[[], tuple[list[bytes], list[str]]]
+    ) -> tuple[list[bytes], list[str]]:
+        """The session's values (and the names that did not resolve), from memory when ``stamp`` matches."""
+        with self._lock:
+            entry = self._entries.get(session)
+            if entry is not None and entry[0] == stamp:
+                self._entries.move_to_end(session)
+                return list(entry[1]), []
+        values, missing = resolve()
+        if not missing:
+            with self._lock:
+                self._entries[session] = (stamp, list(values))
+                self._entries.move_to_end(session)
+                while len(self._entries) > self.max_sessions:
+                    self._entries.popitem(last=False)
+        return values, missing
+
+    def drop(self, session: str) -> None:
+        with self._lock:
+            self._entries.pop(session, None)
+
+    def __contains__(self, session: object) -> bool:
+        with self._lock:
+            return session in self._entries
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"SessionSecrets({len(self)} session(s))"
