@@ -24,11 +24,12 @@ COPY tasks ./tasks
 COPY workers ./workers
 COPY config ./config
 # A venv at the prefix the systemd units use: Debian's system Python refuses pip installs (PEP 668).
+# With the flower extra: this image also runs the compose flower service and the corral-flower unit.
 RUN python3 -m venv /opt/corral/venv \
     && if [ -n "$PIP_OFFLINE" ]; then \
-         /opt/corral/venv/bin/pip install --no-index --find-links /wheels . ; \
+         /opt/corral/venv/bin/pip install --no-index --find-links /wheels '.[flower]' ; \
        else \
-         /opt/corral/venv/bin/pip install . ; \
+         /opt/corral/venv/bin/pip install '.[flower]' ; \
        fi \
     && rm -rf /wheels \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin corral

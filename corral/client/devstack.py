@@ -21,6 +21,7 @@ key) and typed exception; task arguments are summaries (``corral.celeryconf.Quie
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import shutil
@@ -127,6 +128,8 @@ class DevStack:
         return worker.proc.pid if worker and worker.proc else None
 
     def start(self, timeout_s: float = 60.0) -> None:
+        if self.flower_port and importlib.util.find_spec("flower") is None:  # an extra: it serves one process
+            raise HostConfigurationNeeded("Flower is not installed here: pip install 'corral[flower]'")
         if not self.redis_url:
             self.fleet = init_fleet(self.credentials_dir, [*map(component_identity, self.host_ids), DEV_CLIENT])
             self.redis_url = self._start_redis()
