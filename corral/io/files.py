@@ -40,6 +40,7 @@ STDIN_CLOSED = "stdin.closed"
 ESCALATE = "escalate.json"
 SIGNALED = "signaled"
 LOST = "lost.json"
+REMOVING = "removing"
 EXIT = "exit.json"
 
 

@@ -491,7 +491,7 @@ class Shim:
         """The container runs (or ran) without its shim: record what was lost, then enforce the
         remaining timeout and escalation and record the exit."""
         started = files.read_json(self.spool(files.STARTED))
-        if not isinstance(started, dict) or self.spool.exists(files.EXIT):
+        if not isinstance(started, dict) or self.spool.exists(files.EXIT) or self.spool.exists(files.REMOVING):
             log("nothing to resume")
             return 0
         if not self.spool.exists(files.LOST):

@@ -23,6 +23,7 @@ Layout of ``<state_dir>/spool/<slug>/``::
     lost.json             the shim died while the process ran: the stream sizes at which capture
                           stopped (bytes after them were not captured) and when a supervisor noticed
     exit.json             written atomically, LAST: exit code, OOM flag, reason
+    removing              marker: cleanup is removing the session; no supervisor may start now
 """
 
 from __future__ import annotations
@@ -148,6 +149,10 @@ class SpoolLayout:
     @property
     def lost(self) -> Path:
         return self.root / files.LOST
+
+    @property
+    def removing(self) -> Path:
+        return self.root / files.REMOVING
 
     @property
     def exit(self) -> Path:

@@ -236,3 +236,19 @@ def test_stdin_is_refused_once_the_shim_died_and_wakes_a_live_one(tmp_path: Path
     with pytest.raises(InvalidRequest, match="shim died"):
         write_stdin(layout, "proc-0123456789abcdef", "YWJj", close=False)
     assert layout.stream("stdin").read_bytes() == b"abc"
+
+
+def test_no_supervisor_starts_for_a_session_being_removed(tmp_path: Path) -> None:
+    """Cleanup marks the spool ``removing`` before it kills the shim: a heartbeat that finds the shim
+    dead in between must not start a supervisor that writes into a directory being deleted."""
+    from corral.io.spool import SpoolLayout
+    from corral.runtimes.docker.process import revive_shim
+
+    layout = SpoolLayout(tmp_path)
+    files.write_json(layout.started, {"started_at_ms": 0, "timeout_ms": 0})
+    layout.removing.touch()
+    assert revive_shim(layout, "corral-gone") is False
+    assert not layout.lost.exists() and not layout.shim_log.exists()
+    layout.removing.unlink()
+    files.write_json(layout.exit, {"exit_code": 0})
+    assert revive_shim(layout, "corral-gone") is False  # the exit is recorded: nothing to supervise

@@ -262,7 +262,7 @@ def revive_shim(layout: SpoolLayout, name: str) -> bool:
     (``shim --resume``): it records what output was lost, enforces the rest of the timeout and any
     escalation, and writes ``exit.json``. Its spool lock makes a second supervisor leave at once.
     The container must be running (the caller checks): a removed one has nothing to supervise."""
-    if not layout.started.exists() or shim_pid(layout) is not None:
+    if not layout.started.exists() or layout.removing.exists() or shim_pid(layout) is not None:
         return False
     if layout.exit.exists():  # AFTER the shim is known dead: a shim writes exit.json before it exits
         return False

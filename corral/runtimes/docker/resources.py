@@ -149,6 +149,8 @@ def remove_session(client: Any, host: HostSettings, host_id: str, environment_id
     s = slug(environment_id)
     paths = session_paths(host, s)
     failures: list[str] = []
+    with contextlib.suppress(OSError):  # FIRST: no supervisor starts for a shim killed below
+        paths.spool.removing.touch(exist_ok=True)
     kill_shim(paths.spool)
     try:
         if client is None:
