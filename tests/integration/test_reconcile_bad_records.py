@@ -16,7 +16,9 @@ from tests.harness import count_labeled
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.worker]
 
-NO_GRACE = {"CORRAL_HOST__RECONCILE_GRACE_S": "0", "CORRAL_HOST__RECONCILE_STALE_AFTER_S": "0"}
+NO_GRACE = {"CORRAL_HOST__RECONCILE_GRACE_S": "0"}
+"""Leftovers of cleaned sessions are reclaimed at once; a chain in flight (preparing) is not stale, so the
+worker's own start-up pass never races the sandboxes this test starts."""
 
 
 @pytest.fixture
