@@ -490,7 +490,8 @@ class ProcessStatsPolicy(Model):
 
 
 class EnvironmentSpec(Model):
-    environment_id: Id
+    environment_id: Id = ""
+    """Required on the wire; left empty here, the enclosing ``ExecutionEnvironment`` fills in its own."""
     kind: ExecutionEnvironmentKind = ExecutionEnvironmentKind.container
     requirement: IsolationRequirement = Field(default_factory=IsolationRequirement)
     image: ImageRequest | None = omit_none()
@@ -556,7 +557,7 @@ class ExecutionEnvironment(Model):
             data["spec"] = {"environment_id": env_id}
         elif isinstance(spec, dict) and "environment_id" not in spec:
             data["spec"] = {**spec, "environment_id": env_id}
-        elif isinstance(spec, EnvironmentSpec) and spec.environment_id != env_id:
+        elif isinstance(spec, EnvironmentSpec) and not spec.environment_id:
             data["spec"] = spec.model_copy(update={"environment_id": env_id})
         return data
 

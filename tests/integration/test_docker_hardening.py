@@ -134,7 +134,7 @@ def secret_env(image: str, *names: str, env_secret: bool = False, **spec: Any) -
         image,
         secrets=SecretExposurePolicy(
             secret_mounts=[
-                SecretMountPolicy(secret_ref=n, mount_ref=f"s-{n}", destination=f"/run/secrets/{n}") for n in names
+                SecretMountPolicy(secret_ref=n, mount_ref=f"s-{n}", path=f"/run/secrets/{n}") for n in names
             ],
             env_secrets=[SecretEnvPolicy(secret_ref=ENV_SECRET, env_key="API_KEY")] if env_secret else [],
         ),
@@ -277,7 +277,7 @@ def test_writable_layer_only_when_asked(runtime: DockerRuntime, busybox_image: s
 
 def test_capability_report_lists_the_hardening(runtime: DockerRuntime) -> None:
     report = runtime.capability_report()
-    assert report.health.state is HealthState.healthy, report.health
+    assert report.health.kind is HealthState.healthy, report.health
     keys = {item.split(" ", 1)[0] for item in report.hardening}
     assert {
         "cap_drop:ALL",
@@ -305,7 +305,7 @@ def test_capability_report_degraded_by_a_broken_plugin(
     )
     rt = DockerRuntime(host_id, broken, docker_client)
     report = rt.capability_report()
-    assert report.health.state is HealthState.degraded
+    assert report.health.kind is HealthState.degraded
     assert "no.such.module:X" in (report.health.reason or "")
     with pytest.raises(HostConfigurationNeeded):
         rt.prepare_secrets(SecretPrepareRequest(environment=secret_env(busybox_image, FILE_SECRET)))
@@ -417,7 +417,7 @@ def test_file_secrets_refused_when_secrets_root_is_on_disk(
     allowed.prepare_secrets(SecretPrepareRequest(environment=env))
     assert (on_disk / slug(env.environment_id) / FILE_SECRET).read_bytes() == FILE_VALUE
     report = allowed.capability_report()
-    assert report.health.state is HealthState.degraded
+    assert report.health.kind is HealthState.degraded
     assert any("allow_secrets_off_tmpfs" in w for w in report.weaker_features)
     allowed.cleanup(CleanupRequest(environment=env, cleanup_plan_ref="c"))
     assert list(on_disk.iterdir()) == []

@@ -35,7 +35,6 @@ from corral.contract.models import (
     ImageRequest,
     ImageResolveRequest,
     IsolatedProcessSpec,
-    LifecyclePolicy,
     MountPolicy,
     MountResolveRequest,
     NetworkIsolationPolicy,
@@ -59,19 +58,20 @@ from corral.contract.models import (
     SecretMountPolicy,
     SecretPrepareRequest,
     SessionPrepareRequest,
-    StdinMode,
     TerminationReason,
 )
 from corral.contract.refs import process_ref_for, slug
 from corral.contract.vocabulary import (
     CleanupStatus,
     IsolationClass,
+    IsolationRuntimeKind,
     MountMode,
     ProcessContentCaptureMode,
     ProcessIoStream,
     ProcessSignal,
     RootFilesystemMode,
 )
+from corral.fleet.job import image_of, rootfs_of
 from corral.runtimes.docker.resources import network_name, session_paths
 from corral.runtimes.docker.runtime import DockerRuntime
 from corral.settings import HostSettings
@@ -142,7 +142,6 @@ def count_labeled(docker_client: Any, host_id: str, environment_id: str | None =
 
 def make_env(image: str, **spec: Any) -> ExecutionEnvironment:
     spec.setdefault("io_policy", ProcessIoPolicy(stdout=RAW, stderr=RAW))
-    spec.setdefault("lifecycle", LifecyclePolicy(grace_ms=200))
     return ExecutionEnvironment(
         environment_id=f"env-{uuid.uuid4().hex[:12]}",
         spec=EnvironmentSpec(image=ImageRequest(image_ref=image), **spec),
@@ -152,8 +151,8 @@ def make_env(image: str, **spec: Any) -> ExecutionEnvironment:
 def prepare(rt: DockerRuntime, env: ExecutionEnvironment, process: IsolatedProcessSpec) -> None:
     """The whole prepare chain, in contract order (what the coordinator's Celery chain does)."""
     rt.prepare_session(SessionPrepareRequest(environment=env))
-    image = rt.resolve_image(ImageResolveRequest(environment=env))
-    rootfs = rt.prepare_rootfs(RootfsPrepareRequest(environment=env))
+    image = rt.resolve_image(ImageResolveRequest(image=image_of(env), environment=env))
+    rootfs = rt.prepare_rootfs(RootfsPrepareRequest(rootfs=rootfs_of(env), environment=env))
     mounts = rt.resolve_mounts(MountResolveRequest(environment=env))
     network = rt.configure_network(NetworkPrepareRequest(environment=env))
     secrets = rt.prepare_secrets(SecretPrepareRequest(environment=env))
@@ -171,6 +170,7 @@ def prepare(rt: DockerRuntime, env: ExecutionEnvironment, process: IsolatedProce
 
 
 def proc_spec(*argv: str, **kwargs: Any) -> IsolatedProcessSpec:
+    kwargs.setdefault("grace_ms", 200)  # a terminate escalates to a kill quickly here
     return IsolatedProcessSpec(process_id=f"p-{uuid.uuid4().hex[:8]}", argv=list(argv), **kwargs)
 
 
@@ -223,14 +223,14 @@ def output(rt: DockerRuntime, process_ref: str, stream: ProcessIoStream = Proces
 
 
 def test_runtime_ref_names_the_host(runtime: DockerRuntime, host_id: str) -> None:
-    ref = runtime.runtime_ref()
-    assert ref.adapter_kind == "docker"
-    assert ref.host_ref == host_id
+    # upstream's IsolationRuntimeRef is a bare string; the adapter's kind is in the capability report
+    assert runtime.runtime_ref() == f"docker@{host_id}"
+    assert runtime.capability_report().adapter_kind is IsolationRuntimeKind.container
 
 
 def test_capability_report_healthy_and_honest(runtime: DockerRuntime) -> None:
     report = runtime.capability_report()
-    assert report.health.state is HealthState.healthy, report.health
+    assert report.health.kind is HealthState.healthy, report.health
     assert report.supported_classes == [IsolationClass.container]
     assert "no_network_guarantee" in report.capabilities
     assert "egress_allowlist" not in report.capabilities
@@ -245,8 +245,8 @@ def test_capability_report_degraded_when_secrets_root_is_on_disk(
 ) -> None:
     on_disk = host.model_copy(update={"secrets_root": str(tmp_path / "secrets-on-disk")})
     report = DockerRuntime(host_id, on_disk, docker_client).capability_report()
-    assert report.health.state is HealthState.degraded
-    assert "tmpfs" in (report.health.reason or "")
+    assert report.health.kind is HealthState.degraded
+    assert "tmpfs" in report.health.reason
 
 
 def test_capability_report_unsupported_host_without_engine(host: HostSettings, host_id: str) -> None:
@@ -254,8 +254,9 @@ def test_capability_report_unsupported_host_without_engine(host: HostSettings, h
 
     dead = docker.DockerClient(base_url="tcp://127.0.0.1:9", version="1.41", timeout=2)
     report = DockerRuntime(host_id, host, dead).capability_report()
-    assert report.health.state is HealthState.unsupported_host
-    assert report.health.missing_prerequisites == ["docker engine"]
+    assert report.health.kind is HealthState.unsupported_host
+    [missing] = report.health.missing_prerequisites
+    assert missing.startswith("docker engine")
 
 
 # ------------------------------------------------------------------------------------- 3-8
@@ -268,7 +269,7 @@ def test_prepare_session_creates_labeled_spool_idempotently(
     first = runtime.prepare_session(SessionPrepareRequest(environment=env))
     second = runtime.prepare_session(SessionPrepareRequest(environment=env))
     assert first == second
-    assert first.session_ref == f"sess-{slug(env.environment_id)}"
+    assert first == f"sess-{slug(env.environment_id)}"
     spool = session_paths(host, slug(env.environment_id)).spool
     labels = json.loads(spool.labels.read_text())
     assert labels["corral.host"] == host_id and labels["corral.session"] == env.environment_id
@@ -279,7 +280,7 @@ def test_resolve_image_returns_local_digest_and_architecture(
     runtime: DockerRuntime, busybox_image: str, docker_client: Any
 ) -> None:
     env = make_env(busybox_image)
-    resolved = runtime.resolve_image(ImageResolveRequest(environment=env))
+    resolved = runtime.resolve_image(ImageResolveRequest(image=image_of(env), environment=env))
     assert resolved.digest == docker_client.images.get(busybox_image).id
     assert resolved.architecture == "amd64" or resolved.architecture
     pinned = env.model_copy(
@@ -295,7 +296,9 @@ def test_resolve_image_returns_local_digest_and_architecture(
             )
         }
     )
-    assert runtime.resolve_image(ImageResolveRequest(environment=pinned)).digest == resolved.digest
+    assert (
+        runtime.resolve_image(ImageResolveRequest(image=image_of(pinned), environment=pinned)).digest == resolved.digest
+    )
 
 
 def test_resolve_image_digest_mismatch_is_denied(runtime: DockerRuntime, busybox_image: str) -> None:
@@ -308,7 +311,7 @@ def test_resolve_image_digest_mismatch_is_denied(runtime: DockerRuntime, busybox
         }
     )
     with pytest.raises(PolicyDenial):
-        runtime.resolve_image(ImageResolveRequest(environment=wrong))
+        runtime.resolve_image(ImageResolveRequest(image=image_of(wrong), environment=wrong))
 
 
 def test_resolve_image_unknown_image_is_not_found(runtime: DockerRuntime) -> None:
@@ -318,17 +321,22 @@ def test_resolve_image_unknown_image_is_not_found(runtime: DockerRuntime) -> Non
 
 def test_resolve_image_without_image_is_invalid(runtime: DockerRuntime) -> None:
     with pytest.raises(InvalidRequest):
-        runtime.resolve_image(ImageResolveRequest(environment=ExecutionEnvironment(environment_id="env-x")))
+        runtime.resolve_image(ImageResolveRequest(image=ImageRequest(image_ref="BusyBox;reboot")))
 
 
 def test_prepare_rootfs_read_only_unless_writable_layer(runtime: DockerRuntime, busybox_image: str) -> None:
     env = make_env(busybox_image)
-    assert runtime.prepare_rootfs(RootfsPrepareRequest(environment=env)).read_only is True
+    # the ref is upstream's bare string; read-only-ness and scratch come from the spec at create time
+    assert runtime.prepare_rootfs(RootfsPrepareRequest(rootfs=rootfs_of(env), environment=env)) == (
+        f"rootfs-{slug(env.environment_id)}"
+    )
+    assert env.spec.root_read_only and rootfs_of(env).read_only
     writable = make_env(
         busybox_image, filesystem=FilesystemIsolationPolicy(root=RootFilesystemMode.writable_layer, scratch_mb=16)
     )
-    ref = runtime.prepare_rootfs(RootfsPrepareRequest(environment=writable))
-    assert ref.read_only is False and ref.scratch_mb == 16
+    assert not writable.spec.root_read_only and not rootfs_of(writable).read_only
+    process_ref = sh(runtime, writable, "echo hi > /root-is-writable && df -m /tmp | tail -1")
+    assert wait_exit(runtime, process_ref).exit_code == 0
 
 
 def _mounts(image: str, *mounts: MountPolicy) -> ExecutionEnvironment:
@@ -344,10 +352,7 @@ def test_resolve_mounts_plans_aliases_without_host_paths(
         MountPolicy(mount_ref="m2", source_alias="rw", destination_path="/out", mode=MountMode.writable),
     )
     plan = runtime.resolve_mounts(MountResolveRequest(environment=env))
-    assert [(m.source_alias, m.destination_path, m.mode) for m in plan.mounts] == [
-        ("data", "/data", MountMode.read_only),
-        ("rw", "/out", MountMode.writable),
-    ]
+    assert plan.mounts == ["m1", "m2"]  # upstream's MountRef: the mount's ref, nothing of the host
     assert len(plan.expanded_exposure_audits) == 2
     assert host.mounts["data"] not in plan.model_dump_json()
 
@@ -379,7 +384,7 @@ def test_configure_network_disabled_means_no_network_object(
 ) -> None:
     env = make_env(busybox_image)
     ref = runtime.configure_network(NetworkPrepareRequest(environment=env))
-    assert ref.network_ref == f"net-none-{slug(env.environment_id)}"
+    assert ref == f"net-none-{slug(env.environment_id)}"
     assert count_labeled(docker_client, host_id)["networks"] == 0
 
 
@@ -398,7 +403,7 @@ def test_configure_network_without_egress_creates_no_network(
     env = make_env(busybox_image, network=network)
     first = runtime.configure_network(NetworkPrepareRequest(environment=env))
     assert first == runtime.configure_network(NetworkPrepareRequest(environment=env))
-    assert first.network_ref == f"net-none-{slug(env.environment_id)}" and first.mode is network.kind
+    assert first == f"net-none-{slug(env.environment_id)}"
     assert docker_client.networks.list(filters={"label": f"corral.session={env.environment_id}"}) == []
     assert count_labeled(docker_client, host_id)["networks"] == 0
 
@@ -414,7 +419,7 @@ def _secret_env(image: str, **kwargs: Any) -> ExecutionEnvironment:
         image,
         secrets=SecretExposurePolicy(
             secret_mounts=[
-                SecretMountPolicy(secret_ref=SECRET_NAME, mount_ref="s1", destination=f"/run/secrets/{SECRET_NAME}")
+                SecretMountPolicy(secret_ref=SECRET_NAME, mount_ref="s1", path=f"/run/secrets/{SECRET_NAME}")
             ],
             env_secrets=[SecretEnvPolicy(secret_ref=SECRET_NAME, env_key="TOKEN")],
         ),
@@ -428,7 +433,7 @@ def test_prepare_secrets_writes_private_files_and_returns_refs_only(
     env = _secret_env(busybox_image)
     plan = runtime.prepare_secrets(SecretPrepareRequest(environment=env))
     assert plan.env_secret_keys == ["TOKEN"]
-    assert [m.destination for m in plan.secret_mount_refs] == [f"/run/secrets/{SECRET_NAME}"]
+    assert plan.secret_mount_refs == ["s1"]
     assert SECRET_VALUE.decode() not in plan.model_dump_json()
     secret_dir = session_paths(host, slug(env.environment_id)).secret_dir
     secret_file = secret_dir / SECRET_NAME
@@ -558,7 +563,7 @@ def test_stream_io_resumes_from_any_returned_cursor(runtime: DockerRuntime, busy
 
 
 def test_stream_io_stdin_round_trips_through_cat(runtime: DockerRuntime, busybox_image: str) -> None:
-    process_ref = run(runtime, make_env(busybox_image), "cat", stdin=StdinMode.open)
+    process_ref = run(runtime, make_env(busybox_image), "cat", stdin_open=True)
     payload = b"line one\n\xff binary \x00\n"
     first = runtime.stream_io(
         ProcessIoRequest(

@@ -66,8 +66,8 @@ def valid_env(image: str, **kw: Any) -> dict[str, Any]:
 
 
 BAD_ENVIRONMENTS = [
-    (lambda e: e.update(environment_id="job-\x07bell"), "control characters"),
-    (lambda e: e.update(environment_id="x" * 600), "512 bytes"),
+    (lambda e: e.update(environment_id="job-\x07bell"), "control character"),
+    (lambda e: e.update(environment_id="x" * 600), "exceeds max 512"),
     (lambda e: e["spec"]["resources"].update(memory_mb=-1), "memory_mb"),
     (lambda e: e["spec"]["resources"].update(cpus=10**9), "cpus"),
     (lambda e: e["spec"]["resources"].update(process_count=0), "process_count"),

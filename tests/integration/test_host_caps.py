@@ -76,7 +76,7 @@ class Custom(JobSpec):
         return env.model_copy(update={"spec": spec})
 
     def process(self) -> IsolatedProcessSpec:
-        return super().process().model_copy(update={"rlimits": dict(self.rlimits)})
+        return super().process().model_copy(update={"posix_rlimits": dict(self.rlimits)})
 
 
 def denied(client: Client, spec: JobSpec, host: str) -> PolicyDenial:

@@ -141,7 +141,7 @@ def runtime(docker_client: Any, tmp_path: Path) -> Iterator[DockerRuntime]:
         yield rt
 
 
-@pytest.mark.parametrize("network", NO_EGRESS, ids=lambda n: n.mode.value)
+@pytest.mark.parametrize("network", NO_EGRESS, ids=lambda n: n.kind.value)
 def test_no_egress_mode_reaches_nothing(
     runtime: DockerRuntime,
     busybox_image: str,

@@ -15,7 +15,7 @@ import pytest
 from corral.client.client import Client
 from corral.contract.errors import NotFound, PolicyDenial
 from corral.contract.models import ProcessStartRequest, ProcessStartResult, dump
-from corral.contract.operations import CHAIN, OPERATIONS
+from corral.contract.operations import CHAIN, OPERATIONS, Operation
 from corral.contract.vocabulary import ProcessIoStream
 from corral.fleet.job import JobSpec
 from corral.settings import Settings
@@ -217,9 +217,9 @@ def test_capability_report_and_runtime_ref_answer_through_the_queue(worker_facto
     from corral.contract.models import IsolationCapabilityReport, IsolationRuntimeRef
 
     worker = worker_factory()
-    report = client.call("capability_report", None, worker.host_id, IsolationCapabilityReport)
-    assert report.adapter_kind == "docker"
-    assert report.health.state.value == "healthy"
-    ref = client.call("runtime_ref", None, worker.host_id, IsolationRuntimeRef)
-    assert ref.host_ref == worker.host_id
+    report = client.call(Operation.capability_report, None, worker.host_id, IsolationCapabilityReport)
+    assert report.adapter_kind == "container"
+    assert report.health.kind.value == "healthy"
+    ref = client.call(Operation.runtime_ref, None, worker.host_id, IsolationRuntimeRef)
+    assert ref == f"docker@{worker.host_id}"
     assert dump(report)["supported_classes"] == ["container"]

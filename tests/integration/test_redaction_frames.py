@@ -26,7 +26,6 @@ from corral.contract.models import (
     ImageRequest,
     ImageResolveRequest,
     IsolatedProcessSpec,
-    LifecyclePolicy,
     MountPolicy,
     MountResolveRequest,
     NetworkPrepareRequest,
@@ -44,6 +43,7 @@ from corral.contract.models import (
 )
 from corral.contract.refs import slug
 from corral.contract.vocabulary import ProcessContentCaptureMode, ProcessIoStream
+from corral.fleet.job import image_of, rootfs_of
 from corral.runtimes.docker.resources import session_paths
 from corral.runtimes.docker.runtime import DockerRuntime
 from corral.sandbox.redact import MARKER, Redactor
@@ -115,9 +115,7 @@ def runtime(docker_client: Any, host: HostSettings, host_id: str) -> Iterator[Do
 
 def secret_env(image: str) -> ExecutionEnvironment:
     secrets = SecretExposurePolicy(
-        secret_mounts=[
-            SecretMountPolicy(secret_ref=SECRET_NAME, mount_ref="s1", destination=f"/run/secrets/{SECRET_NAME}")
-        ],
+        secret_mounts=[SecretMountPolicy(secret_ref=SECRET_NAME, mount_ref="s1", path=f"/run/secrets/{SECRET_NAME}")],
         env_secrets=[SecretEnvPolicy(secret_ref=SECRET_NAME, env_key="TOKEN")],
     )
     return ExecutionEnvironment(
@@ -125,7 +123,6 @@ def secret_env(image: str) -> ExecutionEnvironment:
         spec=EnvironmentSpec(
             image=ImageRequest(image_ref=image),
             io_policy=ProcessIoPolicy(stdout=RAW, stderr=RAW),
-            lifecycle=LifecyclePolicy(grace_ms=200),
             secrets=secrets,
             filesystem=FilesystemIsolationPolicy(
                 mounts=[MountPolicy(mount_ref="m1", source_alias="forms", destination_path="/forms")]
@@ -141,8 +138,8 @@ def start(rt: DockerRuntime, env: ExecutionEnvironment, process: IsolatedProcess
         EnvironmentPrepareRequest(
             environment=env,
             process=process,
-            image=rt.resolve_image(ImageResolveRequest(environment=env)),
-            rootfs=rt.prepare_rootfs(RootfsPrepareRequest(environment=env)),
+            image=rt.resolve_image(ImageResolveRequest(image=image_of(env), environment=env)),
+            rootfs=rt.prepare_rootfs(RootfsPrepareRequest(rootfs=rootfs_of(env), environment=env)),
             mounts=rt.resolve_mounts(MountResolveRequest(environment=env)),
             network=rt.configure_network(NetworkPrepareRequest(environment=env)),
             secrets=rt.prepare_secrets(SecretPrepareRequest(environment=env)),

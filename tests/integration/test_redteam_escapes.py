@@ -442,7 +442,7 @@ def test_a_sandbox_cannot_read_the_host_path_of_its_mounts(
         busybox_image,
         filesystem=FilesystemIsolationPolicy(mounts=[mount("data", "/d")]),
         secrets=SecretExposurePolicy(
-            secret_mounts=[SecretMountPolicy(secret_ref="tok", mount_ref="s", destination="/run/s/tok")]
+            secret_mounts=[SecretMountPolicy(secret_ref="tok", mount_ref="s", path="/run/s/tok")]
         ),
     )
     try:
@@ -531,7 +531,7 @@ def test_a_colon_in_a_destination_injects_no_option(
             env = make_env(
                 busybox_image,
                 secrets=SecretExposurePolicy(
-                    secret_mounts=[SecretMountPolicy(secret_ref="tok", mount_ref="s", destination=destination)]
+                    secret_mounts=[SecretMountPolicy(secret_ref="tok", mount_ref="s", path=destination)]
                 ),
             )
         exc = refused(runtime, env, proc_spec("true"))
@@ -718,24 +718,25 @@ def test_present_but_empty_network_lists_are_unsupported(
 
 
 @pytest.mark.parametrize(
-    "policy",
+    "document",
     [
-        NetworkIsolationPolicy(kind=NetworkKind.egress_scoped, hosts=["0.0.0.0/0", "host.docker.internal"]),
-        NetworkIsolationPolicy(kind=NetworkKind.adapter_defined_denied, hosts=["0.0.0.0/0"], ports=[80]),
-        NetworkIsolationPolicy(kind=NetworkKind.disabled, hosts=["0.0.0.0/0"], rules=["allow all"], ports=[22]),
+        {"egress_scoped": {"rules": [], "hosts": ["0.0.0.0/0", "host.docker.internal"]}},
+        {"disabled": {"hosts": ["0.0.0.0/0"]}},
+        {"kind": "adapter_defined_denied", "hosts": ["0.0.0.0/0"], "ports": [80]},
+        {"kind": "disabled", "hosts": ["0.0.0.0/0"], "rules": ["allow all"], "ports": [22]},
     ],
-    ids=["egress-hosts-without-rules", "denied-with-hosts-and-ports", "disabled-with-everything"],
+    ids=[
+        "egress-hosts-without-rules",
+        "disabled-with-hosts",
+        "denied-with-hosts-and-ports",
+        "disabled-with-everything",
+    ],
 )
-def test_no_egress_modes_with_stray_fields_still_have_only_lo(
-    runtime: DockerRuntime, busybox_image: str, policy: NetworkIsolationPolicy
-) -> None:
-    """Fields a no-egress mode ignores never widen it: the sandbox has only ``lo`` and no route."""
-    env = make_env(busybox_image, network=policy)
-    try:
-        code, out = run_to_exit(runtime, env, "tail -n +3 /proc/net/dev | cut -d: -f1; tail -n +2 /proc/net/route")
-    finally:
-        cleanup(runtime, env)
-    assert code == 0 and out.split() == [b"lo"], out
+def test_no_egress_modes_with_stray_fields_are_refused_on_decode(document: dict[str, object]) -> None:
+    """Fields a no-egress mode does not have can never ride along and widen it: upstream's network policy
+    is a tagged enum, so a variant carries only its own fields, and the model refuses the rest."""
+    with pytest.raises(ValidationError, match=r"does not belong|has no field"):
+        NetworkIsolationPolicy.model_validate(document)
 
 
 # ------------------------------------------------------------------------------ rlimits
@@ -882,9 +883,7 @@ def test_a_secret_under_a_writable_mount_never_writes_its_value_to_the_alias(
     env = make_env(
         busybox_image,
         filesystem=FilesystemIsolationPolicy(mounts=[mount("pool", "/w", MountMode.writable)]),
-        secrets=SecretExposurePolicy(
-            secret_mounts=[SecretMountPolicy(secret_ref="tok", mount_ref="s", destination="/w/tok")]
-        ),
+        secrets=SecretExposurePolicy(secret_mounts=[SecretMountPolicy(secret_ref="tok", mount_ref="s", path="/w/tok")]),
     )
     try:
         code, out = run_to_exit(runtime, env, "cat /w/tok; cp /w/tok /w/copy 2>/dev/null; echo x > /w/tok || true")
@@ -1113,7 +1112,7 @@ def test_secret_destinations_normalized_into_forbidden_places_write_nothing(
     env = make_env(
         busybox_image,
         secrets=SecretExposurePolicy(
-            secret_mounts=[SecretMountPolicy(secret_ref="tok", mount_ref="s", destination=destination)]
+            secret_mounts=[SecretMountPolicy(secret_ref="tok", mount_ref="s", path=destination)]
         ),
     )
     with pytest.raises(PolicyDenial) as info:
@@ -1132,7 +1131,7 @@ def test_a_mount_and_a_secret_on_one_destination_however_spelled_are_refused(
         busybox_image,
         filesystem=FilesystemIsolationPolicy(mounts=[mount("file", "/d/tok/")]),
         secrets=SecretExposurePolicy(
-            secret_mounts=[SecretMountPolicy(secret_ref="tok", mount_ref="s", destination="//d/./tok")]
+            secret_mounts=[SecretMountPolicy(secret_ref="tok", mount_ref="s", path="//d/./tok")]
         ),
     )
     exc = refused(runtime, env, proc_spec("true"))
