@@ -8,9 +8,13 @@ running ``true`` (0.1 CPU, 16 MB) with at most ``--throttle`` running at once, a
 runs the same number of containers (``corral/busybox:latest true``, same limits) with docker-py from
 ``--throttle`` threads (create, start, wait, remove), in the same run.
 
-It prints: time to drain, jobs/s, each host's share (and its distance from an even split), jobs lost
-(an index without a succeeded attempt) and jobs run twice (an index with more than one session, that
-is, more than one container), the submit call's time, and the ratio of corral's drain time to docker-py's.
+It prints: time to drain, jobs/s, the dispatcher's overhead per job (its time in admission calls, and
+the time from a job's reservation to its chain sent, both recorded by the dispatcher in the batch's
+``stat_*`` fields), each host's share (its distance from an even split, and whether every host is within
+±15% of it), jobs lost (an index without a succeeded attempt) and jobs run twice (an index with more
+than one session, that is, more than one container), the submit call's time, and the ratio of corral's
+drain time to docker-py's. The 10,000-job submission (time, Redis round trips, memory per pending job)
+is measured by ``bench/admission.py``.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from corral.client.client import Client  # noqa: E402
 from corral.client.devstack import DevStack  # noqa: E402
+from corral.fleet.batch import batch_key  # noqa: E402
 from corral.fleet.job import JobSpec  # noqa: E402
 from corral.settings import load_settings  # noqa: E402
 
@@ -79,6 +85,7 @@ def main() -> int:
         submitted = time.perf_counter() - begin
         status = handle.wait(timeout=3600, poll_s=0.5)
         drained = time.perf_counter() - begin
+        stats = cast(dict[str, str], client.services.store.r.hgetall(batch_key(handle.batch_id)))
         jobs = status["jobs"]
         hosts = Counter(rec.get("host") for rec in jobs.values() if rec.get("state") == "succeeded")
         lost = sum(1 for i in range(args.jobs) if jobs.get(str(i), {}).get("state") != "succeeded")
@@ -96,13 +103,20 @@ def main() -> int:
         shutil.rmtree(secrets_root, ignore_errors=True)
     raw = raw_docker(args.jobs, args.throttle)
     even = args.jobs / args.hosts
+    dispatched = max(1, int(stats.get("stat_jobs") or 0))
+    reserve_ms = int(stats.get("stat_reserve_us") or 0) / dispatched / 1000
+    sent_ms = int(stats.get("stat_sent_us") or 0) / dispatched / 1000
+    spread_ok = len(hosts) == args.hosts and all(abs(n - even) <= 0.15 * even for n in hosts.values())
     print(f"batch: {args.jobs} jobs of `true` over {args.hosts} host workers, at most {args.throttle} at once")
     print(f"{'measure':<36}{'corral':>12}{'docker-py':>12}{'ratio':>8}")
     print(f"{'time to drain (s)':<36}{drained:>12.1f}{raw:>12.1f}{drained / raw:>8.2f}")
     print(f"{'jobs per second':<36}{args.jobs / drained:>12.2f}{args.jobs / raw:>12.2f}{raw / drained:>8.2f}")
     print(f"{'submit call (ms)':<36}{submitted * 1000:>12.1f}")
+    print(f"{'dispatcher: admission per job (ms)':<36}{reserve_ms:>12.3f}   ({stats.get('stat_jobs')} jobs dispatched)")
+    print(f"{'dispatcher: reservation->sent (ms)':<36}{sent_ms:>12.3f}")
     for host, count in sorted(hosts.items()):
         print(f"{'share of ' + str(host):<36}{count:>12}{'':>12}{(count - even) / even:>+8.0%}")
+    print(f"{'every host within +-15% of even':<36}{'yes' if spread_ok else 'NO':>12}")
     print(f"{'lost (no succeeded attempt)':<36}{lost:>12}")
     print(f"{'run twice':<36}{twice:>12}")
     return 0 if lost == 0 and twice == 0 else 1

@@ -13,7 +13,9 @@ import threading
 import time
 from typing import Any
 
+import redis
 from celery import bootsteps
+from celery.worker import state as worker_state
 
 from corral.celeryconf import FLEET_QUEUE, queue_for_host, task_kwargs, task_name
 from corral.contract.errors import AgentError
@@ -21,6 +23,7 @@ from corral.contract.models import dump
 from corral.contract.runtime import IsolationRuntime
 from corral.fleet.admission import Admission, Capacity, host_capacity
 from corral.fleet.batch import ACTIVE_KEY, DISPATCH_NEXT, reap_request_key, run_key
+from corral.host.metrics import PRIORITY_SEPARATOR, PRIORITY_STEPS
 from corral.host.policy_source import PolicySource
 from corral.runtimes import build_runtime
 from corral.state.services import Services, state_services
@@ -46,6 +49,7 @@ class HostHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         self._hostname = getattr(parent, "hostname", "")
         self._policy: PolicySource | None = None
         self._app: Any = None
+        self._broker: redis.Redis | None = None
 
     def start(self, parent: Any) -> None:
         self._stop = threading.Event()
@@ -79,6 +83,28 @@ class HostHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
                 self._nudge(services)
             except Exception:
                 log.exception("batch nudge failed")
+            try:
+                self._renew_leases(services)
+            except Exception:
+                log.exception("lease renewal failed")
+
+    def _renew_leases(self, services: Services) -> None:
+        """While this host has chains queued or running, the reservations placed on it stay reserved
+        (``Admission.renew``): a chain that waits in the queue longer than the admission lease still
+        finds its room when its ``prepare_session`` confirms it."""
+        settings = services.settings
+        host = settings.host.id
+        if self._broker is None:
+            url = settings.redis_url(settings.redis.broker_db)
+            self._broker = redis.Redis.from_url(url, **(settings.redis_tls() or {}))
+        queue = queue_for_host(host)
+        pipe = self._broker.pipeline(transaction=False)
+        for priority in PRIORITY_STEPS:
+            pipe.llen(queue if priority == 0 else f"{queue}{PRIORITY_SEPARATOR}{priority}")
+        queued = sum(int(n) for n in pipe.execute())
+        if queued or worker_state.active_requests or worker_state.reserved_requests:
+            lease_ms = int(settings.host.admission_lease_s * 1000)
+            Admission(services.store.r, settings.state_ttl_s).renew(host, int(time.time() * 1000), lease_ms)
 
     def _nudge(self, services: Services) -> None:
         """Batches never hang on one lost message (a wake-up held by a worker that was killed): while

@@ -9,7 +9,11 @@ allocation. Concurrent clients cannot pick the same last slot: Redis runs one sc
 
 A reservation is a *lease* until the host's ``prepare_session`` confirms it (``Coordinator``): a client
 that reserved and died never sends its chain, the lease expires and its capacity comes back (returned
-by the next reservation). When the process exits (seen by ``collect_stats``) its CPUs and memory come
+by the next reservation). A chain may wait in its host's queue longer than the lease (the host is
+busy): while the host has messages queued or tasks running, its heartbeat renews the leases placed
+on it (``renew``), so the room stays reserved until the chain's ``prepare_session`` confirms it. The
+price: a dead client's reservation on a host that stays busy returns only once that host's queue
+drains (then within one lease). When the process exits (seen by ``collect_stats``) its CPUs and memory come
 back and its slot stays taken until cleanup. A confirmed allocation is released by ``cleanup`` and
 ``reclaim`` when the session is cleaned, and by the reconciler for allocations whose session no longer
 exists. A job that fits nowhere is not an error: it gets a ``Queued`` answer with a reason a person can
@@ -23,13 +27,20 @@ detected CPU count is multiplied by ``host.cpu_overcommit`` (default 4; 1 makes 
 A job's demand is one slot, its ``cpus`` and its ``memory_mb``. The host's own hard cap stays ``limits.max_sandboxes``.
 
 Keys (prefix ``corral:``; TTL backstops; see the head of ``admission.lua``): ``capacity`` and ``used``
-(one hash each, a field per host: a decision reads all candidates in two calls), ``alloc:<host>``,
-``allocs``, ``leases``. Only fleet workers write them: the client
+(one hash each, a field per host), ``load`` (hosts by share in use: the spread index), ``capmax``,
+``alloc:<host>``, ``allocs``, ``leases``. Only fleet workers write them: the client
 Redis role is read-only on ``corral:*``, so a client asks a fleet worker to place (``corral.place``).
+
+Cost of a decision: ``spread`` walks the ``load`` index from the least loaded host and stops as soon as
+no later host can score better, so on a fleet with room it reads a few hosts whatever the fleet's size;
+``binpack`` and a decision that finds nothing (its reason counts every candidate) read every candidate.
+``reserve_many`` decides a batch's jobs in one call (the dispatcher): one round trip, not one per job.
+Ties under ``spread`` go to a host needing no approved gap, then to the less loaded one, then by id.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -57,6 +68,14 @@ def alloc_key(host_id: str) -> str:
 
 ALLOCS_KEY = f"{PREFIX}allocs"
 LEASES_KEY = f"{PREFIX}leases"
+LOAD_KEY = f"{PREFIX}load"
+INLINE_CANDIDATES = 8
+"""Up to this many candidates travel with the call; more go in a ``cands:<digest>`` key."""
+CANDIDATES_TTL_S = 600
+
+
+def candidates_key(digest: str) -> str:
+    return f"{PREFIX}cands:{digest}"
 
 
 @dataclass(frozen=True)
@@ -146,16 +165,19 @@ class Admission:
         self.ttl_ms = ttl_s * 1000
         self.lease_ms = lease_ms
         self._script = client.register_script(SCRIPT.read_text())
+        self._written: dict[str, float] = {}
+        """Candidate keys this process wrote, and when (monotonic)."""
 
     # -- hosts -----------------------------------------------------------------------------
 
     def publish_capacity(self, host_id: str, capacity: Capacity, ttl_ms: int, now_ms: int | None = None) -> None:
-        """Written with the heartbeat, expiring with it: past ``ttl_ms`` of silence, no placement there."""
+        """Written with the heartbeat, expiring with it: past ``ttl_ms`` of silence, no placement there.
+        The host (re)enters the spread index."""
         expires = (now_ms if now_ms is not None else int(time.time() * 1000)) + ttl_ms
-        pipe = self.r.pipeline()
-        pipe.hset(CAPACITY_KEY, host_id, f"{capacity.slots},{capacity.cpus_m},{capacity.mem_mb},{expires}")
-        pipe.pexpire(CAPACITY_KEY, self.ttl_ms)
-        pipe.execute()
+        args: list[str | int] = [
+            "publish", PREFIX, self.ttl_ms, host_id, capacity.slots, capacity.cpus_m, capacity.mem_mb, expires,
+        ]  # fmt: skip
+        self._script(keys=[CAPACITY_KEY, LOAD_KEY], args=args)
 
     def capacity(self, host_id: str, now_ms: int | None = None) -> Capacity | None:
         """The host's published capacity, None once its heartbeat stopped."""
@@ -190,24 +212,65 @@ class Admission:
         mode: Mode = "spread",
         unmatched: int = 0,
         lease_ms: int | None = None,
+        preferred: int | None = None,
     ) -> Placed | Queued:
         """Reserve ``demand`` on the best of ``candidates`` (hosts that passed capability matching, in
-        preference order: ties go to the earlier one). A repeated call for the same environment returns
-        the host it already holds."""
-        args: list[str | int] = [
-            "reserve",
-            PREFIX,
-            now_ms,
-            lease_ms if lease_ms is not None else self.lease_ms,
-            self.ttl_ms,
-            environment_id,
-            demand.cpus_m,
-            demand.mem_mb,
-            mode,
-            len(candidates),
-            *candidates,
-        ]
-        out = cast(list[str], self._script(keys=[ALLOCS_KEY, LEASES_KEY], args=args))
+        preference order: the first ``preferred`` need no approved gap and win ties). A repeated call
+        for the same environment returns the host it already holds."""
+        jobs = [(environment_id, demand)]
+        return self.reserve_many(jobs, candidates, now_ms, mode, unmatched, lease_ms, preferred)[0]
+
+    def reserve_many(
+        self,
+        jobs: list[tuple[str, Demand]],
+        candidates: list[str],
+        now_ms: int,
+        mode: Mode = "spread",
+        unmatched: int = 0,
+        lease_ms: int | None = None,
+        preferred: int | None = None,
+    ) -> list[Placed | Queued]:
+        """Decide ``jobs`` (environment id, demand) in order over the same candidates, in one Redis call.
+        It stops after the first job that must wait (later jobs are not decided: fewer answers than
+        jobs); one that could never fit (``Queued.unplaceable``) does not stop the others."""
+        if not jobs:
+            return []
+        lease = lease_ms if lease_ms is not None else self.lease_ms
+        npref = len(candidates) if preferred is None else preferred
+        args: list[str | int] = ["reserve_many", PREFIX, now_ms, lease, self.ttl_ms, mode, len(jobs)]
+        for env_id, demand in jobs:
+            args += [env_id, demand.cpus_m, demand.mem_mb]
+        keys = [ALLOCS_KEY, LEASES_KEY, LOAD_KEY]
+        if len(candidates) <= INLINE_CANDIDATES:
+            out = cast(list[list[str]], self._script(keys=keys, args=[*args, len(candidates), *candidates, npref]))
+        else:
+            key = self._candidates_key(candidates, fresh=False)
+            out = cast(list[list[str]], self._script(keys=keys, args=[*args, -1, key, npref]))
+            if out and out[0][0] == "nocands":  # the candidates' key expired meanwhile: written again
+                key = self._candidates_key(candidates, fresh=True)
+                out = cast(list[list[str]], self._script(keys=keys, args=[*args, -1, key, npref]))
+        return [self._decision(got, demand, candidates, unmatched) for got, (_, demand) in zip(out, jobs, strict=False)]
+
+    def _candidates_key(self, candidates: list[str], fresh: bool) -> str:
+        """A ZSET of the candidates by rank, named by their digest and written once for many decisions:
+        a decision then carries one key, not a host list (100 hosts as arguments cost more than the
+        decision itself). Rewritten when this process last wrote it half a TTL ago, or on demand."""
+        digest = hashlib.blake2b("\n".join(candidates).encode(), digest_size=10).hexdigest()
+        key = candidates_key(digest)
+        now = time.monotonic()
+        if fresh or self._written.get(key, 0.0) < now - CANDIDATES_TTL_S / 2:
+            pipe = self.r.pipeline()
+            pipe.delete(key)
+            pipe.zadd(key, {host: rank for rank, host in enumerate(candidates, 1)})
+            pipe.expire(key, CANDIDATES_TTL_S)
+            pipe.execute()
+            if len(self._written) > 1000:
+                self._written.clear()
+            self._written[key] = now
+        return key
+
+    @staticmethod
+    def _decision(out: list[str], demand: Demand, candidates: list[str], unmatched: int) -> Placed | Queued:
         if out[0] == "ok":
             return Placed(out[1])
         down, full, cpu_short, mem_short, too_small = (int(x) for x in out[1:6])
@@ -222,18 +285,33 @@ class Admission:
         args: list[str | int] = [
             "confirm", PREFIX, self.ttl_ms, environment_id, host_id, demand.cpus_m, demand.mem_mb,
         ]  # fmt: skip
-        return bool(self._script(keys=[ALLOCS_KEY, LEASES_KEY], args=args))
+        return bool(self._script(keys=[ALLOCS_KEY, LEASES_KEY, LOAD_KEY], args=args))
 
     def exited(self, environment_id: str) -> bool:
         """The process ended: give its CPUs and memory back, keep its slot until cleanup (idempotent)."""
-        return bool(self._script(keys=[ALLOCS_KEY, LEASES_KEY], args=["exited", PREFIX, environment_id]))
+        return bool(self._script(keys=[ALLOCS_KEY, LEASES_KEY, LOAD_KEY], args=["exited", PREFIX, environment_id]))
 
     def release(self, environment_id: str, only_leased: bool = False) -> bool:
         """Return the allocation's capacity (idempotent). ``only_leased``: only if no session confirmed it."""
         args = ["release", PREFIX, environment_id, "1" if only_leased else "0"]
-        return bool(self._script(keys=[ALLOCS_KEY, LEASES_KEY], args=args))
+        return bool(self._script(keys=[ALLOCS_KEY, LEASES_KEY, LOAD_KEY], args=args))
+
+    def renew(self, host_id: str, now_ms: int, lease_ms: int | None = None) -> int:
+        """Extend the unconfirmed reservations on ``host_id`` to ``now_ms + lease_ms`` (never shorten);
+        how many. The host's heartbeat calls it while the host has chains queued or running: their
+        reservations must not expire before ``prepare_session`` confirms them."""
+        lease = lease_ms if lease_ms is not None else self.lease_ms
+        args: list[str | int] = ["renew", PREFIX, host_id, now_ms, lease]
+        return int(self._script(keys=[ALLOCS_KEY, LEASES_KEY, LOAD_KEY], args=args))
+
+    def release_many(self, environment_ids: list[str]) -> int:
+        """Release several allocations in one round trip (a pipeline); how many there were."""
+        pipe = self.r.pipeline(transaction=False)
+        for env_id in environment_ids:
+            self._script(keys=[ALLOCS_KEY, LEASES_KEY, LOAD_KEY], args=["release", PREFIX, env_id, "0"], client=pipe)
+        return sum(1 for got in pipe.execute() if got)
 
     def release_stale(self, host_id: str, now_ms: int) -> list[str]:
         """Release the host's allocations whose session is gone or cleaned (and expired leases)."""
         args: list[str | int] = ["gc", PREFIX, host_id, now_ms, session_key("")]
-        return cast(list[str], self._script(keys=[ALLOCS_KEY, LEASES_KEY], args=args))
+        return cast(list[str], self._script(keys=[ALLOCS_KEY, LEASES_KEY, LOAD_KEY], args=args))

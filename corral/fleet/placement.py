@@ -8,8 +8,9 @@ in a fleet worker (``corral.place``, the batch dispatcher): only workers may wri
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
 
 from pydantic import Field, ValidationError
 
@@ -18,7 +19,7 @@ from corral.contract.matching import MatchResult, placement_match
 from corral.contract.models import HealthState, IsolationCapabilityReport, IsolationRequirement
 from corral.contract.wire import Model
 from corral.fleet.admission import Admission, Demand, Mode, Placed, Queued
-from corral.state.store import Store
+from corral.state.store import Store, host_key
 
 
 @dataclass(frozen=True)
@@ -27,25 +28,45 @@ class HostStatus:
     up: bool
     healthy: bool
     record: dict[str, Any] | None
+    raw: str = field(default="", compare=False, repr=False)
+    """The heartbeat record as stored (keys the matching cache)."""
 
 
 def host_statuses(store: Store) -> list[HostStatus]:
+    """Every known host's heartbeat record, in two round trips (the set of hosts, one MGET)."""
+    ids = store.known_hosts()
+    raws = cast(list[str | None], store.r.mget([host_key(h) for h in ids])) if ids else []
     out = []
-    for host_id in store.known_hosts():
-        record = store.host(host_id)
+    for host_id, raw in zip(ids, raws, strict=True):
+        record = cast(dict[str, Any], json.loads(raw)) if raw else None
         health = ((record or {}).get("report") or {}).get("health") or {}
         healthy = isinstance(health, dict) and health.get("state") == HealthState.healthy
-        out.append(HostStatus(host_id, record is not None, healthy, record))
+        out.append(HostStatus(host_id, record is not None, healthy, record, raw or ""))
     return out
 
 
-def host_match(requirement: IsolationRequirement, status: HostStatus) -> MatchResult:
+_MATCHES: dict[tuple[str, str], MatchResult] = {}
+"""(requirement, heartbeat record as stored) -> the match: a host's report is validated and matched
+once per heartbeat, not once per decision (matching 100 reports costs more than the decision)."""
+
+
+def host_match(requirement: IsolationRequirement, status: HostStatus, requirement_key: str = "") -> MatchResult:
     """Placement matching on a host's published report; an unreadable report is a gap, never a pass."""
+    key = (requirement_key or requirement.model_dump_json(), status.raw)
+    if status.raw and key in _MATCHES:
+        return _MATCHES[key]
     try:
         report = IsolationCapabilityReport.model_validate((status.record or {}).get("report"))
     except ValidationError:
-        return MatchResult(("report:unreadable",), (), ("report:unreadable",), ("report:unreadable: no valid report",))
-    return placement_match(requirement, report)
+        gap = ("report:unreadable",)
+        result = MatchResult(gap, (), gap, ("report:unreadable: no valid report",))
+    else:
+        result = placement_match(requirement, report)
+    if status.raw:
+        if len(_MATCHES) >= 10_000:
+            _MATCHES.clear()
+        _MATCHES[key] = result
+    return result
 
 
 @dataclass(frozen=True)
@@ -53,6 +74,8 @@ class Candidates:
     hosts: list[str]
     """Matching live hosts, those needing no approved gap first, then by id."""
     unmatched: dict[str, MatchResult]
+    preferred: int | None = None
+    """How many of ``hosts`` (the first ones) need no approved gap; None: all of them."""
 
 
 def filter_hosts(
@@ -65,6 +88,7 @@ def filter_hosts(
     possibly approved here (``corral.contract.matching.placement_match``); the host decides for real, fail
     closed, in ``prepare_session``."""
     need = requirement or IsolationRequirement()
+    need_key = need.model_dump_json()
     by_id = {h.host_id: h for h in statuses}
     if requested is not None:
         status = by_id.get(requested)
@@ -72,14 +96,14 @@ def filter_hosts(
             raise NotFound(f"unknown host {requested}", context={"host": requested})
         if not status.up:
             raise NotFound(f"host {requested} is down (no heartbeat)", context={"host": requested})
-        result = host_match(need, status)
+        result = host_match(need, status, need_key)
         if not result.ok:
             raise PolicyDenial(
                 f"host {requested} does not match the isolation requirement: {result.summary()}",
                 context={"rule": "matching", "gaps": ",".join(result.denied), "host": requested},
             )
         return Candidates([requested], {})
-    matching = {h.host_id: host_match(need, h) for h in by_id.values() if h.up}
+    matching = {h.host_id: host_match(need, h, need_key) for h in by_id.values() if h.up}
     live = [host for host, result in matching.items() if result.ok]
     if not live:
         seen = "; ".join(f"{host}: {', '.join(r.denied)}" for host, r in sorted(matching.items()))
@@ -88,7 +112,8 @@ def filter_hosts(
             + (f" ({seen})" if seen else ": start one with `corral worker --host NAME` or `corral dev`")
         )
     ordered = sorted(live, key=lambda h: (bool(matching[h].accepted), h))
-    return Candidates(ordered, {h: r for h, r in matching.items() if not r.ok})
+    preferred = sum(1 for h in live if not matching[h].accepted)
+    return Candidates(ordered, {h: r for h, r in matching.items() if not r.ok}, preferred)
 
 
 def place(
@@ -108,7 +133,14 @@ def place(
     liveness is re-checked inside the atomic step anyway)."""
     found = filter_hosts(statuses if statuses is not None else host_statuses(store), requirement, requested)
     return admission.reserve(
-        environment_id, demand, found.hosts, now_ms, mode, unmatched=len(found.unmatched), lease_ms=lease_ms
+        environment_id,
+        demand,
+        found.hosts,
+        now_ms,
+        mode,
+        unmatched=len(found.unmatched),
+        lease_ms=lease_ms,
+        preferred=found.preferred,
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from corral.contract.errors import AgentError
 from corral.contract.models import (
     CleanupRequest,
     ExecutionEnvironment,
+    IsolationRequirement,
     ProcessIoRequest,
     ProcessSignalRequest,
     ProcessState,
@@ -41,7 +43,7 @@ from corral.contract.vocabulary import ProcessIoStream, ProcessSignal
 from corral.fleet.admission import Admission, Demand, Placed
 from corral.fleet.batch import TAIL_BYTES, Batch, BatchStore, attempt_env_id, parse_env_id, should_retry
 from corral.fleet.job import JobSpec
-from corral.fleet.placement import host_statuses, place
+from corral.fleet.placement import filter_hosts, host_statuses
 from corral.host.coordinator import Coordinator
 from corral.host.effects import Clock
 from corral.state.store import Store
@@ -146,62 +148,97 @@ class Dispatcher:
         budget = self.max_per_tick
         if batch.throttle is not None:
             budget = min(budget, batch.throttle - running)
-        sent = 0
         statuses = host_statuses(self.store)
-        waiting = ""
-        """Why the next pending job could not be placed (``corral batch status`` shows it)."""
+        todo: list[_Pending] = []
         for index in self.batches.pending(batch.batch_id, max(budget, 0)):
             previous = self.batches.job(batch.batch_id, index) or {}
             attempt = int(previous.get("attempt", 0)) + 1
             env_id = attempt_env_id(batch.batch_id, index, attempt)
-            template = self.batches.template(batch, index)
             extra = {
                 "CORRAL_BATCH_ID": batch.batch_id,
                 "CORRAL_ARRAY_INDEX": str(index),
                 "CORRAL_ATTEMPT": str(attempt),
             }
-            job = template.job(env_id, extra)
+            job = self.batches.template(batch, index).job(env_id, extra)
+            todo.append(_Pending(index, previous, attempt, env_id, job, job.environment().spec.requirement))
+        sent = 0
+        waiting = ""
+        """Why the next pending job could not be placed (``corral batch status`` shows it)."""
+        reserve_s = sent_s = 0.0
+        at = 0
+        while at < len(todo):
+            # A run of jobs with the same requirement: filtered once, decided in one admission call.
+            run = [todo[at]]
+            while at + len(run) < len(todo) and todo[at + len(run)].requirement == run[0].requirement:
+                run.append(todo[at + len(run)])
+            at += len(run)
             try:
-                decision = place(
-                    self.store,
-                    self.admission,
-                    env_id,
-                    job.environment().spec.requirement,
-                    Demand.of(job.cpus, job.memory_mb),
-                    now,
-                    batch.placement,
-                    statuses=statuses,
-                )
+                found = filter_hosts(statuses, run[0].requirement)
             except AgentError as exc:  # no live host matches its requirement (or none is up): it waits
                 waiting = exc.message
                 break
-            if not isinstance(decision, Placed):
-                if decision.unplaceable:
-                    record = {**previous, "index": index, "attempt": attempt, "host": None}
-                    failed = ended_record(record, None, "unplaceable", "failed", now, why=decision.reason)
-                    self.batches.unplaceable(batch, index, failed, now)
-                    continue
-                waiting = decision.reason
+            begin = time.perf_counter()
+            decisions = self.admission.reserve_many(
+                [(p.env_id, Demand.of(p.job.cpus, p.job.memory_mb)) for p in run],
+                found.hosts,
+                now,
+                batch.placement,
+                unmatched=len(found.unmatched),
+                preferred=found.preferred,
+            )
+            reserved = time.perf_counter()
+            reserve_s += reserved - begin
+            for pending, decision in zip(run, decisions, strict=False):
+                if not isinstance(decision, Placed):
+                    if decision.unplaceable:
+                        record = {**pending.previous, "index": pending.index, "attempt": pending.attempt, "host": None}
+                        failed = ended_record(record, None, "unplaceable", "failed", now, why=decision.reason)
+                        self.batches.unplaceable(batch, pending.index, failed, now)
+                        continue
+                    waiting = decision.reason
+                    break
+                if self._start(batch, pending, decision.host, now):
+                    sent += 1
+                    sent_s += time.perf_counter() - reserved
+            if waiting or len(decisions) < len(run):
                 break
-            record = {
-                **previous,
-                "index": index,
-                "state": "running",
-                "attempt": attempt,
-                "host": decision.host,
-                "environment_id": env_id,
-                "started_ms": now,
-                "exit_code": None,
-                "reason": None,
-            }
-            if not self.batches.start(batch.batch_id, index, env_id, decision.host, record):
-                self.admission.release(env_id)  # cancelled meanwhile, or another dispatcher took it
-                continue
-            self.send_chain(job, decision.host, batch.caller)
-            sent += 1
+        if sent:
+            self.batches.record_dispatch(batch.batch_id, sent, int(reserve_s * 1e6), int(sent_s * 1e6))
         if waiting != batch.raw.get("reason", ""):
             self.batches.set_reason(batch.batch_id, waiting)
         return sent
+
+    def _start(self, batch: Batch, pending: _Pending, host: str, now: int) -> bool:
+        """Record the attempt as running on ``host`` and send its chain; False (and the reservation
+        returned) when the index was cancelled meanwhile or another dispatcher took it."""
+        record = {
+            **pending.previous,
+            "index": pending.index,
+            "state": "running",
+            "attempt": pending.attempt,
+            "host": host,
+            "environment_id": pending.env_id,
+            "started_ms": now,
+            "exit_code": None,
+            "reason": None,
+        }
+        if not self.batches.start(batch.batch_id, pending.index, pending.env_id, host, record):
+            self.admission.release(pending.env_id)
+            return False
+        self.send_chain(pending.job, host, batch.caller)
+        return True
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A pending index about to be placed: its next attempt's job."""
+
+    index: int
+    previous: dict[str, Any]
+    attempt: int
+    env_id: str
+    job: JobSpec
+    requirement: IsolationRequirement | None
 
 
 @dataclass

@@ -4,15 +4,17 @@ Redis, signed messages, and clients in threads submitting at the same time, like
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from corral.client.client import Client, JobHandle
 from corral.contract.errors import AgentError, InvalidRequest, TimeoutFailure
-from corral.fleet.admission import Admission
+from corral.fleet.admission import Admission, Demand, Placed, Queued
 from corral.fleet.job import JobSpec
 from corral.settings import Settings
 from tests.harness import count_labeled
@@ -101,3 +103,60 @@ def test_a_job_larger_than_every_host_is_refused_not_queued_forever(worker_facto
     worker_factory("adm-small", env={"CORRAL_HOST__CAPACITY_CPUS": "1"})
     with pytest.raises(InvalidRequest, match="can never be placed: 1 host too small for 2 CPUs"):
         client.submit(job(busybox_image, "true", cpus=2.0))
+
+
+def test_a_chain_waiting_longer_than_the_lease_keeps_its_reservation(
+    worker_factory, client, busybox_image, redis_url, tmp_path
+) -> None:
+    """Two reservations (lease 2 s) on a 2-slot host with one pool process; the first chain stalls 8 s in
+    prepare_session before confirming, the second waits in the queue behind it. The host's heartbeat
+    renews both leases while it has work: a third job is queued (the host is full), never placed on
+    top. Once the host is idle, a reservation whose chain never came expires as before."""
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    env = {
+        "CORRAL_HOST__ADMISSION_LEASE_S": "2",
+        "CORRAL_TESTING__FAULTS": "prepare_session:before_intent!sleep=8",
+        "CORRAL_TESTING__FAULT_DIR": str(faults),
+    }
+    worker = worker_factory("adm-slow", "--slots", "2", "--concurrency", "1", env=env)
+    host = worker.host_id
+    admin = redis.Redis.from_url(f"{redis_url}/3", decode_responses=True)
+    admission = Admission(admin, lease_ms=2000)  # the fleet worker's side, driven from here
+    demand = Demand.of(0.25, 64)
+    jobs = [job(busybox_image, "true"), job(busybox_image, "true")]
+    for j in jobs:
+        assert admission.reserve(j.environment_id, demand, [host], int(time.time() * 1000)) == Placed(host)
+    handles = [client.send_chain(j, host) for j in jobs]
+    peak = [0]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], admission.used(host).slots)
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        time.sleep(5)  # both leases would have run out 3 s ago
+        assert (faults / "prepare_session__before_intent").exists(), worker.log()
+        assert all(admission.leased(j.environment_id) for j in jobs)
+        third = admission.reserve("third", demand, [host], int(time.time() * 1000))
+        assert third == Queued("1 host full")
+        for h in handles:
+            client.wait(h, timeout=60)  # the chain ran: prepare_session confirmed, the process started
+    finally:
+        done.set()
+        watcher.join()
+    assert peak[0] == 2
+    assert not any(admission.leased(j.environment_id) for j in jobs)  # confirmed by their sessions
+    for h in handles:
+        client.cleanup(h)
+    assert admission.used(host).slots == 0
+    # Idle host: a reservation whose chain never comes returns after its lease, as before.
+    assert admission.reserve("dead", demand, [host], int(time.time() * 1000)) == Placed(host)
+    time.sleep(4)
+    admission.reserve("probe", demand, [host], int(time.time() * 1000))
+    assert admission.allocation_host("dead") is None
+    admin.close()

@@ -176,6 +176,69 @@ def test_concurrent_reservations_never_put_a_host_over_capacity(redis_url: str, 
     assert all(r.reason == "5 hosts full" for r in results if isinstance(r, Queued))
 
 
+def _post_share(adm: Admission, host: str, demand: Demand) -> float | None:
+    """The reference: the host's share in use once ``demand`` is placed, None when it does not fit."""
+    cap, used = adm.capacity(host, NOW), adm.used(host)
+    if cap is None or used.slots + 1 > cap.slots:
+        return None
+    if used.cpus_m + demand.cpus_m > cap.cpus_m or used.mem_mb + demand.mem_mb > cap.mem_mb:
+        return None
+    parts = ((used.slots + 1) / cap.slots, (used.cpus_m + demand.cpus_m) / max(cap.cpus_m, 1))
+    return (parts[0] + parts[1] + (used.mem_mb + demand.mem_mb) / max(cap.mem_mb, 1)) / 3
+
+
+def test_spread_over_the_index_picks_what_reading_every_host_would(adm: Admission, client: redis.Redis) -> None:
+    """The walk over the load index stops early; it must never miss a less loaded host that fits:
+    mixed host sizes, mixed jobs, jobs ending at random, a down host and hosts that are not candidates."""
+    import random
+
+    rng = random.Random(7)
+    small = hosts(adm, 12, slots=4, cpus=4, mem=4096, prefix="s")
+    big = hosts(adm, 12, slots=16, cpus=32, mem=65536, prefix="b")
+    hosts(adm, 4, slots=8, cpus=8, mem=8192, prefix="x")  # not candidates: never chosen
+    client.hset("corral:capacity", "s3", f"4,4000,4096,{NOW - 1}")  # its heartbeat stopped
+    names = small + big
+    held: list[str] = []
+    for i in range(400):
+        demand = Demand.of(rng.choice((0.25, 0.5, 1, 2, 4)), rng.choice((64, 256, 1024, 2048)))
+        shares = {h: _post_share(adm, h, demand) for h in names if h != "s3"}
+        fits = {h: v for h, v in shares.items() if v is not None}
+        decision = adm.reserve(f"r{i}", demand, names, NOW)
+        if not fits:
+            assert isinstance(decision, Queued), (i, decision)
+        else:
+            host = placed(decision)
+            assert host in fits and fits[host] <= min(fits.values()) + 1e-6, (i, host, min(fits.values()))
+            held.append(f"r{i}")
+        if held and rng.random() < 0.45:
+            adm.release(held.pop(rng.randrange(len(held))))
+    assert all(adm.used(h).slots == 0 for h in ("x0", "x1", "x2", "x3", "s3"))
+
+
+def test_reserve_many_decides_in_order_and_stops_at_the_first_that_must_wait(adm: Admission) -> None:
+    names = hosts(adm, 2, slots=2, cpus=2)
+    huge, one = Demand.of(8.0, 64), Demand.of(1.0, 64)
+    jobs = [("a", one), ("huge", huge), ("b", one), ("c", one), ("d", one), ("e", one), ("f", one)]
+    got = adm.reserve_many(jobs, names, NOW)
+    assert [type(d).__name__ for d in got] == ["Placed", "Queued", "Placed", "Placed", "Placed", "Queued"]
+    assert isinstance(got[1], Queued) and got[1].unplaceable  # one larger than every host does not stop the rest
+    assert isinstance(got[5], Queued) and got[5].reason == "2 hosts full" and not got[5].unplaceable
+    assert adm.allocation_host("f") is None  # never decided
+    assert Counter(d.host for d in got if isinstance(d, Placed)) == {"h0": 2, "h1": 2}
+
+
+def test_many_candidates_travel_as_one_key_that_comes_back_when_it_expired(adm: Admission, client: redis.Redis) -> None:
+    names = hosts(adm, 20, slots=1)
+    assert placed(adm.reserve("k0", ONE, names, NOW)) == "h0"
+    keys = client.keys("corral:cands:*")
+    assert len(keys) == 1 and client.zrange(keys[0], 0, -1) == names
+    client.delete(*keys)  # expired between this process writing it and the next decision
+    assert placed(adm.reserve("k1", ONE, names, NOW)) == "h1"
+    got = [adm.reserve(f"k{i}", ONE, names[:15], NOW) for i in range(2, 20)]
+    assert sorted(d.host for d in got if isinstance(d, Placed)) == sorted(set(names[:15]) - {"h0", "h1"})
+    assert got[-1] == Queued("15 hosts full")
+
+
 def test_queued_reason_wording() -> None:
     demand = Demand.of(2.0, 512)
     assert queued_reason(demand, 0, 3, 1, 0, 0) == "no host has 2 free CPUs (1 host short); 3 hosts full"
