@@ -19,7 +19,10 @@ run, one row per task in the order it was sent:
 then the client's own phases, the median over the runs of each task's total, and per launch the Redis
 commands the stack ran and the CPU the worker and redis-server spent. Event timestamps are
 each process's wall clock and journal timestamps are milliseconds: on one machine they compare, to
-about a millisecond.
+about a millisecond. Celery stamps task-sent after the publish returns, so a worker quick to receive
+shows a small negative queue time. ``post`` ends at task-succeeded, which the worker's main process sends
+once the pool process reported back; the chain's next step is published inside it, so not all of
+``post`` is on the chain's critical path.
 """
 
 from __future__ import annotations
