@@ -2,10 +2,19 @@
 
 ``CorralOperator`` is named and shaped like Airflow's ``DockerOperator``, but the container runs on
 corral's fleet: the task submits a batch (one job, or an ``array``) through the Python client, signed
-with the client identity of the Airflow worker's environment (``CORRAL_*`` variables or
-``CORRAL_CONFIG``, as for the CLI), and::
+with a client identity, and::
 
     CorralOperator(task_id="count", image="corral/busybox:latest", command=["sh", "-c", "echo 42"])
+
+Where corral is: ``conn_id="corral_default"`` names an Airflow Connection (``connection_settings``):
+host and port of the corral Redis, login and password of the client's Redis user, and in its extra
+``key_file`` and ``cert_file`` (the client identity made by ``corral keys``), optionally ``tls``
+(``rediss://``), ``tls_ca_file``, ``tls_cert_file``, ``tls_key_file``, ``password_file``, the database
+numbers (``broker_db``, ``result_db``, ``state_db``) or a whole ``url``. For example, as an environment
+variable: ``AIRFLOW_CONN_CORRAL_DEFAULT='{"conn_type": "corral", "host": "redis.internal", "port": 6379,
+"login": "client", "password": "...", "extra": {"key_file": "/keys/etl.key", "cert_file":
+"/keys/etl.crt"}}'``. Without ``conn_id``, the Airflow worker's environment (``CORRAL_*`` variables or
+``CORRAL_CONFIG``, as for the CLI) says it.
 
 - streams each job's output into the Airflow task log (lines; stderr lines prefixed ``stderr:``,
   array jobs prefixed ``[index]``); output the spool no longer holds comes from the batch's tail;
@@ -21,8 +30,16 @@ with the client identity of the Airflow worker's environment (``CORRAL_*`` varia
   ``:try<N>`` appended;
 - ``deferrable=True`` submits, then frees the worker slot: ``CorralBatchTrigger`` waits in the
   triggerer (asyncio Redis reads of the batch's counters, read-only for the client role) and the
-  task resumes in ``execute_complete`` to log the jobs' output tails and decide; a user killing the
-  deferred task cancels the batch (the trigger's ``on_kill``; not a triggerer restart).
+  task resumes in ``execute_complete`` to decide; a user killing the deferred task cancels the batch
+  (the trigger's ``on_kill``; not a triggerer restart). Output in deferrable mode: the trigger logs
+  each job's end (attempt, host, exit code, reason) as it happens, in the task's log (Airflow shows
+  a trigger's log lines in the task log), but the jobs' output itself reaches the task log only in
+  ``execute_complete``, from each job's bounded tail (``TAIL_BYTES``, the last 4 KiB of each
+  stream): reading a running job's output means asking its host's worker (a signed Celery call and
+  wait, blocking) for every frame, which is what deferral exists to avoid. A task that needs its
+  whole output live runs without ``deferrable``.
+- mapped tasks work as for any operator (``CorralOperator.partial(image=...).expand(command=[...])``):
+  each mapped instance is its own batch, keyed by its map index.
 """
 
 from __future__ import annotations
@@ -30,10 +47,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import shlex
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -43,10 +61,10 @@ from corral.contract.refs import process_ref_for
 from corral.contract.vocabulary import ProcessIoStream
 from corral.fleet.batch import batch_key, parse_array
 from corral.fleet.job import JobSpec
-from corral.settings import load_settings
+from corral.settings import Settings, load_settings
 
 try:
-    from airflow.sdk import BaseOperator, Context
+    from airflow.sdk import BaseHook, BaseOperator, Context
     from airflow.sdk.exceptions import AirflowException
     from airflow.triggers.base import BaseTrigger, TriggerEvent
 except ImportError as exc:  # the module is only useful inside Airflow
@@ -85,26 +103,77 @@ def last_line(text: str, name: str | None) -> str | None:
     return values[-1] if values else None
 
 
+CONNECTION_EXTRAS = (
+    "key_file", "cert_file", "password_file", "tls_ca_file", "tls_cert_file", "tls_key_file", "tls_verify",
+    "broker_db", "result_db", "beat_db", "state_db", "url", "tls",
+)  # fmt: skip
+
+
+def connection_settings(conn: Any, base: Settings | None = None) -> Settings:
+    """corral's client settings from an Airflow Connection (see the module doc), over ``base`` (the
+    process's own settings: its config file and ``CORRAL_*`` variables) for what the connection leaves out."""
+    extra: dict[str, Any] = dict(getattr(conn, "extra_dejson", None) or {})
+    unknown = sorted(set(extra) - set(CONNECTION_EXTRAS))
+    if unknown:
+        raise ValueError(f"connection {conn.conn_id}: unknown extra field(s) {', '.join(unknown)}")
+    redis: dict[str, Any] = {}
+    if extra.get("url"):
+        redis["url"] = extra["url"]
+    elif conn.host:
+        scheme = "rediss" if extra.get("tls") else "redis"
+        redis["url"] = f"{scheme}://{conn.host}:{conn.port or 6379}"
+    if conn.login:
+        redis["username"] = conn.login
+    if conn.password:
+        redis["password"] = conn.password
+    for name in ("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file", "tls_verify"):
+        if name in extra:
+            redis[name] = extra[name]
+    for name in ("broker_db", "result_db", "beat_db", "state_db"):
+        if name in extra:
+            redis[name] = int(extra[name])
+    security: dict[str, Any] = {name: extra[name] for name in ("key_file", "cert_file") if name in extra}
+    settings = base or load_settings()
+    return settings.model_copy(
+        update={
+            "redis": settings.redis.model_copy(update=redis),
+            "security": settings.security.model_copy(update=security),
+        }
+    )
+
+
+def settings_for(conn_id: str | None) -> Settings:
+    return connection_settings(BaseHook.get_connection(conn_id)) if conn_id else load_settings()
+
+
+async def asettings_for(conn_id: str | None) -> Settings:
+    """In the triggerer (async: a connection is fetched without blocking its event loop)."""
+    return connection_settings(await BaseHook.aget_connection(conn_id)) if conn_id else load_settings()
+
+
 class CorralBatchTrigger(BaseTrigger):
     """Fires once the batch is over (no job queued or running), with its counters as the event."""
 
-    def __init__(self, batch_id: str, poll_interval: float = 2.0) -> None:
+    def __init__(self, batch_id: str, poll_interval: float = 2.0, conn_id: str | None = None) -> None:
         super().__init__()
         self.batch_id = batch_id
         self.poll_interval = poll_interval
+        self.conn_id = conn_id
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return f"{type(self).__module__}.{type(self).__qualname__}", {
             "batch_id": self.batch_id,
             "poll_interval": self.poll_interval,
+            "conn_id": self.conn_id,
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        settings = load_settings()
+        settings = await asettings_for(self.conn_id)
         r = aioredis.Redis.from_url(
             settings.redis_url(settings.redis.state_db), decode_responses=True, **(settings.redis_tls() or {})
         )
         fields = ("state", "running", "queued", "succeeded", "failed", "cancelled", "unplaceable", "total")
+        ended: set[str] = set()
         try:
             while True:
                 values = await r.hmget(batch_key(self.batch_id), list(fields))
@@ -112,6 +181,8 @@ class CorralBatchTrigger(BaseTrigger):
                 if meta["state"] is None:
                     yield TriggerEvent({"batch_id": self.batch_id, "state": "missing"})
                     return
+                if len(ended) < int(meta["succeeded"] or 0) + int(meta["failed"] or 0) + int(meta["cancelled"] or 0):
+                    await self._log_ends(r, ended)
                 if meta["state"] != "active" and int(meta["running"] or 0) == 0:
                     yield TriggerEvent({"batch_id": self.batch_id, **meta})
                     return
@@ -119,13 +190,27 @@ class CorralBatchTrigger(BaseTrigger):
         finally:
             await r.aclose()
 
+    async def _log_ends(self, r: aioredis.Redis, ended: set[str]) -> None:
+        """Log each job's end once (the task log shows a trigger's lines while the task is deferred)."""
+        raw = cast(dict[str, str], await r.hgetall(f"{batch_key(self.batch_id)}:jobs"))
+        for index, text in sorted(raw.items(), key=lambda kv: int(kv[0])):
+            rec = json.loads(text)
+            if rec.get("state") not in TERMINAL or index in ended:
+                continue
+            ended.add(index)
+            self.log.info(
+                "corral: job %s attempt %s on %s ended: exit %s (%s)",
+                index, rec.get("attempt"), rec.get("host"), rec.get("exit_code"), rec.get("reason"),
+            )  # fmt: skip
+
     async def on_kill(self) -> None:
         """A user killed the deferred task (mark failed, clear): cancel its batch, as ``on_kill`` does."""
-        await asyncio.to_thread(cancel_batch, self.batch_id)
+        settings = await asettings_for(self.conn_id)
+        await asyncio.to_thread(cancel_batch, self.batch_id, settings)
 
 
-def cancel_batch(batch_id: str) -> None:
-    client = Client()
+def cancel_batch(batch_id: str, settings: Settings | None = None) -> None:
+    client = Client(settings)
     try:
         client.batch(batch_id).cancel()
     finally:
@@ -161,6 +246,7 @@ class CorralOperator(BaseOperator):
         deferrable: bool = False,
         poll_interval: float = 1.0,
         live_jobs: int = LIVE_JOBS,
+        conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -184,6 +270,7 @@ class CorralOperator(BaseOperator):
         self.deferrable = deferrable
         self.poll_interval = poll_interval
         self.live_jobs = live_jobs
+        self.conn_id = conn_id
         self._handle: BatchHandle | None = None
 
     # -- submission -----------------------------------------------------------------------------
@@ -240,7 +327,7 @@ class CorralOperator(BaseOperator):
         return handle
 
     def _client(self) -> Client:
-        return Client()
+        return Client(settings_for(self.conn_id))
 
     # -- Airflow's entry points -------------------------------------------------------------------
 
@@ -250,7 +337,8 @@ class CorralOperator(BaseOperator):
             self._handle = handle = self._submit(client, context)
             if self.deferrable:
                 self.defer(
-                    trigger=CorralBatchTrigger(handle.batch_id, self.poll_interval), method_name="execute_complete"
+                    trigger=CorralBatchTrigger(handle.batch_id, self.poll_interval, self.conn_id),
+                    method_name="execute_complete",
                 )
             status = self._follow(client, handle)
             return self._result(handle.batch_id, status)

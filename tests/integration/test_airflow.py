@@ -241,3 +241,57 @@ def test_killing_a_deferred_task_cancels_its_batch(
     status = handle.wait(timeout=60)
     assert (status["batch"]["state"], status["batch"]["cancelled"]) == ("cancelled", "1")
     assert status["jobs"]["0"]["reason"] == "signal"
+
+
+def test_mapped_tasks_and_a_connection_instead_of_environment_variables(
+    worker_factory, corral_env, airflow_home, client, busybox_image
+) -> None:
+    """``CorralOperator.partial(...).expand(command=[...])``: one batch per mapped instance, its XCom per
+    map index. The DAG's process has no ``CORRAL_*`` variable at all: where corral is (Redis, the
+    client's Redis user) and who the client is (key and certificate) come from an Airflow Connection
+    (``conn_id``), for the operator, its deferred trigger and the resumed task."""
+    from urllib.parse import urlsplit
+
+    worker_factory("af-map", "--slots", "4")
+    url = urlsplit(corral_env["CORRAL_REDIS__URL"])
+    connection = {
+        "conn_type": "corral",
+        "host": url.hostname,
+        "port": url.port,
+        "login": corral_env["CORRAL_REDIS__USERNAME"],
+        "extra": {
+            "password_file": corral_env["CORRAL_REDIS__PASSWORD_FILE"],
+            "key_file": corral_env["CORRAL_SECURITY__KEY_FILE"],
+            "cert_file": corral_env["CORRAL_SECURITY__CERT_FILE"],
+        },
+    }
+    bare = {k: v for k, v in corral_env.items() if not k.startswith("CORRAL_")}
+    bare["AIRFLOW_CONN_CORRAL_TEST"] = json.dumps(connection)
+    body = """
+    @task
+    def seen_all(name, values):  # a mapped task's XCom is a lazy sequence: one value per map index
+        print("XCOM_SEEN", name, json.dumps(list(values)))
+
+    with DAG("corral_mapped", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        mapped = CorralOperator.partial(task_id="mapped", conn_id="corral_test", **JOB).expand(
+            command=[["echo", "m-a"], ["echo", "m-b"], ["sh", "-c", "echo m-c"]]
+        )
+        later = CorralOperator(
+            task_id="later", command=["sh", "-c", "echo deferred-out"], deferrable=True, conn_id="corral_test", **JOB
+        )
+        seen_all("mapped", mapped.output)
+        seen("later", later.output)
+    """
+    result, out = run_dag(airflow_home, bare, "corral_mapped", body, busybox_image)
+    assert result["state"] == "success", out[-6000:]
+    assert xcoms(out) == {"mapped": ["m-a", "m-b", "m-c"], "later": "deferred-out"}
+    assert "running trigger in line" in out
+    logged = operator_lines(out)
+    assert {"m-a", "m-b", "m-c", "deferred-out"} <= set(logged), logged
+    batches = client.batches()
+    keys = sorted(b["idempotency_key"] for b in batches)
+    assert all(k.startswith("airflow:corral_mapped:") for k in keys), keys
+    assert [k.rsplit(":", 1)[1] for k in keys if ":mapped:" in k] == ["0", "1", "2"]  # one per map index
+    assert len(batches) == 4 and all(b["state"] == "finished" and b["succeeded"] == "1" for b in batches)
+    # The trigger logged the deferred job's end while the task was deferred.
+    assert "corral: job 0 attempt 1 on af-map ended: exit 0 (exit)" in out, out[-6000:]

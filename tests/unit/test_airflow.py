@@ -1,5 +1,6 @@
 """The pure parts of ``corral.airflow``: the idempotency key of a task instance, the XCom value of an
-output, and what of a job's tail the live stream missed (the DAG runs are in tests/integration)."""
+output, what of a job's tail the live stream missed, and the settings an Airflow Connection gives (the
+DAG runs are in tests/integration)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,12 @@ if importlib.util.find_spec("airflow") is None:  # skip locally, fail under CI (
         pytest.fail("apache-airflow (the [airflow] extra) is required under CI=true", pytrace=False)
     pytest.skip("apache-airflow not installed", allow_module_level=True)
 
-from corral.airflow import CorralBatchTrigger, idempotency_key, last_line, missing_part
+import json
+
+from airflow.models.connection import Connection
+
+from corral.airflow import CorralBatchTrigger, connection_settings, idempotency_key, last_line, missing_part
+from corral.settings import Settings
 
 
 def test_idempotency_key_is_one_per_task_instance_and_bounded() -> None:
@@ -100,3 +106,32 @@ def test_the_trigger_fires_once_the_batch_is_over(
 
     assert asyncio.run(gone()) == {"batch_id": "bat-0123456789ab", "state": "missing"}
     r.close()
+
+
+def test_host_login_and_identity_come_from_the_connection() -> None:
+    conn = Connection(
+        conn_id="corral_default",
+        conn_type="corral",
+        host="redis.internal",
+        port=6380,
+        login="client",
+        password="s3cret",
+        extra=json.dumps({"key_file": "/keys/etl.key", "cert_file": "/keys/etl.crt", "state_db": 5}),
+    )
+    base = Settings(redis={"url": "redis://elsewhere:6379", "username": "other"}, celery={"task_timeout_s": 9})
+    settings = connection_settings(conn, base)
+    assert settings.redis_url(settings.redis.state_db) == "redis://client:s3cret@redis.internal:6380/5"
+    assert (settings.security.key_file, settings.security.cert_file) == ("/keys/etl.key", "/keys/etl.crt")
+    assert settings.celery.task_timeout_s == 9  # what the connection leaves out stays the process's own
+    assert base.redis.url == "redis://elsewhere:6379"  # the base is not changed
+
+
+def test_tls_a_whole_url_and_unknown_extras() -> None:
+    tls = Connection(conn_id="c", conn_type="corral", host="r", extra=json.dumps({"tls": True, "tls_ca_file": "/ca"}))
+    settings = connection_settings(tls, Settings())
+    assert settings.redis.url == "rediss://r:6379" and settings.redis.tls_ca_file == "/ca"
+    whole = Connection(conn_id="c", conn_type="corral", extra=json.dumps({"url": "redis://u:p@h:1"}))
+    assert connection_settings(whole, Settings()).redis.url == "redis://u:p@h:1"
+    typo = Connection(conn_id="c", conn_type="corral", host="r", extra=json.dumps({"keyfile": "/k"}))
+    with pytest.raises(ValueError, match="unknown extra field"):
+        connection_settings(typo, Settings())
