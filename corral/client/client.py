@@ -397,15 +397,27 @@ class Client:
     def follow(
         self, handle: JobHandle, on_output: Callable[[ProcessIoStream, bytes], None] | None = None, poll_s: float = 0.05
     ) -> ProcessStatsSnapshot:
-        """Drain stdout and stderr (interleaved by polling) until both reach EOF; return final stats."""
+        """Drain stdout and stderr (interleaved by polling) until both reach EOF; return final stats.
+
+        Both streams' frames are asked at once (the host's reads lane answers them side by side), and an
+        idle poll waits 5 ms, doubling up to ``poll_s``: a short job's end is seen within milliseconds,
+        a quiet long one costs a read per stream every ``poll_s``."""
         cursors = {ProcessIoStream.stdout: 0, ProcessIoStream.stderr: 0}
         done: set[ProcessIoStream] = set()
+        first = min(0.005, poll_s)
+        pause = first
         while len(done) < 2:
             progressed = False
-            for stream in (ProcessIoStream.stdout, ProcessIoStream.stderr):
-                if stream in done:
-                    continue
-                frame = self.read_frame(handle.host, handle.process_ref, stream, cursors[stream])
+            asked = [
+                (
+                    stream,
+                    self.send(Operation.stream_io, self._frame_request(handle, stream, cursors[stream]), handle.host),
+                )
+                for stream in (ProcessIoStream.stdout, ProcessIoStream.stderr)
+                if stream not in done
+            ]
+            for stream, result in asked:
+                frame = ProcessIoFrame.model_validate(self._get(result, Operation.stream_io))
                 cursors[stream] = frame.cursor
                 if frame.byte_count:
                     progressed = True
@@ -414,13 +426,22 @@ class Client:
                 if frame.eof:
                     done.add(stream)
             if not progressed and len(done) < 2:
-                time.sleep(poll_s)
+                time.sleep(pause)
+                pause = min(pause * 2, poll_s)
+            else:
+                pause = first
+        pause = first
         for _ in range(100):
             stats = self.stats(handle)
             if stats.state is ProcessState.exited:
                 return stats
-            time.sleep(poll_s)
+            time.sleep(pause)
+            pause = min(pause * 2, poll_s)
         return stats
+
+    @staticmethod
+    def _frame_request(handle: JobHandle, stream: ProcessIoStream, cursor: int) -> ProcessIoRequest:
+        return ProcessIoRequest(process_ref=handle.process_ref, stream=stream, cursor=cursor, max_bytes=256 * 1024)
 
     def reconcile(self, host: str, dry_run: bool = False) -> ReconcileReport:
         """Ask a host to compare what it holds with what the state store owns (and act unless dry run)."""
