@@ -164,7 +164,7 @@ class Dispatcher:
         sent = 0
         waiting = ""
         """Why the next pending job could not be placed (``corral batch status`` shows it)."""
-        reserve_s = sent_s = 0.0
+        reserve_s = sent_s = send_s = 0.0
         at = 0
         while at < len(todo):
             # A run of jobs with the same requirement: filtered once, decided in one admission call.
@@ -197,13 +197,17 @@ class Dispatcher:
                         continue
                     waiting = decision.reason
                     break
+                begin = time.perf_counter()
                 if self._start(batch, pending, decision.host, now):
                     sent += 1
                     sent_s += time.perf_counter() - reserved
+                    send_s += time.perf_counter() - begin
             if waiting or len(decisions) < len(run):
                 break
         if sent:
-            self.batches.record_dispatch(batch.batch_id, sent, int(reserve_s * 1e6), int(sent_s * 1e6))
+            self.batches.record_dispatch(
+                batch.batch_id, sent, int(reserve_s * 1e6), int(sent_s * 1e6), int(send_s * 1e6)
+            )
         if waiting != batch.raw.get("reason", ""):
             self.batches.set_reason(batch.batch_id, waiting)
         return sent
