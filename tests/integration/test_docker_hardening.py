@@ -49,6 +49,7 @@ from corral.contract.models import (
 )
 from corral.contract.refs import slug
 from corral.contract.vocabulary import CleanupStatus, ProcessIoStream, RootFilesystemMode
+from corral.contract.wire import to_wire
 from corral.runtimes.docker.environment import PROBE_LABEL, PROBE_PREFIX
 from corral.runtimes.docker.resources import container_name, session_paths
 from corral.runtimes.docker.runtime import DockerRuntime
@@ -247,7 +248,7 @@ def test_inspect_shows_every_hardened_default(runtime: DockerRuntime, busybox_im
     prepare(runtime, env, process)
     attrs = inspect(docker_client, env)
     _check_host_config(attrs, 12)
-    assert attrs["HostConfig"]["NetworkKind"] == "none"
+    assert attrs["HostConfig"]["NetworkMode"] == "none"
     assert attrs["Config"]["User"] == "65534:65534"
 
 
@@ -259,7 +260,7 @@ def test_inspect_with_empty_allowlist_and_root(
     prepare(runtime, env, proc_spec("true", user="root"))
     attrs = inspect(docker_client, env)
     _check_host_config(attrs, 32)
-    assert attrs["HostConfig"]["NetworkKind"] == "none"  # no egress promised: no network at all, not a bridge
+    assert attrs["HostConfig"]["NetworkMode"] == "none"  # no egress promised: no network at all, not a bridge
     assert docker_client.networks.list(filters={"label": f"corral.session={env.environment_id}"}) == []
     assert attrs["Config"]["User"] == "root"
 
@@ -499,7 +500,7 @@ def test_secret_values_absent_from_every_result(runtime: DockerRuntime, busybox_
     results.append(runtime.start_process(ProcessStartRequest(environment=env, process=process)))
     results.append(wait_exit(runtime, results[-1].process_ref))
     results.append(runtime.cleanup(CleanupRequest(environment=env, cleanup_plan_ref="c")))
-    dumped = "".join(r.model_dump_json() for r in results)
+    dumped = "".join(json.dumps(to_wire(r)) for r in results)
     for value in (FILE_VALUE, PLUGIN_VALUE, ENV_VALUE):
         for form in _encodings(value):
             assert form not in dumped

@@ -171,5 +171,5 @@ def test_no_egress_mode_reaches_nothing(
     assert TOKEN not in out and "reached=" not in out, out
     assert sorted(line.split("=", 1)[1] for line in got if line.startswith("blocked=")) == targets
     inspected = docker_client.api.inspect_container(container_name(slug(env.environment_id)))
-    assert inspected["HostConfig"]["NetworkKind"] == "none"
+    assert inspected["HostConfig"]["NetworkMode"] == "none"
     assert count_labeled(docker_client, runtime.host_id, env.environment_id)["networks"] == 0

@@ -749,7 +749,7 @@ def test_an_rlimit_above_the_hosts_is_denied_by_policy_before_any_container(
     env = make_env(busybox_image)
     try:
         with pytest.raises(PolicyDenial):
-            prepare(runtime, env, proc_spec("true", rlimits=dict([rlimit])))
+            prepare(runtime, env, proc_spec("true", posix_rlimits=dict([rlimit])))
         assert count_labeled(docker_client, host.id, env.environment_id)["containers"] == 0
     finally:
         cleanup(runtime, env)
@@ -968,7 +968,7 @@ def _start_with_rlimit(
     runtime: DockerRuntime, busybox_image: str, rlimit: tuple[str, int]
 ) -> tuple[int | None, AgentError | None]:
     env = make_env(busybox_image)
-    process = proc_spec("sh", "-c", "echo hi", rlimits=dict([rlimit]))
+    process = proc_spec("sh", "-c", "echo hi", posix_rlimits=dict([rlimit]))
     try:
         prepare(runtime, env, process)
         ref = runtime.start_process(ProcessStartRequest(environment=env, process=process)).process_ref
@@ -1057,8 +1057,9 @@ def test_megabytes_in_a_field_no_cap_counts_are_not_kept_in_redis(
     class Padded(JobSpec):
         def environment(self) -> ExecutionEnvironment:
             env = super().environment()
-            # 1 MiB: every step of the chain carries the spec (base64 twice over), and Redis takes no value over 32 MiB
-            network = NetworkIsolationPolicy(kind=NetworkKind.disabled, hosts=["h" * (128 << 10)] * 8)
+            # 1 MiB in an allowlist (refused later anyway): every step of the chain carries the spec (base64 twice
+            # over), and Redis takes no value over 32 MiB
+            network = NetworkIsolationPolicy(kind=NetworkKind.allowlist, hosts=["h" * (128 << 10)] * 8)
             return env.model_copy(update={"spec": env.spec.model_copy(update={"network": network})})
 
     worker = worker_factory()
