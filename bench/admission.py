@@ -45,7 +45,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -104,7 +104,7 @@ class CountingConnection(redis.Connection):
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         CountingConnection.sent += 1
-        super().send_packed_command(command, check_health)
+        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
 
 
 CAPACITY = Capacity(slots=32, cpus_m=64_000, mem_mb=256_000)
@@ -193,7 +193,7 @@ def run_phase(
 def over_capacity(admission: Admission, hosts: list[str]) -> tuple[int, int]:
     """(hosts over capacity, hosts whose used counters differ from the sum of their allocations)."""
     sums: dict[str, list[int]] = {h: [0, 0, 0] for h in hosts}
-    for record in admission.r.hvals(ALLOCS_KEY):
+    for record in cast(list[str], admission.r.hvals(ALLOCS_KEY)):
         host, cpus, mem = record.rsplit(",", 2)
         sums[host][0] += 1
         sums[host][1] += int(cpus)
@@ -210,7 +210,7 @@ def over_capacity(admission: Admission, hosts: list[str]) -> tuple[int, int]:
 
 def clear(r: redis.Redis) -> None:
     """Every allocation released (between phases): the fleet is empty again."""
-    r.delete(ALLOCS_KEY, LEASES_KEY, USED_KEY, *(alloc_key(h) for h in r.hkeys(CAPACITY_KEY)))
+    r.delete(ALLOCS_KEY, LEASES_KEY, USED_KEY, *(alloc_key(h) for h in cast(list[str], r.hkeys(CAPACITY_KEY))))
 
 
 def filter_cost(r: redis.Redis, hosts: list[str], rounds: int) -> tuple[float, float, float]:
