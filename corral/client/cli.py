@@ -29,6 +29,7 @@ from corral.contract.lifecycle import shown_state
 from corral.contract.models import dump
 from corral.contract.vocabulary import ProcessIoStream, ProcessSignal
 from corral.fleet.job import JobSpec
+from corral.fleet.placement import health_of
 
 CORRAL_ERROR_EXIT = 125
 F = TypeVar("F", bound=Callable[..., Any])
@@ -565,7 +566,7 @@ def hosts(as_json: bool) -> None:
             (
                 h.host_id,
                 "up" if h.up else "down",
-                (h.record or {}).get("report", {}).get("health", {}).get("state", "") if h.up else "",
+                health_of(h.record) if h.up else "",
                 (h.record or {}).get("report", {}).get("adapter_kind", ""),
                 *in_use(h.host_id),
                 age((h.record or {}).get("heartbeat_ms")),

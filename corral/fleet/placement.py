@@ -32,6 +32,15 @@ class HostStatus:
     """The heartbeat record as stored (keys the matching cache)."""
 
 
+def health_of(record: dict[str, Any] | None) -> str:
+    """The health variant of a heartbeat's capability report (upstream's tagged enum: ``"healthy"`` or
+    ``{"degraded": {...}}``); ``""`` when the record has none."""
+    health = ((record or {}).get("report") or {}).get("health")
+    if isinstance(health, str):
+        return health
+    return next(iter(health), "") if isinstance(health, dict) and len(health) == 1 else ""
+
+
 def host_statuses(store: Store) -> list[HostStatus]:
     """Every known host's heartbeat record, in two round trips (the set of hosts, one MGET)."""
     ids = store.known_hosts()
@@ -39,8 +48,7 @@ def host_statuses(store: Store) -> list[HostStatus]:
     out = []
     for host_id, raw in zip(ids, raws, strict=True):
         record = cast(dict[str, Any], json.loads(raw)) if raw else None
-        health = ((record or {}).get("report") or {}).get("health") or {}
-        healthy = isinstance(health, dict) and health.get("state") == HealthState.healthy
+        healthy = health_of(record) == HealthState.healthy
         out.append(HostStatus(host_id, record is not None, healthy, record, raw or ""))
     return out
 

@@ -31,7 +31,7 @@ from corral.contract.vocabulary import (
     LocalityRequirement,
     TenantBoundaryRequirement,
 )
-from corral.fleet.placement import filter_hosts, host_statuses
+from corral.fleet.placement import filter_hosts, health_of, host_statuses
 from corral.settings import Settings
 from corral.state.journal import Journal
 from corral.state.services import Services
@@ -403,3 +403,11 @@ def test_requested_host_with_an_unreadable_report_is_denied(client: Client) -> N
         pick(client, None, "none")
     with pytest.raises(NotFound, match="none: report:unreadable"):
         pick(client)
+
+
+def test_health_of_reads_upstreams_tagged_health() -> None:
+    """``corral hosts`` and placement read the report's health as upstream tags it."""
+    assert health_of({"report": {"health": "healthy"}}) == HealthState.healthy
+    assert health_of({"report": {"health": {"degraded": {"reason": "slow engine"}}}}) == HealthState.degraded
+    assert health_of({"report": {"health": {"unsupported_host": {"missing_prerequisites": []}}}}) == "unsupported_host"
+    assert health_of(None) == "" and health_of({"report": {}}) == ""
