@@ -31,13 +31,12 @@ variable: ``AIRFLOW_CONN_CORRAL_DEFAULT='{"conn_type": "corral", "host": "redis.
 - ``deferrable=True`` submits, then frees the worker slot: ``CorralBatchTrigger`` waits in the
   triggerer (asyncio Redis reads of the batch's counters, read-only for the client role) and the
   task resumes in ``execute_complete`` to decide; a user killing the deferred task cancels the batch
-  (the trigger's ``on_kill``; not a triggerer restart). Output in deferrable mode: the trigger logs
-  each job's end (attempt, host, exit code, reason) as it happens, in the task's log (Airflow shows
-  a trigger's log lines in the task log), but the jobs' output itself reaches the task log only in
-  ``execute_complete``, from each job's bounded tail (``TAIL_BYTES``, the last 4 KiB of each
-  stream): reading a running job's output means asking its host's worker (a signed Celery call and
-  wait, blocking) for every frame, which is what deferral exists to avoid. A task that needs its
-  whole output live runs without ``deferrable``.
+  (the trigger's ``on_kill``; not a triggerer restart). Output in deferrable mode: for batches up to
+  ``live_jobs`` the trigger streams each job's output into the task log while the task is deferred
+  (Airflow shows a trigger's log lines in the task log), the same way the operator does (``LiveOutput``:
+  frame reads from the host's spool, in a thread of the triggerer since each is a blocking signed Celery
+  call; the job's tail fills in what the stream missed); for larger batches it logs each job's end as it
+  happens and the resumed task logs each job's output tail (the last 4 KiB of each stream).
 - mapped tasks work as for any operator (``CorralOperator.partial(image=...).expand(command=[...])``):
   each mapped instance is its own batch, keyed by its map index.
 """
@@ -103,6 +102,76 @@ def last_line(text: str, name: str | None) -> str | None:
     return values[-1] if values else None
 
 
+class LiveOutput:
+    """Streams a batch's jobs' output into a log, line by line: a running job's new output from its
+    host's spool (``Client.read_frame``: a signed call to the host's reads lane), and when the job ends
+    what the stream missed, from the job's tail (the sandbox is cleaned up as soon as it ends).
+    Used by ``CorralOperator`` (in the worker) and by ``CorralBatchTrigger`` (in the triggerer, from a
+    thread: each read blocks on its Celery call)."""
+
+    def __init__(self, client: Client, log: Any, labeled: bool) -> None:
+        self.client = client
+        self.log = log
+        self.labeled = labeled
+        # Keyed by attempt (environment id and start time: a re-run of failed jobs may reuse an id).
+        self.cursors: dict[tuple[str, ProcessIoStream], int] = {}
+        self.seen: dict[tuple[str, ProcessIoStream], str] = {}
+        self.partial: dict[tuple[str, ProcessIoStream], str] = {}
+        self.done: set[str] = set()
+
+    def label(self, index: int) -> str:
+        return f"[{index}] " if self.labeled else ""
+
+    def text(self, label: str, stream: ProcessIoStream, text: str) -> None:
+        prefix = label + ("stderr: " if stream is ProcessIoStream.stderr else "")
+        for line in text.splitlines():
+            self.log.info("%s%s", prefix, line)
+
+    def job(self, index: int, rec: dict[str, Any], live: bool) -> None:
+        """One job's record at this poll: log its new output (``live``), and all of it once it ended."""
+        env_id, host = rec.get("environment_id"), rec.get("host")
+        attempt = f"{env_id}@{rec.get('started_ms')}"
+        if not env_id or not host or attempt in self.done:
+            return
+        label = self.label(index)
+        for stream in (ProcessIoStream.stdout, ProcessIoStream.stderr):
+            key = (attempt, stream)
+            text = self.read(host, env_id, key) if live else ""
+            self.seen[key] = (self.seen.get(key, "") + text)[-65536:]
+            lines = (self.partial.get(key, "") + text).split("\n")
+            self.partial[key] = lines.pop()
+            for line in lines:
+                self.log.info("%s%s%s", label, "stderr: " if stream is ProcessIoStream.stderr else "", line)
+        if rec.get("state") in TERMINAL or (rec.get("state") == "queued" and rec.get("ended_ms")):
+            self.done.add(attempt)
+            for stream, tail_field in (
+                (ProcessIoStream.stdout, "stdout_tail"),
+                (ProcessIoStream.stderr, "stderr_tail"),
+            ):
+                key = (attempt, stream)
+                rest = self.partial.pop(key, "") + missing_part(self.seen.get(key, ""), rec.get(tail_field) or "")
+                self.text(label, stream, rest)
+            self.log.info(
+                "corral: %sattempt %s on %s ended: exit %s (%s)%s",
+                label, rec.get("attempt"), host, rec.get("exit_code"), rec.get("reason"),
+                ", retried" if rec.get("state") == "queued" else "",
+            )  # fmt: skip
+
+    def read(self, host: str, env_id: str, key: tuple[str, ProcessIoStream]) -> str:
+        out = b""
+        try:
+            for _ in range(64):
+                frame = self.client.read_frame(host, process_ref_for(env_id), key[1], self.cursors.get(key, 0))
+                self.cursors[key] = frame.cursor
+                if frame.content_b64:
+                    out += base64.b64decode(frame.content_b64)
+                if frame.eof or frame.byte_count == 0:
+                    break
+        except AgentError:
+            pass  # not started yet, or already cleaned up: the batch's tail covers it
+        return out.decode("utf-8", errors="replace")
+
+
 CONNECTION_EXTRAS = (
     "key_file", "cert_file", "password_file", "tls_ca_file", "tls_cert_file", "tls_key_file", "tls_verify",
     "broker_db", "result_db", "beat_db", "state_db", "url", "tls",
@@ -154,17 +223,30 @@ async def asettings_for(conn_id: str | None) -> Settings:
 class CorralBatchTrigger(BaseTrigger):
     """Fires once the batch is over (no job queued or running), with its counters as the event."""
 
-    def __init__(self, batch_id: str, poll_interval: float = 2.0, conn_id: str | None = None) -> None:
+    def __init__(
+        self,
+        batch_id: str,
+        poll_interval: float = 2.0,
+        conn_id: str | None = None,
+        live_jobs: int = 0,
+        labeled: bool = False,
+    ) -> None:
         super().__init__()
         self.batch_id = batch_id
         self.poll_interval = poll_interval
         self.conn_id = conn_id
+        self.live_jobs = live_jobs
+        """Stream the jobs' output into the task log while deferred, for batches up to this size (0: never)."""
+        self.labeled = labeled
+        """Prefix each line with its job's index (an array)."""
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return f"{type(self).__module__}.{type(self).__qualname__}", {
             "batch_id": self.batch_id,
             "poll_interval": self.poll_interval,
             "conn_id": self.conn_id,
+            "live_jobs": self.live_jobs,
+            "labeled": self.labeled,
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -174,6 +256,7 @@ class CorralBatchTrigger(BaseTrigger):
         )
         fields = ("state", "running", "queued", "succeeded", "failed", "cancelled", "unplaceable", "total")
         ended: set[str] = set()
+        out: LiveOutput | None = None
         try:
             while True:
                 values = await r.hmget(batch_key(self.batch_id), list(fields))
@@ -181,14 +264,27 @@ class CorralBatchTrigger(BaseTrigger):
                 if meta["state"] is None:
                     yield TriggerEvent({"batch_id": self.batch_id, "state": "missing"})
                     return
-                if len(ended) < int(meta["succeeded"] or 0) + int(meta["failed"] or 0) + int(meta["cancelled"] or 0):
-                    await self._log_ends(r, ended)
+                if out is None and 0 < int(meta["total"] or 0) <= self.live_jobs:
+                    out = LiveOutput(await asyncio.to_thread(Client, settings), self.log, self.labeled)
+                if out is not None:  # the jobs' records read after the counters: at least as recent
+                    raw = cast(dict[str, str], await r.hgetall(f"{batch_key(self.batch_id)}:jobs"))
+                    await asyncio.to_thread(self._stream, out, {int(i): json.loads(t) for i, t in raw.items()})
+                elif len(ended) < int(meta["succeeded"] or 0) + int(meta["failed"] or 0) + int(meta["cancelled"] or 0):
+                    await self._log_ends(r, ended)  # a large batch: its tails come in execute_complete
                 if meta["state"] != "active" and int(meta["running"] or 0) == 0:
-                    yield TriggerEvent({"batch_id": self.batch_id, **meta})
+                    yield TriggerEvent({"batch_id": self.batch_id, **meta, "streamed": out is not None})
                     return
                 await asyncio.sleep(self.poll_interval)
         finally:
+            if out is not None:
+                await asyncio.to_thread(out.client.close)
             await r.aclose()
+
+    @staticmethod
+    def _stream(out: LiveOutput, records: dict[int, dict[str, Any]]) -> None:
+        """In a thread of the triggerer: each frame read is a blocking Celery call."""
+        for index in sorted(records):
+            out.job(index, records[index], live=True)
 
     async def _log_ends(self, r: aioredis.Redis, ended: set[str]) -> None:
         """Log each job's end once (the task log shows a trigger's lines while the task is deferred)."""
@@ -337,7 +433,9 @@ class CorralOperator(BaseOperator):
             self._handle = handle = self._submit(client, context)
             if self.deferrable:
                 self.defer(
-                    trigger=CorralBatchTrigger(handle.batch_id, self.poll_interval, self.conn_id),
+                    trigger=CorralBatchTrigger(
+                        handle.batch_id, self.poll_interval, self.conn_id, self.live_jobs, self.array is not None
+                    ),
                     method_name="execute_complete",
                 )
             status = self._follow(client, handle)
@@ -350,9 +448,11 @@ class CorralOperator(BaseOperator):
         client = self._client()
         try:
             status = client.batch(event["batch_id"]).status(jobs=True)
-            for index, rec in sorted(status["jobs"].items(), key=lambda kv: int(kv[0])):
-                self._log_text(self._label(int(index)), ProcessIoStream.stdout, rec.get("stdout_tail") or "")
-                self._log_text(self._label(int(index)), ProcessIoStream.stderr, rec.get("stderr_tail") or "")
+            if not event.get("streamed"):  # the trigger did not log the output live: the tails now
+                out = LiveOutput(client, self.log, self.array is not None)
+                for index, rec in sorted(status["jobs"].items(), key=lambda kv: int(kv[0])):
+                    out.text(out.label(int(index)), ProcessIoStream.stdout, rec.get("stdout_tail") or "")
+                    out.text(out.label(int(index)), ProcessIoStream.stderr, rec.get("stderr_tail") or "")
             return self._result(event["batch_id"], status)
         finally:
             client.close()
@@ -364,22 +464,10 @@ class CorralOperator(BaseOperator):
 
     # -- output and outcome -----------------------------------------------------------------------
 
-    def _label(self, index: int) -> str:
-        return "" if self.array is None else f"[{index}] "
-
-    def _log_text(self, label: str, stream: ProcessIoStream, text: str) -> None:
-        prefix = label + ("stderr: " if stream is ProcessIoStream.stderr else "")
-        for line in text.splitlines():
-            self.log.info("%s%s", prefix, line)
-
     def _follow(self, client: Client, handle: BatchHandle) -> dict[str, Any]:
         """Poll the batch; stream running jobs' output from their host's spool (best effort: the
         sandbox is cleaned up as soon as the job ends, and its tail fills in what was missed)."""
-        # Keyed by attempt (environment id and start time: a re-run of failed jobs may reuse an id).
-        cursors: dict[tuple[str, ProcessIoStream], int] = {}
-        seen: dict[tuple[str, ProcessIoStream], str] = {}
-        partial: dict[tuple[str, ProcessIoStream], str] = {}
-        done: set[str] = set()
+        out = LiveOutput(client, self.log, self.array is not None)
         live, counters = True, None
         while True:
             if not live:
@@ -393,58 +481,10 @@ class CorralOperator(BaseOperator):
             counters = tuple(meta.get(k) for k in COUNTERS)
             over = meta.get("state") != "active" and int(meta.get("running") or 0) == 0
             for index_text, rec in sorted(status["jobs"].items(), key=lambda kv: int(kv[0])):
-                env_id, host = rec.get("environment_id"), rec.get("host")
-                attempt = f"{env_id}@{rec.get('started_ms')}"
-                if not env_id or not host or attempt in done:
-                    continue
-                label = self._label(int(index_text))
-                for stream in (ProcessIoStream.stdout, ProcessIoStream.stderr):
-                    key = (attempt, stream)
-                    text = self._read(client, host, env_id, key, cursors) if live else ""
-                    seen[key] = (seen.get(key, "") + text)[-65536:]
-                    lines = (partial.get(key, "") + text).split("\n")
-                    partial[key] = lines.pop()
-                    for line in lines:
-                        self.log.info("%s%s%s", label, "stderr: " if stream is ProcessIoStream.stderr else "", line)
-                if rec.get("state") in TERMINAL or (rec.get("state") == "queued" and rec.get("ended_ms")):
-                    done.add(attempt)
-                    for stream, tail_field in (
-                        (ProcessIoStream.stdout, "stdout_tail"),
-                        (ProcessIoStream.stderr, "stderr_tail"),
-                    ):
-                        key = (attempt, stream)
-                        rest = partial.pop(key, "") + missing_part(seen.get(key, ""), rec.get(tail_field) or "")
-                        self._log_text(label, stream, rest)
-                    self.log.info(
-                        "corral: %sattempt %s on %s ended: exit %s (%s)%s",
-                        label, rec.get("attempt"), host, rec.get("exit_code"), rec.get("reason"),
-                        ", retried" if rec.get("state") == "queued" else "",
-                    )  # fmt: skip
+                out.job(int(index_text), rec, live)
             if over:
                 return handle.status(jobs=True)
             self._sleep()
-
-    def _read(
-        self,
-        client: Client,
-        host: str,
-        env_id: str,
-        key: tuple[str, ProcessIoStream],
-        cursors: dict[tuple[str, ProcessIoStream], int],
-    ) -> str:
-        stream = key[1]
-        out = b""
-        try:
-            for _ in range(64):
-                frame = client.read_frame(host, process_ref_for(env_id), stream, cursors.get(key, 0))
-                cursors[key] = frame.cursor
-                if frame.content_b64:
-                    out += base64.b64decode(frame.content_b64)
-                if frame.eof or frame.byte_count == 0:
-                    break
-        except AgentError:
-            pass  # not started yet, or already cleaned up: the batch's tail covers it
-        return out.decode("utf-8", errors="replace")
 
     def _sleep(self) -> None:
         time.sleep(self.poll_interval)

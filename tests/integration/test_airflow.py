@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -111,12 +112,15 @@ def xcoms(out: str) -> dict[str, Any]:
     return {name: json.loads(value) for _, name, value in rows}
 
 
-def operator_lines(out: str) -> list[str]:
-    """The task-log messages CorralOperator wrote (Airflow's console log: ``... [info] MSG [logger]``)."""
+def operator_lines(out: str, logger: str = "CorralOperator") -> list[str]:
+    """The task-log messages CorralOperator (or ``logger``) wrote (Airflow's console log: ``... [info] MSG
+    [logger]``)."""
     lines = []
     for line in out.splitlines():
-        if "CorralOperator]" in line and "[info" in line:
-            lines.append(line.split("] ", 1)[1].rsplit(" [airflow.task", 1)[0].strip())
+        if f"{logger}]" in line and "[info" in line:
+            found = re.match(rf"(.*?)\s*\[[\w.]*{logger}\]", line.split("] ", 1)[1])
+            if found:
+                lines.append(found.group(1).strip())
     return lines
 
 
@@ -200,7 +204,10 @@ def test_deferrable_mode_waits_in_the_triggerer_and_succeeds(
     assert result["state"] == "success", out[-6000:]
     assert "running trigger in line" in out  # the task deferred to CorralBatchTrigger
     assert xcoms(out) == {"later": "deferred-out"}
-    assert "deferred-out" in operator_lines(out)  # execute_complete logged the job's output
+    # The trigger streamed the job's output while the task was deferred; the resumed task did not log it again.
+    streamed = operator_lines(out, "CorralBatchTrigger")
+    assert "deferred-out" in streamed and "corral: attempt 1 on af-defer ended: exit 0 (exit)" in streamed, out[-6000:]
+    assert "deferred-out" not in operator_lines(out)
     (batch,) = client.batches()
     assert (batch["state"], batch["succeeded"]) == ("finished", "1")
 
@@ -276,22 +283,25 @@ def test_mapped_tasks_and_a_connection_instead_of_environment_variables(
         mapped = CorralOperator.partial(task_id="mapped", conn_id="corral_test", **JOB).expand(
             command=[["echo", "m-a"], ["echo", "m-b"], ["sh", "-c", "echo m-c"]]
         )
-        later = CorralOperator(
-            task_id="later", command=["sh", "-c", "echo deferred-out"], deferrable=True, conn_id="corral_test", **JOB
+        later = CorralOperator(  # larger than live_jobs: job ends from the trigger, tails when resumed
+            task_id="later", command=["sh", "-c", "echo deferred-$CORRAL_ARRAY_INDEX"], array=2, live_jobs=1,
+            deferrable=True, conn_id="corral_test", **JOB
         )
         seen_all("mapped", mapped.output)
         seen("later", later.output)
     """
     result, out = run_dag(airflow_home, bare, "corral_mapped", body, busybox_image)
     assert result["state"] == "success", out[-6000:]
-    assert xcoms(out) == {"mapped": ["m-a", "m-b", "m-c"], "later": "deferred-out"}
+    assert xcoms(out) == {"mapped": ["m-a", "m-b", "m-c"], "later": ["deferred-0", "deferred-1"]}
     assert "running trigger in line" in out
     logged = operator_lines(out)
-    assert {"m-a", "m-b", "m-c", "deferred-out"} <= set(logged), logged
+    assert {"m-a", "m-b", "m-c", "[0] deferred-0", "[1] deferred-1"} <= set(logged), logged
     batches = client.batches()
     keys = sorted(b["idempotency_key"] for b in batches)
     assert all(k.startswith("airflow:corral_mapped:") for k in keys), keys
     assert [k.rsplit(":", 1)[1] for k in keys if ":mapped:" in k] == ["0", "1", "2"]  # one per map index
-    assert len(batches) == 4 and all(b["state"] == "finished" and b["succeeded"] == "1" for b in batches)
-    # The trigger logged the deferred job's end while the task was deferred.
-    assert "corral: job 0 attempt 1 on af-map ended: exit 0 (exit)" in out, out[-6000:]
+    assert len(batches) == 4 and all(b["state"] == "finished" and b["succeeded"] == b["total"] for b in batches)
+    # The trigger logged the deferred jobs' ends while the task was deferred.
+    ends = operator_lines(out, "CorralBatchTrigger")
+    for index in (0, 1):
+        assert f"corral: job {index} attempt 1 on af-map ended: exit 0 (exit)" in ends, out[-6000:]
