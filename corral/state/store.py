@@ -16,7 +16,8 @@ Keys (all prefixed ``corral:``, all with a TTL as a backstop)::
     hosts                      SET   every host ever seen (so a silent one shows as down)
     rejected:<host_id>         HASH  refused messages by reason (``workers.guard``), and ``total``
     hostjournal:<host_id>      STREAM host-level journal records (a refused message: kind ``denial``)
-    capacity, used, alloc:<host_id>, allocs, leases   admission state (``corral.fleet.admission``, ``admission.lua``)
+    capacity, used, load, capmax, alloc:<host_id>, allocs, leases, cands:<digest>
+                               admission state (``corral.fleet.admission``, ``admission.lua``)
 
 Multi-key transitions are Lua scripts run atomically by Redis. Time is always a parameter.
 """
