@@ -212,6 +212,7 @@ class Coordinator:
             Operation.prepare_session, env.environment_id, key, request, IsolationSessionRef
         )
         if replayed is not None:
+            self._settle_session(env, replayed)
             return replayed
         matched: dict[str, str] = {}  # matching's record (capability_match or downgrade_decision)
         self._admit(
@@ -266,10 +267,16 @@ class Coordinator:
             lambda r: f"session {r} on {self.host_id}",
             EffectRecords(lambda _: journal_records.field(journal_records.requested(env)), lambda _, __: matched),
         )
+        self._settle_session(env, result)
+        return result
+
+    def _settle_session(self, env: ExecutionEnvironment, result: IsolationSessionRef) -> None:
+        """What follows a recorded prepare_session (again on a replay: idempotent)."""
+        if not self.store.session(env.environment_id):
+            return  # never written (the effect did not run here) or gone: nothing to settle
         self.store.set_step_result(env.environment_id, Operation.prepare_session, to_wire(result), self.clock.now_ms())
         resources = env.spec.resources
         self.admission.confirm(env.environment_id, self.host_id, Demand.of(resources.cpu_quota, resources.memory_mb))
-        return result
 
     def resolve_image(self, request: ImageResolveRequest, caller: Caller = LOCAL_CALLER) -> ImageResolution:
         resolution = self._step(
@@ -338,6 +345,8 @@ class Coordinator:
         key = f"{Operation.prepare_environment}:{env_id}"
         replayed = self.effects.recorded(Operation.prepare_environment, env_id, key, request, PreparedEnvironmentRef)
         if replayed is not None:
+            if request.process is not None:
+                self._settle_environment(env_id, request.process, replayed)
             return replayed
         process = request.process
         if process is None:
@@ -375,6 +384,12 @@ class Coordinator:
             lambda r: f"environment {r} for process {process.process_id}",
             journal_records.environment_prepare(request.environment, key, process.process_id),
         )
+        self._settle_environment(env_id, process, result)
+        return result
+
+    def _settle_environment(self, env_id: str, process: IsolatedProcessSpec, result: PreparedEnvironmentRef) -> None:
+        """What follows a recorded prepare_environment; a compare-and-set, so a replay after the session
+        moved on changes nothing."""
         self.store.advance(
             env_id,
             lifecycle.ENVIRONMENT_PREPARED,
@@ -382,7 +397,6 @@ class Coordinator:
             process=json.dumps(dump(process), sort_keys=True),
             **{f"result:{Operation.prepare_environment}": json.dumps(to_wire(result), sort_keys=True)},
         )
-        return result
 
     def start_process(self, request: ProcessStartRequest, caller: Caller = LOCAL_CALLER) -> ProcessStartResult:
         env_id = request.environment.environment_id
@@ -390,6 +404,7 @@ class Coordinator:
         owner = self._authorize(Operation.start_process, env_id, caller)
         replayed = self.effects.recorded(Operation.start_process, env_id, key, request, ProcessStartResult)
         if replayed is not None:
+            self._settle_start(env_id, request, replayed)
             return replayed
         self._admit_process(Operation.start_process, env_id, request.environment, request.process, owner)
         record = self._session_for(request.environment, Operation.start_process)
@@ -425,8 +440,16 @@ class Coordinator:
         now = self.clock.now_ms()
         if record.get("created_ms"):  # replays returned above: one launch, observed once
             metrics.observe_launch((now - int(record["created_ms"])) / 1000)
+        self._settle_start(env_id, request, result)
+        return result
+
+    def _settle_start(self, env_id: str, request: ProcessStartRequest, result: ProcessStartResult) -> None:
+        """What follows a recorded start: the process bound and the session running. Again on a replay
+        (a worker killed between recording the start and these writes left the session ``prepared``
+        with its process running); the compare-and-set from ``prepared`` makes it a no-op otherwise."""
+        now = self.clock.now_ms()
         self.store.bind_process(result.process_ref, env_id)
-        timeout_ms = request.process.timeout_ms or request.environment.spec.resources.timeout_ms
+        timeout_ms = min(request.process.timeout_ms, request.environment.spec.resources.timeout_ms)
         self.store.advance(
             env_id,
             lifecycle.PROCESS_STARTED,
@@ -435,7 +458,6 @@ class Coordinator:
             started_ms=str(now),
             deadline_ms=str(now + timeout_ms),
         )
-        return result
 
     # -- process operations ----------------------------------------------------------------
 
@@ -451,6 +473,8 @@ class Coordinator:
         key = f"{Operation.stream_io}:{request.process_ref}:{delivery_id or new_ref('delivery')}"
         replayed = self.effects.recorded(Operation.stream_io, env_id, key, request, ProcessIoFrame)
         if replayed is not None:
+            if replayed.cursor > int(record.get("stdin_bytes") or 0):  # settle, as after the write itself
+                self.store.update_session(env_id, {"stdin_bytes": str(replayed.cursor)}, self.clock.now_ms())
             return replayed
         adding = len(base64.b64decode(request.data_b64 or ""))  # validated base64 of at most one frame
         written = int(record.get("stdin_bytes") or 0)
@@ -584,6 +608,7 @@ class Coordinator:
         owner = self._authorize(Operation.detach, env.environment_id, caller)
         replayed = self.effects.recorded(Operation.detach, env.environment_id, key, request, DetachTransferResult)
         if replayed is not None:
+            self._settle_detach(env.environment_id, replayed)
             return replayed
         self._session_for(env, Operation.detach)
         self._admit(Operation.detach, env.environment_id, lambda policy: self._admit_detach(policy, request))
@@ -616,10 +641,13 @@ class Coordinator:
             DetachTransferResult,
             lambda r: f"ticket {r.ticket_ref} acked {r.host_ack_ref} until {r.deadline_ms}",
         )
-        self.store.advance(
-            env.environment_id, lifecycle.DETACHED, self.clock.now_ms(), ticket_ref=result.ticket_ref or ticket_ref
-        )
+        self._settle_detach(env.environment_id, result)
         return result
+
+    def _settle_detach(self, env_id: str, result: DetachTransferResult) -> None:
+        """What follows a recorded detach (again on a replay; a compare-and-set)."""
+        ticket_ref = result.ticket_ref or f"tkt-{slug(env_id)}"
+        self.store.advance(env_id, lifecycle.DETACHED, self.clock.now_ms(), ticket_ref=ticket_ref)
 
     def reclaim(self, request: ReclaimRequest, caller: Caller = LOCAL_CALLER) -> ReclaimResult:
         ticket = self.store.ticket(request.ticket_ref)
@@ -684,6 +712,8 @@ class Coordinator:
         owner = self._authorize(op, env_id, caller)
         replayed = self.effects.recorded(op, env_id, key, request, result_type)
         if replayed is not None:
+            if self.store.session(env_id):  # a step's result is part of the session record: settle it
+                self.store.set_step_result(env_id, op, to_wire(replayed), self.clock.now_ms())
             return replayed
         self._admit(op, env_id, lambda policy: self._admit_environment(policy, owner, env))
         self._session_for(env, op)

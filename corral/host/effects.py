@@ -175,6 +175,9 @@ class Effects:
             self._flag_recovery(env_id, op, key)
         faults.hit(f"{op}:after_result")
         self.store.idem_finish(key, token, "done", to_json(result))
+        # The outcome is recorded; the caller's own state writes (the session's new state) follow. A
+        # crash here is answered by a replay, so every caller re-applies those writes on replay too.
+        faults.hit(f"{op}:after_record")
         return result
 
     def _begin(self, key: str, digest: str, token: str, holder: str) -> IdemBegin:

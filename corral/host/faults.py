@@ -17,7 +17,7 @@ from pathlib import Path
 
 from corral.settings import load_settings
 
-POINTS = ("before_intent", "before_adapter", "after_adapter", "after_result")
+POINTS = ("before_intent", "before_adapter", "after_adapter", "after_result", "after_record")
 """Where ``corral.host.effects`` calls ``hit``: ``<operation>:<point>``."""
 
 

@@ -59,7 +59,11 @@ CHAIN_POINTS = [
     "start_process:before_adapter",
     "start_process:after_adapter",
     "start_process:after_result",
+    "prepare_environment:after_record",
+    "start_process:after_record",
 ]
+"""``after_record``: the outcome is recorded, the session's own writes are not: the redelivery is answered
+by a replay, which must settle them (before: the session stayed ``prepared`` with its process running)."""
 
 
 @pytest.mark.parametrize("point", CHAIN_POINTS)
@@ -74,7 +78,7 @@ def test_pool_process_killed_during_the_chain_ends_running_with_one_container(
     containers = docker_client.containers.list(all=True, filters={"label": f"corral.host={worker.host_id}"})
     assert [c.status for c in containers] == ["running"]
     op = point.split(":")[0]
-    if not point.endswith(("before_intent", "after_result")):
+    if not point.endswith(("before_intent", "after_result", "after_record")):
         assert takeovers(client, spec.environment_id, op) == 1
     assert client.services.store.session(spec.environment_id)["state"] == "running"
     assert client.cleanup(handle).status.value == "completed"
