@@ -21,7 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from corral.client.client import Client
 from corral.contract.errors import AgentError
-from corral.contract.models import ProcessStatsRequest
+from corral.contract.models import ProcessSignalRequest
+from corral.contract.operations import Operation
+from corral.contract.vocabulary import ProcessSignal
 from corral.settings import Settings
 from tests.conftest import free_port
 from tests.harness import REPO, wait_until
@@ -109,7 +111,12 @@ def test_metrics_move_when_jobs_run(worker_factory, corral_env, busybox_image, r
     client = Client(Settings(redis={"url": corral_env["CORRAL_REDIS__URL"]}))
     try:
         results = [
-            client.send("collect_stats", ProcessStatsRequest(process_ref="proc-nowhere"), worker.host_id)
+            # a lifecycle operation: reads (collect_stats) have their own queue and pool, never stopped here
+            client.send(
+                Operation.signal_process,
+                ProcessSignalRequest(process_ref="proc-nowhere", signal=ProcessSignal.kill, grace_ms=0),
+                worker.host_id,
+            )
             for _ in range(5)
         ]
         assert wait_until(lambda: sample(scrape(port), "corral_queue_depth", queue=host_queue) >= 3, 20)
