@@ -71,6 +71,7 @@ from corral.contract.vocabulary import (
     ProcessSignal,
     RootFilesystemMode,
 )
+from corral.contract.wire import to_wire
 from corral.fleet.job import image_of, rootfs_of
 from corral.runtimes.docker.resources import network_name, session_paths
 from corral.runtimes.docker.runtime import DockerRuntime
@@ -746,7 +747,7 @@ def test_prepare_secrets_visible_inside_and_never_in_results(runtime: DockerRunt
     assert text.count(b"[REDACTED]") == 2 and sum(f.redaction_count for f in got) == 2
     results.append(runtime.cleanup(CleanupRequest(environment=env, cleanup_plan_ref="c")))
     for result in results:
-        assert SECRET_VALUE.decode() not in result.model_dump_json()
+        assert SECRET_VALUE.decode() not in json.dumps(to_wire(result))
 
 
 # ------------------------------------------------------------------------------------- 14-16
