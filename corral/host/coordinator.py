@@ -35,7 +35,7 @@ import base64
 import json
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from pydantic import BaseModel
 
@@ -149,6 +149,12 @@ def chain_environment(
     return request.environment
 
 
+def step_result(record: dict[str, str], step: Operation) -> dict[str, object] | str | None:
+    """A step's recorded result in a session record already read (``Store.step_result`` reads it anew)."""
+    raw = record.get(f"result:{step}")
+    return cast(dict[str, object] | str, json.loads(raw)) if raw else None
+
+
 class Coordinator:
     def __init__(
         self,
@@ -206,13 +212,21 @@ class Coordinator:
                 context={"host": request.host_ref},
             )
         key = f"{Operation.prepare_session}:{env.environment_id}"
+        # One round trip for the two records every step begins with (the session's, the key's).
+        existing, idem = self.store.session_and_idem(env.environment_id, key)
         # Before the replay: an environment id is single-use, and another tenant's is not a replay.
-        self._claim_id(env.environment_id, caller)
+        self._claim_id(env.environment_id, caller, existing)
         replayed = self.effects.recorded(
-            Operation.prepare_session, env.environment_id, key, request, IsolationSessionRef
+            Operation.prepare_session,
+            env.environment_id,
+            key,
+            request,
+            IsolationSessionRef,
+            idem=idem,
+            session=existing,
         )
         if replayed is not None:
-            self._settle_session(env, replayed)
+            self._settle_session(env, replayed, bool(existing))
             return replayed
         matched: dict[str, str] = {}  # matching's record (capability_match or downgrade_decision)
         self._admit(
@@ -221,7 +235,6 @@ class Coordinator:
             lambda policy: self._admit_session(policy, env, caller, matched),
             record=matched,
         )
-        existing = self.store.session(env.environment_id)
         if existing and existing.get("env_digest") != digest_of(env):
             raise Conflict(
                 "environment id already used for a different environment",
@@ -267,12 +280,14 @@ class Coordinator:
             lambda r: f"session {r} on {self.host_id}",
             EffectRecords(lambda _: journal_records.field(journal_records.requested(env)), lambda _, __: matched),
         )
-        self._settle_session(env, result)
+        # The effect created the record (or found it): a recorded outcome means the session exists.
+        self._settle_session(env, result, True)
         return result
 
-    def _settle_session(self, env: ExecutionEnvironment, result: IsolationSessionRef) -> None:
-        """What follows a recorded prepare_session (again on a replay: idempotent)."""
-        if not self.store.session(env.environment_id):
+    def _settle_session(self, env: ExecutionEnvironment, result: IsolationSessionRef, exists: bool) -> None:
+        """What follows a recorded prepare_session (again on a replay: idempotent). ``exists``: whether
+        the session record was there when this delivery read it."""
+        if not exists:
             return  # never written (the effect did not run here) or gone: nothing to settle
         self.store.set_step_result(env.environment_id, Operation.prepare_session, to_wire(result), self.clock.now_ms())
         resources = env.spec.resources
@@ -341,9 +356,12 @@ class Coordinator:
         self, request: EnvironmentPrepareRequest, caller: Caller = LOCAL_CALLER
     ) -> PreparedEnvironmentRef:
         env_id = request.environment.environment_id
-        owner = self._authorize(Operation.prepare_environment, env_id, caller)
         key = f"{Operation.prepare_environment}:{env_id}"
-        replayed = self.effects.recorded(Operation.prepare_environment, env_id, key, request, PreparedEnvironmentRef)
+        session, idem = self.store.session_and_idem(env_id, key)
+        owner = self._authorize(Operation.prepare_environment, env_id, caller, session)
+        replayed = self.effects.recorded(
+            Operation.prepare_environment, env_id, key, request, PreparedEnvironmentRef, idem=idem, session=session
+        )
         if replayed is not None:
             if request.process is not None:
                 self._settle_environment(env_id, request.process, replayed)
@@ -355,7 +373,7 @@ class Coordinator:
                 context={"environment_id": env_id},
             )
         self._admit_process(Operation.prepare_environment, env_id, request.environment, process, owner)
-        self._session_for(request.environment, Operation.prepare_environment)
+        record = self._session_for(request.environment, Operation.prepare_environment, session)
         earlier: dict[str, object] = {}
         steps: tuple[tuple[str, Operation, type[BaseModel | str]], ...] = (
             ("image", Operation.resolve_image, ImageResolution),
@@ -365,7 +383,7 @@ class Coordinator:
             ("secrets", Operation.prepare_secrets, SecretMaterializationPlan),
         )
         for field, step, kind in steps:
-            recorded = self.store.step_result(env_id, step)
+            recorded = step_result(record, step)
             if recorded is None:
                 raise InvalidStateTransition(f"prepare_environment needs {step} first", context={"missing": step})
             earlier[field] = from_wire(kind, recorded)
@@ -401,14 +419,17 @@ class Coordinator:
     def start_process(self, request: ProcessStartRequest, caller: Caller = LOCAL_CALLER) -> ProcessStartResult:
         env_id = request.environment.environment_id
         key = f"{Operation.start_process}:{env_id}:{request.process.process_id}"
-        owner = self._authorize(Operation.start_process, env_id, caller)
-        replayed = self.effects.recorded(Operation.start_process, env_id, key, request, ProcessStartResult)
+        session, idem = self.store.session_and_idem(env_id, key)
+        owner = self._authorize(Operation.start_process, env_id, caller, session)
+        replayed = self.effects.recorded(
+            Operation.start_process, env_id, key, request, ProcessStartResult, idem=idem, session=session
+        )
         if replayed is not None:
             self._settle_start(env_id, request, replayed)
             return replayed
         self._admit_process(Operation.start_process, env_id, request.environment, request.process, owner)
-        record = self._session_for(request.environment, Operation.start_process)
-        recorded_image = self.store.step_result(env_id, Operation.resolve_image)
+        record = self._session_for(request.environment, Operation.start_process, session)
+        recorded_image = step_result(record, Operation.resolve_image)
         if recorded_image is not None:
             self._admit_resolution(
                 Operation.start_process, request.environment, ImageResolution.model_validate(recorded_image)
@@ -709,14 +730,15 @@ class Coordinator:
         env = chain_environment(request, op)
         env_id = env.environment_id
         key = f"{op}:{env_id}"
-        owner = self._authorize(op, env_id, caller)
-        replayed = self.effects.recorded(op, env_id, key, request, result_type)
+        session, idem = self.store.session_and_idem(env_id, key)
+        owner = self._authorize(op, env_id, caller, session)
+        replayed = self.effects.recorded(op, env_id, key, request, result_type, idem=idem, session=session)
         if replayed is not None:
-            if self.store.session(env_id):  # a step's result is part of the session record: settle it
+            if session:  # a step's result is part of the session record: settle it
                 self.store.set_step_result(env_id, op, to_wire(replayed), self.clock.now_ms())
             return replayed
         self._admit(op, env_id, lambda policy: self._admit_environment(policy, owner, env))
-        self._session_for(env, op)
+        self._session_for(env, op, session)
         result = self.effects.run(op, env_id, key, request, lambda: call(request), result_type, summary, records)
         self.store.set_step_result(env_id, op, to_wire(result), self.clock.now_ms())
         return result
@@ -840,8 +862,13 @@ class Coordinator:
                 context={"environment_id": env_id},
             )
 
-    def _session_for(self, env: ExecutionEnvironment, op: Operation) -> dict[str, str]:
-        record = self.store.session(env.environment_id)
+    def _session_for(
+        self, env: ExecutionEnvironment, op: Operation, record: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        """The session record of a step (``record`` when the step read it already), checked: local,
+        the same environment, in a state that allows ``op``."""
+        if record is None:
+            record = self.store.session(env.environment_id)
         if not record:
             raise NotFound(
                 f"no session for environment {env.environment_id}; prepare_session first",
@@ -898,19 +925,20 @@ class Coordinator:
                 log.warning("could not journal the %s denial of %s", op, caller.identity)
         return PolicyDenial(f"no {what} {ref} for this caller", context={"rule": HIDDEN_RULE, f"{what}_ref": ref})
 
-    def _authorize(self, op: Operation, env_id: str, caller: Caller) -> Caller:
-        """The owner of an existing session the caller may act on (before any replay is answered)."""
-        record = self.store.session(env_id)
+    def _authorize(self, op: Operation, env_id: str, caller: Caller, record: dict[str, str] | None = None) -> Caller:
+        """The owner of an existing session the caller may act on (before any replay is answered);
+        ``record``: the session record when the caller read it already."""
+        if record is None:
+            record = self.store.session(env_id)
         if record and may_act(caller, owner_of(record)):
             return Caller(record.get("identity", ""), owner_of(record))
         if not record and caller.operator:  # the step's own lookup says what is missing
             return Caller(caller.identity, caller.tenant or DEFAULT_TENANT)
         raise self._hidden(op, caller, "session", env_id, env_id)
 
-    def _claim_id(self, env_id: str, caller: Caller) -> None:
+    def _claim_id(self, env_id: str, caller: Caller, record: dict[str, str]) -> None:
         """prepare_session: an environment id held by another tenant is refused (ids are one
         namespace, so this says the id is taken, and nothing else)."""
-        record = self.store.session(env_id)
         if record and not may_act(caller, owner_of(record)):
             self._hidden(Operation.prepare_session, caller, "session", env_id, env_id)
             raise PolicyDenial(

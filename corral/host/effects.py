@@ -6,9 +6,11 @@
                       ─ busy?  ──► wait briefly for the other delivery, else InProgress (retryable)
                       ─ new    ──► journal "intent" (if that fails: no effect, JournalFailure)
                                    adapter call
-                                   journal "result" ok|failed (if that fails: a recovery marker
-                                   naming the effect and its key goes on the session record)
-                                   record the result under the key (fenced by an execution token)
+                                   journal "result" ok and record the result under the key (fenced
+                                   by an execution token), in one atomic call; if that fails: a
+                                   recovery marker naming the effect and its key goes on the
+                                   session record, and the key is finished alone
+                                   (a failure: journal "result" failed, then the key)
 
 A lease whose holder died (a killed worker) is taken over after ``lease_ms``: the new holder
 journals a ``recovery`` record and runs the effect again, which adapters make safe by finding
@@ -78,15 +80,27 @@ class Effects:
         self.adapter_ref = adapter_ref
         """The runtime's ref, named in the ``failed`` record of a failed effect (null when unknown)."""
 
-    def recorded(self, op: Operation, env_id: str, key: str, request: BaseModel, result_type: type[M]) -> M | None:
+    def recorded(
+        self,
+        op: Operation,
+        env_id: str,
+        key: str,
+        request: BaseModel,
+        result_type: type[M],
+        *,
+        idem: dict[str, str] | None = None,
+        session: dict[str, str] | None = None,
+    ) -> M | None:
         """Answer a redelivery from its idempotency record, before any state check: a step may be
         delivered again after the chain has moved on, and must get its recorded outcome (rule 2).
         Once the session is torn down, a recorded success of a step that needs it alive is refused
-        (``Conflict``, ``lifecycle.check_replay``): it would answer for resources that are gone."""
-        record = self.store.idem_get(key)
+        (``Conflict``, ``lifecycle.check_replay``): it would answer for resources that are gone.
+        ``idem`` and ``session``: the two records when the caller read them already (``Store.session_and_idem``)."""
+        record = self.store.idem_get(key) if idem is None else idem
         if record.get("state") not in ("done", "failed") or record.get("digest") != digest_of(request):
             return None
-        session = self.store.session(env_id)
+        if session is None:
+            session = self.store.session(env_id)
         if session and session.get("host") != self.host_id:
             raise InvalidRequest(
                 f"environment {env_id} lives on host {session.get('host')}, not {self.host_id}",
@@ -165,16 +179,27 @@ class Effects:
             raise error from exc
         faults.hit(f"{op}:after_adapter")
         done = _record_fields(records.result, effect_id, result) if records and records.result else {}
+        payload = to_json(result)
+        # The result record and the key's "done" in one atomic call (one round trip): no window between
+        # them. If Redis refuses it, the recovery marker goes on the session and the key is finished alone.
         try:
-            self.journal.append(
+            self.journal.append_and_finish(
+                self.store,
                 env_id,
                 "result",
                 {**base, "effect_id": effect_id, "status": "ok", "summary": summary(result), **done},
+                key,
+                token,
+                "done",
+                payload,
             )
+            finished = True
         except JournalFailure:
             self._flag_recovery(env_id, op, key)
+            finished = False
         faults.hit(f"{op}:after_result")
-        self.store.idem_finish(key, token, "done", to_json(result))
+        if not finished:
+            self.store.idem_finish(key, token, "done", payload)
         # The outcome is recorded; the caller's own state writes (the session's new state) follow. A
         # crash here is answered by a replay, so every caller re-applies those writes on replay too.
         faults.hit(f"{op}:after_record")

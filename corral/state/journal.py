@@ -31,7 +31,7 @@ import redis
 
 from corral.contract.errors import JournalFailure
 from corral.contract.records import IsolationRecord
-from corral.state.store import host_journal_key, journal_key
+from corral.state.store import Store, host_journal_key, journal_key
 
 MAX_RECORDS = 10_000
 
@@ -68,6 +68,35 @@ class Journal:
     def read_host(self, host_id: str, count: int = 1000) -> list[JournalRecord]:
         rows = cast(list[tuple[str, dict[str, str]]], self.r.xrange(host_journal_key(host_id), "-", "+", count=count))
         return [JournalRecord(rid, dict(fields)) for rid, fields in rows]
+
+    def append_and_finish(
+        self,
+        store: Store,
+        environment_id: str,
+        kind: str,
+        fields: Mapping[str, str],
+        key: str,
+        token: str,
+        state: str,
+        result: str,
+    ) -> bool:
+        """Append a record and finish the idempotency ``key`` (``Store.idem_finish``) in one atomic call:
+        both or neither. Raises ``JournalFailure`` when Redis cannot take it (then, as after a failed
+        ``append``, the key may or may not be finished: finishing it again with its token is harmless)."""
+        record = {"kind": kind, **{k: str(v) for k, v in fields.items()}}
+        try:
+            return store.idem_finish_journaled(
+                key,
+                token,
+                state,
+                result,
+                journal_key(environment_id),
+                record,
+                maxlen=MAX_RECORDS,
+                journal_ttl_s=self.ttl_s,
+            )
+        except redis.RedisError as exc:
+            raise JournalFailure(f"journal append failed: {exc.__class__.__name__}", context={"kind": kind}) from exc
 
     def _append(self, key: str, kind: str, fields: Mapping[str, str]) -> str:
         record = {"kind": kind, **{k: str(v) for k, v in fields.items()}}

@@ -115,14 +115,29 @@ return {'pending', current}
 """
 
 # Finish an operation only if the caller still holds the key (fencing): ARGV state, result, token.
-_IDEM_FINISH = """
-local k = KEYS[1]
-if redis.call('HGET', k, 'token') ~= ARGV[3] then return 0 end
-if ARGV[1] == 'forget' then redis.call('DEL', k) return 1 end
-redis.call('HSET', k, 'state', ARGV[1], 'result', ARGV[2])
-redis.call('PEXPIRE', k, tonumber(ARGV[4]))
-return 1
+_FINISH_FUNCTION = """
+local function finish(k, state, result, token, ttl)
+  if redis.call('HGET', k, 'token') ~= token then return 0 end
+  if state == 'forget' then redis.call('DEL', k) return 1 end
+  redis.call('HSET', k, 'state', state, 'result', result)
+  redis.call('PEXPIRE', k, ttl)
+  return 1
+end
 """
+_IDEM_FINISH = _FINISH_FUNCTION + "return finish(KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))"
+
+# The same finish with the journal record of its outcome appended first, in one atomic call (one round
+# trip): KEYS[1] the idempotency key, KEYS[2] the journal stream; ARGV state, result, token, ttl_ms,
+# journal maxlen (approximate), journal ttl_s, then the record's field, value, ... The record is
+# appended whether or not the caller still holds the key, as a separate append would be.
+_JOURNALED_FINISH = (
+    _FINISH_FUNCTION
+    + """
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 7))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
+return finish(KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
+"""
+)
 
 # Claim tickets due at ARGV[1]: each is pushed ARGV[2] ms into the future (re-sent then if its
 # reclaim has not completed), so concurrent sweepers never claim the same ticket in one period.
@@ -221,6 +236,7 @@ class Store:
         self.ttl_ms = ttl_s * 1000
         self._begin = client.register_script(_IDEM_BEGIN)
         self._finish = client.register_script(_IDEM_FINISH)
+        self._journaled_finish = client.register_script(_JOURNALED_FINISH)
         self._claim = client.register_script(_CLAIM_DUE)
         self._create = client.register_script(_CREATE_SESSION)
         self._live = client.register_script(_LIVE_SESSIONS)
@@ -247,8 +263,37 @@ class Store:
         """Record ``done``/``failed`` with its result, or ``forget`` the key; False when fenced out."""
         return bool(self._finish(keys=[idem_key(key)], args=[state, result, token, self.ttl_ms]))
 
+    def idem_finish_journaled(
+        self,
+        key: str,
+        token: str,
+        state: str,
+        result: str,
+        journal: str,
+        record: Mapping[str, str],
+        *,
+        maxlen: int,
+        journal_ttl_s: int,
+    ) -> bool:
+        """``idem_finish`` with ``record`` appended to the journal stream ``journal`` in the same atomic
+        call: the outcome's journal record and the idempotency record are written together or not at all."""
+        flat = [x for kv in record.items() for x in kv]
+        args: list[str | int] = [state, result, token, self.ttl_ms, maxlen, journal_ttl_s, *flat]
+        return bool(self._journaled_finish(keys=[idem_key(key), journal], args=args))
+
     def idem_get(self, key: str) -> dict[str, str]:
         return cast(dict[str, str], self.r.hgetall(idem_key(key)))
+
+    def session_and_idem(self, environment_id: str, key: str) -> tuple[dict[str, str], dict[str, str]]:
+        """A session record and an idempotency record, read in one round trip (both reads a step
+        begins with: who owns the session, and whether this delivery is a replay). The key is read
+        first: an outcome recorded by then was recorded after its effect's writes (a created session),
+        so the session read after it sees them, as when the two were read one after the other."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(idem_key(key))
+        pipe.hgetall(session_key(environment_id))
+        idem, session = pipe.execute()
+        return cast(dict[str, str], session), cast(dict[str, str], idem)
 
     # -- sessions ----------------------------------------------------------------------------
 

@@ -89,6 +89,12 @@ class FlakyJournal(Journal):
             raise JournalFailure("journal append failed: simulated", context={"kind": kind})
         return super().append(environment_id, kind, fields)
 
+    def append_and_finish(self, store: Any, environment_id: str, kind: str, fields: Any, *rest: str) -> bool:
+        if kind in self.fail_kinds:  # the record and the key's finish are one call: neither is written
+            self.refused.append(kind)
+            raise JournalFailure("journal append failed: simulated", context={"kind": kind})
+        return super().append_and_finish(store, environment_id, kind, fields, *rest)
+
 
 def closed_port() -> int:
     """A loopback port nothing listens on (bound, then released)."""

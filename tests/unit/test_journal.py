@@ -127,3 +127,32 @@ def test_records_of_a_full_lifecycle_never_contain_request_bodies(redis_url: str
                 assert record.record is not None and record.record.model_dump_json() == record.fields["record"]
         typed = {r.record.record_type for r in records if r.record}
         assert typed >= {"requested", "process_start_intent", "cleanup_result"}
+
+
+def test_append_and_finish_writes_the_record_and_the_key_in_one_call(journal: Journal) -> None:
+    store = keys.Store(journal.r)
+    store.idem_begin("k", "d", "t1", 1_000, 60_000)
+    commands = journal.r.info("stats")["total_commands_processed"]
+    assert journal.append_and_finish(store, "env-1", "result", {"op": "x", "status": "ok"}, "k", "t1", "done", "R")
+    assert journal.r.info("stats")["total_commands_processed"] - commands <= 1 + 6  # INFO + EVALSHA and its calls
+    assert [(r.kind, r.fields["status"]) for r in journal.read("env-1")] == [("result", "ok")]
+    assert 0 < journal.r.ttl(keys.journal_key("env-1")) <= 3600
+    assert store.idem_get("k")["state"] == "done" and store.idem_get("k")["result"] == "R"
+
+
+def test_append_and_finish_with_a_stale_token_appends_but_leaves_the_key(journal: Journal) -> None:
+    store = keys.Store(journal.r)
+    store.idem_begin("k", "d", "old", 1_000, 1_000)
+    store.idem_begin("k", "d", "new", 3_000, 1_000)  # taken over
+    assert not journal.append_and_finish(store, "env-1", "result", {"op": "x"}, "k", "old", "done", "STALE")
+    assert [r.kind for r in journal.read("env-1")] == ["result"]  # as a separate append would have
+    assert store.idem_get("k")["state"] == "pending" and store.idem_get("k")["token"] == "new"
+
+
+def test_append_and_finish_that_cannot_append_writes_neither(journal: Journal) -> None:
+    store = keys.Store(journal.r)
+    store.idem_begin("k", "d", "t1", 1_000, 60_000)
+    journal.r.set(keys.journal_key("env-1"), "not a stream")
+    with pytest.raises(JournalFailure):
+        journal.append_and_finish(store, "env-1", "result", {"op": "x"}, "k", "t1", "done", "R")
+    assert store.idem_get("k")["state"] == "pending"  # the caller finishes it alone after flagging recovery
