@@ -126,6 +126,9 @@ from corral.trust.identity import Caller
 M = TypeVar("M", bound=BaseModel | str)
 log = logging.getLogger("corral.host.coordinator")
 
+PROCESS_CACHE_SIZE = 4096
+"""How many process -> environment bindings a coordinator keeps in memory (``Coordinator._process_session``)."""
+
 LOCAL_CALLER = Caller("corral-local", DEFAULT_TENANT, operator=True)
 """In-process callers (the reconciler, unit tests). Tasks always pass the verified caller instead."""
 
@@ -188,6 +191,11 @@ class Coordinator:
         self.admission = Admission(store.r, store.ttl_ms // 1000, admission_lease_ms)
         """Fleet capacity accounting (``corral.fleet.admission``): a session confirms its reservation and its
         cleanup releases it."""
+        self._process_envs: dict[str, str] = {}
+        """process ref -> environment id, as ``Store.bind_process`` recorded it. A binding never changes (the
+        ref is derived from the environment id, ``process_ref_for``), so a process's reads (stats, output
+        frames: several per launch) look it up in Redis once per worker process; the session record, which
+        says who may read and in what state, is still read every time."""
 
     def caller(self, identity: str | None) -> Caller:
         """The verified identity as a caller of this host (``corral.host.tenancy``); ``PolicyDenial`` when
@@ -883,9 +891,16 @@ class Coordinator:
         lifecycle.check(op, record.get("state"))
         return record
 
+    def _remember_process(self, process_ref: str, env_id: str) -> None:
+        if len(self._process_envs) >= PROCESS_CACHE_SIZE:
+            self._process_envs.clear()  # bounded: a long-lived worker starts over rather than grow
+        self._process_envs[process_ref] = env_id
+
     def _process_session(self, process_ref: str, op: Operation, caller: Caller) -> tuple[str, dict[str, str]]:
-        env_id = self.store.environment_of_process(process_ref)
+        env_id = self._process_envs.get(process_ref) or self.store.environment_of_process(process_ref)
         record = self.store.session(env_id) if env_id else {}
+        if env_id and record:
+            self._remember_process(process_ref, env_id)
         if not env_id or not record:
             if not caller.operator:
                 raise self._hidden(op, caller, "process", process_ref, None)

@@ -886,3 +886,25 @@ def test_a_start_that_finishes_after_cleanup_cannot_move_the_session_back(rig: R
     rig.runtime.start_process = slow_start  # type: ignore[method-assign]
     rig.coordinator.start_process(request_of(j, "start_process"))
     assert rig.store.session(j.environment_id)["state"] == SessionState.cleaned
+
+
+def test_reads_look_up_a_process_binding_once_but_read_its_session_every_time(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, result = _started_rig(rig, argv=["sleep", "60"])
+    lookups: list[str] = []
+    real = rig.store.environment_of_process
+
+    def counted(process_ref: str) -> str | None:
+        lookups.append(process_ref)
+        return real(process_ref)
+
+    monkeypatch.setattr(rig.store, "environment_of_process", counted)
+    for _ in range(3):
+        rig.coordinator.collect_stats(ProcessStatsRequest(process_ref=result.process_ref))
+    assert lookups == [result.process_ref]  # the binding never changes: looked up once
+    env_id = rig.store.environment_of_process(result.process_ref)
+    assert env_id is not None
+    rig.client.delete(keys.session_key(env_id))  # the session (owner, state) is still read every time
+    with pytest.raises(NotFound):
+        rig.coordinator.collect_stats(ProcessStatsRequest(process_ref=result.process_ref))
