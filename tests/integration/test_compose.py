@@ -126,7 +126,7 @@ def test_compose_stack_runs_a_job_offline_and_leaves_nothing(
 
         def redis_healthy() -> bool:
             state = subprocess.run(
-                ["docker", "inspect", "-f", "{{.State.IsolationRuntimeHealth.Status}}", redis_id],
+                ["docker", "inspect", "-f", "{{.State.Health.Status}}", redis_id],
                 capture_output=True,
                 text=True,
             )

@@ -55,7 +55,7 @@ from corral.runtimes.docker.resources import container_name, session_paths
 from corral.runtimes.docker.runtime import DockerRuntime
 from corral.sandbox.policy import HostPolicy, UserRules
 from corral.settings import HostSettings
-from tests.harness import docker_runtime
+from tests.harness import docker_runtime, wait_until
 from tests.integration.test_docker_runtime import make_env, output, prepare, proc_spec, sh, wait_exit
 
 pytestmark = pytest.mark.docker
@@ -359,7 +359,9 @@ def test_secret_file_owner_follows_the_process_user(
     assert got["n"] == str(len(FILE_VALUE))
     on_host = _secret_file(host, env, FILE_SECRET).stat()
     assert (stat.S_IMODE(on_host.st_mode), on_host.st_uid, on_host.st_gid) == (0o400, *owner)
-    assert docker_client.containers.list(all=True, filters={"label": PROBE_LABEL}) == []  # probe removed
+    # the probe is removed: none left (another test's probe may be alive for a moment: xdist runs files
+    # side by side, and a probe lives for one archive read)
+    assert wait_until(lambda: docker_client.containers.list(all=True, filters={"label": PROBE_LABEL}) == [], 15)
 
 
 def test_plugin_provider_supplies_a_file_secret(runtime: DockerRuntime, busybox_image: str) -> None:
