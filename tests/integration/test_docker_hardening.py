@@ -361,7 +361,8 @@ def test_secret_file_owner_follows_the_process_user(
     assert (stat.S_IMODE(on_host.st_mode), on_host.st_uid, on_host.st_gid) == (0o400, *owner)
     # the probe is removed: none left (another test's probe may be alive for a moment: xdist runs files
     # side by side, and a probe lives for one archive read)
-    assert wait_until(lambda: docker_client.containers.list(all=True, filters={"label": PROBE_LABEL}) == [], 15)
+    # the low-level list: the high-level one inspects each container, and a probe may go in between
+    assert wait_until(lambda: docker_client.api.containers(all=True, filters={"label": PROBE_LABEL}) == [], 15)
 
 
 def test_plugin_provider_supplies_a_file_secret(runtime: DockerRuntime, busybox_image: str) -> None:
