@@ -151,7 +151,10 @@ def test_a_worker_reconciles_on_start(worker_factory, client, docker_client, bus
 
 
 def test_an_exit_nobody_collected_is_recorded(worker_factory, client, docker_client, busybox_image) -> None:
-    worker = worker_factory(None, env=NO_GRACE)
+    # The worker's own exit watch (every heartbeat) would record the exit too, racing this test under
+    # load: a slow heartbeat leaves the exit to the reconcile pass asked for here.
+    slow_watch = {"CORRAL_HOST__HEARTBEAT_S": "60", "CORRAL_HOST__HEARTBEAT_TTL_S": "180"}
+    worker = worker_factory(None, env={**NO_GRACE, **slow_watch})
     handle = client.submit(JobSpec(image=busybox_image, argv=["sh", "-c", "exit 7"], memory_mb=32), host=worker.host_id)
     client.wait(handle)
     deadline = time.monotonic() + 20
