@@ -15,9 +15,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,11 +46,10 @@ from corral.contract.errors import (
 )
 from corral.contract.vocabulary import AgentErrorKind, EntityKind, RetryClassification
 from tests.harness import corral_env
+from tests.unit.wire_corpus import CORPUS, INDEX, wirecheck, wirecheck_binary
 
 __all__ = ["corral_env"]  # the fixture, for the real worker test
 
-CORPUS = Path(__file__).resolve().parent.parent / "wire_corpus"
-INDEX: dict[str, dict[str, str]] = json.loads((CORPUS / "index.json").read_text())["files"]
 VALID = sorted(f for f, m in INDEX.items() if m["rust_type"] == "AgentError" and m.get("expect") != "decode_error")
 INVALID = sorted(f for f, m in INDEX.items() if m["rust_type"] == "AgentError" and m.get("expect") == "decode_error")
 CLASSES = sorted(
@@ -62,8 +58,6 @@ CLASSES = sorted(
 
 CONTEXT_KEYS = {"message", "policy_refs", "source", "destination", "subject", "privacy", "redacted_summary"}
 CAUSAL_KEYS = {"run_id", "turn_id", "attempt_id", "event_id", "tool_call_id", "span_id", "related"}
-
-WIRECHECK_PATHS = ("/tmp/wirecheck-build/target/debug/wirecheck", "/tmp/wire/wirecheck/target/debug/wirecheck")
 
 
 def _load(name: str) -> Any:
@@ -74,22 +68,10 @@ def _ids(value: Any) -> str:
     return value.__name__ if isinstance(value, type) else str(value)
 
 
-def _wirecheck() -> str | None:
-    for path in (os.environ.get("CORRAL_WIRECHECK", ""), *WIRECHECK_PATHS):
-        if path and Path(path).is_file() and os.access(path, os.X_OK):
-            return path
-    return shutil.which("wirecheck")
-
-
 def upstream_decode(document: Any) -> Any:
     """Decode ``document`` as upstream's ``AgentError`` and return the crate's re-encoding; skips without
     the decoder (fails under CI)."""
-    binary = _wirecheck()
-    if binary is None:  # a developer tool built from the upstream crate's source, not a service CI has
-        pytest.skip("the upstream decoder (wirecheck) is not built here: scripts/wirecheck builds it")
-    done = subprocess.run(
-        [binary, "AgentError"], input=json.dumps(document), capture_output=True, text=True, timeout=30, check=False
-    )
+    done = wirecheck("AgentError", document)
     assert done.returncode == 0, f"upstream refused the AgentError: {done.stderr.strip()} {json.dumps(document)}"
     return json.loads(done.stdout)
 
@@ -492,7 +474,7 @@ def test_a_worker_error_reaches_the_client_through_a_real_celery_task(
         assert (invalid.value.kind, invalid.value.retry) == (ErrorKind.invalid_request, RetryClass.not_retryable)
         assert invalid.value.context["model"] == "ProcessStatsRequest"
         assert invalid.value.to_payload() == document
-        if _wirecheck() is not None:
+        if wirecheck_binary() is not None:
             assert upstream_decode(document) == without_extension(document)
 
         # an unknown process: the same answer as another tenant's (a PolicyDenial, with its rule)

@@ -14,10 +14,6 @@ Errors are ``test_wire_errors.py``; journal and effect records ``test_wire_recor
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,9 +24,8 @@ from corral.contract.operations import CHAIN, Operation
 from corral.contract.wire import Id, to_wire
 from corral.fleet.job import JobSpec
 from corral.runtimes.fake import FakeRuntime
+from tests.unit.wire_corpus import CORPUS, INDEX, wirecheck
 
-CORPUS = Path(__file__).resolve().parent.parent / "wire_corpus"
-INDEX: dict[str, dict[str, str]] = json.loads((CORPUS / "index.json").read_text())["files"]
 ELSEWHERE = {
     "AgentError", "ErrorContext", "Vec<AgentErrorKind>", "Vec<RetryClassification>", "Vec<IsolationEventKind>",
     "Vec<PolicyDecisionScope>", "IsolationRecord", "IsolationEventRecord", "IsolationEventBase",
@@ -160,22 +155,10 @@ def test_what_corral_sends_round_trips_as_the_upstream_type(name: str, rust: str
     assert adapter.dump_python(adapter.validate_python(document), mode="json") == document
 
 
-def _wirecheck() -> str | None:
-    for path in (os.environ.get("CORRAL_WIRECHECK", ""), "/tmp/wire/wirecheck/target/debug/wirecheck"):
-        if path and Path(path).is_file() and os.access(path, os.X_OK):
-            return path
-    return shutil.which("wirecheck")
-
-
 @pytest.mark.parametrize(("name", "rust", "document"), CORRAL, ids=[n for n, _, _ in CORRAL])
 def test_the_upstream_crate_decodes_what_corral_sends(name: str, rust: str, document: Any) -> None:
     """Upstream decodes the document; its re-encoding is ours minus corral's extension keys only."""
-    binary = _wirecheck()
-    if binary is None:  # a developer tool built from the upstream crate's source, not a service CI has
-        pytest.skip("the upstream decoder (wirecheck) is not built here: scripts/wirecheck builds it")
-    done = subprocess.run(
-        [binary, rust], input=json.dumps(document), capture_output=True, text=True, timeout=30, check=False
-    )
+    done = wirecheck(rust, document)
     assert done.returncode == 0, f"upstream refused {name} as {rust}: {done.stderr.strip()}"
     dropped = _dropped_keys(json.loads(done.stdout), document)
     assert dropped <= EXTENSIONS, f"upstream lost more than corral's extensions: {sorted(dropped - EXTENSIONS)}"

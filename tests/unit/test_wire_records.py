@@ -11,11 +11,7 @@ upstream."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -68,9 +64,7 @@ from corral.host import journal_records
 from corral.host.journal_records import event_base
 from corral.runtimes.fake import FakeRuntime
 from tests.unit.helpers import HOST, CountingRuntime, Rig, job, make_rig, started
-
-CORPUS = Path(__file__).resolve().parent.parent / "wire_corpus"
-INDEX: dict[str, dict[str, str]] = json.loads((CORPUS / "index.json").read_text())["files"]
+from tests.unit.wire_corpus import CORPUS, INDEX, wirecheck
 
 MODELS: dict[str, type[BaseModel]] = {
     "IsolationRecord": IsolationRecord,
@@ -83,27 +77,10 @@ MODELS: dict[str, type[BaseModel]] = {
 VALID = sorted(f for f, meta in INDEX.items() if meta["rust_type"] in MODELS and meta.get("expect") != "decode_error")
 INVALID = sorted(f for f, meta in INDEX.items() if meta["rust_type"] in MODELS and meta.get("expect") == "decode_error")
 
-WIRECHECK_PATHS = (
-    "/tmp/wirecheck-build/target/debug/wirecheck",
-    "/tmp/wire/wirecheck/target/debug/wirecheck",
-)
-
-
-def _wirecheck() -> str | None:
-    for path in (os.environ.get("CORRAL_WIRECHECK", ""), *WIRECHECK_PATHS):
-        if path and Path(path).is_file() and os.access(path, os.X_OK):
-            return path
-    return shutil.which("wirecheck")
-
 
 def upstream_roundtrip(rust_type: str, document: Any) -> Any:
     """Decode ``document`` with the upstream crate's type and return its re-encoding; skips without the decoder."""
-    binary = _wirecheck()
-    if binary is None:
-        pytest.skip("the upstream decoder (wirecheck) is not built here: scripts/wirecheck builds it")
-    done = subprocess.run(
-        [binary, "--verify", rust_type], input=json.dumps(document), capture_output=True, text=True, timeout=30
-    )
+    done = wirecheck(rust_type, document, verify=True)
     assert done.returncode == 0, f"upstream refused the {rust_type}: {done.stderr.strip()} {json.dumps(document)}"
     return json.loads(done.stdout)
 
