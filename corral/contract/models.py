@@ -60,13 +60,7 @@ from corral.contract.vocabulary import (
     TruncationPolicy,
     WorkspaceMountMode,
 )
-from corral.contract.wire import I32, NEWTYPE, U16, U32, U64, Id, Model, Tagged, omit_empty, omit_none
-
-
-def _default_omitted(default: Any) -> Any:
-    """A corral extension with a default: the key is left out while it holds the default."""
-    return Field(default=default, exclude_if=lambda value: value == default)
-
+from corral.contract.wire import I32, NEWTYPE, U16, U32, U64, Id, Model, Tagged, omit_default, omit_empty, omit_none
 
 # Upstream's ``#[serde(transparent)]`` refs: bare, validated strings on the wire and in Python.
 IsolationRuntimeRef = Id
@@ -163,7 +157,7 @@ class IsolationFallback(Tagged):
     accepted_capability_downgrades: list[IsolationCapability] = Field(default_factory=list)
     accepted_trust_downgrades: list[IsolationTrustField] = Field(default_factory=list)
     required_policy_refs: list[PolicyRef] = Field(default_factory=list)
-    accept_degraded_host: bool = _default_omitted(False)
+    accept_degraded_host: bool = omit_default(False)
     """corral: the caller also accepts a host that reports itself degraded (with the same approvals)."""
 
 
@@ -287,8 +281,8 @@ class ResourceLimits(Model):
 
     @classmethod
     def with_cpus(cls, cpus: float, **limits: Any) -> ResourceLimits:
-        whole = max(1, -(-int(cpus * 1000) // 1000))
         millis = round(cpus * 1000)
+        whole = max(1, -(-millis // 1000))  # upstream's whole number, rounded up
         return cls(cpus=whole, cpu_millis=None if millis == whole * 1000 else millis, **limits)
 
 
@@ -623,11 +617,11 @@ class IsolatedProcessSpec(Model):
     ownership: ProcessOwnershipPolicy = Field(default_factory=ProcessOwnershipPolicy)
     posix_rlimits: dict[_RLIMIT_NAME, Annotated[int, Field(ge=0)]] = omit_empty(dict)
     """corral: POSIX rlimits by name (``nofile``, ``nproc``...), within the host policy's bounds."""
-    stdin_open: bool = _default_omitted(False)
+    stdin_open: bool = omit_default(False)
     """corral: stdin stays open for bounded writes through ``stream_io`` (upstream: ``closed``)."""
-    timeout_signal: ProcessSignal = _default_omitted(ProcessSignal.terminate)
+    timeout_signal: ProcessSignal = omit_default(ProcessSignal.terminate)
     """corral: what the timeout sends first; a terminate is followed by a kill after ``grace_ms``."""
-    grace_ms: int = _default_omitted(5_000)
+    grace_ms: int = omit_default(5_000)
     """corral: how long a terminated process gets before it is killed (0 to 600000)."""
 
     _cwd = field_validator("cwd")(classmethod(lambda cls, v: _check_container_path(v)))
@@ -789,13 +783,13 @@ MAX_GRACE_MS = 600_000
 class ProcessIoRequest(Model):
     process_ref: Id
     stream: ProcessIoStream
-    cursor: int = _default_omitted(0)
+    cursor: int = omit_default(0)
     """corral: byte offset to read from (stdout/stderr); ignored for stdin."""
-    max_bytes: int = _default_omitted(64 * 1024)
+    max_bytes: int = omit_default(64 * 1024)
     """corral: the most bytes one frame returns (1 to ``MAX_FRAME_BYTES``)."""
     data_b64: str | None = omit_none(max_length=(MAX_FRAME_BYTES * 4) // 3 + 4)
     """corral, stdin only: the bytes to write, base64; at most ``MAX_FRAME_BYTES`` once decoded."""
-    close_stdin: bool = _default_omitted(False)
+    close_stdin: bool = omit_default(False)
     """corral, stdin only: close the process's stdin after this write."""
 
     @field_validator("cursor")
@@ -847,11 +841,11 @@ class ProcessIoFrame(Model):
     """corral: where this frame's bytes start in the stream."""
     content_b64: str | None = omit_none()
     """corral: the frame's (redacted) bytes, base64, when the capture policy lets them out."""
-    dropped_bytes: int = _default_omitted(0)
+    dropped_bytes: int = omit_default(0)
     """corral: bytes the spool cap dropped before this frame's end."""
-    eof: bool = _default_omitted(False)
+    eof: bool = omit_default(False)
     """corral: the stream has ended and this frame reaches its end."""
-    redaction_count: int = _default_omitted(0)
+    redaction_count: int = omit_default(0)
     """corral: how many secret values were replaced in this frame."""
 
 
@@ -898,7 +892,7 @@ class ProcessStatsSnapshot(Model):
     redacted_summary: str = ""
     state: ProcessState | None = omit_none()
     """corral: the process's state (``running``, ``exited``...)."""
-    oom_killed: bool = _default_omitted(False)
+    oom_killed: bool = omit_default(False)
     """corral: the kernel's OOM killer ended the process."""
     reason: TerminationReason | None = omit_none()
     """corral: why the process ended."""
@@ -918,7 +912,7 @@ class CleanupResult(Model):
 
 class DetachTransferRequest(Model):
     environment: ExecutionEnvironment
-    ttl_ms: int = _default_omitted(3_600_000)
+    ttl_ms: int = omit_default(3_600_000)
     """corral: how long the host keeps the detached sandbox before reclaiming it (1 s to 30 days)."""
     ticket_ref: Id | None = omit_none()
     """corral: supplied by the coordinator, which owns the ticket."""

@@ -55,6 +55,11 @@ def process_ref_for(environment_id: str) -> str:
     return f"proc-{slug(environment_id)}"
 
 
+def ticket_ref_for(environment_id: str) -> str:
+    """The reclaim ticket of an environment's detach: derived, so a replay names the same ticket."""
+    return f"tkt-{slug(environment_id)}"
+
+
 def slug_of_process_ref(process_ref: str) -> str:
     """Inverse of ``process_ref_for`` down to the slug; raises ``ValueError`` for a foreign ref."""
     match = _PROCESS_REF.fullmatch(process_ref)

@@ -6,7 +6,8 @@ spells every type out). Four rules carry over to every model of ``corral.contrac
 - ``Model``: frozen, ``extra="forbid"``, keys named exactly as upstream's fields. A plain
   ``Option<T>`` is ``T | None = None`` and dumps as ``null``; one with
   ``skip_serializing_if = "Option::is_none"`` is ``= omit_none()`` and its key is left out when None;
-  a ``Vec`` with ``skip_serializing_if = "Vec::is_empty"`` is ``= omit_empty()``.
+  a ``Vec`` with ``skip_serializing_if = "Vec::is_empty"`` is ``= omit_empty()``; a corral extension
+  with a default is ``= omit_default(value)``, absent while it holds it.
 - ``Id``: upstream's ``#[serde(transparent)]`` id newtypes are bare strings, validated as upstream
   does (non-empty, at most 512 UTF-8 bytes, no ``Cc`` control character).
 - ``Tagged``: an externally tagged enum with data (``"disabled"`` or ``{"allowlist": {"hosts": []}}``)
@@ -79,6 +80,11 @@ def omit_empty(factory: Callable[[], Any] = list, **kwargs: Any) -> Any:
     """``Vec<T>``/``BTreeSet<T>`` with ``default, skip_serializing_if = "…::is_empty"`` (and corral's
     own maps, ``factory=dict``): absent when empty."""
     return Field(default_factory=factory, exclude_if=_is_empty, **kwargs)
+
+
+def omit_default(default: Any) -> Any:
+    """A corral extension with a default: the key is left out while it holds the default."""
+    return Field(default=default, exclude_if=lambda value: value == default)
 
 
 class Model(BaseModel):

@@ -89,7 +89,7 @@ from corral.contract.models import (
 )
 from corral.contract.operations import Operation
 from corral.contract.records import IsolationRecord, event_summary
-from corral.contract.refs import new_ref, process_ref_for, slug
+from corral.contract.refs import new_ref, process_ref_for, slug, ticket_ref_for
 from corral.contract.runtime import IsolationRuntime
 from corral.contract.vocabulary import CleanupStatus, ProcessIoStream
 from corral.contract.wire import from_wire, to_wire
@@ -641,7 +641,7 @@ class Coordinator:
             return replayed
         self._session_for(env, Operation.detach)
         self._admit(Operation.detach, env.environment_id, lambda policy: self._admit_detach(policy, request))
-        ticket_ref = f"tkt-{slug(env.environment_id)}"
+        ticket_ref = ticket_ref_for(env.environment_id)
         full = request.model_copy(update={"ticket_ref": ticket_ref})
         # The coordinator owns time: the ticket deadline comes from its clock, not the adapter's.
         deadline_ms = self.clock.now_ms() + request.ttl_ms
@@ -675,7 +675,7 @@ class Coordinator:
 
     def _settle_detach(self, env_id: str, result: DetachTransferResult) -> None:
         """What follows a recorded detach (again on a replay; a compare-and-set)."""
-        ticket_ref = result.ticket_ref or f"tkt-{slug(env_id)}"
+        ticket_ref = result.ticket_ref or ticket_ref_for(env_id)
         self.store.advance(env_id, lifecycle.DETACHED, self.clock.now_ms(), ticket_ref=ticket_ref)
 
     def reclaim(self, request: ReclaimRequest, caller: Caller = LOCAL_CALLER) -> ReclaimResult:
