@@ -156,7 +156,7 @@ def profile_once(client: Client, events: EventLog, host: str, image: str) -> tup
     marks: dict[str, float] = {"begin": time.time()}
     target = client.place(job, host)
     marks["placed"] = time.time()
-    handle = client.send_chain(job, target)
+    handle = client.send_job(job, target)
     marks["chain sent"] = time.time()
     client.wait(handle)
     marks["started"] = time.time()

@@ -13,11 +13,11 @@ not about the I/O shim's own cost):
   ``start_process``'s result record, i.e. the hop, the checks and the adapter) against
   ``container.start()`` of a created container (timed inside the raw runs above);
 * ``--starts`` (50) sandboxes started at once: raw docker-py create + start from as many threads,
-  against as many concurrent ``submit`` calls (one client per thread) until every chain's
-  ``start_process`` answered: starts per second, and their ratio;
-* ``stats`` and ``read_frame`` latency (p50/p95) of a sandbox started before, polled by 2 threads (each
-  a stats, a frame, a 50 ms pause) while those corral starts are in flight (the reads lane), and the
-  same on the idle host;
+  against as many concurrent ``submit`` calls (one client per thread) until every launch answered:
+  starts per second, and their ratio;
+* ``stats`` and ``read_frame`` latency (p50/p95) of a sandbox started before, polled by 2 other
+  clients, each its own process (each a stats, a frame, a 50 ms pause) while those corral starts are
+  in flight (the reads lane), and the same on the idle host;
 * with ``--skip-output`` unset: 10 MB of output read through 1 MiB frames against docker-py logs;
 * the worker's RSS (main, pool, reads lane) before and after.
 
@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import multiprocessing
 import os
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -115,6 +115,28 @@ def start_step_ms(client: Client, environment_id: str) -> float | None:
     return float(after - before) if before is not None and after is not None else None
 
 
+def poll_reads(host: str, process_ref: str, environment_id: str, done: Any, ready: Any, results: Any) -> None:
+    """A client in its own process: stats, a frame, a pause, until ``done``; then its latencies (ms)."""
+    client = Client()
+    handle = JobHandle(environment_id, host, process_ref)
+    stats_ms: list[float] = []
+    frame_ms: list[float] = []
+    client.stats(handle)  # connected and warm before the wave
+    ready.wait(60)
+    try:
+        while not done.is_set():
+            t = time.perf_counter()
+            client.stats(handle)
+            stats_ms.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            client.read_frame(host, process_ref, ProcessIoStream.stdout, 0)
+            frame_ms.append((time.perf_counter() - t) * 1000)
+            done.wait(POLL_PAUSE_S)
+    finally:
+        results.put((stats_ms, frame_ms))
+        client.close()
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -189,41 +211,41 @@ class Bench:
 
     def corral_wave(self, n: int, poll: JobHandle, reader: Client) -> tuple[float, list[float], list[float]]:
         """Seconds for n concurrent submits (one client per thread) until every start_process answered,
-        and the stats / read_frame latencies (ms) of ``poll`` measured meanwhile."""
+        and the stats / read_frame latencies (ms) of ``poll`` measured meanwhile by ``POLLERS`` other
+        clients, each a process of its own (another program watching, not threads of this one)."""
         clients = [Client() for _ in range(n)]
-        stats_ms: list[float] = []
-        frame_ms: list[float] = []
-        done = threading.Event()
-
-        def poller() -> None:
-            own = Client()
-            try:
-                while not done.is_set():
-                    t = time.perf_counter()
-                    own.stats(poll)
-                    stats_ms.append((time.perf_counter() - t) * 1000)
-                    t = time.perf_counter()
-                    own.read_frame(poll.host, poll.process_ref, ProcessIoStream.stdout, 0)
-                    frame_ms.append((time.perf_counter() - t) * 1000)
-                    done.wait(POLL_PAUSE_S)
-            finally:
-                own.close()
+        spawn = multiprocessing.get_context("spawn")
+        done = spawn.Event()
+        ready = spawn.Barrier(POLLERS + 1)
+        results: Any = spawn.Queue()
+        pollers = [
+            spawn.Process(
+                target=poll_reads, args=(poll.host, poll.process_ref, poll.environment_id, done, ready, results)
+            )
+            for _ in range(POLLERS)
+        ]
+        for process in pollers:
+            process.start()
+        ready.wait(60)  # each poller's client is connected: the wave starts with them polling
 
         def one(client: Client) -> JobHandle:
             handle = client.submit(JobSpec(image=IMAGE, argv=["sleep", "60"], memory_mb=16, cpus=0.5), host=HOST)
             client.wait(handle, timeout=300)
             return handle
 
-        pollers = [threading.Thread(target=poller, daemon=True) for _ in range(POLLERS)]
         with ThreadPoolExecutor(n) as pool:
             started = time.perf_counter()
-            for thread in pollers:
-                thread.start()
             handles = list(pool.map(one, clients))
             elapsed = time.perf_counter() - started
             done.set()
-            for thread in pollers:
-                thread.join(30)
+            stats_ms: list[float] = []
+            frame_ms: list[float] = []
+            for _ in pollers:
+                got_stats, got_frames = results.get(timeout=60)
+                stats_ms += got_stats
+                frame_ms += got_frames
+            for process in pollers:
+                process.join(30)
             list(pool.map(lambda pair: pair[0].cleanup(pair[1]), zip(clients, handles, strict=True)))
         for client in clients:
             client.close()

@@ -93,11 +93,11 @@ class CorralTask(Task):  # type: ignore[misc]
     max_retries = MAX_RETRIES
     throws = (AgentError,)  # expected outcomes: logged as one line, not as a crash traceback
 
-    def parse(self, model: type[Q], payload: Any) -> Q:
-        if document_size_over(payload, MAX_REQUEST_BYTES):
+    def parse(self, model: type[Q], payload: Any, max_bytes: int = MAX_REQUEST_BYTES) -> Q:
+        if document_size_over(payload, max_bytes):
             raise InvalidRequest(
-                f"{model.__name__} document is larger than {MAX_REQUEST_BYTES} bytes; refused before parsing",
-                context={"model": model.__name__, "max_bytes": MAX_REQUEST_BYTES},
+                f"{model.__name__} document is larger than {max_bytes} bytes; refused before parsing",
+                context={"model": model.__name__, "max_bytes": max_bytes},
             )
         try:
             return model.model_validate(payload)

@@ -2,7 +2,7 @@
 ``corral.dispatch`` (fleet: the dispatcher, one at a time) and ``corral.batch_reap`` (host queue).
 
 Submission is a signed task, not a client write: the client Redis role is read-only on ``corral:*``,
-and the worker stores the caller it verified from the message's signature with the batch. Every chain
+and the worker stores the caller it verified from the message's signature with the batch. Every launch
 the dispatcher sends later is signed by this worker and carries that caller (kept, as for any message
 a fleet component signs), so the host admits the job for the submitting tenant.
 """
@@ -14,13 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from celery import chain, current_app, shared_task
+from celery import current_app, shared_task
 
 from corral.celeryconf import FLEET_QUEUE, queue_for_host, task_kwargs, task_name
 from corral.contract.errors import NotFound, PolicyDenial
-from corral.contract.models import CleanupRequest, dump
-from corral.contract.operations import Operation
-from corral.contract.refs import cleanup_plan_ref
+from corral.contract.models import dump
 from corral.contract.wire import Model
 from corral.fleet.batch import (
     DISPATCH_LOCK,
@@ -40,6 +38,7 @@ from corral.host.views import Rows
 from corral.settings import load_settings
 from corral.trust.identity import CALLER_KWARG, Caller
 from tasks.base import CorralTask
+from tasks.launch import LAUNCH
 
 
 def _fleet(name: str) -> Callable[[Callable[..., dict[str, Any]]], Any]:
@@ -61,19 +60,11 @@ def wake_dispatcher(countdown: float | None = None) -> None:
     )
 
 
-def _send_chain(job: JobSpec, host: str, caller: str) -> None:
-    """The prepare-to-start chain, every step pinned to ``host``, carrying the batch's caller."""
-    queue = queue_for_host(host)
-    kwargs = {"host": host, CALLER_KWARG: caller}
-    steps = [
-        current_app.signature(task_name(op), args=[dump(req)], kwargs=kwargs, immutable=True).set(queue=queue)
-        for op, req in job.requests(host)
-    ]
-    cleanup = CleanupRequest(environment=job.environment(), cleanup_plan_ref=cleanup_plan_ref(job.environment_id))
-    on_error = current_app.signature(task_name(Operation.cleanup), args=[dump(cleanup)], kwargs=kwargs, immutable=True)
-    workflow = chain(*steps)
-    workflow.link_error(on_error.set(queue=queue))
-    workflow.apply_async()
+def _send_job(job: JobSpec, host: str, caller: str) -> None:
+    """The job's ``corral.launch``, pinned to ``host``'s lifecycle queue, carrying the batch's caller."""
+    current_app.send_task(
+        LAUNCH, args=[dump(job.launch(host))], kwargs={"host": host, CALLER_KWARG: caller}, queue=queue_for_host(host)
+    )
 
 
 def _send_reap(host: str) -> None:
@@ -168,7 +159,7 @@ def dispatch(self: CorralTask, *, host: str | None = None, caller: str | None = 
     if not r.set(DISPATCH_LOCK, token, nx=True, px=30_000):
         return {"skipped": "another dispatcher runs"}
     try:
-        return Dispatcher(c.store, _batches(), c.admission, c.clock, _send_chain, _send_reap).tick()
+        return Dispatcher(c.store, _batches(), c.admission, c.clock, _send_job, _send_reap).tick()
     finally:
         if r.get(DISPATCH_LOCK) == token:
             r.delete(DISPATCH_LOCK)

@@ -17,7 +17,8 @@ from corral.trust import signing
 from corral.trust.identity import CALLER_KWARG
 from workers.heartbeat import HostHeartbeat
 from workers.observe import HostObserver
-from workers.reads import ReadsLane, WarmCoordinator
+from workers.reads import ReadsLane
+from workers.warmup import WarmCoordinator, warm_pool_processes
 
 
 def create_app(settings: Settings | None = None, lane: Lane = "lifecycle") -> Celery:
@@ -27,7 +28,7 @@ def create_app(settings: Settings | None = None, lane: Lane = "lifecycle") -> Ce
     # Celery logs every task's return value; ours can carry (redacted) process output, which
     # does not belong in worker logs. Results stay in the result backend and events.
     trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
-    tasks = ["operations", "sweeper", "reconcile", "views", "placement", "batch"]
+    tasks = ["operations", "launch", "sweeper", "reconcile", "views", "placement", "batch"]
     app = Celery("corral", include=[f"tasks.{name}" for name in tasks], amqp=QuietAMQP)
     app.conf.update(celery_config(settings))
     # Before the pool forks: children decode (and verify) task bodies with the same serializer.
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, lane: Lane = "lifecycle") -> Ce
     if lane == "reads":
         app.steps["worker"].add(WarmCoordinator)
         return app
+    warm_pool_processes()
     app.steps["consumer"].add(HostHeartbeat)
     app.steps["worker"].add(HostObserver)  # metrics endpoint and exit watch (workers.observe)
     app.steps["worker"].add(ReadsLane)  # the reads queue's own process (workers.reads)

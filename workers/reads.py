@@ -141,16 +141,3 @@ def reads_argv(host: str, concurrency: int, loglevel: str, fleet: bool = True) -
         loglevel,
         *([] if fleet else ["--no-fleet"]),
     ]
-
-
-class WarmCoordinator(bootsteps.StartStopStep):  # type: ignore[misc]
-    """Worker step of the reads lane: build this process's coordinator (runtime, policy, Redis) in
-    the main thread before the threads pool takes a task, so its threads share one."""
-
-    label = "corral warm coordinator"
-    requires = ("celery.worker.components:Pool",)
-
-    def start(self, parent: Any) -> None:
-        from corral.host.services import coordinator
-
-        coordinator()

@@ -168,10 +168,11 @@ def _say_queued(reason: str) -> None:
 
 
 def _wait_started(client: Any, handle: Any, as_json: bool) -> None:
-    """Wait for the chain to start the process; on a terminal, say which step it is at (stderr)."""
+    """Wait for the host to prepare and start the process; on a terminal, say where (stderr)."""
     progress = Progress(enabled=not as_json)
     try:
-        client.wait(handle, on_step=lambda op: progress.update(f"preparing on {handle.host}: {op.replace('_', ' ')}"))
+        progress.update(f"preparing on {handle.host}")
+        client.wait(handle)
     finally:
         progress.done()
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from celery import Celery, chain
+from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from pydantic import BaseModel
@@ -30,7 +30,6 @@ from corral.celeryconf import (
     celery_config,
     fleet_queue_for,
     queue_for,
-    queue_for_host,
     task_name,
 )
 from corral.contract.errors import (
@@ -74,7 +73,9 @@ from corral.trust import signing
 from corral.trust.identity import CALLER_KWARG
 
 M = TypeVar("M", bound=BaseModel | str)
-HostTask = Operation | Literal["reconcile"]
+HostTask = Operation | Literal["reconcile", "launch"]
+LAUNCH: HostTask = "launch"
+"""``corral.launch``: a job's prepare-to-start chain in one message, run step by step by its host."""
 """What a client sends to one host's queue: a contract operation, or the host's reconcile pass."""
 
 
@@ -103,8 +104,8 @@ class JobHandle:
     environment_id: str
     host: str
     process_ref: str
-    step_ids: list[tuple[str, str]] = field(default_factory=list)
-    """(operation, Celery task id) for each chain step, in order."""
+    launch_id: str = ""
+    """The Celery task id of the job's ``corral.launch`` (its result is ``start_process``'s)."""
 
 
 @dataclass(frozen=True)
@@ -236,59 +237,28 @@ class Client:
         on_queued: Callable[[str], None] | None = None,
         queue_timeout_s: float | None = None,
     ) -> JobHandle:
-        """Reserve a host (``place``), then send the prepare-to-start chain, every signature pinned to
-        that host's queue. The reservation is a lease the host's ``prepare_session`` confirms."""
+        """Reserve a host (``place``), then send the job's launch to that host's queue. The reservation
+        is a lease the host's ``prepare_session`` confirms."""
         self._kwargs("")  # no signing key: say so before placement
-        return self.send_chain(job, self.place(job, host, placement, on_queued, queue_timeout_s))
+        return self.send_job(job, self.place(job, host, placement, on_queued, queue_timeout_s))
 
-    def send_chain(self, job: JobSpec, target: str) -> JobHandle:
-        """Send the chain to ``target`` without a reservation (``submit`` reserves first). The host
-        still enforces its own cap (``limits.max_sandboxes``) and records what runs for admission."""
-        steps = job.requests(target)
-        queue = queue_for_host(target)
-        signatures = [
-            self.app.signature(task_name(op), args=[dump(req)], kwargs=self._kwargs(target), immutable=True).set(
-                queue=queue
+    def send_job(self, job: JobSpec, target: str) -> JobHandle:
+        """Send the job's ``corral.launch`` to ``target`` without a reservation (``submit`` reserves
+        first). The host runs the prepare-to-start chain from it (``corral.host.launch``), still
+        enforces its own cap (``limits.max_sandboxes``) and records what runs for admission."""
+        result = self.send(LAUNCH, job.launch(target), target)
+        return JobHandle(job.environment_id, target, process_ref_for(job.environment_id), result.id)
+
+    def wait(self, handle: JobHandle, timeout: float | None = None) -> ProcessStartResult:
+        """Wait until the job's process started; a failed step is raised as its ``AgentError``."""
+        if not handle.launch_id:
+            raise InvalidRequest(
+                "this handle was not made by submit: there is no launch to wait for",
+                context={"environment_id": handle.environment_id},
             )
-            for op, req in steps
-        ]
-        on_error = self.app.signature(
-            task_name(Operation.cleanup),
-            args=[
-                dump(
-                    CleanupRequest(environment=job.environment(), cleanup_plan_ref=cleanup_plan_ref(job.environment_id))
-                )
-            ],
-            kwargs=self._kwargs(target),
-            immutable=True,
-        ).set(queue=queue)
-        workflow = chain(*signatures)
-        workflow.link_error(on_error)
-        last = workflow.apply_async()
-        ids: list[str] = []
-        node: AsyncResult | None = last
-        while node is not None:
-            ids.append(node.id)
-            node = node.parent
-        ids.reverse()
-        return JobHandle(
-            job.environment_id,
-            target,
-            process_ref_for(job.environment_id),
-            list(zip([op for op, _ in steps], ids, strict=True)),
+        return ProcessStartResult.model_validate(
+            self._get(AsyncResult(handle.launch_id, app=self.app), LAUNCH, timeout)
         )
-
-    def wait(
-        self, handle: JobHandle, timeout: float | None = None, on_step: Callable[[str], None] | None = None
-    ) -> ProcessStartResult:
-        """Wait for each chain step in order; the first failure is raised as its ``AgentError``.
-        ``on_step(operation)`` is called before waiting for each step (progress for a person)."""
-        value: Any = None
-        for operation, task_id in handle.step_ids:
-            if on_step is not None:
-                on_step(operation)
-            value = self._get(AsyncResult(task_id, app=self.app), operation, timeout)
-        return ProcessStartResult.model_validate(value)
 
     def frames(
         self,

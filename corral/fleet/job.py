@@ -1,14 +1,16 @@
 """A job as a scheduler states it, and its translation into contract requests.
 
 ``JobSpec`` is the friendly shape (image, argv, limits, ``--env``, ``--mount``, ``--secret``);
-``JobSpec.requests`` builds the exact contract requests of the prepare-to-start chain. Pure.
+``JobSpec.launch`` is the one message that starts it on a host (``LaunchRequest``), and
+``chain_requests`` builds from it the exact contract requests of the prepare-to-start chain, the same
+on the client and on the host. Pure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -53,6 +55,7 @@ from corral.contract.vocabulary import (
     RootFilesystemMode,
     SecretIsolationRequirement,
 )
+from corral.contract.wire import Model
 
 T = TypeVar("T")
 
@@ -140,23 +143,61 @@ class JobSpec:
             )
         )
 
+    def launch(self, host: str) -> LaunchRequest:
+        """The ``corral.launch`` message that prepares and starts this job on ``host``."""
+        return LaunchRequest(environment=self.environment(), process=self.process(), host_ref=host)
+
     def requests(self, host: str) -> list[tuple[Operation, BaseModel]]:
         """The prepare-to-start chain, in contract order (``CHAIN``)."""
-        env = self.environment()
-        proc = self.process()
-        requests: dict[Operation, BaseModel] = {
-            Operation.prepare_session: SessionPrepareRequest(environment=env, host_ref=host),
-            Operation.resolve_image: ImageResolveRequest(image=image_of(env), environment=env),
-            Operation.prepare_rootfs: RootfsPrepareRequest(rootfs=rootfs_of(env), environment=env),
-            Operation.resolve_mounts: MountResolveRequest(environment=env),
-            Operation.configure_network: NetworkPrepareRequest(environment=env),
-            Operation.prepare_secrets: SecretPrepareRequest(environment=env),
-            Operation.prepare_environment: EnvironmentPrepareRequest(environment=env, process=proc),
-            Operation.start_process: ProcessStartRequest(
-                environment=env, process=proc, effect_intent=proc.effect_intent(env)
-            ),
-        }
-        return [(op, requests[op]) for op in CHAIN]
+        return self.launch(host).requests()
+
+
+class LaunchRequest(Model):
+    """``corral.launch``: one environment and its process, prepared and started on ``host_ref`` by
+    the host running the chain's eight steps in order (``corral.host.launch``). The message carries
+    the environment once; each step's request is derived from it (``requests``) exactly as a client
+    sending the steps one by one would build it, so each keeps its idempotency key and digest."""
+
+    environment: ExecutionEnvironment
+    process: IsolatedProcessSpec
+    host_ref: str
+
+    def steps(self) -> ChainRequests:
+        return chain_requests(self.environment, self.process, self.host_ref)
+
+    def requests(self) -> list[tuple[Operation, BaseModel]]:
+        return self.steps().in_order()
+
+
+class ChainRequests(NamedTuple):
+    """The prepare-to-start chain's requests, one field per step, named by its ``Operation``."""
+
+    prepare_session: SessionPrepareRequest
+    resolve_image: ImageResolveRequest
+    prepare_rootfs: RootfsPrepareRequest
+    resolve_mounts: MountResolveRequest
+    configure_network: NetworkPrepareRequest
+    prepare_secrets: SecretPrepareRequest
+    prepare_environment: EnvironmentPrepareRequest
+    start_process: ProcessStartRequest
+
+    def in_order(self) -> list[tuple[Operation, BaseModel]]:
+        """(operation, request) in contract order (``CHAIN``)."""
+        return [(op, getattr(self, op.value)) for op in CHAIN]
+
+
+def chain_requests(env: ExecutionEnvironment, proc: IsolatedProcessSpec, host: str) -> ChainRequests:
+    """The prepare-to-start chain's requests for ``env`` and ``proc`` on ``host``."""
+    return ChainRequests(
+        prepare_session=SessionPrepareRequest(environment=env, host_ref=host),
+        resolve_image=ImageResolveRequest(image=image_of(env), environment=env),
+        prepare_rootfs=RootfsPrepareRequest(rootfs=rootfs_of(env), environment=env),
+        resolve_mounts=MountResolveRequest(environment=env),
+        configure_network=NetworkPrepareRequest(environment=env),
+        prepare_secrets=SecretPrepareRequest(environment=env),
+        prepare_environment=EnvironmentPrepareRequest(environment=env, process=proc),
+        start_process=ProcessStartRequest(environment=env, process=proc, effect_intent=proc.effect_intent(env)),
+    )
 
 
 JOB_TRUST = IsolationTrustRequirement(

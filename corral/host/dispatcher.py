@@ -4,7 +4,7 @@
 by beat, one at a time under a Redis lock) goes over the active batches: a batch past its deadline is
 cancelled; the attempts of a host whose heartbeat expired end as ``host_lost``; each host with running
 attempts gets a reap request; then pending indices are placed one by one (admission: filter, score,
-atomic reservation), and only a successful reservation sends that job's chain, signed by this worker
+atomic reservation), and only a successful reservation sends that job's launch, signed by this worker
 and carrying the batch's verified caller. A batch never pushes more than its throttle (and what the
 fleet has room for) into host queues: a long-waiting Redis message would be redelivered after the
 visibility timeout. A job that fits nowhere stops the batch's dispatch with the reason recorded
@@ -12,7 +12,7 @@ visibility timeout. A job that fits nowhere stops the batch's dispatch with the 
 
 ``Reaper.reap`` (``corral.batch_reap`` on a host's queue) looks at the attempts running on that host
 through the local coordinator: an exited process gets its outcome, a bounded output tail and its
-cleanup; a chain that failed before the process started (its error cleanup ran) ends as
+cleanup; a launch that failed before the process started (its error cleanup ran) ends as
 ``start_failed``; a cancelled batch's running processes are terminated. Each end updates the batch's
 counters atomically (``batch.lua``) and decides a retry by the batch's rules.
 """
@@ -93,7 +93,7 @@ class Dispatcher:
     batches: BatchStore
     admission: Admission
     clock: Clock
-    send_chain: Callable[[JobSpec, str, str], None]
+    send_job: Callable[[JobSpec, str, str], None]
     """(job, host, caller identity): send the prepare-to-start chain, signed by this worker."""
     send_reap: Callable[[str], None]
     """host: ask its worker to reap the batch attempts it runs."""
@@ -229,7 +229,7 @@ class Dispatcher:
         if not self.batches.start(batch.batch_id, pending.index, pending.env_id, host, record):
             self.admission.release(pending.env_id)
             return False
-        self.send_chain(pending.job, host, batch.caller)
+        self.send_job(pending.job, host, batch.caller)
         return True
 
 

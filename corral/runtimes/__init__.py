@@ -11,6 +11,13 @@ from corral.sandbox.policy import HostPolicy
 from corral.settings import Settings
 
 
+def preload_runtime(settings: Settings) -> None:
+    """Import the host's runtime adapter (no client, no connection): a worker does it before its pool
+    forks, so every pool process shares the imported modules instead of importing them at its first task."""
+    if settings.host.runtime == "docker":
+        import corral.runtimes.docker.runtime  # noqa: F401
+
+
 def build_runtime(settings: Settings, policy: Callable[[], HostPolicy] = HostPolicy) -> IsolationRuntime:
     """The host's runtime. ``policy`` is the host policy in force (the coordinator's
     ``PolicySource.current``): a runtime that learns more than a request says (Docker resolves the

@@ -127,7 +127,7 @@ def test_a_chain_waiting_longer_than_the_lease_keeps_its_reservation(
     jobs = [job(busybox_image, "true"), job(busybox_image, "true")]
     for j in jobs:
         assert admission.reserve(j.environment_id, demand, [host], int(time.time() * 1000)) == Placed(host)
-    handles = [client.send_chain(j, host) for j in jobs]
+    handles = [client.send_job(j, host) for j in jobs]
     peak = [0]
     done = threading.Event()
 

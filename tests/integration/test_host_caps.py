@@ -148,7 +148,7 @@ def test_max_sandboxes_refuses_one_too_many_until_a_slot_is_free(
     # client that skips admission meets.
     with pytest.raises(TimeoutFailure, match="1 host full"):
         client.submit(second, worker.host_id, queue_timeout_s=1)
-    handle_2 = client.send_chain(second, worker.host_id)
+    handle_2 = client.send_job(second, worker.host_id)
     with pytest.raises(PolicyDenial) as info:
         client.wait(handle_2)
     error = info.value

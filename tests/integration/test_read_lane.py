@@ -75,7 +75,7 @@ def test_stats_and_frames_are_answered_while_the_lifecycle_pool_is_fully_occupie
     )
     assert wait_until((faults / "signal_process__before_adapter").exists, 30), worker.log()
     # Straight to the host's queue (placement runs on the fleet queue, which this busy pool serves too).
-    queued = client.send_chain(JobSpec(image=busybox_image, argv=["true"], memory_mb=64), worker.host_id)
+    queued = client.send_job(JobSpec(image=busybox_image, argv=["true"], memory_mb=64), worker.host_id)
 
     # The lifecycle lane is busy (its only process sleeps inside signal_process) and has work queued...
     stats = client.stats(running)
@@ -83,7 +83,7 @@ def test_stats_and_frames_are_answered_while_the_lifecycle_pool_is_fully_occupie
     report = client.call(Operation.capability_report, None, worker.host_id, IsolationCapabilityReport)
     sessions = client.view_sessions()  # a fleet view (corral ps): the fleet's reads queue, this host's reads lane
     # ...and it still is, after the reads were answered.
-    assert not stalled.ready() and not client.app.AsyncResult(queued.step_ids[0][1]).ready()
+    assert not stalled.ready() and not client.app.AsyncResult(queued.launch_id).ready()
     assert stats.state is ProcessState.running
     assert base64.b64decode(frame.content_b64 or "") == b"ready\n"
     assert report.report_ref

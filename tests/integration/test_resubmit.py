@@ -35,7 +35,7 @@ def test_resubmitting_a_cleaned_up_job_is_refused_and_creates_nothing(
     assert client.cleanup(handle).status.value == "completed"
     assert count_labeled(docker_client, worker.host_id) == {"containers": 0, "networks": 0}
 
-    again = client.send_chain(spec, worker.host_id)  # the same job, the same environment id
+    again = client.send_job(spec, worker.host_id)  # the same job, the same environment id
     with pytest.raises(Conflict) as info:
         client.wait(again)
     assert info.value.context["state"] == "cleaned"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -148,13 +149,41 @@ def host_problems(host: HostSettings) -> list[str]:
     return problems
 
 
-def _engine(client_getter: Callable[[], Any]) -> tuple[dict[str, Any] | None, str | None]:
-    try:
-        client = client_getter()
-        client.ping()
-        return dict(client.info()), None
-    except Exception as exc:
-        return None, f"docker engine unreachable ({type(exc).__name__})"
+ENGINE_INFO_TTL_S = 5.0
+"""How long an answer of the engine's ``info`` stands for it. Every ``prepare_session`` matches the
+job against the capability report, and ``info`` is one of the engine's dearest calls (it counts
+containers and images): asked per session, it was two Docker calls and a few ms of the daemon's CPU
+per launch. What it reports (version, OS, security options) changes only with a daemon restart;
+an engine that stopped answering is asked again at once, and its failure is never kept."""
+
+
+class EngineInfo:
+    """The engine's ``info`` (after a ``ping``), kept ``ttl_s`` seconds while the engine answers."""
+
+    def __init__(
+        self,
+        client_getter: Callable[[], Any],
+        ttl_s: float = ENGINE_INFO_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client_getter = client_getter
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._kept: tuple[float, dict[str, Any]] | None = None
+
+    def __call__(self) -> tuple[dict[str, Any] | None, str | None]:
+        now = self._clock()
+        if self._kept is not None and now - self._kept[0] < self._ttl_s:
+            return self._kept[1], None
+        try:
+            client = self._client_getter()
+            client.ping()
+            info = dict(client.info())
+        except Exception as exc:
+            self._kept = None
+            return None, f"docker engine unreachable ({type(exc).__name__})"
+        self._kept = (now, info)
+        return info, None
 
 
 def security_options(info: dict[str, Any] | None) -> dict[str, dict[str, str]]:
@@ -223,10 +252,10 @@ def report(
     runtime_ref: str,
     host_id: str,
     host: HostSettings,
-    client_getter: Callable[[], Any],
+    engine: Callable[[], tuple[dict[str, Any] | None, str | None]],
     providers_problem: str | None = None,
 ) -> IsolationCapabilityReport:
-    info, error = _engine(client_getter)
+    info, error = engine()
     arch = str((info or {}).get("Architecture") or platform.machine())
     engine_version = (info or {}).get("ServerVersion", "unknown")
     return IsolationCapabilityReport(

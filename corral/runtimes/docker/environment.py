@@ -93,6 +93,7 @@ class Preparer(Protocol):
     def pin_mounts(self, env: ExecutionEnvironment) -> list[ResolvedMount]: ...
     def resolve_image(self, request: ImageResolveRequest) -> ImageResolution: ...
     def prepare_rootfs(self, request: RootfsPrepareRequest) -> RootfsRef: ...
+    def image_volumes(self, image_id: str) -> list[str]: ...
 
 
 PROBE_LABEL = "corral.probe"
@@ -314,13 +315,8 @@ class EnvironmentBuilder:
             mounts=mounts,
             secret_binds=binds,
             secret_env=secret_env,
-            image_volumes=self._image_volumes(image),
+            image_volumes=self.rt.image_volumes(image),
         )
-
-    def _image_volumes(self, image_id: str) -> list[str]:
-        with proc.docker_errors(Operation.prepare_environment):
-            config = self.rt.client.images.get(image_id).attrs.get("Config") or {}
-        return sorted(config.get("Volumes") or {})
 
     def _identity(self, image_id: str, process: IsolatedProcessSpec) -> ExecUser:
         """Who the process will run as in this image (the id ``resolve_image`` resolved on this host),

@@ -84,20 +84,22 @@ def _session_filter(host_id: str, environment_id: str) -> dict[str, Any]:
     return {"label": [f"{LABEL_HOST}={host_id}", f"{LABEL_SESSION}={environment_id}"]}
 
 
-def find_containers(client: Any, host_id: str, environment_id: str) -> list[Any]:
-    """Containers of a session: by its deterministic name and by its labels (deduplicated)."""
+def find_containers(client: Any, host_id: str, environment_id: str) -> dict[str, str]:
+    """Containers of a session, id -> name: by its deterministic name and by its labels. The
+    engine's own API (one inspect, one listing): docker-py's ``containers.list`` inspects each."""
     import docker.errors
 
-    found: dict[str, Any] = {}
+    found: dict[str, str] = {}
+    name = container_name(slug(environment_id))
     try:
-        by_name = client.containers.get(container_name(slug(environment_id)))
-        if owns(by_name.labels, host_id, environment_id):
-            found[by_name.id] = by_name
+        by_name = client.api.inspect_container(name)
+        if owns((by_name.get("Config") or {}).get("Labels"), host_id, environment_id):
+            found[by_name["Id"]] = name
     except docker.errors.NotFound:
         pass
-    for item in client.containers.list(all=True, filters=_session_filter(host_id, environment_id)):
-        found.setdefault(item.id, item)
-    return list(found.values())
+    for item in client.api.containers(all=True, filters=_session_filter(host_id, environment_id)):
+        found.setdefault(item["Id"], str((item.get("Names") or [item["Id"]])[0]).lstrip("/"))
+    return found
 
 
 def find_networks(client: Any, host_id: str, environment_id: str) -> list[Any]:
@@ -159,14 +161,14 @@ def remove_session(client: Any, host: HostSettings, host_id: str, environment_id
         networks = find_networks(client, host_id, environment_id)
     except Exception as exc:  # the engine is down or refusing: report, do not raise
         failures.append(f"docker listing ({type(exc).__name__})")
-        containers, networks = [], []
-    for container in containers:
+        containers, networks = {}, []
+    for container_id, name in containers.items():
         try:
-            container.remove(force=True, v=True)  # v: the anonymous volumes an image's VOLUME made
+            client.api.remove_container(container_id, force=True, v=True)  # v: an image VOLUME's anonymous volumes
         except docker.errors.NotFound:
             pass
         except Exception as exc:
-            failures.append(f"container {container.name} ({type(exc).__name__})")
+            failures.append(f"container {name} ({type(exc).__name__})")
     for network in networks:
         try:
             network.remove()

@@ -75,6 +75,9 @@ from corral.sandbox.policy import HostPolicy
 from corral.sandbox.secrets import SecretChain, SessionSecrets
 from corral.settings import HostSettings
 
+MAX_KNOWN_IMAGES = 256
+"""Image ids whose ``VOLUME`` paths a process keeps (the oldest goes first)."""
+
 
 class DockerRuntime:
     """``IsolationRuntime`` on the local Docker engine (structurally; it does not inherit it)."""
@@ -101,6 +104,10 @@ class DockerRuntime:
         self._session_secrets = SessionSecrets()
         """Secret values per live session, for redacting its frames (memory only; dropped at cleanup)."""
         self._docker_root: str | None = None
+        self._engine_info = caps.EngineInfo(lambda: self.client)
+        self._volumes: dict[str, list[str]] = {}
+        """The ``VOLUME`` paths of each image id this process has inspected (an id names its content,
+        so they never change): ``prepare_environment`` covers them without asking the engine again."""
 
     @property
     def secrets(self) -> SecretChain:
@@ -117,6 +124,10 @@ class DockerRuntime:
         if self._client is None:
             with proc.docker_errors("connect"):
                 self._client = docker.from_env(timeout=60)
+            if self._client.api.base_url.startswith("http+docker://"):
+                # A unix socket takes no proxy and no .netrc; without this, requests walks the whole
+                # process environment for proxy settings on every Docker call (~0.5 ms each, ~15 a launch).
+                self._client.api.trust_env = False
         return self._client
 
     # ------------------------------------------------------------------ helpers
@@ -199,7 +210,7 @@ class DockerRuntime:
             self.secrets.describe()
         except AgentError as exc:
             problem = f"secret providers: {exc.message} ({exc.context.get('provider', '?')})"
-        return caps.report(self.runtime_ref(), self.host_id, self.host, lambda: self.client, providers_problem=problem)
+        return caps.report(self.runtime_ref(), self.host_id, self.host, self._engine_info, providers_problem=problem)
 
     # ------------------------------------------------------------------ 3-9 preparation
 
@@ -224,6 +235,7 @@ class DockerRuntime:
                     "image is not present on this host (never pulled)", context={"image": image.image_ref}
                 ) from None
         digest = str(found.id)
+        self._remember_volumes(digest, found.attrs.get("Config") or {})
         arch = found.attrs.get("Architecture")
         repo_digests = [str(d).rsplit("@", 1)[-1] for d in found.attrs.get("RepoDigests") or []]
         if image.expected_digest and image.expected_digest not in (digest, *repo_digests):
@@ -234,6 +246,20 @@ class DockerRuntime:
                 context={"image": image.image_ref, "architecture": str(arch)},
             )
         return ImageResolution(image_ref=image.image_ref, digest=digest, architecture=arch)
+
+    def image_volumes(self, image_id: str) -> list[str]:
+        """The image's ``VOLUME`` paths (each gets a tmpfs over it, ``policy.container_kwargs``)."""
+        known = self._volumes.get(image_id)
+        if known is None:
+            with proc.docker_errors(Operation.prepare_environment):
+                known = self._remember_volumes(image_id, self.client.images.get(image_id).attrs.get("Config") or {})
+        return known
+
+    def _remember_volumes(self, image_id: str, config: dict[str, Any]) -> list[str]:
+        if len(self._volumes) >= MAX_KNOWN_IMAGES:
+            self._volumes.pop(next(iter(self._volumes)))
+        self._volumes[image_id] = volumes = sorted(config.get("Volumes") or {})
+        return volumes
 
     @proc.contract_errors
     def prepare_rootfs(self, request: RootfsPrepareRequest) -> RootfsRef:
@@ -296,7 +322,7 @@ class DockerRuntime:
     def _launch_once(self, container: Any, layout: SpoolLayout, request: ProcessStartRequest) -> None:
         """Start the container through a shim unless that already happened (replay-safe)."""
         values, _missing = self._secret_values(layout)
-        container.reload()
+        # ``container`` was inspected just now (``_container``): its status is current.
         if container.status != "created" or layout.started.exists():
             return
         notify_fd: int | None = None
