@@ -11,7 +11,6 @@ from celery import shared_task
 
 from corral.celeryconf import task_name
 from corral.contract.models import ProcessStartResult
-from corral.contract.operations import CHAIN
 from corral.contract.wire import WireResult
 from corral.fleet.job import LaunchRequest
 from corral.host.launch import launch as run_launch
@@ -33,8 +32,8 @@ _register: Callable[[Callable[..., WireResult]], Any] = shared_task(bind=True, b
 @_register
 def launch(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> WireResult:
     def run() -> ProcessStartResult:
-        # One environment and one process for eight steps: at most what the eight messages carried.
-        parsed = self.parse(LaunchRequest, request, max_bytes=len(CHAIN) * MAX_REQUEST_BYTES)
+        # An environment and a process, each of which could be one request document on its own.
+        parsed = self.parse(LaunchRequest, request, max_bytes=2 * MAX_REQUEST_BYTES)
         who: Caller = coordinator().caller(caller)
         return run_launch(coordinator(), parsed, who, last_attempt=_last_attempt(self))
 

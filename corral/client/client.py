@@ -76,6 +76,8 @@ M = TypeVar("M", bound=BaseModel | str)
 HostTask = Operation | Literal["reconcile", "launch"]
 LAUNCH: HostTask = "launch"
 """``corral.launch``: a job's prepare-to-start chain in one message, run step by step by its host."""
+FOLLOW_WAIT_MS = 500
+"""How long ``Client.follow`` lets the host hold a read for new output (``ProcessIoRequest.wait_ms``)."""
 """What a client sends to one host's queue: a contract operation, or the host's reconcile pass."""
 
 
@@ -367,24 +369,34 @@ class Client:
     def follow(
         self, handle: JobHandle, on_output: Callable[[ProcessIoStream, bytes], None] | None = None, poll_s: float = 0.05
     ) -> ProcessStatsSnapshot:
-        """Drain stdout and stderr (interleaved by polling) until both reach EOF; return final stats.
+        """Drain stdout and stderr until both reach EOF; return final stats.
 
-        Both streams' frames are asked at once (the host's reads lane answers them side by side), and an
-        idle poll waits 5 ms, doubling up to ``poll_s``: a short job's end is seen within milliseconds,
-        a quiet long one costs a read per stream every ``poll_s``."""
+        Both streams' frames are asked at once (the host's reads lane answers them side by side). The
+        first stream not yet at its end is asked as a held read (``FOLLOW_WAIT_MS``): the host answers
+        it as soon as either stream has new bytes or the process ended, so a short job's end is seen
+        within milliseconds and a quiet long one costs a round per ``FOLLOW_WAIT_MS``. When the host
+        had no slot to hold a read (it answered at once with nothing new), the client waits 5 ms,
+        doubling up to ``poll_s``."""
         cursors = {ProcessIoStream.stdout: 0, ProcessIoStream.stderr: 0}
         done: set[ProcessIoStream] = set()
         first = min(0.005, poll_s)
         pause = first
         while len(done) < 2:
             progressed = False
+            open_streams = [s for s in (ProcessIoStream.stdout, ProcessIoStream.stderr) if s not in done]
+            began = time.monotonic()
             asked = [
                 (
                     stream,
-                    self.send(Operation.stream_io, self._frame_request(handle, stream, cursors[stream]), handle.host),
+                    self.send(
+                        Operation.stream_io,
+                        self._frame_request(
+                            handle, stream, cursors[stream], FOLLOW_WAIT_MS if stream is open_streams[0] else 0
+                        ),
+                        handle.host,
+                    ),
                 )
-                for stream in (ProcessIoStream.stdout, ProcessIoStream.stderr)
-                if stream not in done
+                for stream in open_streams
             ]
             for stream, result in asked:
                 frame = ProcessIoFrame.model_validate(self._get(result, Operation.stream_io))
@@ -395,11 +407,13 @@ class Client:
                         on_output(stream, base64.b64decode(frame.content_b64))
                 if frame.eof:
                     done.add(stream)
-            if not progressed and len(done) < 2:
+                    progressed = True
+            held = time.monotonic() - began >= FOLLOW_WAIT_MS / 2000
+            if progressed or held:
+                pause = first
+            else:
                 time.sleep(pause)
                 pause = min(pause * 2, poll_s)
-            else:
-                pause = first
         pause = first
         for _ in range(100):
             stats = self.stats(handle)
@@ -410,8 +424,10 @@ class Client:
         return stats
 
     @staticmethod
-    def _frame_request(handle: JobHandle, stream: ProcessIoStream, cursor: int) -> ProcessIoRequest:
-        return ProcessIoRequest(process_ref=handle.process_ref, stream=stream, cursor=cursor, max_bytes=256 * 1024)
+    def _frame_request(handle: JobHandle, stream: ProcessIoStream, cursor: int, wait_ms: int = 0) -> ProcessIoRequest:
+        return ProcessIoRequest(
+            process_ref=handle.process_ref, stream=stream, cursor=cursor, max_bytes=256 * 1024, wait_ms=wait_ms
+        )
 
     def reconcile(self, host: str, dry_run: bool = False) -> ReconcileReport:
         """Ask a host to compare what it holds with what the state store owns (and act unless dry run)."""

@@ -776,6 +776,8 @@ class ProcessStartRequest(Model):
 
 
 MAX_FRAME_BYTES = 1 << 20
+MAX_READ_WAIT_MS = 2000
+"""The longest a read may be held open for output (``ProcessIoRequest.wait_ms``)."""
 MAX_GRACE_MS = 600_000
 """The longest grace a host gives a terminated process before the kill (10 minutes)."""
 
@@ -791,6 +793,17 @@ class ProcessIoRequest(Model):
     """corral, stdin only: the bytes to write, base64; at most ``MAX_FRAME_BYTES`` once decoded."""
     close_stdin: bool = omit_default(False)
     """corral, stdin only: close the process's stdin after this write."""
+    wait_ms: int = omit_default(0)
+    """corral, stdout/stderr only: when nothing is past ``cursor`` yet and the stream is not at its
+    end, hold the read up to this long (at most ``MAX_READ_WAIT_MS``) for new bytes of either
+    stream or the end. The host holds only a few reads at once; the others answer at once."""
+
+    @field_validator("wait_ms")
+    @classmethod
+    def _wait_ms(cls, value: int) -> int:
+        if not 0 <= value <= MAX_READ_WAIT_MS:
+            raise ValueError(f"wait_ms must be between 0 and {MAX_READ_WAIT_MS}")
+        return value
 
     @field_validator("cursor")
     @classmethod

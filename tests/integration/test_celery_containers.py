@@ -5,9 +5,10 @@ the suite's host identity, with this machine's Docker socket and its state and s
 at the same paths (the engine resolves bind sources on the host), as in ``docker-compose.yml``.
 
 A job sent from this process (the suite's client role and key) through the container's Redis is
-placed on the containerized host worker, runs its chain in contract order on that host's queue and
-prints its output; a task for another host waits in that host's queue. pytest-celery's ``celery_setup``
-checks both containers ready (by their logs), and tears them and its network down.
+placed on the containerized host worker, whose launch runs the chain in contract order from that
+host's queue, and prints its output; a task for another host waits in that host's queue.
+pytest-celery's ``celery_setup`` checks both containers ready (by their logs), and tears them and its
+network down.
 """
 
 from __future__ import annotations
@@ -207,10 +208,13 @@ def test_a_job_runs_through_pytest_celerys_broker_and_worker_containers(
         spec = JobSpec(image=busybox_image, argv=["echo", "hello from a container worker"], memory_mb=64)
         done = client.run(spec, host=HOST, on_output=lambda _stream, data: output.append(data))
         assert (done.exit_code, done.host, b"".join(output)) == (0, HOST, b"hello from a container worker\n")
-        # The chain in contract order, each step on this host's queue, in the worker container's log.
+        # The launch and the cleanup ran in the worker container (its log); the host ran the chain's
+        # steps in contract order (its journal).
         log = worker.logs()
         succeeded = [line.split("Task corral.")[1].split("[")[0] for line in log.splitlines() if "succeeded in" in line]
-        assert [step for step in succeeded if step in CHAIN] == list(CHAIN), log
+        assert [task for task in succeeded if task in ("launch", "cleanup")] == ["launch", "cleanup"], log
+        ran = [r.fields["op"] for r in client.journal(done.environment_id) if r.kind == "result"]
+        assert [op for op in ran if op in CHAIN] == list(CHAIN), ran
 
         # Routing: a task for another host waits in that host's queue, untouched by this worker.
         other = f"pcc-{uuid.uuid4().hex[:6]}"

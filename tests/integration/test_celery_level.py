@@ -11,9 +11,10 @@ a test can reach into it (Celery's signals, a runtime that fails once) and kill 
 process of the host.
 
 What is exercised through real Celery components: routing to a host queue (nothing runs on another
-host's worker), a job's chain running in contract order, a retry of a retryable error (a new
-message with a countdown, then success), and redelivery of an unacked task of a worker killed
-mid-task (SIGKILL), run by the next worker of that host after the visibility timeout.
+host's worker), a job's launch running the chain's steps in contract order, a retry of a retryable
+error (a new message with a countdown, the finished steps replayed, then success), and redelivery
+of an unacked task of a worker killed mid-task (SIGKILL), run by the next worker of that host after
+the visibility timeout.
 
 This process signs as the suite's host component (``corral-host-test``): kombu's serializer
 registry is per process, so the embedded worker and the test's client share one signer; the client
@@ -41,6 +42,7 @@ from corral.contract.operations import CHAIN
 from corral.fleet.job import JobSpec
 from corral.host import services
 from corral.settings import load_settings
+from tasks.launch import LAUNCH
 from tests.conftest import TEST_CLIENT, TEST_HOST_IDENTITY, TEST_IMAGE, suite_fleet
 from tests.harness import kill_shims, remove_labeled, unpin_all, wait_until
 
@@ -130,8 +132,14 @@ def client(worker_settings: dict[str, str]) -> Iterator[Client]:
     c.close()
 
 
-def names(ran: list[tuple[str, str, int]]) -> list[str]:
-    return [name.removeprefix("corral.") for name, _, _ in ran if name.removeprefix("corral.") in CHAIN]
+def launches(ran: list[tuple[str, str, int]]) -> list[tuple[str, int]]:
+    """(queue, retries) of each ``corral.launch`` delivery the embedded worker started."""
+    return [(queue, retries) for name, queue, retries in ran if name == LAUNCH]
+
+
+def steps_run(client: Client, environment_id: str) -> list[str]:
+    """The chain steps the host ran for a job (each a result record of its own in the journal), in order."""
+    return [r.fields["op"] for r in client.journal(environment_id) if r.kind == "result" and r.fields["op"] in CHAIN]
 
 
 def spec() -> JobSpec:
@@ -147,8 +155,8 @@ def test_a_job_chain_runs_in_order_on_its_host_queue_only(
     handle = client.submit(spec(), host=host)
     result = client.wait(handle, timeout=60)
     assert result.process_ref == handle.process_ref
-    assert names(ran) == list(CHAIN)  # each step once, in contract order
-    assert {queue for name, queue, _ in ran if name.removeprefix("corral.") in CHAIN} == {queue_for_host(host)}
+    assert launches(ran) == [(queue_for_host(host), 0)]  # one message, from this host's queue
+    assert steps_run(client, handle.environment_id) == list(CHAIN)  # each step once, in contract order
 
     # Routing: a task addressed to another host waits in that host's queue; this worker never takes it.
     other = f"pc-{uuid.uuid4().hex[:8]}"
@@ -183,10 +191,13 @@ def test_a_retryable_error_is_retried_by_celery_and_the_chain_completes(
         client.wait(handle, timeout=60)
     finally:
         task_retry.disconnect(dispatch_uid="cl-retry")
-    assert retried == ["corral.prepare_rootfs"]
-    rootfs = [retries for name, _, retries in ran if name == "corral.prepare_rootfs"]
-    assert rootfs == [0, 1]  # the failed delivery, then Celery's retry message
-    assert names(ran) == [*CHAIN[:3], *CHAIN[2:]]
+    assert retried == [LAUNCH]
+    assert [retries for _, retries in launches(ran)] == [0, 1]  # the failed delivery, then Celery's retry
+    # The retry replayed the two finished steps from their records and ran the rest: the rootfs twice
+    # (it failed once), every other step once.
+    assert steps_run(client, handle.environment_id) == [*CHAIN[:3], *CHAIN[2:]]
+    replayed = [r.fields["op"] for r in client.journal(handle.environment_id) if r.kind == "replay"]
+    assert replayed == list(CHAIN[:2])
     assert calls == [handle.environment_id] * 2
 
 
@@ -221,5 +232,6 @@ def test_an_unacked_task_of_a_killed_worker_is_redelivered_to_the_next_worker_of
     # pytest-celery's worker for the same host restores it after the visibility timeout and runs it.
     with start_worker(corral_app, pool="solo", **worker_parameters):
         client.wait(handle, timeout=60)
-    assert names(ran) == list(CHAIN)
+    assert launches(ran) == [(queue_for_host(host), 0)]
+    assert steps_run(client, handle.environment_id) == list(CHAIN)
     assert admin.hlen("unacked") == 0

@@ -898,3 +898,51 @@ def test_cleanup_of_a_detached_session_removes_its_ack(runtime: DockerRuntime, b
         "mount_dirs": [],
         "tickets": [],
     }
+
+
+# ------------------------------------------------------------------- held reads (wait_ms)
+
+
+def _held(rt: DockerRuntime, process_ref: str, stream: ProcessIoStream, wait_ms: int, cursor: int = 0) -> Any:
+    began = time.monotonic()
+    frame = rt.stream_io(ProcessIoRequest(process_ref=process_ref, stream=stream, cursor=cursor, wait_ms=wait_ms))
+    return frame, time.monotonic() - began
+
+
+def test_a_held_read_answers_when_output_arrives_not_at_its_deadline(
+    runtime: DockerRuntime, busybox_image: str
+) -> None:
+    ref = sh(runtime, make_env(busybox_image), "sleep 0.5; echo late")
+    frame, took = _held(runtime, ref, ProcessIoStream.stdout, 2000)
+    assert base64.b64decode(frame.content_b64 or "") == b"late\n"
+    assert 0.3 < took < 1.5, took
+
+
+def test_a_held_read_wakes_for_the_other_stream_and_for_the_end(runtime: DockerRuntime, busybox_image: str) -> None:
+    ref = sh(runtime, make_env(busybox_image), "sleep 0.4; echo oops >&2; sleep 0.4")
+    frame, took = _held(runtime, ref, ProcessIoStream.stdout, 2000)
+    assert frame.byte_count == 0 and not frame.eof and 0.25 < took < 0.75, (frame, took)  # stderr moved
+    frame, took = _held(runtime, ref, ProcessIoStream.stdout, 2000)
+    assert frame.eof and took < 1.0, (frame, took)  # the process ended: stdout is at its end
+
+
+def test_a_held_read_of_a_quiet_stream_ends_at_its_deadline(runtime: DockerRuntime, busybox_image: str) -> None:
+    ref = sh(runtime, make_env(busybox_image), "sleep 30")
+    frame, took = _held(runtime, ref, ProcessIoStream.stdout, 300)
+    assert frame.byte_count == 0 and not frame.eof
+    assert 0.28 < took < 1.0, took
+
+
+def test_held_reads_beyond_the_slots_answer_at_once(runtime: DockerRuntime, busybox_image: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from corral.runtimes.docker.runtime import MAX_HELD_READS
+
+    ref = sh(runtime, make_env(busybox_image), "sleep 30")
+    with ThreadPoolExecutor(MAX_HELD_READS + 2) as pool:
+        took = sorted(
+            t
+            for _, t in pool.map(lambda _: _held(runtime, ref, ProcessIoStream.stdout, 800), range(MAX_HELD_READS + 2))
+        )
+    assert all(t < 0.4 for t in took[:2]), took  # no slot: answered at once
+    assert all(t > 0.7 for t in took[2:]), took  # held to the deadline

@@ -199,7 +199,7 @@ def test_progress_shows_on_a_terminal_only(worker_factory, corral_env, busybox_i
 
     code, out, seen = corral_on_terminal(corral_env, *argv)
     assert code == 0 and out == b"hi\n"
-    assert f"corral: preparing on {worker.host_id}: ".encode() in seen
+    assert f"corral: preparing on {worker.host_id}".encode() in seen
     assert seen.endswith(b"\r\x1b[2K")  # the line is erased before the job's own output
 
 

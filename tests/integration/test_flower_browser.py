@@ -24,7 +24,6 @@ from urllib.request import Request, urlopen
 import pytest
 
 from corral.client.devstack import FLOWER_TASKS_COLUMNS
-from corral.contract.operations import CHAIN
 from corral.trust.credentials import Fleet
 from tests.browser import Browser, chromium_binary
 from tests.conftest import free_port, missing
@@ -63,7 +62,11 @@ def browser() -> Iterator[Browser]:
     driver.close()
 
 
-def test_flower_shows_hosts_chains_and_typed_errors_only_to_an_authenticated_operator(
+JOB_TASKS = {"corral.launch": False, "corral.stream_io": True, "corral.collect_stats": True, "corral.cleanup": False}
+"""The tasks of one `corral run`, each with whether it goes to the host's reads lane."""
+
+
+def test_flower_shows_hosts_jobs_and_typed_errors_only_to_an_authenticated_operator(
     corral_env: dict[str, str], tmp_path: Path, docker_client: Any, busybox_image: str, browser: Browser
 ) -> None:
     name = f"fl-{uuid.uuid4().hex[:6]}"
@@ -108,7 +111,7 @@ def test_flower_shows_hosts_chains_and_typed_errors_only_to_an_authenticated_ope
             assert status_without_auth(base + path) == 401, path
             assert status_without_auth(base + path, "operator:wrong") == 401, path
         assert browser.navigate(f"{base}/tasks") == 401
-        assert "corral.start_process" not in browser.text()
+        assert "corral.launch" not in browser.text()
 
         # The workers page lists each host worker.
         assert browser.navigate(f"{base}/workers", auth=auth) == 200
@@ -117,34 +120,38 @@ def test_flower_shows_hosts_chains_and_typed_errors_only_to_an_authenticated_ope
         assert names <= {row[0] for row in rows if row}, rows
         assert all(row[1] == "Online" for row in rows if row and row[0] in names), rows
 
-        # The tasks page: the whole chain succeeded on the host's queue; the failed job's typed error.
+        # The tasks page: the job's launch, its reads and its cleanup succeeded on the host's queues;
+        # the failed job's launch shows its step's typed error.
         # Columns: devstack.FLOWER_TASKS_COLUMNS (name, uuid, state, routing key, worker, ...).
         assert browser.navigate(f"{base}/tasks", auth=auth) == 200
 
         def cells(rows: list[list[str]], *names: str) -> list[list[str]]:
             return [[row[COLUMN[name]] for name in names] for row in rows if len(row) == len(COLUMN)]
 
-        def chain_seen(rows: list[list[str]]) -> bool:
+        def job_seen(rows: list[list[str]]) -> bool:
             done = {name for name, state in cells(rows, "name", "state") if state == "SUCCESS"}
-            return {f"corral.{step}" for step in CHAIN} <= done and ["FAILURE"] in cells(rows, "state")
+            return set(JOB_TASKS) <= done and ["FAILURE"] in cells(rows, "state")
 
         browser.evaluate("$('#tasks-table').DataTable().page.len(100).draw()")
-        rows = browser.wait_for_rows(chain_seen)
+        rows = browser.wait_for_rows(job_seen)
         seen = cells(rows, "name", "state", "routing_key", "worker")
-        for step in CHAIN:
-            assert [f"corral.{step}", "SUCCESS", f"corral.host.{host}", f"corral@{host}"] in seen, (step, rows)
+        for name, reads in JOB_TASKS.items():
+            lane = ".reads" if reads else ""
+            worker = f"corral-reads@{host}" if reads else f"corral@{host}"
+            queue = f"corral.host.{host}{lane}"
+            assert [name, "SUCCESS", queue, worker] in seen, (name, rows)
         failures = [row for row in cells(rows, "state", "routing_key", "exception") if row[0] == "FAILURE"]
         assert failures, rows
         assert all(routing_key == f"corral.host.{other}" for _, routing_key, _ in failures), failures
         assert any(re.match(r"PolicyDenial\(.*unknown mount alias", exc) for _, _, exc in failures), (failures, error)
-        # The failed job's errback (cleanup) ran too; every task's kwargs are its host and caller only.
+        # Every task's kwargs are its host and caller only.
         kwargs = [text for (text,) in cells(rows, "kwargs")]
         assert all(re.fullmatch(r"\{('host': '[\w-]+', )?'caller': '[\w-]+'\}", text) for text in kwargs), kwargs
         shot = tmp_path / "flower-tasks.png"
         browser.screenshot(shot)
         # A task's own page: arguments are a summary, never the request (argv, image, env).
         triples = cells(rows, "name", "routing_key", "uuid")
-        start = next(u for n, q, u in triples if n == "corral.start_process" and q == f"corral.host.{host}")
+        start = next(u for n, q, u in triples if n == "corral.launch" and q == f"corral.host.{host}")
         assert browser.navigate(f"{base}/task/{start[:36]}", auth=auth) == 200
         text = browser.wait_for(lambda t: "argument hidden" in t)
         assert re.search(r"<1 argument hidden, \d+ bytes>", text), text

@@ -114,8 +114,7 @@ def test_eight_mib_of_argv_is_denied_and_nothing_large_stays_in_redis(
     spec = job(busybox_image, *HUGE_ARGV)
     error = denied(client, spec, worker.host_id)
     assert error.context["rule"] == "limits.max_argv_bytes"
-    # judged at the chain's first step (the first message carries the rest of the chain), so the
-    # 16 MiB of later steps are never published again; nothing was prepared
+    # judged before the launch's first step: nothing was prepared, so nothing is left to clean up
     records = client.journal(spec.environment_id)
     first = records[0].fields
     assert (first["kind"], first["op"], first["rule"]) == ("denial", "prepare_session", "limits.max_argv_bytes")
@@ -132,7 +131,7 @@ def test_eight_mib_of_argv_is_denied_and_nothing_large_stays_in_redis(
             r.close()
         return sorted(found, reverse=True)[:3]
 
-    # every message of the chain is acknowledged and gone; no record kept the argv
+    # the launch message is acknowledged and gone; no record kept the argv
     assert wait_until(lambda: biggest()[0][0] < 256 * 1024, 30), biggest()
 
 

@@ -307,7 +307,7 @@ def test_corral_dev_never_runs_an_open_redis(
         url = f"http://127.0.0.1:{flower_port}/api/tasks"
         request = Request(url, headers={"Authorization": f"Basic {flower_auth}"})
         tasks = json.loads(urlopen(request, timeout=10).read())
-        assert any(t.get("name") == "corral.start_process" for t in tasks.values()), tasks
+        assert any(t.get("name") == "corral.launch" for t in tasks.values()), tasks
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -286,6 +286,33 @@ def _shim_failure(error: dict[str, Any], secret_values: list[bytes]) -> AgentErr
 # frames
 
 
+READ_WAIT_PAUSE_S = (0.001, 0.008)
+"""A held read looks at the spool after 1 ms, then after twice as long each time, up to 8 ms: a
+short job's end is seen within a few ms, and a held read costs a few stat calls per 8 ms."""
+
+
+def await_output(layout: SpoolLayout, stream: str, cursor: int, wait_s: float) -> None:
+    """Return once ``stream`` has bytes past ``cursor``, the other stream has new bytes, the writer
+    is finished or its sink full, or ``wait_s`` has passed (a held read, ``ProcessIoRequest.wait_ms``).
+    Two stats and the writer check per look, no descriptor kept open."""
+    streams = (ProcessIoStream.stdout.value, ProcessIoStream.stderr.value)
+    others = {name: file_size(layout.stream(name)) for name in streams if name != stream}
+    deadline = time.monotonic() + wait_s
+    pause, longest = READ_WAIT_PAUSE_S
+    while True:
+        if file_size(layout.stream(stream)) > cursor or read_int(layout.dropped(stream)) > 0:
+            return
+        if any(file_size(layout.stream(name)) != size for name, size in others.items()):
+            return
+        if writer_finished(layout):
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, longest)
+
+
 def writer_finished(layout: SpoolLayout) -> bool:
     """No byte will be added any more: ``exit.json`` exists, the shim died after starting, or a
     supervisor recorded that death (``lost.json``)."""

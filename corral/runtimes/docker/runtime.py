@@ -11,6 +11,7 @@ never through Docker's logs. Pure policy lives in ``docker_policy``, names/label
 from __future__ import annotations
 
 import fcntl
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -75,6 +76,10 @@ from corral.sandbox.policy import HostPolicy
 from corral.sandbox.secrets import SecretChain, SessionSecrets
 from corral.settings import HostSettings
 
+MAX_HELD_READS = 4
+"""Reads held open for output at once in one process (``ProcessIoRequest.wait_ms``): half of the
+reads lane's default 8 threads, so stats and frames always find a thread; a read that finds no
+slot answers at once (the client then paces itself)."""
 MAX_KNOWN_IMAGES = 256
 """Image ids whose ``VOLUME`` paths a process keeps (the oldest goes first)."""
 
@@ -105,6 +110,7 @@ class DockerRuntime:
         """Secret values per live session, for redacting its frames (memory only; dropped at cleanup)."""
         self._docker_root: str | None = None
         self._engine_info = caps.EngineInfo(lambda: self.client)
+        self._held_reads = threading.BoundedSemaphore(MAX_HELD_READS)
         self._volumes: dict[str, list[str]] = {}
         """The ``VOLUME`` paths of each image id this process has inspected (an id names its content,
         so they never change): ``prepare_environment`` covers them without asking the engine again."""
@@ -364,6 +370,11 @@ class DockerRuntime:
             raise NotFound("unknown process", context={"process_ref": request.process_ref})
         if request.stream.value == "stdin":
             return proc.write_stdin(layout, request.process_ref, request.data_b64, request.close_stdin)
+        if request.wait_ms and self._held_reads.acquire(blocking=False):
+            try:
+                proc.await_output(layout, request.stream.value, request.cursor, request.wait_ms / 1000)
+            finally:
+                self._held_reads.release()
         return proc.read_output_frame(
             layout,
             request.process_ref,
