@@ -4,9 +4,9 @@
 
 Starts a private stack (``DevStack``: a redis-server child and one host worker), listens to the
 Celery task events of every process (with the stack's admin role), runs ``true`` through the same
-calls as ``corral run`` (``Client.run``: place, send the chain, wait for each step, follow the output
-to EOF, read the exit status, clean up) ``--runs`` times after one warm-up, and prints, for the last
-run, one row per task in the order it was sent:
+calls as ``corral run`` (``Client.run``: place, send the launch, wait for it, follow the output to
+EOF, read the exit status, clean up) ``--runs`` times after one warm-up, and prints, for the last
+run, one row per task in the order it was sent, and under the launch one row per chain step it ran:
 
     queue      task-sent -> task-received          publish, broker, the worker's fetch
     dispatch   task-received -> task-started       the pool handing the task to a process
@@ -15,14 +15,14 @@ run, one row per task in the order it was sent:
     post       journal result -> task-succeeded    idempotency finish, result dump and store, event
     total      task-sent -> task-succeeded
 
-(tasks that journal nothing, such as reads and placement, show pre/adapter/post as one ``run`` span),
+(tasks that journal nothing, such as reads and placement, show pre/adapter/post as one ``run`` span;
+a launch step's ``pre`` runs from the previous step's result, or the task's start, to its intent),
 then the client's own phases, the median over the runs of each task's total, and per launch the Redis
 commands the stack ran and the CPU the worker and redis-server spent. Event timestamps are
 each process's wall clock and journal timestamps are milliseconds: on one machine they compare, to
 about a millisecond. Celery stamps task-sent after the publish returns, so a worker quick to receive
 shows a small negative queue time. ``post`` ends at task-succeeded, which the worker's main process sends
-once the pool process reported back; the chain's next step is published inside it, so not all of
-``post`` is on the chain's critical path.
+once the pool process reported back.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from celery import Celery
 
 from corral.client.client import Client
 from corral.client.devstack import DevStack
+from corral.contract.operations import CHAIN
 from corral.fleet.job import JobSpec
 from corral.settings import Settings, load_settings
 
@@ -151,6 +152,24 @@ def journal_spans(client: Client, environment_id: str) -> dict[str, list[tuple[f
     return spans
 
 
+def launch_rows(
+    e: dict[str, float], spans: dict[str, list[tuple[float, float]]], done: float | None
+) -> list[list[str]]:
+    """The launch's row, then one row per chain step it ran: ``pre`` from the previous step's result
+    (or the task's start) to this step's intent, ``adapter`` its intent to its result; the launch's
+    ``post`` is from the last step's result to task-succeeded."""
+    steps: list[list[str]] = []
+    previous = e.get("started")
+    for op in CHAIN:
+        span = spans[op].pop(0) if spans.get(op) else None
+        if span is None:
+            continue
+        steps.append([f"  {op}", "", "", ms(previous, span[0]), ms(span[0], span[1]), "", ""])
+        previous = span[1]
+    head = ["launch", ms(e.get("sent"), e.get("received")), ms(e.get("received"), e.get("started")), "", ""]
+    return [[*head, ms(previous, done), ms(e.get("sent"), done)], *steps]
+
+
 def profile_once(client: Client, events: EventLog, host: str, image: str) -> tuple[dict[str, float], list[list[str]]]:
     job = JobSpec(image=image, argv=["true"], memory_mb=64)
     marks: dict[str, float] = {"begin": time.time()}
@@ -173,8 +192,11 @@ def profile_once(client: Client, events: EventLog, host: str, image: str) -> tup
             continue
         e = task.events
         op = task.name.removeprefix("corral.")
-        span = spans[op].pop(0) if spans.get(op) else None
         done = e.get("succeeded", e.get("failed"))
+        if op == "launch":
+            rows += launch_rows(e, spans, done)
+            continue
+        span = spans[op].pop(0) if spans.get(op) else None
         if span is not None:
             pre, adapter, post = ms(e.get("started"), span[0]), ms(span[0], span[1]), ms(span[1], done)
         else:
@@ -192,8 +214,8 @@ def profile_once(client: Client, events: EventLog, host: str, image: str) -> tup
         )
     phases = {
         "place (fleet task)": marks["placed"] - marks["begin"],
-        "publish the chain": marks["chain sent"] - marks["placed"],
-        "wait for the 8 steps": marks["started"] - marks["chain sent"],
+        "publish the launch": marks["chain sent"] - marks["placed"],
+        "wait for the launch (8 steps)": marks["started"] - marks["chain sent"],
         "follow to EOF + exit status": marks["exit seen"] - marks["started"],
         "cleanup": marks["cleaned"] - marks["exit seen"],
         "total": marks["cleaned"] - marks["begin"],
@@ -240,7 +262,8 @@ def main() -> int:
             for name, value in phases.items():
                 phase_history[name].append(value * 1000)
             for row in rows:
-                history[row[0]].append(float(row[6]) if row[6].strip() != "-" else 0.0)
+                if row[6].strip():  # a task (a launch's steps have no total of their own)
+                    history[row[0]].append(float(row[6]) if row[6].strip() != "-" else 0.0)
         commands = broker.info("stats")["total_commands_processed"] - commands - 1
         cpu = (cpu_ms(worker) - cpu[0], cpu_ms([redis_pid]) - cpu[1])
         broker.close()

@@ -376,11 +376,13 @@ class Client:
         it as soon as either stream has new bytes or the process ended, so a short job's end is seen
         within milliseconds and a quiet long one costs a round per ``FOLLOW_WAIT_MS``. When the host
         had no slot to hold a read (it answered at once with nothing new), the client waits 5 ms,
-        doubling up to ``poll_s``."""
+        doubling up to ``poll_s``. Once one stream is at its end the process has ended, so the exit
+        status is asked in the same round as the other stream's last frames."""
         cursors = {ProcessIoStream.stdout: 0, ProcessIoStream.stderr: 0}
         done: set[ProcessIoStream] = set()
         first = min(0.005, poll_s)
         pause = first
+        ended: ProcessStatsSnapshot | None = None
         while len(done) < 2:
             progressed = False
             open_streams = [s for s in (ProcessIoStream.stdout, ProcessIoStream.stderr) if s not in done]
@@ -398,6 +400,12 @@ class Client:
                 )
                 for stream in open_streams
             ]
+            # A stream at its end means the process ended: its exit status is asked beside the last frames.
+            status = (
+                self.send(Operation.collect_stats, ProcessStatsRequest(process_ref=handle.process_ref), handle.host)
+                if done
+                else None
+            )
             for stream, result in asked:
                 frame = ProcessIoFrame.model_validate(self._get(result, Operation.stream_io))
                 cursors[stream] = frame.cursor
@@ -408,12 +416,16 @@ class Client:
                 if frame.eof:
                     done.add(stream)
                     progressed = True
+            if status is not None:
+                ended = ProcessStatsSnapshot.model_validate(self._get(status, Operation.collect_stats))
             held = time.monotonic() - began >= FOLLOW_WAIT_MS / 2000
             if progressed or held:
                 pause = first
             else:
                 time.sleep(pause)
                 pause = min(pause * 2, poll_s)
+        if ended is not None and ended.state is ProcessState.exited:
+            return ended
         pause = first
         for _ in range(100):
             stats = self.stats(handle)
