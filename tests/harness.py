@@ -199,7 +199,8 @@ def wait_until(predicate: Any, timeout_s: float, step: float = 0.2) -> bool:
 
 
 def kill_shims(state_dir: str) -> None:
-    """Teardown safety net: SIGKILL any I/O shim whose command line names this test's state dir."""
+    """Teardown safety net: SIGKILL any I/O shim (and the shim template) whose command line names
+    this test's state dir."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -207,7 +208,8 @@ def kill_shims(state_dir: str) -> None:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"corral.io.shim" in cmdline and state_dir.encode() in cmdline:
+        helper = b"corral.io.shim" in cmdline or b"corral.io.template" in cmdline
+        if helper and state_dir.encode() in cmdline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry.name), signal.SIGKILL)
 

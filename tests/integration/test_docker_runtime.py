@@ -946,3 +946,113 @@ def test_held_reads_beyond_the_slots_answer_at_once(runtime: DockerRuntime, busy
         )
     assert all(t < 0.4 for t in took[:2]), took  # no slot: answered at once
     assert all(t > 0.7 for t in took[2:]), took  # held to the deadline
+
+
+# ------------------------------------------------------------------------------ the shim template
+
+
+def _template_pids(state_dir: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"corral.io.template" in cmdline and state_dir.encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _shim_of(host: HostSettings, env: ExecutionEnvironment) -> int:
+    from corral.runtimes.docker.resources import shim_pid
+
+    pid = shim_pid(session_paths(host, slug(env.environment_id)).spool)
+    assert pid is not None
+    return pid
+
+
+def test_shims_are_forked_by_one_template_per_host_and_show_a_shims_command_line(
+    runtime: DockerRuntime, busybox_image: str, host: HostSettings
+) -> None:
+    first, second = make_env(busybox_image), make_env(busybox_image)
+    sh(runtime, first, "sleep 30")
+    sh(runtime, second, "sleep 30")
+    [template] = _template_pids(host.state_dir)
+    for env in (first, second):
+        pid = _shim_of(host, env)  # found by its command line, as a shim started on its own would be
+        assert _parent(pid) == template
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        assert words[1:4] == [b"-S", b"-m", b"corral.io.shim"], words
+        spool = str(session_paths(host, slug(env.environment_id)).spool.root).encode()
+        assert spool in words and b"corral.io.template" not in words
+        assert Path(f"/proc/{pid}/cgroup").read_text() == Path(f"/proc/{template}/cgroup").read_text()
+    socket_dir = Path(host.state_dir) / "io"
+    assert socket_dir.stat().st_mode & 0o777 == 0o700
+    [sock] = socket_dir.glob("template-*.sock")
+    assert sock.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_killed_template_is_replaced_and_the_shims_it_forked_live_on(
+    runtime: DockerRuntime, busybox_image: str, host: HostSettings
+) -> None:
+    env = make_env(busybox_image)
+    ref = sh(runtime, env, "sleep 1; echo after")
+    [template] = _template_pids(host.state_dir)
+    os.kill(template, signal.SIGKILL)
+    assert output(runtime, ref) == b"after\n"  # its shim is a process of its own
+    assert wait_exit(runtime, ref).exit_code == 0
+    again = sh(runtime, make_env(busybox_image), "echo again")
+    assert output(runtime, again) == b"again\n"
+    assert [pid for pid in _template_pids(host.state_dir) if pid != template]
+
+
+def test_a_template_drops_what_is_not_a_request_and_serves_the_next(
+    runtime: DockerRuntime, busybox_image: str, host: HostSettings
+) -> None:
+    import socket as sockets
+    import struct
+
+    from corral.io.template import encode_request, socket_address
+
+    sh(runtime, make_env(busybox_image), "true")
+    [template] = _template_pids(host.state_dir)
+    [sock] = (Path(host.state_dir) / "io").glob("template-*.sock")
+    attempts = [
+        struct.pack(">I", 10) + b"not json!!",
+        struct.pack(">I", 1 << 30),
+        struct.pack(">I", 2) + b"[]",
+        struct.pack(">I", 40) + b'{"argv": ["--bogus"], "log": "/x", "cwd": "/"}'[:40],  # cut short
+        encode_request(["--bogus"], "/x", "/"),  # well formed, but not a shim's command line
+    ]
+    for attempt in attempts:
+        conn = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+        dir_fd = os.open(sock.parent, os.O_PATH | os.O_DIRECTORY)
+        try:
+            conn.connect(socket_address(dir_fd, sock.name))
+            conn.settimeout(10)
+            conn.sendall(attempt)
+            assert conn.recv(64) == b"", attempt  # dropped: never "forked"
+        finally:
+            conn.close()
+            os.close(dir_fd)
+    ref = sh(runtime, make_env(busybox_image), "echo served")
+    assert output(runtime, ref) == b"served\n"
+    assert _template_pids(host.state_dir) == [template]
+
+
+def test_without_a_template_shims_start_on_their_own(
+    docker_client: Any, host: HostSettings, host_id: str, busybox_image: str
+) -> None:
+    Path(host.state_dir).mkdir(parents=True, exist_ok=True)
+    (Path(host.state_dir) / "io").write_text("not a directory: no template can live here\n")
+    with docker_runtime(docker_client, host, host_id) as rt:
+        env = make_env(busybox_image)
+        ref = sh(rt, env, "echo alone; sleep 1")
+        assert b"--daemonize" in Path(f"/proc/{_shim_of(host, env)}/cmdline").read_bytes()  # a shim of its own
+        assert output(rt, ref) == b"alone\n"
+        assert _template_pids(host.state_dir) == []

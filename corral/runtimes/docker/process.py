@@ -9,11 +9,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import fcntl
 import functools
 import hashlib
 import logging
 import os
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -28,7 +30,7 @@ from corral.contract.errors import AgentError, InvalidRequest, IsolationFailure
 from corral.contract.models import ProcessIoFrame, ProcessState, ProcessStatsSnapshot, TerminationReason
 from corral.contract.operations import Operation
 from corral.contract.vocabulary import ProcessContentCaptureMode, ProcessIoStream, ProcessSignal
-from corral.io import cgroup
+from corral.io import cgroup, template
 from corral.io.spool import (
     STDIN_MAX_TOTAL,
     SpoolLayout,
@@ -43,7 +45,7 @@ from corral.io.spool import (
     write_json,
 )
 from corral.runtimes.docker.failure import HostPaths, engine_failure
-from corral.runtimes.docker.resources import SHIM_MODULE, shim_pid
+from corral.runtimes.docker.resources import SHIM_MODULE, TEMPLATE_MODULE, shim_pid
 from corral.sandbox.redact import Cut, Redactor
 from corral.settings import HostSettings
 
@@ -118,15 +120,26 @@ HELPER_MEMORY_MB = 1024
 HELPER_PIDS = 4096
 
 
-def shim_command(name: str, layout: SpoolLayout, timeout_ms: int, grace_ms: int, signal: str, stdin: bool) -> list[str]:
-    """``python -S``: no site, so none of the virtualenv's .pth hooks run in every shim; the
-    package is found through ``PYTHONPATH`` (``spawn_detached``)."""
-    cmd = [
-        sys.executable,
-        "-S",
-        "-m",
-        SHIM_MODULE,
-        "--daemonize",
+def helper_cgroup_arguments() -> list[str]:
+    """The helpers' cgroup and its limits, as every helper process (shim, supervisor, template) takes them."""
+    return [
+        "--cgroup",
+        HELPER_CGROUP,
+        "--cgroup-cpus",
+        str(HELPER_CPUS),
+        "--cgroup-memory-mb",
+        str(HELPER_MEMORY_MB),
+        "--cgroup-pids",
+        str(HELPER_PIDS),
+    ]
+
+
+def shim_arguments(
+    name: str, layout: SpoolLayout, timeout_ms: int, grace_ms: int, signal: str, stdin: bool
+) -> list[str]:
+    """The shim's arguments after its module name: the same for a shim the template forks
+    (``ShimTemplate``) and one started as its own interpreter (``shim_command``)."""
+    arguments = [
         "--container",
         name,
         "--spool",
@@ -137,40 +150,133 @@ def shim_command(name: str, layout: SpoolLayout, timeout_ms: int, grace_ms: int,
         str(grace_ms),
         "--timeout-signal",
         signal,
-        "--cgroup",
-        HELPER_CGROUP,
-        "--cgroup-cpus",
-        str(HELPER_CPUS),
-        "--cgroup-memory-mb",
-        str(HELPER_MEMORY_MB),
-        "--cgroup-pids",
-        str(HELPER_PIDS),
+        *helper_cgroup_arguments(),
     ]
-    return [*cmd, "--stdin"] if stdin else cmd
+    return [*arguments, "--stdin"] if stdin else arguments
+
+
+def shim_command(arguments: list[str]) -> list[str]:
+    """``python -S``: no site, so none of the virtualenv's .pth hooks run in every shim; the
+    package is found through ``PYTHONPATH`` (``spawn_detached``)."""
+    return [sys.executable, "-S", "-m", SHIM_MODULE, "--daemonize", *arguments]
 
 
 def resume_command(name: str, layout: SpoolLayout) -> list[str]:
     """The supervisor of a sandbox whose shim died (``shim.py --resume``)."""
-    return [
-        sys.executable,
-        "-S",
-        "-m",
-        SHIM_MODULE,
-        "--daemonize",
-        "--resume",
-        "--container",
-        name,
-        "--spool",
-        str(layout.root),
-        "--cgroup",
-        HELPER_CGROUP,
-        "--cgroup-cpus",
-        str(HELPER_CPUS),
-        "--cgroup-memory-mb",
-        str(HELPER_MEMORY_MB),
-        "--cgroup-pids",
-        str(HELPER_PIDS),
-    ]
+    return shim_command(["--resume", "--container", name, "--spool", str(layout.root), *helper_cgroup_arguments()])
+
+
+class ShimTemplate:
+    """The host's shim template (``corral.io.template``), from a worker process: ``spawn`` asks it
+    for a shim and returns the connection the shim will say ``started`` on, starting the template
+    first when there is none (one at a time, under a lock in its directory). ``None`` means no
+    template could serve: the caller starts the shim as its own interpreter. A template that could
+    not be started is not tried again for ``RETRY_AFTER_S`` in this process."""
+
+    RETRY_AFTER_S = 60.0
+    ANSWER_WAIT_S = 2.0
+    BOOT_WAIT_S = 5.0
+
+    def __init__(self, state_dir: str | Path) -> None:
+        self.directory = Path(state_dir) / "io"
+        self.path = self.directory / f"template-{helper_digest()}.sock"
+        self._retry_at = 0.0
+
+    def spawn(self, arguments: list[str], log_path: Path, cwd: Path) -> int | None:
+        if time.monotonic() < self._retry_at:
+            return None
+        request = template.encode_request(arguments, str(log_path), str(cwd))
+        notify_fd = self._ask(request)
+        if notify_fd is None and self._start():
+            notify_fd = self._ask(request)
+        return notify_fd
+
+    def _start(self) -> bool:
+        try:
+            if self._started():
+                return True
+        except OSError as exc:  # its directory cannot be made or locked: no template here
+            log.warning("no shim template in %s (%s): shims start on their own", self.directory, exc)
+        self._retry_at = time.monotonic() + self.RETRY_AFTER_S
+        return False
+
+    def _connect(self) -> socket.socket | None:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            dir_fd = os.open(self.directory, os.O_PATH | os.O_DIRECTORY)
+        except OSError:
+            conn.close()
+            return None
+        try:
+            conn.connect(template.socket_address(dir_fd, self.path.name))
+            return conn
+        except OSError:
+            conn.close()
+            return None
+        finally:
+            os.close(dir_fd)
+
+    def _ask(self, request: bytes) -> int | None:
+        conn = self._connect()
+        if conn is None:
+            return None
+        try:
+            conn.settimeout(self.ANSWER_WAIT_S)
+            conn.sendall(request)
+            answer = b""
+            while len(answer) < len(template.FORKED):  # exactly the ack: the shim's word may follow at once
+                chunk = conn.recv(len(template.FORKED) - len(answer))
+                if not chunk:
+                    break
+                answer += chunk
+            if answer != template.FORKED:
+                conn.close()
+                return None
+            conn.settimeout(None)
+            return conn.detach()
+        except OSError:
+            conn.close()
+            return None
+
+    def _started(self) -> bool:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        with open(self.directory / "template.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            existing = self._connect()
+            if existing is not None:  # another worker process started it meanwhile
+                existing.close()
+                return True
+            self.path.unlink(missing_ok=True)  # a dead template's socket
+            cmd = [
+                sys.executable,
+                "-S",
+                "-m",
+                TEMPLATE_MODULE,
+                "--socket",
+                str(self.path),
+                "--daemonize",
+                *helper_cgroup_arguments(),
+                "--room",
+                "." * template.ROOM_BYTES,
+            ]
+            spawn_detached(cmd, self.directory / "template.log", self.directory)
+            deadline = time.monotonic() + self.BOOT_WAIT_S
+            while not self.path.exists() and time.monotonic() < deadline:
+                time.sleep(0.005)
+        if not self.path.exists():
+            log.warning("the shim template did not start (see %s)", self.directory / "template.log")
+        return self.path.exists()
+
+
+@functools.cache
+def helper_digest() -> str:
+    """What the helper's code is (its sources and the interpreter): a template serves only shims of
+    the code this worker runs; a deploy of new code starts a new template."""
+    digest = hashlib.sha256(sys.executable.encode())
+    for source in sorted((Path(_PACKAGE_ROOT) / "corral" / "io").glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 @functools.cache

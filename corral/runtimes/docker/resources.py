@@ -28,6 +28,7 @@ LABEL_SLUG = "corral.slug"
 LABEL_OWNER = "corral.owner"
 LABEL_CONFIG = "corral.config"
 SHIM_MODULE = "corral.io.shim"
+TEMPLATE_MODULE = "corral.io.template"
 
 
 def container_name(s: str) -> str:

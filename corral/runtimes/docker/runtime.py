@@ -111,6 +111,7 @@ class DockerRuntime:
         self._docker_root: str | None = None
         self._engine_info = caps.EngineInfo(lambda: self.client)
         self._held_reads = threading.BoundedSemaphore(MAX_HELD_READS)
+        self._shim_template = proc.ShimTemplate(host.state_dir)
         self._volumes: dict[str, list[str]] = {}
         """The ``VOLUME`` paths of each image id this process has inspected (an id names its content,
         so they never change): ``prepare_environment`` covers them without asking the engine again."""
@@ -337,7 +338,7 @@ class DockerRuntime:
             spec = request.environment.spec
             timeout_ms = min(request.process.timeout_ms, spec.resources.timeout_ms)
             stdin = bool(container.attrs.get("Config", {}).get("OpenStdin"))
-            cmd = proc.shim_command(
+            arguments = proc.shim_arguments(
                 container.name,
                 layout,
                 timeout_ms,
@@ -346,7 +347,11 @@ class DockerRuntime:
                 stdin,
             )
             with proc.docker_errors(Operation.start_process, values):
-                notify_fd = proc.spawn_detached(cmd, layout.shim_log, layout.root, notify=True)
+                notify_fd = self._shim_template.spawn(arguments, layout.shim_log, layout.root)
+                if notify_fd is None:
+                    notify_fd = proc.spawn_detached(
+                        proc.shim_command(arguments), layout.shim_log, layout.root, notify=True
+                    )
         proc.wait_started(layout, values, notify_fd=notify_fd)
 
     def supervise_io(self) -> int:
