@@ -59,6 +59,11 @@ def create_app(settings: Settings | None = None, lane: Lane = "lifecycle") -> Ce
         },
     }
     if lane == "reads":
+        # No task events from the reads lane: a follower's reads (a frame per stream every few hundred
+        # ms, a stats call) would bury the jobs in Flower's tasks page, and their three publishes each
+        # were a good part of a read's cost on a busy host. The lane's worker still shows in Flower,
+        # and its reads are counted in the host's metrics (corral_operations_total).
+        app.conf.worker_send_task_events = False
         app.steps["worker"].add(WarmCoordinator)
         return app
     warm_pool_processes()

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 "threads",
                 f"--concurrency={args.concurrency}",
                 f"--loglevel={args.loglevel}",
-                "-E",
+                # no -E: the reads lane sends worker events (Flower lists it), not task events (workers.app)
             ]
         )
         return 0

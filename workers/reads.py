@@ -53,9 +53,19 @@ value takes CAP_SYS_NICE (a root worker has it); without it the lane keeps the w
 
 
 def raise_priority() -> int:
-    """Give this process (and the threads it starts from now on) ``READS_NICE``; its nice value after."""
+    """Give this process (and the threads it starts from now on) ``READS_NICE``; its nice value after.
+
+    With the kernel's autogroups on (``/proc/sys/kernel/sched_autogroup_enabled``, Debian's default), a
+    nice value only orders the processes of one session: the engine's daemons, each in a session of
+    its own, got the same CPU share as this lane whatever its nice value (measured here: stats p95
+    80 ms during 50 starts, 47 ms once the lane's group had the nice). So the lane takes a session of
+    its own (it still stops with its worker: ``die_with_parent``) and gives that group the nice too."""
     with contextlib.suppress(OSError):  # no CAP_SYS_NICE (a container without it, a non-root worker)
         os.setpriority(os.PRIO_PROCESS, 0, READS_NICE)
+    with contextlib.suppress(OSError):  # already a session leader, or no autogroups here
+        os.setsid()
+    with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as group:
+        group.write(str(READS_NICE))
     return os.getpriority(os.PRIO_PROCESS, 0)
 
 

@@ -155,6 +155,16 @@ def read_counters(container_id: str, root: PathArg = CGROUP_ROOT) -> CgroupCount
     return read_v2(root, container_id) if is_unified(root) else read_v1(root, container_id)
 
 
+def lowest_pid(container_id: str, root: PathArg = CGROUP_ROOT) -> int | None:
+    """The lowest host pid in the container's cgroup (its init, started first); None when the cgroup
+    is gone or holds no process (the container is not running)."""
+    _check_id(container_id)
+    base = _v2_dir(root, container_id) if is_unified(root) else _v1_dir(root, "pids", container_id)
+    text = _read_text(os.path.join(base, "cgroup.procs")) if base else None
+    pids = [int(word) for word in (text or "").split() if word.isdigit()]
+    return min(pids) if pids else None
+
+
 def oom_kills(container_id: str, root: PathArg = CGROUP_ROOT) -> int | None:
     """How many processes the kernel's OOM killer killed in the container's memory cgroup; None
     once the cgroup is gone. Docker's own ``OOMKilled`` flag comes from an event that is sometimes

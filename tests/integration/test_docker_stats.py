@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from corral.contract.errors import IsolationFailure
 from corral.contract.models import CleanupRequest, ProcessState, ProcessStatsRequest, ProcessStatsSnapshot
 from corral.fleet.job import JobSpec
 from corral.runtimes.docker.runtime import DockerRuntime
@@ -116,3 +117,56 @@ def test_readers_of_a_missing_process_or_namespace_say_unknown(tmp_path: Any) ->
     assert tmpfs_bytes("0" * 64, root=tmp_path) is None
     with pytest.raises(ValueError, match="64 hex digits"):
         tmpfs_bytes("../../etc")
+
+
+class _NoEngine:
+    """A Docker client whose every use fails the test: what must be answered without the engine."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the engine was asked ({name})")
+
+
+def test_a_running_sandboxs_stats_never_ask_the_engine(runtime: DockerRuntime, busybox_image: str) -> None:
+    """A host busy starting sandboxes answered each inspect in tens of ms: a running sandbox's stats
+    come from its spool, its cgroup and /proc alone."""
+    ref = _start(
+        runtime,
+        "dd if=/dev/zero of=/tmp/blob bs=1000 count=1000 2>/dev/null; echo ready; sleep 30",
+        image=busybox_image,
+    )
+    expected = _running_stats(runtime, ref, "ready")
+    engine, runtime._client = runtime._client, _NoEngine()
+    try:
+        snap = runtime.collect_stats(ProcessStatsRequest(process_ref=ref))
+    finally:
+        runtime._client = engine
+    assert snap.state is ProcessState.running
+    assert snap.memory_bytes and snap.process_count and snap.cpu_millis is not None
+    assert snap.filesystem_bytes is not None and MB <= snap.filesystem_bytes < 2 * MB
+    assert snap.network_bytes == expected.network_bytes == 0
+
+
+def test_stats_ask_the_engine_once_the_process_ended_or_its_shim_died(
+    runtime: DockerRuntime, busybox_image: str
+) -> None:
+    import os
+    import signal
+
+    from corral.runtimes.docker.resources import shim_pid
+
+    ref = _start(runtime, "echo ready; sleep 30", image=busybox_image)
+    _running_stats(runtime, ref, "ready")
+    layout = runtime.paths_of(_JOBS[ref].environment_id).spool
+    pid = shim_pid(layout)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    engine, runtime._client = runtime._client, _NoEngine()
+    try:
+        with pytest.raises(IsolationFailure, match="AssertionError"):  # it went to the engine
+            runtime.collect_stats(ProcessStatsRequest(process_ref=ref))
+    finally:
+        runtime._client = engine
+    snap = runtime.collect_stats(ProcessStatsRequest(process_ref=ref))  # the engine's answer; a supervisor revived
+    assert snap.state is ProcessState.running
+    assert shim_pid(layout) is not None

@@ -110,3 +110,19 @@ def test_the_reads_lane_is_restarted_when_it_dies_and_exits_with_its_worker(work
     os.kill(worker.proc.pid, signal.SIGKILL)  # the worker dies without stopping its lane
     worker.proc.wait(10)
     assert wait_until(lambda: not Path(f"/proc/{second}").exists(), 30)  # PR_SET_PDEATHSIG: it stops too
+
+
+def test_the_reads_lane_is_scheduled_ahead_of_the_engine_and_the_lifecycle_pool(worker_factory) -> None:
+    """Its nice value and, across sessions (kernel autogroups), its own session's group's: a nice
+    value alone only orders the processes of one session."""
+    worker = worker_factory(None)
+    assert worker.proc is not None
+    assert wait_until(lambda: reads_lanes(worker.proc.pid), 30), worker.log()
+    [lane] = reads_lanes(worker.proc.pid)
+    assert os.getpriority(os.PRIO_PROCESS, lane) == -5
+    assert os.getpriority(os.PRIO_PROCESS, worker.proc.pid) == 0
+    assert os.getsid(lane) == lane and os.getsid(lane) != os.getsid(worker.proc.pid)
+    enabled = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    if enabled.exists() and enabled.read_text().strip() == "1":  # Debian's default, and this machine's
+        autogroup = Path(f"/proc/{lane}/autogroup").read_text()
+        assert autogroup.split()[-1] == "-5", autogroup

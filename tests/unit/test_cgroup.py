@@ -71,3 +71,18 @@ def test_oom_listener_needs_a_v1_memory_cgroup(tmp_path: Path) -> None:
         OomListener(CID, tmp_path)
     with pytest.raises(FileNotFoundError):
         OomListener(CID, tmp_path / "v1-without-container")
+
+
+def test_lowest_pid_is_the_containers_init_or_none(tmp_path: Path) -> None:
+    from corral.io.cgroup import lowest_pid
+
+    assert lowest_pid(CID, tmp_path) is None  # no cgroup: not running
+    write(tmp_path / f"pids/docker/{CID}/cgroup.procs", "")
+    assert lowest_pid(CID, tmp_path) is None  # a cgroup without a process
+    write(tmp_path / f"pids/docker/{CID}/cgroup.procs", "4242\n4100\n4300\n")
+    assert lowest_pid(CID, tmp_path) == 4100
+    write(tmp_path / "v2" / "cgroup.controllers", "cpu memory pids\n")
+    write(tmp_path / "v2" / f"system.slice/docker-{CID}.scope/cgroup.procs", "77\n")
+    assert lowest_pid(CID, tmp_path / "v2") == 77
+    with pytest.raises(ValueError, match="64-hex"):
+        lowest_pid("../" + CID[3:], tmp_path)

@@ -342,6 +342,8 @@ class EnvironmentBuilder:
                 "stdin": "open" if process.stdin_open else "closed",
                 "timeout_ms": min(process.timeout_ms, env.spec.resources.timeout_ms),
                 "grace_ms": process.grace_ms,
+                # collect_stats counts a writable root's layer through the engine; a read-only one needs no engine
+                "read_only_root": env.spec.root_read_only,
             },
         )
 

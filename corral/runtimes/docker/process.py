@@ -44,6 +44,7 @@ from corral.io.spool import (
     read_window,
     write_json,
 )
+from corral.runtimes.docker import usage
 from corral.runtimes.docker.failure import HostPaths, engine_failure
 from corral.runtimes.docker.resources import SHIM_MODULE, TEMPLATE_MODULE, shim_pid
 from corral.sandbox.redact import Cut, Redactor
@@ -622,6 +623,42 @@ def _exit_summary(layout: SpoolLayout, record: dict[str, Any]) -> str:
             f"{LOST_OUTPUT}: the I/O shim died while the process ran"
         )
     return ""
+
+
+HEX_DIGITS = "0123456789abcdef"
+
+
+def running_snapshot(layout: SpoolLayout, process_ref: str, snapshot_ref: str) -> ProcessStatsSnapshot | None:
+    """The snapshot of a running sandbox read from the host alone (its spool, its cgroup, ``/proc``),
+    without the engine: a host busy starting sandboxes answered each inspect in tens of ms, and
+    ``collect_stats`` must not queue behind that. Only when everything agrees that it runs: its shim
+    started it and is alive, no exit was recorded, its cgroup holds a process and its root is
+    read-only (a writable layer's size is the engine's to tell). Otherwise None: ``snapshot`` asks
+    the engine, which also revives a dead shim and reads an exit."""
+    if layout.exit.exists() or layout.lost.exists():
+        return None
+    started, process = read_json(layout.started), read_json(layout.process)
+    if not (isinstance(started, dict) and isinstance(process, dict) and process.get("read_only_root") is True):
+        return None
+    container_id = started.get("id")
+    if not (isinstance(container_id, str) and len(container_id) == 64 and set(container_id) <= set(HEX_DIGITS)):
+        return None
+    if shim_pid(layout) is None:
+        return None
+    pid = cgroup.lowest_pid(container_id)
+    counters = cgroup.read_counters(container_id)
+    if pid is None or counters.memory_bytes is None or layout.exit.exists():
+        return None  # it ended meanwhile: the engine's answer is the one to give
+    return ProcessStatsSnapshot(
+        snapshot_ref=snapshot_ref,
+        process_ref=process_ref,
+        state=ProcessState.running,
+        cpu_millis=counters.cpu_millis,
+        memory_bytes=counters.memory_bytes,
+        process_count=counters.process_count,
+        filesystem_bytes=usage.tmpfs_bytes(container_id),
+        network_bytes=usage.network_bytes(pid),
+    )
 
 
 def snapshot(container: Any, layout: SpoolLayout, process_ref: str, snapshot_ref: str) -> ProcessStatsSnapshot:

@@ -406,6 +406,9 @@ class DockerRuntime:
     @proc.contract_errors
     def collect_stats(self, request: ProcessStatsRequest) -> ProcessStatsSnapshot:
         s, layout = self._layout_of(request.process_ref)
+        ran = proc.running_snapshot(layout, request.process_ref, f"stats-{s}-{self._now_ms()}")
+        if ran is not None:
+            return ran
         container = self._container(s, request.process_ref)
         with proc.docker_errors(Operation.collect_stats):
             snapshot = proc.snapshot(container, layout, request.process_ref, f"stats-{s}-{self._now_ms()}")
