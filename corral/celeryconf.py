@@ -117,16 +117,36 @@ def argument_summary(args: Any, kwargs: Any) -> tuple[str, str]:
     return argsrepr, kwargsrepr
 
 
+def sends_task_events(name: str, args: Any) -> bool:
+    """Whether task ``name`` with ``args`` is followed in task events: not the reads (a host's reads
+    lane or the fleet's views), which are frequent, change nothing and are counted in the host's
+    metrics instead; their worker sends no task events either (``workers.app``)."""
+    return name not in FLEET_READ_TASKS and lane_of(name, args) == "lifecycle"
+
+
+_SENT_EVENT_AT = 12
+"""Where ``create_sent_event`` sits among ``AMQP.as_task_v2``'s positional arguments after ``kwargs``
+(countdown, eta, group_id, group_index, expires, retries, chord, callbacks, errbacks, reply_to,
+time_limit, soft_time_limit, create_sent_event): ``Celery.send_task`` passes it positionally."""
+
+
 class QuietAMQP(AMQP):  # type: ignore[misc]
     """Task messages (and their task-sent events) carry ``argument_summary`` as ``argsrepr`` and
     ``kwargsrepr``, never Celery's default repr of the values. Every app that sends tasks (client,
-    worker, beat) is built with it, so a chain's later steps and retries are summarized too."""
+    worker, beat) is built with it, so a chain's later steps and retries are summarized too. A read
+    sends no task-sent event (``sends_task_events``): with no other event of it to follow, Flower
+    would list it as pending for ever."""
 
     def as_task_v2(
         self, task_id: str, name: str, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any
     ) -> Any:
         # send_task passes countdown ... chain positionally; the reprs come as keywords, if at all.
         options["argsrepr"], options["kwargsrepr"] = argument_summary(args or (), kwargs or {})
+        if not sends_task_events(name, args):
+            if len(rest) > _SENT_EVENT_AT:
+                rest = (*rest[:_SENT_EVENT_AT], False, *rest[_SENT_EVENT_AT + 1 :])
+            else:
+                options["create_sent_event"] = False
         return super().as_task_v2(task_id, name, args, kwargs, *rest, **options)
 
 

@@ -53,3 +53,22 @@ def test_the_shipped_flower_conf_shows_the_columns_corral_dev_shows() -> None:
     lines = [line for line in conf.read_text().splitlines() if line.startswith("FLOWER_TASKS_COLUMNS=")]
     assert lines == [f"FLOWER_TASKS_COLUMNS={FLOWER_TASKS_COLUMNS}"]
     assert "args" not in FLOWER_TASKS_COLUMNS.split(",")
+
+
+def test_reads_send_no_task_sent_event_so_flower_never_lists_them_as_pending() -> None:
+    app = Celery("t", broker="memory://", set_as_current=False, amqp=QuietAMQP)
+    rest = (None, None, None, None, None, 0, None, None, None, None, None, None, True)  # create_sent_event=True
+
+    def sent_event(name: str, request: dict[str, object]) -> object:
+        return app.amqp.create_task_message("id-1", name, [request], {"host": "h1"}, *rest).sent_event
+
+    frame = {"process_ref": "p1", "stream": "stdout"}
+    assert sent_event("corral.collect_stats", {"process_ref": "p1"}) is None
+    assert sent_event("corral.stream_io", frame) is None
+    assert sent_event("corral.list_sessions", {}) is None  # a fleet view, served by the reads lanes
+    # Lifecycle work is followed: a launch, a stdin write (an effect, in the lifecycle lane).
+    assert sent_event("corral.launch", REQUEST) is not None
+    assert sent_event("corral.stream_io", {**frame, "stream": "stdin", "data_b64": ""}) is not None
+    # Passed as a keyword (not as send_task does), the same.
+    message = app.amqp.create_task_message("id-2", "corral.collect_stats", [{}], {}, create_sent_event=True)
+    assert message.sent_event is None
