@@ -5,7 +5,8 @@
 Drives the Docker runtime directly (no Celery, no Redis), on this host's engine, and prints:
 
 * memory: RSS and PSS (``/proc/<pid>/smaps_rollup``) per shim of N ``sleep 60`` sandboxes, against
-  N bare ``python -c 'import time; time.sleep(60)'`` processes alive at the same time;
+  N bare ``python -c 'import time; time.sleep(60)'`` processes alive at the same time, and the PSS
+  of the host's shim template (``corral.io.template``, which forked them; once per host);
 * idle CPU: the N shims' utime+stime over ``--idle-s`` seconds (``/proc/<pid>/stat``), in cores;
 * start: ``start_process`` (shim launch, attach, start, started marker) against docker-py's raw
   ``container.start()`` of an identical created container (median and p90 over N);
@@ -120,6 +121,20 @@ def raw_starts(client: Any, n: int, label: str) -> list[float]:
     return out
 
 
+def helper_templates(state_root: str) -> list[int]:
+    """The shim template(s) serving this run's host (``corral.io.template``, one per host)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"corral.io.template" in cmdline and state_root.encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20)
@@ -150,7 +165,12 @@ def main() -> int:
         time.sleep(args.idle_s)
         idle_cores = sum(cpu_ticks(pid) - before[pid] for pid in shims) / CLK_TCK / args.idle_s
         groups = sorted({cgroup_of(pid) for pid in shims})
+        templates = helper_templates(str(tmp))
+        template_mem = [memory_kib(pid) for pid in templates]
     finally:
+        for pid in helper_templates(str(tmp)):
+            with suppress(ProcessLookupError):
+                os.kill(pid, 9)
         for c in client.containers.list(all=True, filters={"label": [f"corral.bench={label}"]}):
             c.remove(force=True)
         for c in client.containers.list(all=True, filters={"label": [f"corral.host={label}"]}):
@@ -165,6 +185,11 @@ def main() -> int:
     rows = [
         ("shim RSS per sandbox", f"{mean_mib(rss):.1f} MiB", f"{mean_mib(bare_rss):.1f} MiB"),
         ("shim PSS per sandbox", f"{mean_mib(pss):.1f} MiB", f"{mean_mib(bare_pss):.1f} MiB"),
+        (
+            "template PSS, once per host",
+            f"{mean_mib([m[1] for m in template_mem]):.1f} MiB" if template_mem else "none",
+            "-",
+        ),
         (f"CPU of {args.n} idle shims over {args.idle_s:g} s", f"{idle_cores:.4f} cores", "-"),
         ("start_process p50", f"{statistics.median(starts):.0f} ms", f"{statistics.median(raw):.0f} ms"),
         ("start_process p90", f"{pct(starts, 0.9):.0f} ms", f"{pct(raw, 0.9):.0f} ms"),

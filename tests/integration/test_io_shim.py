@@ -179,7 +179,7 @@ def test_a_flooding_sandbox_cannot_take_cpu_through_its_shim_beyond_the_helpers_
         busybox_image, ["cat", "/dev/zero"], network_mode="none", labels={"corral.test": name}
     )
     cmd = [
-        *proc.shim_command(container.name, SpoolLayout(spool), 0, 100, "SIGTERM", False),
+        *proc.shim_command(proc.shim_arguments(container.name, SpoolLayout(spool), 0, 100, "SIGTERM", False)),
     ]
     cmd[cmd.index("--cgroup") + 1] = name
     cmd[cmd.index("--cgroup-cpus") + 1] = "0.05"
@@ -212,7 +212,9 @@ def test_start_process_is_told_at_once_when_the_shim_cannot_start(tmp_path: Path
     (no such container) answers in well under the old 5 s boot grace."""
     spool = tmp_path / "spool"
     spool.mkdir()
-    cmd = proc.shim_command("corral-no-such-container", SpoolLayout(spool), 0, 100, "SIGTERM", False)
+    cmd = proc.shim_command(
+        proc.shim_arguments("corral-no-such-container", SpoolLayout(spool), 0, 100, "SIGTERM", False)
+    )
     began = time.monotonic()
     notify = proc.spawn_detached(cmd, spool / "shim.log", spool, notify=True)
     with pytest.raises(Exception, match=r"[Nn]o such container"):

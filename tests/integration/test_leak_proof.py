@@ -180,7 +180,9 @@ def test_no_secret_value_or_encoding_lands_anywhere(
                 + get(f"{base}/api/workers?refresh=1")
                 + b"".join(get(f"{base}/api/task/info/{task_id}") for task_id in list(tasks)[:200])
             )
-            assert len(tasks) >= 20, "Flower saw the tasks"
+            # Flower saw the jobs' tasks (3 launches, their placements and cleanups; reads send no events)
+            names = {task.get("name") for task in tasks.values()}
+            assert {"corral.place", "corral.launch", "corral.cleanup"} <= names and len(tasks) >= 8, tasks
             subprocess.run(
                 [sys.executable, "-m", "corral", "rm", env_id],
                 env=corral_env,
