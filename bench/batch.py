@@ -9,7 +9,7 @@ runs the same number of containers (``corral/busybox:latest true``, same limits)
 ``--throttle`` threads (create, start, wait, remove), in the same run.
 
 It prints: time to drain, jobs/s, the dispatcher's overhead per job (its time in admission calls, and
-the time from a job's reservation to its chain sent, both recorded by the dispatcher in the batch's
+the time from a job's reservation to its launch sent, both recorded by the dispatcher in the batch's
 ``stat_*`` fields), each host's share (its distance from an even split, and whether every host is within
 ±15% of it), jobs lost (an index without a succeeded attempt) and jobs run twice (an index with more
 than one session, that is, more than one container), the submit call's time, and the ratio of corral's
@@ -124,7 +124,7 @@ def main() -> int:
     print(f"{'submit call (ms)':<36}{submitted * 1000:>12.1f}   (the client's first call: cold)")
     print(f"{'dispatcher: admission per job (ms)':<36}{reserve_ms:>12.3f}   ({stats.get('stat_jobs')} jobs dispatched)")
     print(f"{'dispatcher: reservation->sent (ms)':<36}{sent_ms:>12.3f}   (jobs reserved together are sent in turn)")
-    print(f"{'dispatcher: one chain sent (ms)':<36}{send_ms:>12.3f}   (record the attempt, sign, publish)")
+    print(f"{'dispatcher: one launch sent (ms)':<36}{send_ms:>12.3f}   (record the attempt, sign, publish)")
     for host, count in sorted(hosts.items()):
         print(f"{'share of ' + str(host):<36}{count:>12}{'':>12}{(count - even) / even:>+8.0%}")
     print(f"{'every host within +-15% of even':<36}{'yes' if spread_ok else 'NO':>12}")
