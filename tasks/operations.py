@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import shared_task
 
-from corral.celeryconf import task_name
+from corral.celeryconf import READS_SUFFIX, task_name
 from corral.contract import models as m
 from corral.contract.operations import Operation
 from corral.contract.wire import WireResult
@@ -116,10 +116,20 @@ def start_process(self: CorralTask, request: Any, *, host: str | None = None, ca
 
 @_task(Operation.stream_io)
 def stream_io(self: CorralTask, request: Any, *, host: str | None = None, caller: str | None = None) -> WireResult:
-    return self.run_operation(
-        host,
-        lambda: coordinator().stream_io(self.parse(m.ProcessIoRequest, request), self.request.id, caller=_as(caller)),
-    )
+    def run() -> m.ProcessIoFrame:
+        parsed = self.parse(m.ProcessIoRequest, request)
+        if parsed.wait_ms and not _from_reads_lane(self):
+            # A read is held only by the reads lane, whose threads are there for it: held in the
+            # lifecycle lane it would keep a pool process from the launches of every tenant.
+            parsed = parsed.model_copy(update={"wait_ms": 0})
+        return coordinator().stream_io(parsed, self.request.id, caller=_as(caller))
+
+    return self.run_operation(host, run)
+
+
+def _from_reads_lane(task: CorralTask) -> bool:
+    routing_key = str((task.request.delivery_info or {}).get("routing_key") or "")
+    return routing_key.endswith(READS_SUFFIX)
 
 
 @_task(Operation.signal_process)

@@ -38,10 +38,17 @@ def warm_pool_processes() -> None:
 
 class WarmCoordinator(bootsteps.StartStopStep):  # type: ignore[misc]
     """Worker step of the reads lane: build this process's coordinator (runtime, policy, Redis) in
-    the main thread before the threads pool takes a task, so its threads share one."""
+    the main thread before the threads pool takes a task, so its threads share one, and give half of
+    its threads to held reads."""
 
     label = "corral warm coordinator"
     requires = ("celery.worker.components:Pool",)
 
     def start(self, parent: Any) -> None:
+        from corral.host.services import coordinator
+
         _build()
+        # Half the lane's threads may hold a read for output (ProcessIoRequest.wait_ms); the rest answer.
+        limit = getattr(coordinator().runtime, "limit_held_reads", None)
+        if limit is not None:
+            limit(int(getattr(parent, "concurrency", 0) or 0) // 2)

@@ -42,10 +42,12 @@ def launch(coordinator: Coordinator, request: LaunchRequest, caller: Caller, las
     """Run the eight steps in contract order and return ``start_process``'s result. ``last_attempt``:
     no retry follows this one, so even a retryable failure cleans up."""
     steps = request.steps()
-    # The process's size first, before anything exists to undo: an 8 MiB argv is refused with a
-    # denial record and no intent, as the first step of a chain refused what later steps carried.
-    coordinator.admit_chained_process(Operation.prepare_session, request.environment.environment_id, request.process)
     try:
+        # The process's size first, before anything exists: an 8 MiB argv is refused with a denial
+        # record and no intent (the cleanup that follows finds no session and returns the reservation).
+        coordinator.admit_chained_process(
+            Operation.prepare_session, request.environment.environment_id, request.process
+        )
         _observed(Operation.prepare_session, lambda: coordinator.prepare_session(steps.prepare_session, caller))
         _observed(Operation.resolve_image, lambda: coordinator.resolve_image(steps.resolve_image, caller))
         _observed(Operation.prepare_rootfs, lambda: coordinator.prepare_rootfs(steps.prepare_rootfs, caller))

@@ -9,10 +9,10 @@ it writes) and is born in the helpers' cgroup the template joined. It is the for
 Protocol, on a unix socket only root reaches (0600 in a 0700 directory): the worker connects, sends
 one request (4-byte big-endian length, then JSON ``{"argv": [...], "log": path, "cwd": path}``, the
 shim's command line after its module name, where its stderr goes, its working directory) and keeps
-the connection. The template answers ``forked`` and forks; the shim then writes ``started`` /
-``failed`` / ``busy`` on it, as it does on ``--notify-fd``, and the worker sees EOF if it died. A
-request the template cannot read or serve is dropped with the connection before ``forked``, and the
-worker starts that shim the old way.
+the connection. The template forks; the child answers ``forked``, then, as the shim, writes
+``started`` / ``failed`` / ``busy`` on it as it does on ``--notify-fd``, and the worker sees EOF if it
+died. A request the template cannot read or serve (or a fork it cannot make) is dropped with the
+connection before ``forked``, and the worker starts that shim the old way.
 
 A forked shim shows the command line a shim started the old way has (``python -S -m corral.io.shim
 --container ... --spool ...``): the host finds its shims by it (``resources.shim_pid``, the metrics,
@@ -47,7 +47,7 @@ MAX_REQUEST_BYTES = 64 * 1024
 ROOM_BYTES = 4096
 """The filler the template is started with: room for each child's own command line."""
 FORKED = b"forked\n"
-"""The template's only answer: the request was read and a shim forked for it."""
+"""The only answer: the request was read and a shim forked for it (the child says it)."""
 SHIM_MODULE = "corral.io.shim"
 READ_TIMEOUT_S = 5.0
 """How long a connection may take to send its request before it is dropped."""
@@ -117,9 +117,11 @@ def become_shim(conn: socket.socket, request: dict[str, object], in_cgroup: bool
     os.setsid()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
+    os.close(null)
     sink = os.open(str(request["log"]), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     os.dup2(sink, 1)
     os.dup2(sink, 2)
+    os.close(sink)
     os.chdir(str(request["cwd"]))
     args.notify_fd = conn.detach()
     os.set_inheritable(args.notify_fd, False)
@@ -145,7 +147,6 @@ def serve(listener: socket.socket, in_cgroup: bool) -> int:
                 raise ValueError("no room for this shim's command line")
             shim.parse_args(request["argv"])  # type: ignore[arg-type]
             conn.settimeout(None)
-            conn.sendall(FORKED)
         except EOFError:
             conn.close()
             continue
@@ -153,11 +154,18 @@ def serve(listener: socket.socket, in_cgroup: bool) -> int:
             shim.log(f"template dropped a request: {exc}")
             conn.close()
             continue
-        if os.fork() == 0:
+        try:
+            child = os.fork()
+        except OSError as exc:  # no process to be had (the helpers' pids limit): no ack, the worker falls back
+            shim.log(f"template could not fork: {exc}")
+            conn.close()
+            continue
+        if child == 0:
             listener.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             code = 1
             try:
+                conn.sendall(FORKED)  # the child's first word, so the shim's own words come after it
                 code = become_shim(conn, request, in_cgroup, room)
             except BaseException as exc:
                 shim.log(f"template child failed: {type(exc).__name__}: {exc}")

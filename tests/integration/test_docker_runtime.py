@@ -8,6 +8,7 @@ local ``corral/busybox`` image; nothing is pulled.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -1056,3 +1057,39 @@ def test_without_a_template_shims_start_on_their_own(
         assert b"--daemonize" in Path(f"/proc/{_shim_of(host, env)}/cmdline").read_bytes()  # a shim of its own
         assert output(rt, ref) == b"alone\n"
         assert _template_pids(host.state_dir) == []
+
+
+def test_a_stuck_template_costs_one_launch_a_pause_and_is_replaced(
+    runtime: DockerRuntime, busybox_image: str, host: HostSettings
+) -> None:
+    import time
+
+    sh(runtime, make_env(busybox_image), "true")
+    [template] = _template_pids(host.state_dir)
+    os.kill(template, signal.SIGSTOP)  # accepts connections (the kernel does), answers nothing
+    try:
+        began = time.monotonic()
+        ref = sh(runtime, make_env(busybox_image), "echo despite")
+        assert time.monotonic() - began < 10
+        assert output(runtime, ref) == b"despite\n"  # a shim of its own
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(template, signal.SIGCONT)
+    assert wait_until_gone(template)  # killed as stuck
+    again = sh(runtime, make_env(busybox_image), "echo again")
+    assert output(runtime, again) == b"again\n"
+    [replacement] = _template_pids(host.state_dir)
+    assert replacement != template
+
+
+def wait_until_gone(pid: int, timeout_s: float = 10) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return True
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return True
+        time.sleep(0.05)
+    return False

@@ -126,3 +126,37 @@ def test_the_reads_lane_is_scheduled_ahead_of_the_engine_and_the_lifecycle_pool(
     if enabled.exists() and enabled.read_text().strip() == "1":  # Debian's default, and this machine's
         autogroup = Path(f"/proc/{lane}/autogroup").read_text()
         assert autogroup.split()[-1] == "-5", autogroup
+
+
+def test_a_read_is_held_only_by_the_reads_lane(worker_factory, client, busybox_image) -> None:
+    """A held read keeps a thread of the reads lane; sent to the lifecycle queue instead (a signed
+    client may publish anywhere) it would keep a pool process from every tenant's launches: there it
+    is answered at once."""
+    import time
+
+    from corral.celeryconf import task_name
+    from corral.contract.models import ProcessIoFrame, ProcessIoRequest, dump
+
+    worker = worker_factory(None, "--concurrency", "1")
+    quiet = client.submit(JobSpec(image=busybox_image, argv=["sleep", "60"], memory_mb=64), host=worker.host_id)
+    client.wait(quiet)
+    request = ProcessIoRequest(process_ref=quiet.process_ref, stream=ProcessIoStream.stdout, wait_ms=1500)
+
+    began = time.monotonic()
+    frame = client.call(Operation.stream_io, request, worker.host_id, ProcessIoFrame)  # its reads lane: held
+    assert frame.byte_count == 0 and time.monotonic() - began >= 1.4
+
+    lifecycle = [
+        client.app.send_task(
+            task_name(Operation.stream_io),
+            args=[dump(request)],
+            kwargs=client._kwargs(worker.host_id),
+            queue=queue_for_host(worker.host_id),
+        )
+        for _ in range(4)
+    ]
+    began = time.monotonic()
+    for result in lifecycle:
+        assert result.get(timeout=30)["byte_count"] == 0
+    assert time.monotonic() - began < 1.4 * 2, "held in the lifecycle pool"
+    client.cleanup(quiet)

@@ -106,3 +106,19 @@ def test_a_failed_cleanup_does_not_hide_the_steps_error(rig: Rig) -> None:
     with pytest.raises(PolicyDenial, match="image refused"):
         _launch(rig, j.launch(HOST))
     assert rig.runtime.calls[Operation.cleanup] == 1
+
+
+def test_a_launch_refused_for_its_process_size_returns_its_reservation(rig: Rig) -> None:
+    from corral.fleet.admission import Capacity, Demand
+
+    admission = rig.coordinator.admission
+    admission.publish_capacity(HOST, Capacity(4, 4000, 8192), 3_600_000)
+    j = job(argv=["x" * (100 * 1024)] * 3, memory_mb=256)  # 300 KiB of argv: over max_argv_bytes
+    admission.reserve(j.environment_id, Demand.of(1, 256), [HOST], rig.clock.now_ms())
+    assert admission.leased(j.environment_id)
+    with pytest.raises(PolicyDenial, match="argv"):
+        _launch(rig, j.launch(HOST))
+    assert not admission.leased(j.environment_id) and admission.allocation_host(j.environment_id) is None
+    kinds = rig.kinds(j.environment_id)
+    assert kinds[0] == ("denial", "prepare_session")
+    assert not [op for kind, op in kinds if kind == "intent" and op in CHAIN_OPS]  # no step was attempted

@@ -15,7 +15,9 @@ import hashlib
 import logging
 import os
 import select
+import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -187,10 +189,10 @@ class ShimTemplate:
         if time.monotonic() < self._retry_at:
             return None
         request = template.encode_request(arguments, str(log_path), str(cwd))
-        notify_fd = self._ask(request)
-        if notify_fd is None and self._start():
-            notify_fd = self._ask(request)
-        return notify_fd
+        conn = self._connect()
+        if conn is None and self._start():
+            conn = self._connect()
+        return self._ask(conn, request) if conn is not None else None
 
     def _start(self) -> bool:
         try:
@@ -202,7 +204,10 @@ class ShimTemplate:
         return False
 
     def _connect(self) -> socket.socket | None:
+        """A connection to the template, or None when none listens. Bounded: a template that stopped
+        taking connections (stopped, its backlog full) must not hang this process."""
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(self.ANSWER_WAIT_S)
         try:
             dir_fd = os.open(self.directory, os.O_PATH | os.O_DIRECTORY)
         except OSError:
@@ -217,12 +222,12 @@ class ShimTemplate:
         finally:
             os.close(dir_fd)
 
-    def _ask(self, request: bytes) -> int | None:
-        conn = self._connect()
-        if conn is None:
-            return None
+    def _ask(self, conn: socket.socket, request: bytes) -> int | None:
+        """Send ``request``; the connection's descriptor once a shim was forked for it. A template that
+        took the connection but did not answer in time is stuck (stopped, out of processes): it is
+        killed and its socket removed, so the next launch starts a new one; this launch starts its
+        shim the old way."""
         try:
-            conn.settimeout(self.ANSWER_WAIT_S)
             conn.sendall(request)
             answer = b""
             while len(answer) < len(template.FORKED):  # exactly the ack: the shim's word may follow at once
@@ -230,14 +235,29 @@ class ShimTemplate:
                 if not chunk:
                     break
                 answer += chunk
-            if answer != template.FORKED:
-                conn.close()
-                return None
-            conn.settimeout(None)
-            return conn.detach()
         except OSError:
+            answer = b""
+        if answer != template.FORKED:
+            if not answer:
+                self._replace_if_stuck(conn)
             conn.close()
             return None
+        conn.settimeout(None)
+        return conn.detach()
+
+    def _replace_if_stuck(self, conn: socket.socket) -> None:
+        try:
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid = struct.unpack("3i", creds)[0]
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return
+        if TEMPLATE_MODULE.encode() in cmdline and str(self.path).encode() in cmdline:  # ours, not a reused pid
+            log.warning("the shim template (pid %d) did not answer: replacing it", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
     def _started(self) -> bool:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)

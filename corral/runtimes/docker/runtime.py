@@ -110,7 +110,7 @@ class DockerRuntime:
         """Secret values per live session, for redacting its frames (memory only; dropped at cleanup)."""
         self._docker_root: str | None = None
         self._engine_info = caps.EngineInfo(lambda: self.client)
-        self._held_reads = threading.BoundedSemaphore(MAX_HELD_READS)
+        self._held_reads: threading.BoundedSemaphore | None = threading.BoundedSemaphore(MAX_HELD_READS)
         self._shim_template = proc.ShimTemplate(host.state_dir)
         self._volumes: dict[str, list[str]] = {}
         """The ``VOLUME`` paths of each image id this process has inspected (an id names its content,
@@ -254,6 +254,11 @@ class DockerRuntime:
             )
         return ImageResolution(image_ref=image.image_ref, digest=digest, architecture=arch)
 
+    def limit_held_reads(self, slots: int) -> None:
+        """At most ``slots`` (and ``MAX_HELD_READS``) reads held at once in this process: the reads
+        lane gives half its threads (``workers.warmup``), so stats and frames always find one."""
+        self._held_reads = threading.BoundedSemaphore(min(slots, MAX_HELD_READS)) if slots > 0 else None
+
     def image_volumes(self, image_id: str) -> list[str]:
         """The image's ``VOLUME`` paths (each gets a tmpfs over it, ``policy.container_kwargs``)."""
         known = self._volumes.get(image_id)
@@ -375,11 +380,12 @@ class DockerRuntime:
             raise NotFound("unknown process", context={"process_ref": request.process_ref})
         if request.stream.value == "stdin":
             return proc.write_stdin(layout, request.process_ref, request.data_b64, request.close_stdin)
-        if request.wait_ms and self._held_reads.acquire(blocking=False):
+        held = self._held_reads
+        if request.wait_ms and held is not None and held.acquire(blocking=False):
             try:
                 proc.await_output(layout, request.stream.value, request.cursor, request.wait_ms / 1000)
             finally:
-                self._held_reads.release()
+                held.release()
         return proc.read_output_frame(
             layout,
             request.process_ref,
