@@ -661,10 +661,18 @@ def keys_new(name: str, directory: Path) -> None:
 @click.option("--concurrency", type=int, default=4, show_default=True)
 @click.option("--beat", is_flag=True, help="Embed the beat scheduler (single-host stacks only).")
 @click.option("--slots", type=int, default=None, help="Sandboxes admission places here at once (default: policy max).")
-def worker(host: str, concurrency: int, beat: bool, slots: int | None) -> None:
+@click.option(
+    "--read-concurrency",
+    type=click.IntRange(2, 64),
+    default=8,
+    show_default=True,
+    help="Threads of the reads lane (stats, output frames); half of them may hold a read for output.",
+)
+def worker(host: str, concurrency: int, beat: bool, slots: int | None, read_concurrency: int) -> None:
     """Run a host worker (consumes corral.host.HOST and corral.fleet; its reads lane corral.host.HOST.reads)."""
     argv = [sys.executable, "-m", "workers.main", "worker", "--host", host, "--concurrency", str(concurrency)]
     argv += ["--slots", str(slots)] if slots is not None else []
+    argv += ["--read-concurrency", str(read_concurrency)]
     os.execv(sys.executable, argv + (["--beat"] if beat else []))
 
 
@@ -676,7 +684,7 @@ def beat() -> None:
 
 @main.command()
 @click.option("--host", "host_id", default="dev", show_default=True)
-@click.option("--demo", is_flag=True, help="Run one sandboxed job through the whole chain, print it, stop.")
+@click.option("--demo", is_flag=True, help="Run one sandboxed job end to end (its launch, output, journal), stop.")
 @click.option("--flower-port", type=int, default=None, help="Also serve Flower on 127.0.0.1:PORT.")
 @click.option(
     "--hosts",

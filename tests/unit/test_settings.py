@@ -322,3 +322,25 @@ def test_the_cli_turns_a_bad_setting_into_one_line_and_exit_125(
         "corral: host_configuration_needed (host_configuration_needed): invalid setting redis.url "
         "(CORRAL_REDIS__URL): not one Redis URL: it holds 2 '://' separators (two URLs pasted together?)"
     ]
+
+
+def test_corral_worker_runs_the_host_worker_with_its_reads_lane_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from corral.client import cli
+
+    ran: list[list[str]] = []
+
+    def execv(path: str, argv: list[str]) -> None:
+        ran.append(argv)
+
+    monkeypatch.setattr(cli.os, "execv", execv)
+    result = CliRunner().invoke(cli.main, ["worker", "--host", "h1", "--read-concurrency", "16"])
+    assert result.exit_code == 0, result.output
+    [argv] = ran
+    assert argv[1:] == [
+        *("-m", "workers.main", "worker", "--host", "h1", "--concurrency", "4"),
+        *("--read-concurrency", "16"),
+    ]
+    refused = CliRunner().invoke(cli.main, ["worker", "--host", "h1", "--read-concurrency", "1"])
+    assert refused.exit_code == 2 and "read-concurrency" in refused.output
