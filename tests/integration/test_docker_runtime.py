@@ -1093,3 +1093,24 @@ def wait_until_gone(pid: int, timeout_s: float = 10) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_listing_what_the_host_made_survives_containers_removed_meanwhile(
+    runtime: DockerRuntime, docker_client: Any, busybox_image: str, host_id: str
+) -> None:
+    """The exit watch and the reconciler list the host's containers while cleanups remove them: a
+    container gone between the listing and a per-container inspect failed the whole pass (a 404)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    labels = {"corral.host": host_id, "corral.session": "race"}
+    made = [docker_client.containers.create(busybox_image, ["true"], labels=labels) for _ in range(12)]
+    with ThreadPoolExecutor(4) as pool:
+        removals = [pool.submit(c.remove, force=True) for c in made]
+        listings = 0
+        while not all(r.done() for r in removals) or listings < 5:
+            runtime.list_labeled()  # raises on a 404 mid-listing
+            runtime.supervise_io()
+            listings += 1
+        for removal in removals:
+            removal.result()
+    assert not [c for c in runtime.list_labeled()["containers"] if c.get("corral.session") == "race"]

@@ -31,7 +31,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -68,6 +67,7 @@ from corral.runtimes.docker.policy import (
     needs_user_tables,
     network_mode,
 )
+from corral.runtimes.docker.resources import container_name_of
 from corral.sandbox.policy import HostPolicy, check_rlimits
 from corral.sandbox.secrets import SecretChain
 from corral.sandbox.userspec import ExecUser, UserTables, exec_user
@@ -137,17 +137,14 @@ def _remove_stale_probes(client: Any, older_than_s: float = 300.0) -> None:
     label alone is not proof: a container inherits its image's labels, so an image labelled
     ``corral.probe`` would have its running sandboxes swept. Only the name corral gave is."""
     now = time.time()
-    for container in client.containers.list(all=True, filters={"label": PROBE_LABEL}):
-        if not str(container.name).startswith(PROBE_PREFIX):
+    # The engine's listing, not docker-py's (which inspects each: a probe removed meanwhile was a 404).
+    for container in client.api.containers(all=True, filters={"label": PROBE_LABEL}):
+        if not container_name_of(container).startswith(PROBE_PREFIX):
             continue
-        created = str(container.attrs.get("Created") or "")
-        try:
-            age = now - datetime.fromisoformat(created[:26].rstrip("Z") + "+00:00").timestamp()
-        except ValueError:
-            continue
-        if age > older_than_s:
+        created = container.get("Created")
+        if isinstance(created, int | float) and now - created > older_than_s:
             with contextlib.suppress(docker.errors.APIError):
-                container.remove(force=True, v=True)
+                client.api.remove_container(container["Id"], force=True, v=True)
 
 
 def image_user_tables(client: Any, image_id: str) -> UserTables | None:

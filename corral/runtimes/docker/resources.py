@@ -99,7 +99,7 @@ def find_containers(client: Any, host_id: str, environment_id: str) -> dict[str,
     except docker.errors.NotFound:
         pass
     for item in client.api.containers(all=True, filters=_session_filter(host_id, environment_id)):
-        found.setdefault(item["Id"], str((item.get("Names") or [item["Id"]])[0]).lstrip("/"))
+        found.setdefault(item["Id"], container_name_of(item))
     return found
 
 
@@ -206,14 +206,27 @@ def _labeled_dirs(parent: Path, host_id: str) -> list[dict[str, str]]:
     return out
 
 
+def container_name_of(listed: dict[str, Any]) -> str:
+    """A container's name from the engine's listing (``/name`` in ``Names``)."""
+    names = listed.get("Names") or [str(listed.get("Id", ""))]
+    return str(names[0]).lstrip("/")
+
+
 def list_labeled(client: Any, host_id: str, host: HostSettings) -> dict[str, list[dict[str, str]]]:
     """Everything labeled for ``host_id``: containers, networks, secret dirs, spool dirs, pinned
     mount dirs (``docker_mounts``), tickets.
     The reconciler compares this with the session records to find what nobody owns."""
     flt = {"label": [f"{LABEL_HOST}={host_id}"]}
+    # The engine's own listing: docker-py's ``containers.list`` inspects each container it lists, and
+    # one removed in between (a cleanup at the same moment) failed the whole listing with a 404.
     containers = [
-        {"name": c.name, "id": c.id, "status": c.status, **dict(c.labels or {})}
-        for c in client.containers.list(all=True, filters=flt)
+        {
+            "name": container_name_of(c),
+            "id": str(c["Id"]),
+            "status": str(c.get("State") or ""),
+            **(c.get("Labels") or {}),
+        }
+        for c in client.api.containers(all=True, filters=flt)
     ]
     networks = [
         {"name": n.name, "id": n.id, **dict(n.attrs.get("Labels") or {})} for n in client.networks.list(filters=flt)

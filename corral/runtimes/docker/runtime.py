@@ -366,9 +366,9 @@ class DockerRuntime:
         running sandbox. The worker's exit watch calls it every heartbeat (``Reconciler.record_exits``)."""
         revived = 0
         flt = {"label": [f"{res.LABEL_HOST}={self.host_id}"], "status": "running"}
-        for container in self.client.containers.list(filters=flt):
-            s = (container.labels or {}).get(res.LABEL_SLUG)
-            if s and proc.revive_shim(res.session_paths(self.host, s).spool, container.name):
+        for container in self.client.api.containers(filters=flt):  # no inspect each: see res.list_labeled
+            s = (container.get("Labels") or {}).get(res.LABEL_SLUG)
+            if s and proc.revive_shim(res.session_paths(self.host, s).spool, res.container_name_of(container)):
                 revived += 1
         return revived
 
