@@ -74,11 +74,11 @@ from corral.trust.identity import CALLER_KWARG
 
 M = TypeVar("M", bound=BaseModel | str)
 HostTask = Operation | Literal["reconcile", "launch"]
+"""What a client sends to one host's queue: a contract operation, a job's launch, or the host's reconcile pass."""
 LAUNCH: HostTask = "launch"
 """``corral.launch``: a job's prepare-to-start chain in one message, run step by step by its host."""
 FOLLOW_WAIT_MS = 500
 """How long ``Client.follow`` lets the host hold a read for new output (``ProcessIoRequest.wait_ms``)."""
-"""What a client sends to one host's queue: a contract operation, or the host's reconcile pass."""
 
 
 def checked_ref(value: str, what: str) -> str:
