@@ -473,6 +473,25 @@ def test_prepare_environment_creates_one_unstarted_container(
     assert host_config["NetworkMode"] == "none" and host_config["LogConfig"]["Type"] == "none"
 
 
+def test_prepare_environment_replaces_a_stale_container_and_refuses_a_started_one(
+    runtime: DockerRuntime, busybox_image: str, docker_client: Any
+) -> None:
+    """The create goes first; the name's conflict says what is there: the same settings (a replay)
+    are reused, a never-started one with other settings is replaced, a started one is a conflict."""
+    from corral.contract.errors import Conflict
+
+    env = make_env(busybox_image)
+    first = proc_spec("true")
+    prepare(runtime, env, first)
+    [old] = docker_client.containers.list(all=True, filters={"label": f"corral.session={env.environment_id}"})
+    prepare(runtime, env, proc_spec("echo", "other"))  # other settings, never started: replaced
+    [new] = docker_client.containers.list(all=True, filters={"label": f"corral.session={env.environment_id}"})
+    assert new.id != old.id and new.attrs["Config"]["Cmd"] == ["echo", "other"]
+    new.start()
+    with pytest.raises(Conflict, match="already started"):
+        prepare(runtime, env, first)
+
+
 def test_start_process_exit_code_propagates(runtime: DockerRuntime, busybox_image: str) -> None:
     process_ref = sh(runtime, make_env(busybox_image), "exit 7")
     snap = wait_exit(runtime, process_ref)

@@ -267,13 +267,19 @@ class EnvironmentBuilder:
         self._write_process_files(env, process)
         values = [v.encode() for v in plan.secret_env.values()]
         with proc.docker_errors(Operation.prepare_environment, values):
-            if self._reusable(env, kwargs["labels"][res.LABEL_CONFIG]):
-                return
-            try:
-                self.rt.client.containers.create(**kwargs)
-            except docker.errors.APIError as exc:
-                if exc.status_code != 409 or not self._reusable(env, kwargs["labels"][res.LABEL_CONFIG]):
-                    raise
+            # Create first, look only on a name conflict (a replay, or a stale container): the common
+            # case is one engine call, not an inspect before it.
+            for attempt in (1, 2):
+                try:
+                    self.rt.client.containers.create(**kwargs)
+                    return
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:
+                        raise
+                    if self._reusable(env, kwargs["labels"][res.LABEL_CONFIG]):
+                        return
+                    if attempt == 2:  # replaced once and taken again meanwhile: not ours to fight over
+                        raise
 
     def _plan(self, request: EnvironmentPrepareRequest, process: IsolatedProcessSpec) -> ContainerPlan:
         env = request.environment
