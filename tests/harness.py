@@ -115,6 +115,7 @@ def corral_env(redis_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
     )
     (tmp_path / "secrets").mkdir()
     yield env
+    kill_shims(str(tmp_path))  # and the shim template of any host whose state lived here
     shutil.rmtree(secrets_root, ignore_errors=True)
 
 
