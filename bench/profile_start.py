@@ -238,14 +238,7 @@ def main() -> int:
     stack.start()
     events: EventLog | None = None
     try:
-        assert stack.fleet is not None and stack.redis_url
-        admin = Settings(
-            redis={
-                "url": stack.redis_url,
-                "username": "admin",
-                "password_file": str(stack.fleet.password_file("admin")),
-            }
-        )
+        admin = stack.redis_settings("admin")
         events = EventLog(admin)
         events.start()
         client = Client()

@@ -30,7 +30,7 @@ import redis
 from corral.client.client import Client
 from corral.client.devstack import DevStack
 from corral.fleet.job import JobSpec
-from corral.settings import Settings, load_settings
+from corral.settings import load_settings
 
 IMAGE = "corral/busybox:latest"
 DBS = {0: "broker", 1: "results", 2: "beat", 3: "state"}
@@ -185,14 +185,7 @@ def main() -> int:
     stack = DevStack("rcount")
     stack.start()
     try:
-        assert stack.fleet is not None and stack.redis_url
-        admin = Settings(
-            redis={
-                "url": stack.redis_url,
-                "username": "admin",
-                "password_file": str(stack.fleet.password_file("admin")),
-            }
-        )
+        admin = stack.redis_settings("admin")
         client = Client()
         launch(client, "rcount", args.image)  # warm-up: imports, connections, script loads
         monitor = Monitor(admin.redis_url(0))

@@ -104,6 +104,10 @@ class CorralTask(Task):  # type: ignore[misc]
         except ValidationError as exc:
             raise validation_error(exc, model) from None
 
+    def last_attempt(self) -> bool:
+        """No retry follows this delivery (retries spent, or run eagerly)."""
+        return bool(self.request.is_eager) or self.request.retries >= self.max_retries
+
     def check_host(self, host: str | None) -> None:
         here = load_settings().host.id
         if host is not None and host != here:
@@ -146,7 +150,7 @@ class CorralTask(Task):  # type: ignore[misc]
             self.admit_chained()
             return to_wire(call())
         except AgentError as exc:
-            if exc.retryable and self.request.retries < self.max_retries and not self.request.is_eager:
+            if exc.retryable and not self.last_attempt():
                 log.warning("retrying %s after %s", self.name, exc)
                 raise self.retry(exc=exc, countdown=min(2**self.request.retries, 30)) from None
             raise
@@ -154,7 +158,7 @@ class CorralTask(Task):  # type: ignore[misc]
             # The state store blipped (restart, failover): transient. The retry finds the key held
             # by this same process and takes it over at once; effects are idempotent.
             error = Retryable(f"state store unavailable: {exc.__class__.__name__}", kind="journal_failure")
-            if self.request.retries < self.max_retries and not self.request.is_eager:
+            if not self.last_attempt():
                 raise self.retry(exc=error, countdown=min(2**self.request.retries, 30)) from None
             raise error from None
         except Exception as exc:

@@ -22,10 +22,6 @@ from tasks.base import CorralTask
 LAUNCH = task_name("launch")
 
 
-def _last_attempt(task: CorralTask) -> bool:
-    return bool(task.request.is_eager) or task.request.retries >= task.max_retries
-
-
 _register: Callable[[Callable[..., WireResult]], Any] = shared_task(bind=True, base=CorralTask, name=LAUNCH)
 
 
@@ -35,6 +31,6 @@ def launch(self: CorralTask, request: Any, *, host: str | None = None, caller: s
         # An environment and a process, each of which could be one request document on its own.
         parsed = self.parse(LaunchRequest, request, max_bytes=2 * MAX_REQUEST_BYTES)
         who: Caller = coordinator().caller(caller)
-        return run_launch(coordinator(), parsed, who, last_attempt=_last_attempt(self))
+        return run_launch(coordinator(), parsed, who, last_attempt=self.last_attempt())
 
     return self.run_operation(host, run)

@@ -199,9 +199,10 @@ def wait_until(predicate: Any, timeout_s: float, step: float = 0.2) -> bool:
     return bool(predicate())
 
 
-def kill_shims(state_dir: str) -> None:
-    """Teardown safety net: SIGKILL any I/O shim (and the shim template) whose command line names
-    this test's state dir."""
+def helper_pids(state_dir: str, module: str = "corral.io.shim") -> list[int]:
+    """Pids of the I/O helpers (``corral.io.shim`` or ``corral.io.template``) whose command line
+    names ``state_dir``."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -209,10 +210,17 @@ def kill_shims(state_dir: str) -> None:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        helper = b"corral.io.shim" in cmdline or b"corral.io.template" in cmdline
-        if helper and state_dir.encode() in cmdline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
+        if module.encode() in cmdline and state_dir.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def kill_shims(state_dir: str) -> None:
+    """Teardown safety net: SIGKILL any I/O shim (and the shim template) whose command line names
+    this test's state dir."""
+    for pid in helper_pids(state_dir) + helper_pids(state_dir, "corral.io.template"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager

@@ -187,6 +187,14 @@ class DevStack:
             env.update(self.fleet.role_env("client", DEV_CLIENT))
         return env
 
+    def redis_settings(self, role: str) -> Settings:
+        """Settings that reach this stack's Redis as ``role`` (benchmarks read its broker, events and
+        state as ``admin``)."""
+        assert self.fleet is not None and self.redis_url, "the stack is not started"
+        return Settings(
+            redis={"url": self.redis_url, "username": role, "password_file": str(self.fleet.password_file(role))}
+        )
+
     def worker_env(self, host_id: str) -> dict[str, str]:
         """The environment of a worker for ``host_id`` on this stack (its own signing identity)."""
         env = self._role_env("worker", component_identity(host_id))

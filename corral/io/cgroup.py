@@ -69,8 +69,13 @@ class CgroupCounters:
         return self.cpu_millis is None and self.memory_bytes is None and self.process_count is None
 
 
+def is_container_id(value: object) -> bool:
+    """A full container id: 64 lowercase hex digits (nothing else names a cgroup path here)."""
+    return isinstance(value, str) and len(value) == 64 and _HEX.issuperset(value)
+
+
 def _check_id(container_id: str) -> None:
-    if len(container_id) != 64 or not _HEX.issuperset(container_id):
+    if not is_container_id(container_id):
         raise ValueError("a full 64-hex container id is required")
 
 
@@ -188,7 +193,7 @@ class OomListener:
     """
 
     def __init__(self, container_id: str, root: PathArg = CGROUP_ROOT) -> None:
-        if len(container_id) != 64 or not _HEX.issuperset(container_id) or is_unified(root):
+        if not is_container_id(container_id) or is_unified(root):
             raise ValueError("an OOM listener needs a cgroup v1 memory controller")
         mem_dir = _v1_dir(root, "memory", container_id)
         if mem_dir is None:

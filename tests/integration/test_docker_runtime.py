@@ -77,7 +77,7 @@ from corral.fleet.job import image_of, rootfs_of
 from corral.runtimes.docker.resources import network_name, session_paths
 from corral.runtimes.docker.runtime import DockerRuntime
 from corral.settings import HostSettings
-from tests.harness import docker_runtime
+from tests.harness import docker_runtime, helper_pids
 
 pytestmark = pytest.mark.docker
 
@@ -972,16 +972,7 @@ def test_held_reads_beyond_the_slots_answer_at_once(runtime: DockerRuntime, busy
 
 
 def _template_pids(state_dir: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"corral.io.template" in cmdline and state_dir.encode() in cmdline:
-                found.append(int(entry.name))
-    return found
+    return helper_pids(state_dir, "corral.io.template")
 
 
 def _parent(pid: int) -> int:

@@ -195,11 +195,15 @@ class ShimTemplate:
         return self._ask(conn, request) if conn is not None else None
 
     def _start(self) -> bool:
+        """Start the host's template unless another process just did; whether one listens now. A
+        template that could not be started is not tried again for ``RETRY_AFTER_S``."""
         try:
-            if self._started():
-                return True
-        except OSError as exc:  # its directory cannot be made or locked: no template here
-            log.warning("no shim template in %s (%s): shims start on their own", self.directory, exc)
+            self._launch_template()
+        except OSError as exc:  # its directory cannot be made or locked
+            log.warning("no shim template in %s (%s)", self.directory, exc)
+        if self.path.exists():
+            return True
+        log.warning("no shim template (see %s): shims start on their own", self.directory / "template.log")
         self._retry_at = time.monotonic() + self.RETRY_AFTER_S
         return False
 
@@ -259,7 +263,8 @@ class ShimTemplate:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
 
-    def _started(self) -> bool:
+    def _launch_template(self) -> None:
+        """One launcher at a time (a lock in its directory); the socket's name appears once it listens."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
         with open(self.directory / "template.lock", "a") as lock:
@@ -267,7 +272,7 @@ class ShimTemplate:
             existing = self._connect()
             if existing is not None:  # another worker process started it meanwhile
                 existing.close()
-                return True
+                return
             self.path.unlink(missing_ok=True)  # a dead template's socket
             cmd = [
                 sys.executable,
@@ -285,9 +290,6 @@ class ShimTemplate:
             deadline = time.monotonic() + self.BOOT_WAIT_S
             while not self.path.exists() and time.monotonic() < deadline:
                 time.sleep(0.005)
-        if not self.path.exists():
-            log.warning("the shim template did not start (see %s)", self.directory / "template.log")
-        return self.path.exists()
 
 
 @functools.cache
@@ -645,9 +647,6 @@ def _exit_summary(layout: SpoolLayout, record: dict[str, Any]) -> str:
     return ""
 
 
-HEX_DIGITS = "0123456789abcdef"
-
-
 def running_snapshot(layout: SpoolLayout, process_ref: str, snapshot_ref: str) -> ProcessStatsSnapshot | None:
     """The snapshot of a running sandbox read from the host alone (its spool, its cgroup, ``/proc``),
     without the engine: a host busy starting sandboxes answered each inspect in tens of ms, and
@@ -660,8 +659,8 @@ def running_snapshot(layout: SpoolLayout, process_ref: str, snapshot_ref: str) -
     started, process = read_json(layout.started), read_json(layout.process)
     if not (isinstance(started, dict) and isinstance(process, dict) and process.get("read_only_root") is True):
         return None
-    container_id = started.get("id")
-    if not (isinstance(container_id, str) and len(container_id) == 64 and set(container_id) <= set(HEX_DIGITS)):
+    container_id = str(started.get("id") or "")
+    if not cgroup.is_container_id(container_id):
         return None
     if shim_pid(layout) is None:
         return None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from corral.io.cgroup import CGROUP_ROOT, is_unified
+from corral.io.cgroup import CGROUP_ROOT, is_container_id, is_unified
 
 _PathArg = str | os.PathLike[str]
 
@@ -63,7 +63,7 @@ def _memory_dir(container_id: str, root: _PathArg) -> str | None:
 
 def tmpfs_bytes(container_id: str, root: _PathArg = CGROUP_ROOT) -> int | None:
     """The ``shmem`` of the container's memory cgroup (its tmpfs contents); None once it is gone."""
-    if len(container_id) != 64 or not all(c in "0123456789abcdef" for c in container_id):
+    if not is_container_id(container_id):
         raise ValueError("a container id is 64 hex digits")
     base = _memory_dir(container_id, root)
     if base is None:
